@@ -1,0 +1,11 @@
+"""MLproject entry point `aggregate`: the same code as `ltexp aggregate`."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout too
+
+from ltexp.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["aggregate", *sys.argv[1:]]))

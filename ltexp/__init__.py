@@ -1,0 +1,10 @@
+"""ltexp: a reproducible study of long-tailed image classification, tracked in MLflow.
+
+The library is organised by concept: ``ltexp.data`` (datasets, the split protocol, the tensor
+input pipeline), ``ltexp.losses`` and ``ltexp.models`` (registries with ``build_*`` factories),
+``ltexp.training`` and ``ltexp.evaluation`` (plain PyTorch), ``ltexp.tracking`` (the one place that
+knows the MLflow schema), ``ltexp.report`` (tables and figures) and ``ltexp.steps`` (the four MLflow
+steps and the study that chains them).
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,205 @@
+"""The ``ltexp`` command: one subcommand per MLflow entry point, plus ``bench``.
+
+Options are the config keys (see ``ltexp.config``) with ``-`` for ``_``; the ``_`` spelling is
+accepted too, because ``mlflow run -P key=value`` passes undeclared parameters as ``--key value``.
+An empty value means "not given" (MLproject's defaults are empty strings). This module only
+parses and dispatches: the work is in ``ltexp.steps``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from ltexp.config import Config, FieldSpec, all_fields, build_config
+from ltexp.errors import LtexpError
+
+# Which config sections each command reads.
+COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
+    "prepare-data": ("data",),
+    "train": ("data", "train", "losses", "evaluate"),
+    "evaluate": ("evaluate",),
+    "aggregate": ("report",),
+    "main": ("data", "train", "losses", "evaluate", "study", "report"),
+}
+# Keys of other sections a command needs as well.
+COMMAND_EXTRA_KEYS: dict[str, tuple[str, ...]] = {
+    "evaluate": (
+        "data_root",
+        "download",
+        "device",
+        "eval_batch_size",
+        "precision",
+        "channels_last",
+        "num_threads",
+    ),
+}
+COMMAND_HELP = {
+    "prepare-data": "build the data splits of the protocol and record them (a prepare_data run)",
+    "train": "fine-tune one model with one loss (a train run, then a child evaluate run)",
+    "evaluate": "test a trained checkpoint on the balanced, long-tailed and group test sets",
+    "aggregate": "build the report (Tables 4.1-4.11, Figures 4.1-4.6) from evaluate runs",
+    "main": "run the whole study: prepare_data, every cell of the grid, aggregate",
+    "bench": "measure training throughput: model-only ceiling vs ltexp's real training step",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _command_fields(command: str) -> list[FieldSpec]:
+    sections = COMMAND_SECTIONS[command]
+    extra = COMMAND_EXTRA_KEYS.get(command, ())
+    return [f for f in all_fields().values() if f.section in sections or f.key in extra]
+
+
+def _describe_default(spec: FieldSpec) -> str:
+    d = spec.default
+    if isinstance(d, list | tuple):
+        d = ",".join(str(v) for v in d)
+    return "" if d in (None, "") else f" (default: {d})"
+
+
+def _add_config_options(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="preset in configs/ (demo, thesis) or a YAML file (default: demo)",
+    )
+    parser.add_argument(
+        "--experiment",
+        default=argparse.SUPPRESS,
+        help="MLflow experiment (default: the dataset's name, or the one `mlflow run` chose)",
+    )
+    for spec in _command_fields(command):
+        flags = [f"--{spec.key.replace('_', '-')}"]
+        if "_" in spec.key:
+            flags.append(f"--{spec.key}")
+        if command == "prepare-data" and spec.key == "split_seed":
+            flags.append("--seed")
+        parser.add_argument(
+            *flags,
+            dest=spec.key,
+            default=argparse.SUPPRESS,
+            metavar="VALUE",
+            help=spec.help + _describe_default(spec),
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``ltexp`` parser."""
+    parser = _Parser(
+        prog="ltexp",
+        description="ltexp: long-tailed image classification study "
+        "tracked in MLflow. Every option can also be set in a YAML preset.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for command in COMMAND_SECTIONS:
+        p = sub.add_parser(command, help=COMMAND_HELP[command], description=COMMAND_HELP[command])
+        _add_config_options(p, command)
+        if command in ("train", "main"):
+            p.add_argument(
+                "--parent-run-id",
+                "--parent_run_id",
+                dest="parent_run_id",
+                default=None,
+                help=argparse.SUPPRESS,
+            )
+    bench = sub.add_parser("bench", help=COMMAND_HELP["bench"], description=COMMAND_HELP["bench"])
+    from ltexp.bench import add_bench_arguments
+
+    add_bench_arguments(bench)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    skip = {"command", "preset", "parent_run_id"}
+    return {k: v for k, v in vars(args).items() if k not in skip and v != ""}
+
+
+def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
+    def prepare_data(cfg: Config, args: argparse.Namespace) -> int:
+        from ltexp.steps.prepare_data import run_prepare_data
+
+        print(f"prepare_data run: {run_prepare_data(cfg)}")
+        return 0
+
+    def train(cfg: Config, args: argparse.Namespace) -> int:
+        from ltexp.steps.train import run_train
+
+        result = run_train(cfg, parent_run_id=args.parent_run_id)
+        print(
+            f"train run: {result.run_id}  best val_acc1 {result.best_val_acc1:.4f} "
+            f"(epoch {result.best_epoch})  model {result.model_uri}"
+        )
+        if result.evaluate_run_id:
+            print(f"evaluate run: {result.evaluate_run_id}")
+        return 0
+
+    def evaluate(cfg: Config, args: argparse.Namespace) -> int:
+        from ltexp.steps.evaluate import run_evaluate
+
+        run_id, metrics = run_evaluate(cfg)
+        print(
+            f"evaluate run: {run_id}  "
+            + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.endswith("acc1"))
+        )
+        return 0
+
+    def aggregate(cfg: Config, args: argparse.Namespace) -> int:
+        from ltexp.steps.aggregate import run_aggregate
+
+        result = run_aggregate(cfg)
+        print(f"aggregate run: {result.run_id}  report: {result.output_dir}")
+        return 0
+
+    def main_(cfg: Config, args: argparse.Namespace) -> int:
+        from ltexp.steps.study import run_study
+
+        result = run_study(cfg, parent_run_id=args.parent_run_id)
+        print(f"study run: {result.run_id}  report: {result.report_dir}")
+        print("browse the runs with `mlflow ui` (same folder, or MLFLOW_TRACKING_URI)")
+        return 0
+
+    return {
+        "prepare-data": prepare_data,
+        "train": train,
+        "evaluate": evaluate,
+        "aggregate": aggregate,
+        "main": main_,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``ltexp`` command; return its exit status."""
+    logging.basicConfig(
+        level=os.environ.get("LTEXP_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "bench":
+            from ltexp.bench import run_bench
+
+            return run_bench(args)
+        cfg = build_config(args.preset, _overrides(args))
+        return _handlers()[args.command](cfg, args)
+    except LtexpError as e:
+        print(f"ltexp {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ltexp {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

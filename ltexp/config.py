@@ -1,0 +1,607 @@
+"""Typed configuration: dataclass sections, YAML presets, command-line overrides.
+
+Every default lives here, next to the reason for it. Defaults are the protocol of SPEC.md (the
+thesis); presets in ``configs/`` hold only what differs (``demo.yaml``: the embedded digits data and
+small models; ``thesis.yaml``: CIFAR-100 and the four pretrained backbones).
+
+Keys are unique across sections, so every value has one flat name: ``lr`` in YAML under ``train:``,
+``--lr`` on the command line, ``-P lr=...`` in ``mlflow run``. Loss hyper-parameters are named
+``<loss>_<hparam>`` (``focal_gamma``) and come from the loss registry, so a new loss needs no edit
+here. YAML is read with ``yaml.safe_load`` only; unknown keys are rejected with the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ltexp.errors import ConfigError, did_you_mean, unknown_name_error
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_PRESET = "demo"
+
+
+def _opt(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[str, ...] = (),
+    low: float | None = None,
+    low_open: bool = False,
+    high: float | None = None,
+    factory: Any = None,
+) -> Any:
+    """A config field: default, one-line help, and the range checks its values must pass."""
+    meta = {"help": help, "choices": choices, "low": low, "low_open": low_open, "high": high}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    """Which data, and the split protocol built from it (SPEC.md, "Data")."""
+
+    dataset: str = _opt("cifar100", "dataset name (cifar100, digits, synthetic)")
+    data_root: str = _opt(
+        "~/.cache/ltexp", "folder the dataset files are read from / downloaded to"
+    )
+    download: bool = _opt(True, "download the dataset when its files are missing")
+    profile: str = _opt("exp", "imbalance profile of the long-tailed splits (exp, pareto, step)")
+    imbalance_ratio: float = _opt(
+        100.0, "n_max / n_min of the long-tailed splits (SPEC: 100)", low=1.0
+    )
+    pareto_alpha: float = _opt(
+        6.0, "shape of the pareto profile (ImageNet-LT, Liu et al. 2019: 6)", low=0.0, low_open=True
+    )
+    n_max_train: int | None = _opt(
+        None,
+        "images per class in train_balanced (default: the dataset's protocol, CIFAR-100: 450)",
+        low=1,
+    )
+    n_max_test: int | None = _opt(None, "images per class in test_balanced (CIFAR-100: 50)", low=1)
+    class_order: str = _opt(
+        "label",
+        "frequency rank of the classes: label (class 0 most "
+        "frequent), random (seeded), or a comma list of labels",
+    )
+    split_seed: int = _opt(42, "seed of every split choice (SPEC: 42)", low=0)
+    synthetic_classes: int = _opt(10, "synthetic: number of classes", low=2)
+    synthetic_train_per_class: int = _opt(200, "synthetic: source train images per class", low=2)
+    synthetic_test_per_class: int = _opt(
+        40, "synthetic: source test (validation) images per class", low=1
+    )
+    synthetic_image_size: int = _opt(32, "synthetic: image side in pixels", low=8)
+    synthetic_seed: int = _opt(0, "synthetic: seed of the generated images", low=0)
+    log_scale_counts: bool = _opt(True, "draw the class-count charts on a log scale")
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tuning (SPEC.md, "Training"). Defaults are the thesis protocol."""
+
+    model: str = _opt(
+        "resnet50",
+        "backbone (resnet50, mobilenet_v2, convnext_base, vit_b16, "
+        "cifar_resnet20, tiny_cnn, timm:<name>)",
+    )
+    loss: str = _opt("ce", "loss (ce, wce, focal, cb, bs, seql, ldam, la)")
+    train_split: str = _opt(
+        "lt", "training set: lt (long-tailed) or balanced", choices=("lt", "balanced")
+    )
+    seed: int = _opt(42, "seed of Python, NumPy and torch (SPEC: 42)", low=0)
+    pretrained: str = _opt(
+        "true", "true (library weights), false (random init) or a path to a local state dict"
+    )
+    head: str = _opt(
+        "auto",
+        "classifier head: linear, cosine, or auto (cosine for ldam as in "
+        "Cao et al. 2019, linear otherwise)",
+        choices=("auto", "linear", "cosine"),
+    )
+    image_size: int | None = _opt(
+        None, "input side in pixels (default: the model's, 224 for the pretrained backbones)", low=8
+    )
+    optimizer: str = _opt("adam", "optimizer", choices=("adam", "adamw", "sgd"))
+    lr: float = _opt(1e-3, "learning rate (SPEC: Adam 1e-3)", low=0.0, low_open=True)
+    betas: tuple[float, float] = _opt(
+        (0.9, 0.999), "Adam betas (SPEC: 0.9,0.999)", low=0.0, high=1.0
+    )
+    eps: float = _opt(1e-8, "Adam epsilon (SPEC: 1e-8)", low=0.0, low_open=True)
+    weight_decay: float = _opt(0.0, "weight decay (SPEC: none)", low=0.0)
+    momentum: float = _opt(0.9, "SGD momentum (only with optimizer=sgd)", low=0.0, high=1.0)
+    batch_size: int = _opt(128, "training batch size (SPEC: 128)", low=1)
+    eval_batch_size: int = _opt(
+        512,
+        "validation/test batch size: inference needs no activations "
+        "for backward, so larger batches are faster and exact",
+        low=1,
+    )
+    epochs: int = _opt(90, "training epochs (SPEC: 90)", low=1)
+    scheduler: str = _opt("step", "learning-rate schedule", choices=("step", "cosine", "none"))
+    step_size: int = _opt(30, "StepLR period in epochs (SPEC: 30)", low=1)
+    lr_gamma: float = _opt(0.1, "StepLR factor (SPEC: 0.1)", low=0.0, low_open=True, high=1.0)
+    drw_epoch: int | None = _opt(
+        None,
+        "deferred re-weighting: class weights switch on from this "
+        "epoch (Cao et al. 2019 use 160 of 200)",
+        low=0,
+    )
+    drw_beta: float = _opt(
+        0.9999, "beta of the class-balanced DRW weights (Cao et al. 2019)", low=0.0, high=1.0
+    )
+    device: str = _opt("auto", "auto (cuda when available), cpu, cuda, cuda:N")
+    deterministic: bool = _opt(False, "deterministic kernels (bit-identical reruns and resumes)")
+    precision: str = _opt(
+        "auto",
+        "auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp16, fp32",
+        choices=("auto", "bf16", "fp16", "fp32"),
+    )
+    channels_last: bool = _opt(True, "channels_last memory format on CUDA (faster convolutions)")
+    compile: bool = _opt(False, "torch.compile the model (slower start, faster steps on GPU)")
+    data_run: str = _opt(
+        "", "prepare_data run id (default: the latest matching one, or prepare the data first)"
+    )
+    checkpoint_dir: str = _opt(
+        "~/.cache/ltexp/checkpoints",
+        "where per-epoch resume checkpoints are kept (one folder per run id)",
+    )
+    resume: str = _opt(
+        "", "train run id to resume (default: resume an unfinished run of the same config, if any)"
+    )
+    evaluate_after: bool = _opt(True, "evaluate the best checkpoint at the end (a child run)")
+    system_metrics: bool = _opt(True, "log MLflow system metrics (CPU, memory, GPU)")
+    num_threads: int | None = _opt(None, "torch CPU threads (default: torch's)", low=1)
+
+
+@dataclass
+class EvaluateConfig:
+    """Testing the best-validation checkpoint (SPEC.md, "Evaluation")."""
+
+    train_run: str = _opt("", "train run id whose registered checkpoint is evaluated")
+    model_uri: str = _opt("", "or a model URI (models:/<name>@champion, runs:/<id>/model)")
+    tau: float = _opt(
+        0.0,
+        "post-hoc logit adjustment logits - tau*log(prior) (Menon et al. 2021; 0 = off)",
+        low=0.0,
+    )
+    bootstrap_samples: int = _opt(1000, "bootstrap resamples for the 95% intervals", low=10)
+    bootstrap_seed: int = _opt(0, "seed of the bootstrap resampling", low=0)
+
+
+@dataclass
+class StudyConfig:
+    """The grid of the study (SPEC.md, "The grid and the report")."""
+
+    models: list[str] = _opt(
+        None,
+        "backbones of the grid",
+        factory=lambda: ["resnet50", "mobilenet_v2", "vit_b16", "convnext_base"],
+    )
+    losses: list[str] = _opt(
+        None,
+        "losses of the grid (SPEC's table order)",
+        factory=lambda: ["ce", "focal", "wce", "cb", "bs", "seql", "ldam"],
+    )
+    train_splits: list[str] = _opt(
+        None, "training sets of the grid", factory=lambda: ["balanced", "lt"]
+    )
+    seeds: list[int] = _opt(None, "training seeds of the grid", factory=lambda: [42])
+    workers: int = _opt(1, "cells run at once (one per GPU when there are GPUs)", low=1)
+    executor: str = _opt(
+        "local",
+        "where cells run: local (this machine) or ray (a Ray cluster)",
+        choices=("local", "ray"),
+    )
+    ray_address: str = _opt(
+        "", "Ray cluster address (auto = the running cluster; empty = start a local one)"
+    )
+    force: bool = _opt(False, "re-run cells that already finished")
+
+
+@dataclass
+class ReportConfig:
+    """The aggregate step: tables and figures from the tracking server."""
+
+    output_dir: str = _opt("", "where the report is written (default reports/<experiment>/)")
+    report_dataset: str = _opt("", "dataset to report when an experiment holds several")
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "train": TrainConfig,
+    "evaluate": EvaluateConfig,
+    "study": StudyConfig,
+    "report": ReportConfig,
+}
+
+
+@dataclass
+class Config:
+    """The whole resolved configuration of one command."""
+
+    experiment: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    losses: dict[str, dict[str, float]] = field(default_factory=dict)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    preset: str = DEFAULT_PRESET
+
+    def loss_hparams(self, loss: str) -> dict[str, float]:
+        """Keyword arguments for ``build_loss(loss, ...)`` (DRW settings included)."""
+        hparams = dict(self.losses.get(loss, {}))
+        if self.train.drw_epoch is not None:
+            hparams["drw_epoch"] = self.train.drw_epoch
+            hparams["drw_beta"] = self.train.drw_beta
+        return hparams
+
+    def to_dict(self, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """Plain nested dict (what ``config.yaml`` holds); ``sections`` limits it."""
+        out: dict[str, Any] = {"preset": self.preset, "experiment": self.experiment}
+        for name in SECTIONS:
+            if sections is None or name in sections:
+                out[name] = _plain(dataclasses.asdict(getattr(self, name)))
+        if sections is None or "losses" in sections:
+            out["losses"] = {k: dict(v) for k, v in self.losses.items()}
+        return out
+
+    def flat(self, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """Flat ``{key: value}`` view, the names used for MLflow params and CLI options."""
+        nested = self.to_dict(sections)
+        out: dict[str, Any] = {"preset": nested["preset"], "experiment": nested["experiment"]}
+        for name in SECTIONS:
+            out.update(nested.get(name, {}))
+        for loss, hp in nested.get("losses", {}).items():
+            out.update({f"{loss}_{k}": v for k, v in hp.items()})
+        return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Field introspection: one table of every flat key, used by the YAML loader and the CLI.
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One configurable value: where it lives, its type, its checks, its help."""
+
+    key: str
+    section: str
+    name: str
+    type: Any
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    low: float | None = None
+    low_open: bool = False
+    high: float | None = None
+
+
+def section_fields(section: str) -> list[FieldSpec]:
+    """The fields of one dataclass section, as :class:`FieldSpec`."""
+    cls = SECTIONS[section]
+    hints = typing.get_type_hints(cls)
+    specs = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        m = f.metadata
+        specs.append(
+            FieldSpec(
+                f.name,
+                section,
+                f.name,
+                hints[f.name],
+                default,
+                m.get("help", ""),
+                m.get("choices", ()),
+                m.get("low"),
+                m.get("low_open", False),
+                m.get("high"),
+            )
+        )
+    return specs
+
+
+def loss_fields() -> list[FieldSpec]:
+    """``<loss>_<hparam>`` fields, generated from the loss registry's documented defaults."""
+    from ltexp.losses import LOSSES
+
+    specs = []
+    for loss, spec in LOSSES.items():
+        for hp in spec.hparams:
+            specs.append(
+                FieldSpec(
+                    f"{loss}_{hp.name}",
+                    "losses",
+                    hp.name,
+                    float,
+                    hp.default,
+                    f"{spec.display_name}: {hp.help}",
+                    (),
+                    hp.low,
+                    hp.low_open,
+                    hp.high,
+                )
+            )
+    return specs
+
+
+def all_fields() -> dict[str, FieldSpec]:
+    """Every flat key of the configuration."""
+    out: dict[str, FieldSpec] = {}
+    for section in SECTIONS:
+        for spec in section_fields(section):
+            out[spec.key] = spec
+    for spec in loss_fields():
+        out[spec.key] = spec
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing values (YAML values and command-line strings share one converter).
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def convert(spec: FieldSpec, value: Any) -> Any:
+    """Convert ``value`` (from YAML or a CLI string) to the field's type and check its range."""
+    try:
+        out = _convert_type(spec.type, value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{spec.key}: {e}") from None
+    _check_range(spec, out)
+    return out
+
+
+def _convert_type(tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):  # X | None
+        inner = next(a for a in args if a is not type(None))
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+            return None
+        return _convert_type(inner, value)
+    if origin is list:
+        items = _split_list(value)
+        return [_convert_type(args[0], v) for v in items]
+    if origin is tuple:
+        items = _split_list(value)
+        if len(items) != len(args):
+            raise ValueError(f"expected {len(args)} comma-separated values, got {value!r}")
+        return tuple(_convert_type(a, v) for a, v in zip(args, items, strict=True))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ValueError(f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ValueError(f"expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ValueError(f"expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        if isinstance(value, int | float):
+            out = float(value)
+        elif isinstance(value, str):
+            try:
+                out = float(value.strip())
+            except ValueError:
+                raise ValueError(f"expected a number, got {value!r}") from None
+        else:
+            raise ValueError(f"expected a number, got {value!r}")
+        if out != out or out in (float("inf"), float("-inf")):
+            raise ValueError(f"expected a finite number, got {value!r}")
+        return out
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"expected a string, got {value!r}")
+    raise TypeError(f"unsupported config type {tp!r}")  # pragma: no cover - a bug in this module
+
+
+def _split_list(value: Any) -> list[Any]:
+    if isinstance(value, list | tuple):
+        return list(value)
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return [value]
+    raise ValueError(f"expected a list or comma-separated values, got {value!r}")
+
+
+def _check_range(spec: FieldSpec, value: Any) -> None:
+    values = value if isinstance(value, list | tuple) else [value]
+    for v in values:
+        if v is None:
+            continue
+        if spec.choices and v not in spec.choices:
+            raise unknown_name_error(f"{spec.key} value", v, spec.choices)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            if spec.low is not None and (v < spec.low or (spec.low_open and v == spec.low)):
+                op = ">" if spec.low_open else ">="
+                raise ConfigError(f"{spec.key} must be {op} {spec.low:g}, got {v!r}")
+            if spec.high is not None and v > spec.high:
+                raise ConfigError(f"{spec.key} must be <= {spec.high:g}, got {v!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading presets and applying overrides.
+
+
+def preset_path(preset: str) -> Path:
+    """Path of a preset: a YAML file path, or a name in ``configs/``."""
+    candidate = Path(preset).expanduser()
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise ConfigError(f"config file {preset!r} does not exist")
+        return candidate
+    valid = list_presets()
+    for folder in (Path.cwd() / "configs", PRESET_DIR):
+        path = folder / f"{preset}.yaml"
+        if path.is_file():
+            return path
+    raise unknown_name_error("preset", preset, valid)
+
+
+def list_presets() -> list[str]:
+    """Names of the presets shipped in ``configs/``."""
+    names = {
+        p.stem
+        for folder in (Path.cwd() / "configs", PRESET_DIR)
+        if folder.is_dir()
+        for p in folder.glob("*.yaml")
+    }
+    return sorted(names)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``yaml.safe_load`` (tags that build objects are refused)."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {str(path)!r}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"config {str(path)!r} is not valid YAML: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config {str(path)!r} must be a mapping of sections, got {type(data).__name__}"
+        )
+    return data
+
+
+def yaml_to_overrides(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """Flatten a nested YAML mapping to ``{flat_key: value}``, rejecting unknown keys."""
+    fields = all_fields()
+    out: dict[str, Any] = {}
+    valid_top = ["experiment", *SECTIONS, "losses"]
+    for top, body in data.items():
+        if not isinstance(top, str):
+            raise ConfigError(f"{source}: section names must be strings, got {top!r}")
+        if top == "experiment":
+            out["experiment"] = body
+            continue
+        if top not in valid_top:
+            raise ConfigError(
+                f"{source}: unknown section {top!r}{did_you_mean(top, valid_top)}; "
+                f"valid: {', '.join(valid_top)}"
+            )
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(
+                f"{source}: section {top!r} must be a mapping, got {type(body).__name__}"
+            )
+        if top == "losses":
+            out.update(_loss_overrides(body, source, fields))
+            continue
+        valid = [f.name for f in section_fields(top)]
+        for key, value in body.items():
+            if key not in valid:
+                raise ConfigError(
+                    f"{source}: unknown key {top}.{key}"
+                    f"{did_you_mean(str(key), valid)}; valid: {', '.join(valid)}"
+                )
+            out[key] = value
+    return out
+
+
+def _loss_overrides(
+    body: dict[str, Any], source: str, fields: dict[str, FieldSpec]
+) -> dict[str, Any]:
+    from ltexp.losses import LOSSES
+
+    out = {}
+    for loss, hps in body.items():
+        if loss not in LOSSES:
+            raise ConfigError(
+                f"{source}: unknown loss {loss!r} under losses"
+                f"{did_you_mean(str(loss), list(LOSSES))}; "
+                f"valid: {', '.join(LOSSES)}"
+            )
+        if not isinstance(hps, dict):
+            raise ConfigError(f"{source}: losses.{loss} must be a mapping of hyper-parameters")
+        valid = [hp.name for hp in LOSSES[loss].hparams]
+        for name, value in hps.items():
+            if name not in valid:
+                raise ConfigError(
+                    f"{source}: unknown key losses.{loss}.{name}"
+                    f"{did_you_mean(str(name), valid)}; "
+                    f"valid: {', '.join(valid) or '(none)'}"
+                )
+            out[f"{loss}_{name}"] = value
+    return out
+
+
+def build_config(preset: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Resolve a configuration: dataclass defaults, then the preset, then ``overrides``.
+
+    Args:
+        preset: preset name in ``configs/`` or a YAML path (default ``demo``).
+        overrides: flat ``{key: value}`` pairs (CLI options); values may be strings.
+
+    Raises:
+        ConfigError: an unknown key (with the valid ones and a did-you-mean), a wrong type, an
+            out-of-range value.
+    """
+    preset = preset or DEFAULT_PRESET
+    path = preset_path(preset)
+    values = yaml_to_overrides(read_yaml(path), f"config {str(path)!r}")
+    values.update(overrides or {})
+    fields = all_fields()
+    cfg = Config(preset=preset)
+    cfg.losses = {}
+    from ltexp.losses import LOSSES
+
+    for loss, spec in LOSSES.items():
+        cfg.losses[loss] = {hp.name: hp.default for hp in spec.hparams}
+    for key, value in values.items():
+        if key == "experiment":
+            if not isinstance(value, str):
+                raise ConfigError(f"experiment must be a string, got {value!r}")
+            cfg.experiment = value
+            continue
+        if key == "preset":
+            continue
+        spec = fields.get(key)
+        if spec is None:
+            raise ConfigError(f"unknown option {key!r}{did_you_mean(key, list(fields))}")
+        converted = convert(spec, value)
+        if spec.section == "losses":
+            cfg.losses[key[: -len(spec.name) - 1]][spec.name] = converted
+        else:
+            setattr(getattr(cfg, spec.section), spec.name, converted)
+    return cfg

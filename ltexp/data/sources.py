@@ -1,0 +1,139 @@
+"""Source datasets behind one registry: each gives a source train and a source test set.
+
+A source is held as one uint8 array ``(N, H, W, 3)`` and int64 labels per set: no per-image files.
+The split protocol (``ltexp.data.splits``) builds every split as index arrays into these two sets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ltexp.errors import DataError, unknown_name_error
+
+
+@dataclass
+class SourceData:
+    """A dataset as loaded from disk (or generated): source train and test sets.
+
+    Attributes:
+        name: registry name.
+        train_images, test_images: uint8 ``(N, H, W, 3)``.
+        train_labels, test_labels: int64 ``(N,)``, labels ``0..K-1``.
+        class_names: one name per label.
+        checksums: per source file: ``sha256``, and ``official`` (matches the published release)
+            where the dataset publishes checksums.
+        n_train_per_class, n_test_per_class: the protocol's default sizes of train_balanced and
+            test_balanced for this dataset (CIFAR-100: 450 and 50).
+        options: the options it was loaded with (recorded, so it can be loaded again).
+    """
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    class_names: list[str]
+    checksums: dict[str, dict[str, Any]]
+    n_train_per_class: int
+    n_test_per_class: int
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def images(self, source: str) -> np.ndarray:
+        """``train`` or ``test`` images."""
+        return self.train_images if source == "train" else self.test_images
+
+    def labels(self, source: str) -> np.ndarray:
+        """``train`` or ``test`` labels."""
+        return self.train_labels if source == "train" else self.test_labels
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered dataset: ``load(root, download, **options) -> SourceData``."""
+
+    name: str
+    load: Callable[..., SourceData]
+    description: str
+    option_names: tuple[str, ...] = ()
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(name: str, description: str, option_names: tuple[str, ...] = ()):
+    """Decorator registering a loader ``load(root: Path, download: bool, **options)``."""
+
+    def decorate(load: Callable[..., SourceData]) -> Callable[..., SourceData]:
+        if name in DATASETS:
+            raise ValueError(f"dataset {name!r} is already registered")
+        DATASETS[name] = DatasetSpec(name, load, description, option_names)
+        return load
+
+    return decorate
+
+
+def list_datasets() -> list[str]:
+    """Registered dataset names."""
+    return list(DATASETS)
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The spec of ``name``; unknown names list the valid ones."""
+    if name not in DATASETS:
+        raise unknown_name_error("dataset", name, list(DATASETS))
+    return DATASETS[name]
+
+
+def load_source(
+    name: str, root: str | Path = "~/.cache/ltexp", download: bool = True, **options: Any
+) -> SourceData:
+    """Load the source sets of dataset ``name``.
+
+    Args:
+        name: a registered dataset.
+        root: folder holding (or receiving) its files; must not be a file.
+        download: fetch missing files where the dataset can be downloaded.
+        **options: dataset options (only those the dataset declares are passed on).
+
+    Raises:
+        DataError: files missing (offline), corrupt, or the root is not a folder.
+    """
+    spec = dataset_spec(name)
+    root = Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise DataError(f"data_root {str(root)!r} is a file; give a folder")
+    own = {k: v for k, v in options.items() if k in spec.option_names}
+    source = spec.load(root, download, **own)
+    source.options = own
+    return source
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_arrays(*arrays: np.ndarray) -> str:
+    """sha256 over the shapes, dtypes and bytes of arrays (C order, little-endian)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        if a.dtype.byteorder == ">":
+            a = a.astype(a.dtype.newbyteorder("<"))
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()

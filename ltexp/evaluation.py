@@ -1,0 +1,82 @@
+"""Evaluation: accuracy overall and per class group, bootstrap intervals, per-class tables.
+
+Plain functions of predictions and labels (NumPy), so results can be recomputed from the saved
+predictions by anyone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class GroupScore:
+    """Accuracy of one group of test images, with a bootstrap interval."""
+
+    n: int
+    acc1: float
+    acc5: float
+    ci_low: float
+    ci_high: float
+
+
+def topk(logits: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest logits per row, best first, ``[N, k]``."""
+    k = min(k, logits.shape[1])
+    part = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    order = np.take_along_axis(logits, part, axis=1).argsort(axis=1)[:, ::-1]
+    return np.take_along_axis(part, order, axis=1)
+
+
+def bootstrap_interval(
+    correct: np.ndarray, samples: int, seed: int, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``correct`` (0/1 per image)."""
+    n = len(correct)
+    if n == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = correct[rng.integers(0, n, size=(samples, n))].mean(axis=1)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def score(
+    labels: np.ndarray, top5: np.ndarray, mask: np.ndarray | None, samples: int, seed: int
+) -> GroupScore | None:
+    """Top-1/top-5 accuracy of the images selected by ``mask`` (None: all), with a 95% CI."""
+    if mask is not None:
+        labels, top5 = labels[mask], top5[mask]
+    if len(labels) == 0:
+        return None
+    correct1 = (top5[:, 0] == labels).astype(np.float64)
+    correct5 = (top5 == labels[:, None]).any(axis=1).astype(np.float64)
+    low, high = bootstrap_interval(correct1, samples, seed)
+    return GroupScore(len(labels), float(correct1.mean()), float(correct5.mean()), low, high)
+
+
+def per_class_accuracy(
+    labels: np.ndarray, preds: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(images per class, top-1 accuracy per class; NaN for a class with no images)."""
+    n = np.bincount(labels, minlength=num_classes)
+    hits = np.bincount(labels[preds == labels], minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.where(n > 0, hits / np.maximum(n, 1), np.nan)
+    return n, acc
+
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts ``[true, predicted]``."""
+    return np.bincount(labels * num_classes + preds, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes
+    )
+
+
+def in_classes(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """Mask of the images whose label is in ``classes``."""
+    return np.isin(labels, np.asarray(list(classes), dtype=labels.dtype))

@@ -1,0 +1,88 @@
+"""The loss registry: names → builders, display names and documented hyper-parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ltexp.errors import ConfigError, did_you_mean, unknown_name_error
+
+
+@dataclass(frozen=True)
+class HParam:
+    """A documented hyper-parameter of a loss: keyword name, paper default, allowed range."""
+
+    name: str
+    default: float
+    help: str
+    low: float | None = None
+    low_open: bool = False
+    high: float | None = None
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A registered loss: how to build it and how to present it."""
+
+    name: str
+    display_name: str
+    builder: Callable[..., nn.Module]
+    hparams: tuple[HParam, ...]
+    paper: str
+
+
+LOSSES: dict[str, LossSpec] = {}
+
+# Keywords every loss accepts (deferred re-weighting, Cao et al. 2019), handled by the base class.
+COMMON_HPARAMS = ("drw_epoch", "drw_beta")
+
+
+def register_loss(
+    name: str, display_name: str, *, hparams: Sequence[HParam] = (), paper: str = ""
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering ``builder(class_counts, **hparams) -> nn.Module`` as ``name``."""
+
+    def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in LOSSES:
+            raise ValueError(f"loss {name!r} is already registered")
+        LOSSES[name] = LossSpec(name, display_name, builder, tuple(hparams), paper)
+        return builder
+
+    return decorate
+
+
+def list_losses() -> list[str]:
+    """Registered loss names, in SPEC's table order."""
+    return list(LOSSES)
+
+
+def build_loss(
+    name: str, class_counts: Sequence[int] | torch.Tensor, **hparams: float
+) -> nn.Module:
+    """Build the loss ``name`` for a training set with ``class_counts`` images per class.
+
+    Args:
+        name: a registered loss (see :func:`list_losses`).
+        class_counts: images per class of the training split, indexed by label; all > 0.
+        **hparams: the loss's hyper-parameters (defaults from its paper), plus ``drw_epoch`` /
+            ``drw_beta`` for deferred re-weighting.
+
+    Raises:
+        ConfigError: unknown name or hyper-parameter (the valid ones are listed).
+    """
+    spec = LOSSES.get(name)
+    if spec is None:
+        raise unknown_name_error("loss", name, list(LOSSES))
+    valid = [hp.name for hp in spec.hparams] + list(COMMON_HPARAMS)
+    for key in hparams:
+        if key not in valid:
+            raise ConfigError(
+                f"loss {name!r} has no hyper-parameter {key!r}"
+                f"{did_you_mean(key, valid)}; valid: {', '.join(valid)}"
+            )
+    kwargs = {hp.name: hp.default for hp in spec.hparams}
+    kwargs.update(hparams)
+    return spec.builder(class_counts, **kwargs)

@@ -1,0 +1,146 @@
+"""The ImageNet-pretrained backbones of SPEC.md, and any timm model as ``timm:<name>``.
+
+Weights come from the libraries' own download and cache (torch hub for torchvision, the Hugging
+Face hub for timm). Offline without cached weights, building fails with one line naming the cache
+folder, the file expected, and the ways out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ltexp.errors import ConfigError, WeightsError
+from ltexp.models.registry import ModelSpec, register_model
+
+_WAYS_OUT = (
+    "pre-download them on a networked machine (the same command with network access "
+    "fills the cache) and copy the file there, or use pretrained=false, or "
+    "pretrained=<path to a local state dict>"
+)
+
+
+def _torchvision(builder_name: str, weights_name: str) -> Callable[[bool], nn.Module]:
+    def create(pretrained: bool) -> nn.Module:
+        import torchvision.models as tvm
+
+        builder = getattr(tvm, builder_name)
+        if not pretrained:
+            return builder(weights=None)
+        weights = tvm.get_weight(weights_name)
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        expected = cache / Path(weights.url).name
+        try:
+            return builder(weights=weights)
+        except Exception as e:  # noqa: BLE001 - turned into one clear line below
+            if expected.is_file():
+                raise WeightsError(
+                    f"cached weights {str(expected)!r} for {weights_name} could "
+                    f"not be loaded ({_first_line(e)}); delete the file to "
+                    f"download it again"
+                ) from None
+            raise WeightsError(
+                f"pretrained weights {weights_name} are not in the cache "
+                f"{str(cache)!r} (expected {expected.name}) and could not be "
+                f"downloaded ({_first_line(e)}); {_WAYS_OUT}"
+            ) from None
+
+    return create
+
+
+def _timm(model_name: str) -> Callable[[bool], nn.Module]:
+    def create(pretrained: bool) -> nn.Module:
+        import timm
+
+        if not pretrained:
+            return timm.create_model(model_name, pretrained=False)
+        try:
+            return timm.create_model(model_name, pretrained=True)
+        except Exception as e:  # noqa: BLE001 - turned into one clear line below
+            from huggingface_hub import constants
+
+            cfg = timm.models.get_pretrained_cfg(model_name)
+            hub_id = getattr(cfg, "hf_hub_id", None) or model_name
+            folder = "models--" + hub_id.replace("/", "--")
+            raise WeightsError(
+                f"pretrained weights of timm model {model_name} are not in the "
+                f"Hugging Face cache {constants.HF_HUB_CACHE!r} (expected "
+                f"{folder}/snapshots/<rev>/model.safetensors) and could not be "
+                f"downloaded ({_first_line(e)}); {_WAYS_OUT}"
+            ) from None
+
+    return create
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+register_model(
+    ModelSpec(
+        "resnet50",
+        _torchvision("resnet50", "ResNet50_Weights.IMAGENET1K_V2"),
+        "fc",
+        224,
+        "torchvision",
+        "ResNet50_Weights.IMAGENET1K_V2",
+    )
+)
+register_model(
+    ModelSpec(
+        "mobilenet_v2",
+        _torchvision("mobilenet_v2", "MobileNet_V2_Weights.IMAGENET1K_V1"),
+        "classifier.1",
+        224,
+        "torchvision",
+        "MobileNet_V2_Weights.IMAGENET1K_V1",
+    )
+)
+register_model(
+    ModelSpec(
+        "convnext_base",
+        _torchvision("convnext_base", "ConvNeXt_Base_Weights.DEFAULT"),
+        "classifier.2",
+        224,
+        "torchvision",
+        "ConvNeXt_Base_Weights.DEFAULT",
+    )
+)
+# timm's default tag of vit_base_patch16_224: ImageNet-21k pretrained, ImageNet-1k fine-tuned.
+register_model(
+    ModelSpec(
+        "vit_b16",
+        _timm("vit_base_patch16_224.augreg2_in21k_ft_in1k"),
+        "head",
+        224,
+        "timm",
+        "vit_base_patch16_224.augreg2_in21k_ft_in1k",
+        fixed_input_size=True,
+    )
+)
+
+
+def timm_spec(name: str) -> ModelSpec:
+    """A spec for ``timm:<model name>`` (any model ``timm.create_model`` knows)."""
+    import timm
+
+    model_name = name.removeprefix("timm:")
+    if not model_name or not timm.is_model(model_name):
+        raise ConfigError(f"unknown timm model {model_name!r}; see timm.list_models() for names")
+    cfg: Any = timm.models.get_pretrained_cfg(model_name)
+    classifier = getattr(cfg, "classifier", None) or "head"
+    input_size = int((getattr(cfg, "input_size", None) or (3, 224, 224))[-1])
+    return ModelSpec(
+        name,
+        _timm(model_name),
+        classifier,
+        input_size,
+        "timm",
+        model_name,
+        fixed_input_size=bool(getattr(cfg, "fixed_input_size", False)),
+    )

@@ -1,0 +1,2 @@
+"""The steps of the study, each one MLflow run: prepare_data, train, evaluate, aggregate, and the
+study (main) that chains them. Entry points and the CLI call these and nothing else."""

@@ -1,0 +1,238 @@
+"""The evaluate step: test a registered checkpoint on every test split, as one MLflow run.
+
+The run carries the params ``dataset, model, loss, train_split, seed`` (copied from the train
+run), ``train_run_id`` and ``model_uri``, and the metrics ``test_<group>_acc1`` (fractions) for
+groups balanced, lt, head, middle, tail, many, medium, few, with ``_acc5`` and 95% bootstrap
+bounds ``_acc1_ci_low`` / ``_acc1_ci_high``. The report reads exactly these names.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+
+from ltexp.config import Config
+from ltexp.data.pipeline import TensorBatches
+from ltexp.errors import ConfigError, TrackingError
+from ltexp.evaluation import GroupScore, confusion_matrix, in_classes, per_class_accuracy, score
+from ltexp.evaluation import topk as top_k
+from ltexp.losses import adjust_logits
+from ltexp.report.plots import confusion_figure, per_class_accuracy_figure
+from ltexp.steps.data import load_prepared
+from ltexp.tracking import models as registry
+from ltexp.tracking import runs, schema
+from ltexp.training import autocast_dtype, predict, resolve_device
+
+log = logging.getLogger(__name__)
+TRAIN_SPLITS = {"lt": "train_lt", "balanced": "train_balanced"}
+
+
+def resolve_target(cfg: Config, train_run_id: str | None) -> tuple[mlflow.entities.Run, str]:
+    """The train run and the registered model version to evaluate."""
+    train_run_id = train_run_id or cfg.evaluate.train_run
+    if cfg.evaluate.model_uri and not train_run_id:
+        uri, source_run = registry.resolve_model_uri(cfg.evaluate.model_uri)
+        try:
+            return runs.get_run(source_run, schema.Step.TRAIN), uri
+        except TrackingError:
+            raise TrackingError(
+                f"model {cfg.evaluate.model_uri} was not logged by an ltexp "
+                f"train run, so its data and classes are unknown"
+            ) from None
+    if not train_run_id:
+        raise ConfigError("evaluate needs train_run=<train run id> or model_uri=models:/...")
+    run = runs.get_run(train_run_id, schema.Step.TRAIN)
+    uri = run.data.tags.get(schema.MODEL_URI)
+    if not uri:
+        raise TrackingError(
+            f"train run {train_run_id} ({run.info.status}) has no registered "
+            f"checkpoint yet; finish or resume it first"
+        )
+    return run, uri
+
+
+def run_evaluate(
+    cfg: Config, train_run_id: str | None = None, parent_run_id: str | None = None
+) -> tuple[str, dict[str, float]]:
+    """Evaluate a train run's registered checkpoint; return (evaluate run id, metrics)."""
+    train_run, model_uri = resolve_target(cfg, train_run_id)
+    params = train_run.data.params
+    missing = [p for p in schema.CELL_PARAMS if p not in params]
+    if missing:
+        raise TrackingError(f"train run {train_run.info.run_id} lacks params {missing}")
+    prepared = load_prepared(
+        train_run.data.tags[schema.DATA_RUN], cfg.data.data_root, cfg.data.download
+    )
+    device = resolve_device(cfg.train.device)
+    model, info = registry.load_classifier(model_uri, device)
+    image_size = info.image_size if info else int(params.get("image_size", 32))
+    amp = autocast_dtype(cfg.train.precision, device)
+    train_counts = prepared.class_counts(TRAIN_SPLITS[params["train_split"]])
+    tau = cfg.evaluate.tau
+
+    outputs = {}
+    for split in ("test_balanced", "test_lt"):
+        data = prepared.splits[split]
+        batches = TensorBatches(
+            data.images,
+            data.labels,
+            cfg.train.eval_batch_size,
+            device=device,
+            image_size=image_size,
+            dtype=amp or torch.float32,
+        )
+        logits = predict(model, batches, amp)
+        if tau:
+            logits = adjust_logits(logits, train_counts, tau)
+        outputs[split] = (data.labels, logits.float().cpu().numpy())
+
+    metrics, group_scores = _metrics(outputs, prepared.groups(), cfg)
+    launched = None if parent_run_id or mlflow.active_run() else runs.launched_run_id()
+    cell = {p: params[p] for p in schema.CELL_PARAMS}
+    with runs.step_run(
+        schema.Step.EVALUATE,
+        experiment_id=train_run.info.experiment_id,
+        run_id=launched,
+        run_name=f"{train_run.info.run_name}-eval",
+        parent_run_id=parent_run_id,
+        tags={
+            schema.DATA_DIGEST: prepared.digest(),
+            schema.CELL: train_run.data.tags.get(schema.CELL, ""),
+        },
+        description=f"Test of {model_uri} (train run {train_run.info.run_id})"
+        + (f", post-hoc logit adjustment tau={tau:g}" if tau else ""),
+    ) as run:
+        mlflow.log_params(
+            {
+                **cell,
+                schema.TRAIN_RUN_ID: train_run.info.run_id,
+                schema.MODEL_URI_PARAM: model_uri,
+                "tau": tau,
+                "bootstrap_samples": cfg.evaluate.bootstrap_samples,
+                "bootstrap_seed": cfg.evaluate.bootstrap_seed,
+            }
+        )
+        mlflow.log_metrics(metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            _write_artifacts(
+                Path(tmp),
+                outputs,
+                prepared,
+                train_counts,
+                group_scores,
+                f"{cell['model']} · {cell['loss']} · {cell['train_split']}",
+            )
+            mlflow.log_artifacts(tmp)
+        return run.info.run_id, metrics
+
+
+def _metrics(
+    outputs: dict[str, tuple[np.ndarray, np.ndarray]], groups: dict[str, list[int]], cfg: Config
+) -> tuple[dict[str, float], dict[str, GroupScore]]:
+    samples, seed = cfg.evaluate.bootstrap_samples, cfg.evaluate.bootstrap_seed
+    scores: dict[str, GroupScore | None] = {}
+    labels_bal, logits_bal = outputs["test_balanced"]
+    scores["balanced"] = score(labels_bal, top_k(logits_bal, 5), None, samples, seed)
+    labels_lt, logits_lt = outputs["test_lt"]
+    top5_lt = top_k(logits_lt, 5)
+    scores["lt"] = score(labels_lt, top5_lt, None, samples, seed)
+    for g in ("head", "middle", "tail", "many", "medium", "few"):
+        scores[g] = score(labels_lt, top5_lt, in_classes(labels_lt, groups[g]), samples, seed)
+    metrics: dict[str, float] = {}
+    kept: dict[str, GroupScore] = {}
+    for g, s in scores.items():
+        if s is None:
+            log.warning("no test_lt image is in group %s: its metrics are not logged", g)
+            continue
+        kept[g] = s
+        metrics[schema.test_metric(g)] = s.acc1
+        metrics[schema.test_metric(g, "acc5")] = s.acc5
+        metrics[schema.test_metric(g, "acc1_ci_low")] = s.ci_low
+        metrics[schema.test_metric(g, "acc1_ci_high")] = s.ci_high
+    return metrics, kept
+
+
+def _write_artifacts(
+    out: Path,
+    outputs: dict[str, tuple[np.ndarray, np.ndarray]],
+    prepared,
+    train_counts: list[int],
+    scores: dict[str, GroupScore],
+    title: str,
+) -> None:
+    k = prepared.num_classes
+    groups = prepared.groups()
+    group_of = {c: g for g in ("head", "middle", "tail") for c in groups[g]}
+    shot_of = {c: g for g in ("many", "medium", "few") for c in groups[g]}
+    per_split = {}
+    for split, (labels, logits) in outputs.items():
+        per_split[split] = per_class_accuracy(labels, logits.argmax(1), k)
+    lt_counts = prepared.class_counts("train_lt")
+    names = prepared.manifest.get("class_names") or [str(c) for c in range(k)]
+    with open(out / schema.PER_CLASS_ARTIFACT, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            [
+                "class",
+                "name",
+                "train_count",
+                "train_lt_count",
+                "group",
+                "shot",
+                "test_balanced_n",
+                "test_balanced_acc1",
+                "test_lt_n",
+                "test_lt_acc1",
+            ]
+        )
+        for c in range(k):
+            nb, ab = per_split["test_balanced"][0][c], per_split["test_balanced"][1][c]
+            nl, al = per_split["test_lt"][0][c], per_split["test_lt"][1][c]
+            w.writerow(
+                [
+                    c,
+                    names[c],
+                    train_counts[c],
+                    lt_counts[c],
+                    group_of.get(c, ""),
+                    shot_of.get(c, ""),
+                    int(nb),
+                    _fmt(ab),
+                    int(nl),
+                    _fmt(al),
+                ]
+            )
+    per_class_accuracy_figure(
+        train_counts,
+        per_split["test_balanced"][1],
+        out / schema.PER_CLASS_FIGURE,
+        f"{title}: test_balanced",
+    )
+    labels_bal, logits_bal = outputs["test_balanced"]
+    confusion_figure(
+        confusion_matrix(labels_bal, logits_bal.argmax(1), k),
+        out / schema.CONFUSION_FIGURE,
+        f"{title}: test_balanced",
+    )
+    np.savez_compressed(
+        out / schema.PREDICTIONS_ARTIFACT,
+        **{
+            f"{split}_{key}": value
+            for split, (labels, logits) in outputs.items()
+            for key, value in (
+                ("labels", labels),
+                ("top5", top_k(logits, 5).astype(np.int32)),
+                ("logits", logits.astype(np.float16)),
+            )
+        },
+    )
+
+
+def _fmt(value: float) -> str:
+    return "" if np.isnan(value) else f"{value:.6f}"

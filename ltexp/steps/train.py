@@ -1,0 +1,480 @@
+"""The train step: fine-tune one model with one loss, tracked as one MLflow run.
+
+Order of work: check every input (names, values, device, data digests) before a run exists; find
+a run of the same config to resume, or start one; train with a checkpoint every epoch; log the
+best-validation checkpoint to the Model Registry; evaluate it in a child run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import mlflow
+import torch
+import yaml
+
+from ltexp.checkpoint import (
+    BEST,
+    LAST,
+    load_checkpoint,
+    load_weights,
+    rng_state,
+    save_checkpoint,
+    save_weights,
+    set_rng_state,
+)
+from ltexp.config import Config
+from ltexp.data import PreparedData
+from ltexp.data.pipeline import CIFAR_MEAN, CIFAR_STD, TensorBatches
+from ltexp.errors import ConfigError, TrackingError
+from ltexp.losses import build_loss
+from ltexp.models import build_model, count_parameters, model_spec
+from ltexp.steps.data import find_prepared_run, load_prepared
+from ltexp.tracking import models as registry
+from ltexp.tracking import runs, schema
+from ltexp.training import (
+    autocast_dtype,
+    fit,
+    make_optimizer,
+    make_scheduler,
+    resolve_device,
+    seed_everything,
+    set_deterministic,
+)
+
+log = logging.getLogger(__name__)
+
+# TrainConfig keys that change how a run executes, not what it computes.
+RUNTIME_KEYS = (
+    "device",
+    "data_run",
+    "checkpoint_dir",
+    "resume",
+    "evaluate_after",
+    "system_metrics",
+    "num_threads",
+    "compile",
+    "eval_batch_size",
+)
+TRAIN_SPLITS = {"lt": "train_lt", "balanced": "train_balanced"}
+
+
+@dataclass
+class TrainResult:
+    """What a finished train step produced."""
+
+    run_id: str
+    best_val_acc1: float
+    best_epoch: int
+    model_uri: str
+    evaluate_run_id: str | None
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """A train request, checked and resolved; nothing has been created yet."""
+
+    cfg: Config
+    device: torch.device
+    head: str
+    image_size: int
+    pretrained: bool | Path
+    data_run_id: str
+    prepared: PreparedData
+    identity: dict
+    config_hash: str
+    experiment_id: str
+
+
+def default_experiment(cfg: Config) -> str:
+    """The experiment of a config: ``<preset>-<dataset>`` (e.g. ``demo-digits``)."""
+    preset = Path(cfg.preset).stem if cfg.preset else "ltexp"
+    return f"{preset}-{cfg.data.dataset}"
+
+
+def resolve_head(cfg: Config) -> str:
+    """``auto``: the cosine head LDAM was designed with (Cao et al. 2019), linear otherwise."""
+    if cfg.train.head != "auto":
+        return cfg.train.head
+    return "cosine" if cfg.train.loss == "ldam" else "linear"
+
+
+def parse_pretrained(value: str) -> bool | Path:
+    """``true``/``false`` or a path to a local weights file."""
+    low = value.strip().lower()
+    if low in ("true", "1", "yes"):
+        return True
+    if low in ("false", "0", "no", "none"):
+        return False
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"pretrained must be true, false or a path to a weights file; {value!r} is not a file"
+        )
+    return path
+
+
+def plan_train(cfg: Config, parent_run_id: str | None = None) -> TrainPlan:
+    """Check and resolve everything about a train request (may run prepare_data first)."""
+    t = cfg.train
+    spec = model_spec(t.model)
+    device = resolve_device(t.device)
+    image_size = t.image_size or spec.input_size
+    if spec.fixed_input_size and image_size != spec.input_size:
+        raise ConfigError(
+            f"model {t.model} takes {spec.input_size}×{spec.input_size} images "
+            f"only, got image_size={image_size}"
+        )
+    pretrained = parse_pretrained(t.pretrained)
+    if t.drw_epoch is not None and t.drw_epoch >= t.epochs:
+        log.warning(
+            "drw_epoch=%s >= epochs=%s: class weights never switch on", t.drw_epoch, t.epochs
+        )
+    exp_id = runs.resolve_experiment(cfg.experiment, default=default_experiment(cfg))
+    runs.reap_dead_runs([exp_id])
+    data_run_id = t.data_run or find_prepared_run(cfg.data)
+    if data_run_id is None:
+        from ltexp.steps.prepare_data import run_prepare_data
+
+        log.info("no prepared %s data matches this config: preparing it", cfg.data.dataset)
+        data_run_id = run_prepare_data(cfg, parent_run_id=parent_run_id)
+    prepared = load_prepared(data_run_id, cfg.data.data_root, cfg.data.download)
+    counts = prepared.class_counts(TRAIN_SPLITS[t.train_split])
+    build_loss(t.loss, counts, **cfg.loss_hparams(t.loss))  # refuses bad names / hparams now
+    identity = {
+        "train": {k: v for k, v in asdict(t).items() if k not in RUNTIME_KEYS},
+        "head": resolve_head(cfg),
+        "image_size": image_size,
+        "loss_hparams": cfg.loss_hparams(t.loss),
+        "data_digest": prepared.digest(),
+    }
+    return TrainPlan(
+        cfg,
+        device,
+        resolve_head(cfg),
+        image_size,
+        pretrained,
+        data_run_id,
+        prepared,
+        identity,
+        runs.config_hash(identity),
+        exp_id,
+    )
+
+
+def find_resumable(plan: TrainPlan) -> str | None:
+    """The latest unfinished train run of the same config whose checkpoint is on this disk."""
+    root = Path(plan.cfg.train.checkpoint_dir).expanduser()
+    candidates = runs.search_all(
+        [plan.experiment_id],
+        f"{schema.search_step(schema.Step.TRAIN)} and "
+        f"tags.`{schema.CONFIG_HASH}` = '{plan.config_hash}' and "
+        f"attributes.status != 'FINISHED'",
+    )
+    for run in candidates:
+        if run.info.status == "RUNNING":
+            continue  # a live process owns it (dead ones were reaped)
+        if (root / run.info.run_id / LAST).is_file():
+            return run.info.run_id
+    return None
+
+
+@contextlib.contextmanager
+def _exclusive(folder: Path) -> Iterator[None]:
+    """One process per run: a second one resuming the same run is refused, not interleaved."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrackingError(f"another process is training run {folder.name}") from None
+        yield
+
+
+def run_train(cfg: Config, parent_run_id: str | None = None) -> TrainResult:
+    """Train (or resume) one model; register its best checkpoint; evaluate it."""
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    plan = plan_train(cfg, parent_run_id)
+    t = cfg.train
+    resume_id = t.resume or find_resumable(plan)
+    if t.resume:
+        run = runs.get_run(t.resume, schema.Step.TRAIN)
+        if run.data.tags.get(schema.CONFIG_HASH) != plan.config_hash:
+            raise ConfigError(
+                f"run {t.resume} was trained with another config; resume it with "
+                f"the same options, or start a new run"
+            )
+    launched = None if parent_run_id else runs.launched_run_id()
+    if resume_id and launched and launched != resume_id:
+        runs.client().set_tag(launched, schema.RESUMED_INTO, resume_id)
+    tags = {
+        schema.CONFIG_HASH: plan.config_hash,
+        schema.DATA_RUN: plan.data_run_id,
+        schema.DATA_DIGEST: plan.prepared.digest(),
+        schema.CELL: schema.run_name(t.model, t.loss, t.train_split, t.seed),
+    }
+    description = (
+        f"{t.model} fine-tuned with {t.loss} on {plan.prepared.dataset} "
+        f"{TRAIN_SPLITS[t.train_split]} ({len(plan.prepared.splits[TRAIN_SPLITS[t.train_split]]):,}"
+        f" images), seed {t.seed}, {t.epochs} epochs; best-validation checkpoint "
+        f"registered as {_registered_name(plan)}."
+    )
+    with runs.step_run(
+        schema.Step.TRAIN,
+        experiment_id=plan.experiment_id,
+        run_id=resume_id or launched,
+        run_name=schema.run_name(t.model, t.loss, t.train_split, t.seed),
+        parent_run_id=parent_run_id,
+        tags=tags,
+        description=description,
+        system_metrics=t.system_metrics,
+    ) as run:
+        run_id = run.info.run_id
+        folder = Path(t.checkpoint_dir).expanduser() / run_id
+        with _exclusive(folder):
+            if resume_id is None:
+                _log_run_inputs(plan)
+            result = _train(plan, run_id, folder)
+            evaluate_id = None
+            if t.evaluate_after:
+                from ltexp.steps.evaluate import run_evaluate
+
+                evaluate_id, _ = run_evaluate(cfg, train_run_id=run_id, parent_run_id=run_id)
+            return TrainResult(run_id, result[0], result[1], result[2], evaluate_id)
+
+
+def _registered_name(plan: TrainPlan) -> str:
+    t = plan.cfg.train
+    return schema.registered_model_name(plan.prepared.dataset, t.model, t.loss, t.train_split)
+
+
+def _log_run_inputs(plan: TrainPlan) -> None:
+    from ltexp.steps.prepare_data import log_split_inputs
+
+    cfg = plan.cfg
+    params = cfg.flat(("data", "train"))
+    params.update(
+        {
+            f"{cfg.train.loss}_{k}": v
+            for k, v in cfg.loss_hparams(cfg.train.loss).items()
+            if not k.startswith("drw_")
+        }
+    )
+    params.update(
+        {
+            "dataset": plan.prepared.dataset,
+            "head": plan.head,
+            "image_size": plan.image_size,
+            "device": str(plan.device),
+            "data_run": plan.data_run_id,
+            "precision": _precision_name(plan),
+            "num_classes": plan.prepared.num_classes,
+        }
+    )
+    params.pop("experiment", None)
+    params = {k: ("" if v is None else v) for k, v in params.items()}
+    mlflow.log_params(
+        {
+            k: (",".join(map(str, v)) if isinstance(v, list | tuple) else v)
+            for k, v in params.items()
+        }
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / schema.CONFIG_ARTIFACT
+        resolved = cfg.to_dict(("data", "train", "losses", "evaluate"))
+        resolved["resolved"] = {
+            "head": plan.head,
+            "image_size": plan.image_size,
+            "device": str(plan.device),
+            "data_run": plan.data_run_id,
+            "precision": _precision_name(plan),
+        }
+        path.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        mlflow.log_artifact(str(path))
+    log_split_inputs(plan.prepared, splits=(TRAIN_SPLITS[cfg.train.train_split], "val"))
+
+
+def _precision_name(plan: TrainPlan) -> str:
+    dtype = autocast_dtype(plan.cfg.train.precision, plan.device)
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def _train(plan: TrainPlan, run_id: str, folder: Path) -> tuple[float, int, str]:
+    """The training proper: setup, resume, epochs, registration. Returns (best acc, epoch, uri)."""
+    cfg, t, device = plan.cfg, plan.cfg.train, plan.device
+    # --- setup: determinism, model, loss, optimizer, data on the device ----------------------
+    set_deterministic(t.deterministic)
+    seed_everything(t.seed)
+    prepared = plan.prepared
+    model = build_model(t.model, prepared.num_classes, pretrained=plan.pretrained, head=plan.head)
+    channels_last = t.channels_last and device.type == "cuda"
+    model = model.to(
+        device, memory_format=torch.channels_last if channels_last else torch.contiguous_format
+    )
+    train_split = prepared.splits[TRAIN_SPLITS[t.train_split]]
+    loss_fn = build_loss(
+        t.loss, prepared.class_counts(TRAIN_SPLITS[t.train_split]), **cfg.loss_hparams(t.loss)
+    ).to(device)
+    optimizer = make_optimizer(
+        t.optimizer,
+        model.parameters(),
+        lr=t.lr,
+        betas=t.betas,
+        eps=t.eps,
+        weight_decay=t.weight_decay,
+        momentum=t.momentum,
+        device=device,
+    )
+    scheduler = make_scheduler(
+        t.scheduler, optimizer, epochs=t.epochs, step_size=t.step_size, gamma=t.lr_gamma
+    )
+    amp = autocast_dtype(t.precision, device)
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+    batch_dtype = amp if amp is not None else torch.float32
+    train_batches = TensorBatches(
+        train_split.images,
+        train_split.labels,
+        t.batch_size,
+        device=device,
+        image_size=plan.image_size,
+        train=True,
+        seed=t.seed,
+        dtype=batch_dtype,
+        channels_last=channels_last,
+    )
+    val = prepared.splits["val"]
+    val_batches = TensorBatches(
+        val.images,
+        val.labels,
+        t.eval_batch_size,
+        device=device,
+        image_size=plan.image_size,
+        dtype=batch_dtype,
+        channels_last=channels_last,
+    )
+    step_model = torch.compile(model) if t.compile else model
+    # --- resume -----------------------------------------------------------------------------
+    start_epoch, best_acc, best_epoch = 1, -1.0, 0
+    history: list[dict[str, float]] = []
+    last = folder / LAST
+    if last.is_file():
+        state = load_checkpoint(last)
+        if state.get("config_hash") != plan.config_hash:
+            raise TrackingError(f"checkpoint {str(last)!r} belongs to another config")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start_epoch, best_acc, best_epoch = (
+            state["epoch"] + 1,
+            state["best_val_acc1"],
+            state["best_epoch"],
+        )
+        history = list(state["history"])
+        _deliver_missing_metrics(run_id, history)
+        mlflow.set_tag(schema.RESUMED_FROM_EPOCH, str(state["epoch"]))
+        log.info("resuming run %s after epoch %d", run_id, state["epoch"])
+    mlflow.log_param(schema.NUM_PARAMS, count_parameters(model))
+    # --- epochs: train, validate, checkpoint, log ------------------------------------------
+    for result in fit(
+        step_model,
+        loss_fn,
+        train_batches,
+        val_batches,
+        optimizer,
+        scheduler,
+        epochs=t.epochs,
+        start_epoch=start_epoch,
+        best_val_acc1=best_acc,
+        best_epoch=best_epoch,
+        groups=prepared.groups(),
+        amp=amp,
+        grad_scaler=scaler,
+    ):
+        if result.improved:
+            save_weights(model.state_dict(), folder / BEST)
+        history.append({"epoch": result.epoch, **result.metrics})
+        # checkpoint before logging: an epoch's metrics are never logged for an epoch that a
+        # resume would run again (and re-sent on resume if they were lost in flight)
+        save_checkpoint(
+            {
+                "epoch": result.epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "best_val_acc1": result.best_val_acc1,
+                "best_epoch": result.best_epoch,
+                "history": history,
+                "rng": rng_state(),
+                "config_hash": plan.config_hash,
+            },
+            last,
+        )
+        mlflow.log_metrics(result.metrics, step=result.epoch, synchronous=False)
+        mlflow.set_tag(schema.HEARTBEAT, f"{time.time():.0f}", synchronous=False)
+        best_acc, best_epoch = result.best_val_acc1, result.best_epoch
+        log.info(
+            "epoch %d/%d  train_loss %.4f  val_acc1 %.4f  (%.1f img/s)",
+            result.epoch,
+            t.epochs,
+            result.metrics["train_loss"],
+            result.metrics["val_acc1"],
+            result.metrics["images_per_s"],
+        )
+    runs.flush()
+    mlflow.log_metrics({"best_val_acc1": best_acc, "best_epoch": best_epoch})
+    return best_acc, best_epoch, _register(plan, run_id, folder, best_acc, best_epoch)
+
+
+def _deliver_missing_metrics(run_id: str, history: list[dict[str, float]]) -> None:
+    """Log the epochs of the checkpoint's history that never reached the tracking server."""
+    logged = {m.step for m in runs.client().get_metric_history(run_id, "val_acc1")}
+    for row in history:
+        if row["epoch"] not in logged:
+            metrics = {k: v for k, v in row.items() if k != "epoch"}
+            mlflow.log_metrics(metrics, step=int(row["epoch"]))
+
+
+def _register(plan: TrainPlan, run_id: str, folder: Path, best_acc: float, best_epoch: int) -> str:
+    """Register the best checkpoint once per run (a resumed run reuses its version)."""
+    name = _registered_name(plan)
+    existing = registry.version_of_run(name, run_id)
+    if existing:  # registered before the process died: never register twice
+        mlflow.set_tag(schema.MODEL_URI, existing)
+        registry.update_champion(name)
+        return existing
+    t = plan.cfg.train
+    model = build_model(t.model, plan.prepared.num_classes, pretrained=False, head=plan.head)
+    model.load_state_dict(load_weights(folder / BEST))
+    info = registry.ModelInfo(
+        t.model, plan.prepared.num_classes, plan.head, plan.image_size, CIFAR_MEAN, CIFAR_STD
+    )
+    uri = registry.log_and_register(
+        model,
+        info,
+        name,
+        {
+            "run_id": run_id,
+            "seed": str(t.seed),
+            "epoch": str(best_epoch),
+            "val_acc1": f"{best_acc:.6f}",
+            "data_digest": plan.prepared.digest(),
+            "config_hash": plan.config_hash,
+        },
+    )
+    mlflow.set_tag(schema.MODEL_URI, uri)
+    registry.update_champion(name)
+    return uri
+
+
+def checkpoint_folder(cfg: Config, run_id: str) -> Path:
+    """Where the resume checkpoint of ``run_id`` lives."""
+    return Path(cfg.train.checkpoint_dir).expanduser() / run_id

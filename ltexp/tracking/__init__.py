@@ -1,0 +1,1 @@
+"""MLflow tracking: the schema (``schema``) and run handling (``runs``)."""

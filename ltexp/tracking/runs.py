@@ -1,0 +1,243 @@
+"""Runs: create, resume, find and close them, with ltexp's tags and status rules.
+
+Only public MLflow APIs are used (``mlflow.start_run``, ``MlflowClient``). A run ends FINISHED,
+FAILED (any exception; the reason in the ``ltexp.error`` tag) or KILLED (Ctrl-C). A run left
+RUNNING by a process that died is found and marked FAILED by the next ltexp command that looks
+at its experiment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Run, RunStatus
+from mlflow.tracking import MlflowClient
+
+from ltexp.errors import LtexpError, TrackingError
+from ltexp.tracking import schema
+
+_CODE_VERSION: str | None = None
+
+
+def client() -> MlflowClient:
+    """A client for the current tracking URI."""
+    return MlflowClient()
+
+
+def code_version() -> str:
+    """sha256 (first 16 hex) of every ltexp source file: a cache key that changes with the code."""
+    global _CODE_VERSION
+    if _CODE_VERSION is None:
+        root = Path(__file__).resolve().parent.parent
+        h = hashlib.sha256()
+        for path in sorted(root.rglob("*.py")):
+            h.update(str(path.relative_to(root)).encode())
+            h.update(path.read_bytes())
+        _CODE_VERSION = h.hexdigest()[:16]
+    return _CODE_VERSION
+
+
+def config_hash(values: dict[str, Any]) -> str:
+    """sha256 (first 16 hex) of a JSON-able mapping, key order ignored."""
+    blob = json.dumps(values, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def experiment_id(name: str) -> str:
+    """Id of experiment ``name``, created if missing (safe when several processes race)."""
+    c = client()
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"experiment {name!r} is deleted; restore it "
+                f"(mlflow experiments restore) or choose another name"
+            )
+        return exp.experiment_id
+    try:
+        return c.create_experiment(name)
+    except mlflow.exceptions.MlflowException:
+        exp = c.get_experiment_by_name(name)  # another process created it first
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def launched_run_id() -> str | None:
+    """The run ``mlflow run`` created for this process (``MLFLOW_RUN_ID``), if any."""
+    return os.environ.get("MLFLOW_RUN_ID") or None
+
+
+def launched_experiment_id() -> str | None:
+    """The experiment ``mlflow run`` chose (``MLFLOW_EXPERIMENT_ID``), if any."""
+    return os.environ.get("MLFLOW_EXPERIMENT_ID") or None
+
+
+def resolve_experiment(name: str, default: str) -> str:
+    """Experiment id: ``name`` if given, else the one ``mlflow run`` chose, else ``default``."""
+    if name:
+        return experiment_id(name)
+    launched = launched_experiment_id()
+    if launched:
+        return launched
+    if mlflow.active_run() is not None:
+        return mlflow.active_run().info.experiment_id
+    return experiment_id(default)
+
+
+def search_all(
+    experiment_ids: list[str] | None, filter_string: str = "", order_by: list[str] | None = None
+) -> list[Run]:
+    """Every run that matches (paginated: not capped at the first 1,000)."""
+    c = client()
+    if experiment_ids is None:
+        experiment_ids = [e.experiment_id for e in c.search_experiments()]
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = c.search_runs(
+            experiment_ids,
+            filter_string,
+            max_results=5000,
+            order_by=order_by or ["attributes.start_time DESC"],
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def get_run(run_id: str, step: schema.Step | None = None) -> Run:
+    """The run ``run_id``; with ``step``, refuse a run of another step."""
+    try:
+        run = client().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise TrackingError(
+            f"run {run_id!r} does not exist on {mlflow.get_tracking_uri()}"
+        ) from None
+    if step is not None and run.data.tags.get(schema.STEP) != step.value:
+        got = run.data.tags.get(schema.STEP, "not an ltexp run")
+        raise TrackingError(f"run {run_id!r} is a {got} run, not a {step.value} run")
+    return run
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_dead_runs(experiment_ids: list[str]) -> list[str]:
+    """Mark FAILED the ltexp runs left RUNNING by processes of this host that no longer exist."""
+    host = socket.gethostname()
+    reaped = []
+    for run in search_all(experiment_ids, "attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        if tags.get(schema.HOST) != host or not tags.get(schema.PID, "").isdigit():
+            continue
+        pid = int(tags[schema.PID])
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        c = client()
+        c.set_tag(run.info.run_id, schema.ERROR, f"process {pid} on {host} died while running")
+        c.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+        reaped.append(run.info.run_id)
+    return reaped
+
+
+def process_tags() -> dict[str, str]:
+    """Tags that tie a run to the live process writing it (for :func:`reap_dead_runs`)."""
+    return {
+        schema.HOST: socket.gethostname(),
+        schema.PID: str(os.getpid()),
+        schema.HEARTBEAT: f"{time.time():.0f}",
+        schema.CODE_VERSION: code_version(),
+    }
+
+
+def error_line(e: BaseException) -> str:
+    """One line describing an exception, for the ``ltexp.error`` tag."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, LtexpError):
+        return text[:500]
+    return f"{type(e).__name__}: {text}"[:500]
+
+
+@contextlib.contextmanager
+def step_run(
+    step: schema.Step,
+    *,
+    experiment_id: str,
+    run_name: str | None = None,
+    run_id: str | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    description: str | None = None,
+    system_metrics: bool = False,
+) -> Iterator[mlflow.ActiveRun]:
+    """Start (or resume, with ``run_id``) the run of one step and close it with the right status.
+
+    FINISHED on success; FAILED on any exception, with its one-line reason in ``ltexp.error``;
+    KILLED on Ctrl-C. The exception is re-raised.
+    """
+    all_tags = {schema.STEP: step.value, **process_tags(), **(tags or {})}
+    active = mlflow.active_run()
+    # MLflow nests under the active run only; a child of another run is re-parented by its tag
+    reparent = parent_run_id if active and parent_run_id != active.info.run_id else None
+    run = mlflow.start_run(
+        run_id=run_id,
+        experiment_id=None if run_id else experiment_id,
+        run_name=None if run_id else run_name,
+        nested=active is not None,
+        parent_run_id=None if reparent else parent_run_id,
+        tags=all_tags,
+        description=description,
+        log_system_metrics=system_metrics or None,
+    )
+    if reparent and run_id is None:
+        mlflow.set_tag(schema.PARENT_RUN, reparent)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        _close(run.info.run_id, RunStatus.KILLED, "interrupted (Ctrl-C)")
+        raise
+    except BaseException as e:
+        _close(run.info.run_id, RunStatus.FAILED, error_line(e))
+        raise
+    else:
+        _close(run.info.run_id, RunStatus.FINISHED, None)
+
+
+def _close(run_id: str, status: int, error: str | None) -> None:
+    with contextlib.suppress(Exception):
+        flush()
+    active = mlflow.active_run()
+    try:
+        if error:
+            client().set_tag(run_id, schema.ERROR, error)
+        if active is not None and active.info.run_id == run_id:
+            mlflow.end_run(RunStatus.to_string(status))
+        else:
+            client().set_terminated(run_id, RunStatus.to_string(status))
+    except Exception:
+        if error is None:
+            raise
+
+
+def flush() -> None:
+    """Deliver metrics queued by asynchronous logging."""
+    mlflow.flush_async_logging()
