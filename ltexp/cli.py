@@ -90,7 +90,7 @@ def _add_config_options(parser: argparse.ArgumentParser, command: str) -> None:
             dest=spec.key,
             default=argparse.SUPPRESS,
             metavar="VALUE",
-            help=spec.help + _describe_default(spec),
+            help=(spec.help + _describe_default(spec)).replace("%", "%%"),
         )
 
 
@@ -184,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=os.environ.get("LTEXP_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # MLflow's INFO lines (database migrations, system-metrics threads) drown ltexp's own
+    logging.getLogger("mlflow").setLevel(os.environ.get("LTEXP_MLFLOW_LOG_LEVEL", "WARNING"))
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -27,8 +27,10 @@ OFFICIAL_MD5 = {
     "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
     "meta": "7973b15100ade9c7d40fb424638fde48",
 }
-# numpy's pickled-array reconstruction, under its old and new module names.
+# numpy's pickled-array reconstruction (old and new module names), and the codec that
+# protocol-2 pickles use for bytes: data constructors only, nothing that runs code.
 _ALLOWED_GLOBALS = {
+    ("_codecs", "encode"),
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"),

@@ -136,11 +136,13 @@ class TensorBatches:
             return EpochPlan(order.to(self.device), torch.zeros(0), torch.zeros(0))
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(n, generator=g)
-        offsets = torch.randint(0, 2 * CROP_PADDING + 1, (n, 2), generator=g)
-        flip = torch.rand(n, generator=g) < 0.5
+        total = self.shard_size() * self.world_size  # n, or n padded to a multiple of ranks
+        offsets = torch.randint(0, 2 * CROP_PADDING + 1, (total, 2), generator=g)
+        flip = torch.rand(total, generator=g) < 0.5
         if self.world_size > 1:  # pad by wrapping so every rank gets as many batches
-            total = self.shard_size() * self.world_size
-            order = torch.cat([order, order[: total - n]])[self.rank :: self.world_size]
+            shard = slice(self.rank, None, self.world_size)
+            order = torch.cat([order, order[: total - n]])[shard]
+            offsets, flip = offsets[shard], flip[shard]
         return EpochPlan(
             order.to(self.device, non_blocking=True),
             offsets.to(self.device, non_blocking=True),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -80,14 +83,14 @@ class CifarResNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
-def _from_scratch(factory: type[nn.Module]):
+def _from_scratch(factory: Callable[[], nn.Module]) -> Callable[[bool], nn.Module]:
     def create(pretrained: bool) -> nn.Module:
         if pretrained:
             from ltexp.errors import WeightsError
 
             raise WeightsError(
-                f"{factory.__name__} has no pretrained weights; use "
-                f"pretrained=false or a local weights file"
+                "the small ltexp models have no pretrained weights; use "
+                "pretrained=false or a local weights file"
             )
         return factory()
 
@@ -95,4 +98,14 @@ def _from_scratch(factory: type[nn.Module]):
 
 
 register_model(ModelSpec("tiny_cnn", _from_scratch(TinyCNN), "fc", 32, "ltexp", "none"))
-register_model(ModelSpec("cifar_resnet20", _from_scratch(CifarResNet), "fc", 32, "ltexp", "none"))
+for _depth in (8, 20, 32):  # variants are data: ResNet-8/20/32 of He et al. (2016)
+    register_model(
+        ModelSpec(
+            f"cifar_resnet{_depth}",
+            _from_scratch(functools.partial(CifarResNet, _depth)),
+            "fc",
+            32,
+            "ltexp",
+            "none",
+        )
+    )

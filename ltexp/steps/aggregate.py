@@ -68,18 +68,14 @@ def run_aggregate(
     cfg: Config, grid: Grid | None = None, parent_run_id: str | None = None
 ) -> AggregateResult:
     """Build the report of ``cfg.experiment`` (default: the preset's experiment)."""
-    name = cfg.experiment or default_experiment(cfg)
-    launched_exp = runs.launched_experiment_id()
-    if cfg.experiment or not launched_exp:
-        exp = runs.client().get_experiment_by_name(name)
-        if exp is None:
-            raise TrackingError(
-                f"experiment {name!r} does not exist on "
-                f"{mlflow.get_tracking_uri()}; give experiment=<name>"
-            )
-        exp_id = exp.experiment_id
-    else:
-        exp_id, name = launched_exp, runs.client().get_experiment(launched_exp).name
+    name = runs.experiment_name(cfg.experiment, default_experiment(cfg))
+    exp = runs.client().get_experiment_by_name(name)
+    if exp is None:
+        raise TrackingError(
+            f"experiment {name!r} does not exist on {mlflow.get_tracking_uri()}; "
+            f"give experiment=<name>"
+        )
+    exp_id = exp.experiment_id
     out = Path(cfg.report.output_dir or Path("reports") / name).expanduser()
     _check_writable(out)
     records = query_results(exp_id, cfg.report.report_dataset)
@@ -109,7 +105,7 @@ def run_aggregate(
             f"{len(report.missing)} missing cells, "
             f"{len(report.duplicates)} duplicates.",
         ) as run:
-            mlflow.log_params(
+            runs.log_params(
                 {"experiment": name, "dataset": datasets[0], "n_evaluate_runs": len(records)}
             )
             mlflow.log_metrics(

@@ -108,7 +108,7 @@ def run_evaluate(
         description=f"Test of {model_uri} (train run {train_run.info.run_id})"
         + (f", post-hoc logit adjustment tau={tau:g}" if tau else ""),
     ) as run:
-        mlflow.log_params(
+        runs.log_params(
             {
                 **cell,
                 schema.TRAIN_RUN_ID: train_run.info.run_id,

@@ -45,7 +45,7 @@ def run_prepare_data(cfg: Config, parent_run_id: str | None = None) -> str:
         tags=tags,
         description=description,
     ) as run:
-        mlflow.log_params(
+        runs.log_params(
             {
                 "dataset": source.name,
                 "profile": proto.profile,

@@ -123,8 +123,7 @@ def finished_cells(experiment_id: str) -> dict[str, tuple[str, str | None]]:
 def run_study(cfg: Config, parent_run_id: str | None = None) -> StudyResult:
     """Run the whole study; return the parent run and the report folder."""
     cells = grid_cells(cfg)
-    if not cfg.experiment:
-        cfg.experiment = default_experiment(cfg)
+    cfg.experiment = runs.experiment_name(cfg.experiment, default_experiment(cfg))
     exp_id = runs.resolve_experiment(cfg.experiment, default=cfg.experiment)
     runs.reap_dead_runs([exp_id])
     shash = study_hash(cfg)
@@ -144,7 +143,7 @@ def run_study(cfg: Config, parent_run_id: str | None = None) -> StudyResult:
     ) as run:
         study_run = run.info.run_id
         if main_id is None:
-            mlflow.log_params(
+            runs.log_params(
                 {
                     "models": ",".join(s.models),
                     "losses": ",".join(s.losses),

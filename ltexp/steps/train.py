@@ -33,8 +33,8 @@ from ltexp.checkpoint import (
 from ltexp.config import Config
 from ltexp.data import PreparedData
 from ltexp.data.pipeline import CIFAR_MEAN, CIFAR_STD, TensorBatches
-from ltexp.errors import ConfigError, TrackingError
-from ltexp.losses import build_loss
+from ltexp.errors import ConfigError, TrackingError, unknown_name_error
+from ltexp.losses import LOSSES, build_loss
 from ltexp.models import build_model, count_parameters, model_spec
 from ltexp.steps.data import find_prepared_run, load_prepared
 from ltexp.tracking import models as registry
@@ -125,6 +125,8 @@ def plan_train(cfg: Config, parent_run_id: str | None = None) -> TrainPlan:
     """Check and resolve everything about a train request (may run prepare_data first)."""
     t = cfg.train
     spec = model_spec(t.model)
+    if t.loss not in LOSSES:
+        raise unknown_name_error("loss", t.loss, list(LOSSES))
     device = resolve_device(t.device)
     image_size = t.image_size or spec.input_size
     if spec.fixed_input_size and image_size != spec.input_size:
@@ -137,8 +139,6 @@ def plan_train(cfg: Config, parent_run_id: str | None = None) -> TrainPlan:
         log.warning(
             "drw_epoch=%s >= epochs=%s: class weights never switch on", t.drw_epoch, t.epochs
         )
-    exp_id = runs.resolve_experiment(cfg.experiment, default=default_experiment(cfg))
-    runs.reap_dead_runs([exp_id])
     data_run_id = t.data_run or find_prepared_run(cfg.data)
     if data_run_id is None:
         from ltexp.steps.prepare_data import run_prepare_data
@@ -148,6 +148,8 @@ def plan_train(cfg: Config, parent_run_id: str | None = None) -> TrainPlan:
     prepared = load_prepared(data_run_id, cfg.data.data_root, cfg.data.download)
     counts = prepared.class_counts(TRAIN_SPLITS[t.train_split])
     build_loss(t.loss, counts, **cfg.loss_hparams(t.loss))  # refuses bad names / hparams now
+    exp_id = runs.resolve_experiment(cfg.experiment, default=default_experiment(cfg))
+    runs.reap_dead_runs([exp_id])
     identity = {
         "train": {k: v for k, v in asdict(t).items() if k not in RUNTIME_KEYS},
         "head": resolve_head(cfg),
@@ -280,13 +282,7 @@ def _log_run_inputs(plan: TrainPlan) -> None:
         }
     )
     params.pop("experiment", None)
-    params = {k: ("" if v is None else v) for k, v in params.items()}
-    mlflow.log_params(
-        {
-            k: (",".join(map(str, v)) if isinstance(v, list | tuple) else v)
-            for k, v in params.items()
-        }
-    )
+    runs.log_params(params)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / schema.CONFIG_ARTIFACT
         resolved = cfg.to_dict(("data", "train", "losses", "evaluate"))
@@ -382,7 +378,7 @@ def _train(plan: TrainPlan, run_id: str, folder: Path) -> tuple[float, int, str]
         _deliver_missing_metrics(run_id, history)
         mlflow.set_tag(schema.RESUMED_FROM_EPOCH, str(state["epoch"]))
         log.info("resuming run %s after epoch %d", run_id, state["epoch"])
-    mlflow.log_param(schema.NUM_PARAMS, count_parameters(model))
+    runs.log_params({schema.NUM_PARAMS: count_parameters(model)})
     # --- epochs: train, validate, checkpoint, log ------------------------------------------
     for result in fit(
         step_model,

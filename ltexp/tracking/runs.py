@@ -82,6 +82,17 @@ def launched_experiment_id() -> str | None:
     return os.environ.get("MLFLOW_EXPERIMENT_ID") or None
 
 
+def experiment_name(name: str, default: str) -> str:
+    """The experiment a command uses: ``name``, else the one ``mlflow run`` chose, else
+    ``default``."""
+    if name:
+        return name
+    launched = launched_experiment_id()
+    if launched:
+        return client().get_experiment(launched).name
+    return default
+
+
 def resolve_experiment(name: str, default: str) -> str:
     """Experiment id: ``name`` if given, else the one ``mlflow run`` chose, else ``default``."""
     if name:
@@ -195,13 +206,17 @@ def step_run(
     KILLED on Ctrl-C. The exception is re-raised.
     """
     all_tags = {schema.STEP: step.value, **process_tags(), **(tags or {})}
+    is_launched = bool(run_id) and run_id == launched_run_id()
+    if is_launched:
+        # claimed: MLflow would otherwise resume it again for the next run this process starts
+        os.environ.pop("MLFLOW_RUN_ID", None)
     active = mlflow.active_run()
     # MLflow nests under the active run only; a child of another run is re-parented by its tag
     reparent = parent_run_id if active and parent_run_id != active.info.run_id else None
     run = mlflow.start_run(
         run_id=run_id,
         experiment_id=None if run_id else experiment_id,
-        run_name=None if run_id else run_name,
+        run_name=None if run_id and not is_launched else run_name,
         nested=active is not None,
         parent_run_id=None if reparent else parent_run_id,
         tags=all_tags,
@@ -241,3 +256,40 @@ def _close(run_id: str, status: int, error: str | None) -> None:
 def flush() -> None:
     """Deliver metrics queued by asynchronous logging."""
     mlflow.flush_async_logging()
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log params on the active run, keeping values that are already there.
+
+    ``mlflow run`` logs the ``-P`` values itself, as typed (``lr=1e-3``); MLflow params cannot
+    change, so a value already logged stays when it means the same as ours, and anything else
+    is an error.
+    """
+    run = mlflow.active_run()
+    existing = client().get_run(run.info.run_id).data.params if run else {}
+    fresh = {}
+    for key, value in params.items():
+        text = _param_text(value)
+        if key not in existing:
+            fresh[key] = text
+        elif existing[key] != text and not _same_value(existing[key], text):
+            raise TrackingError(
+                f"param {key} is already {existing[key]!r} on this run; it cannot become {text!r}"
+            )
+    if fresh:
+        mlflow.log_params(fresh)
+
+
+def _param_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _same_value(a: str, b: str) -> bool:
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return a.strip().lower() == b.strip().lower()

@@ -1,0 +1,143 @@
+"""Datasets: CIFAR-100's on-disk format, digits, synthetic; checksums; files that are wrong."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ltexp.data import load_source, prepare
+from ltexp.data.splits import Protocol
+from ltexp.errors import ConfigError, DataError
+from tests.conftest import write_cifar100
+
+
+def test_reads_torchvision_cifar_format(cifar_root: Path) -> None:
+    src = load_source("cifar100", cifar_root, download=False)
+    assert src.train_images.shape == (50_000, 32, 32, 3) and src.train_images.dtype == np.uint8
+    assert src.test_images.shape == (10_000, 32, 32, 3)
+    assert np.bincount(src.train_labels).tolist() == [500] * 100
+    assert src.class_names[3] == "class3"
+    # pixel layout: CIFAR rows are 1024 R, then G, then B values
+    with open(cifar_root / "cifar-100-python" / "train", "rb") as f:
+        raw = pickle.load(f, encoding="latin1")
+    assert np.array_equal(src.train_images[7, :, :, 1], raw[b"data"][7, 1024:2048].reshape(32, 32))
+    assert src.train_labels[7] == raw[b"fine_labels"][7]
+
+
+def test_records_checksums_and_flags_unofficial_files(cifar_root: Path) -> None:
+    src = load_source("cifar100", cifar_root, download=False)
+    entry = src.checksums["cifar-100-python/train"]
+    assert len(entry["sha256"]) == 64
+    assert entry["official"] is False  # random pixels are not the official release
+
+
+def test_spec_counts_on_the_generated_cifar_files(cifar_root: Path) -> None:
+    src = load_source("cifar100", cifar_root, download=False)
+    prepared, _ = prepare(src, Protocol(n_train=src.n_train_per_class, n_test=src.n_test_per_class))
+    sizes = {s: m["n"] for s, m in prepared.manifest["splits"].items()}
+    assert sizes == {
+        "train_balanced": 45_000,
+        "test_balanced": 5_000,
+        "val": 10_000,
+        "train_lt": 9_754,
+        "test_lt": 1_051,
+        "test_head": 844,
+        "test_middle": 169,
+        "test_tail": 38,
+    }
+
+
+def test_missing_files_offline_give_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torchvision
+
+    def offline(*a, **k):
+        raise OSError("<urlopen error [Errno -2] Name or service not known>")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", offline)
+    with pytest.raises(DataError) as err:
+        load_source("cifar100", tmp_path / "nowhere", download=True)
+    msg = str(err.value)
+    assert str(tmp_path / "nowhere" / "cifar-100-python") in msg
+    assert "cifar-100-python.tar.gz" in msg and "download failed" in msg
+
+
+def test_missing_files_without_download(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"missing in .*download=true"):
+        load_source("cifar100", tmp_path, download=False)
+
+
+def test_data_root_that_is_a_file(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(DataError, match="is a file"):
+        load_source("cifar100", f)
+
+
+def test_truncated_file_is_reported(tmp_path: Path, cifar_root: Path) -> None:
+    shutil.copytree(cifar_root, tmp_path, dirs_exist_ok=True)
+    train = tmp_path / "cifar-100-python" / "train"
+    with open(train, "r+b") as f:
+        f.truncate(os.path.getsize(train) // 2)
+    with pytest.raises(DataError, match="corrupt"):
+        load_source("cifar100", tmp_path, download=False)
+
+
+def test_pickle_carrying_code_is_refused(tmp_path: Path) -> None:
+    write_cifar100(tmp_path, train_per_class=2, test_per_class=1)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with open(tmp_path / "cifar-100-python" / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": Evil()}, f)
+    with pytest.raises(DataError, match=r"refusing to load posix.system|corrupt"):
+        load_source("cifar100", tmp_path, download=False)
+    assert not marker.exists()
+
+
+def test_unknown_dataset_lists_valid_names() -> None:
+    with pytest.raises(ConfigError, match=r"unknown dataset 'cifar10'.*cifar100, digits"):
+        load_source("cifar10")
+
+
+def test_digits_is_cifar_shaped_and_split() -> None:
+    src = load_source("digits")
+    assert src.train_images.shape[1:] == (32, 32, 3) and src.train_images.dtype == np.uint8
+    assert len(src.train_labels) + len(src.test_labels) == 1797
+    assert np.bincount(src.test_labels).tolist() == [30] * 10
+    assert np.bincount(src.train_labels).min() >= src.n_train_per_class + src.n_test_per_class
+    assert (src.train_images[..., 0] == src.train_images[..., 2]).all()  # grey as RGB
+
+
+def test_synthetic_is_seeded_and_sized() -> None:
+    a = load_source(
+        "synthetic", num_classes=7, train_per_class=20, test_per_class=5, image_size=16, seed=3
+    )
+    b = load_source(
+        "synthetic", num_classes=7, train_per_class=20, test_per_class=5, image_size=16, seed=3
+    )
+    c = load_source(
+        "synthetic", num_classes=7, train_per_class=20, test_per_class=5, image_size=16, seed=4
+    )
+    assert a.train_images.shape == (140, 16, 16, 3) and a.test_images.shape == (35, 16, 16, 3)
+    assert np.array_equal(a.train_images, b.train_images)
+    assert not np.array_equal(a.train_images, c.train_images)
+    assert a.checksums == b.checksums != c.checksums
+
+
+def test_synthetic_classes_are_separable_by_their_prototype() -> None:
+    src = load_source("synthetic", num_classes=10, train_per_class=50, test_per_class=20)
+    x = src.train_images.reshape(len(src.train_labels), -1).astype(float)
+    means = np.stack([x[src.train_labels == c].mean(0) for c in range(10)])
+    t = src.test_images.reshape(len(src.test_labels), -1).astype(float)
+    nearest = ((t[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
+    assert (nearest == src.test_labels).mean() > 0.9

@@ -1,0 +1,93 @@
+"""What a prepare_data run records, and how later steps verify it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from ltexp.config import build_config
+from ltexp.data import SPLITS
+from ltexp.errors import DataError
+from ltexp.steps.data import find_prepared_run, load_prepared
+from ltexp.steps.prepare_data import run_prepare_data
+from ltexp.tracking import schema
+
+
+def _artifact(run_id: str, path: str, dst: Path) -> Path:
+    return Path(
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst))
+    )
+
+
+def test_prepare_data_run_contents(tmp_path: Path, tracking: str) -> None:
+    cfg = build_config("demo")
+    run_id = run_prepare_data(cfg)
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[schema.STEP] == "prepare_data"
+    p = run.data.params
+    assert (p["dataset"], p["profile"], p["imbalance_ratio"], p["seed"], p["class_order"]) == (
+        "digits",
+        "exp",
+        "100.0",
+        "42",
+        "label",
+    )
+    assert (p["n_max_train"], p["n_max_test"]) == ("120", "24")
+    manifest = json.loads(_artifact(run_id, "manifest.json", tmp_path).read_text())
+    assert set(manifest["splits"]) == set(SPLITS)
+    for name, entry in manifest["splits"].items():
+        assert entry["n"] == sum(entry["per_class"]) and len(entry["digest"]) == 64, name
+    assert manifest["splits"]["train_balanced"]["per_class"] == [120] * 10
+    assert manifest["splits"]["val"]["n"] == 300
+    assert set(manifest["groups"]) == {"head", "middle", "tail", "many", "medium", "few"}
+    assert manifest["source_checksums"]
+    with np.load(_artifact(run_id, "splits.npz", tmp_path)) as npz:
+        assert len(npz["train_lt"]) == manifest["splits"]["train_lt"]["n"]
+    assert _artifact(run_id, "class_counts.png", tmp_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _artifact(run_id, "config.yaml", tmp_path)
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    assert len(inputs) == len(SPLITS)
+    lt = inputs["digits/train_lt"]
+    assert lt.dataset.digest == manifest["splits"]["train_lt"]["digest"][:32]
+    tags = {t.key: t.value for t in lt.tags}
+    assert tags["ltexp.sha256"] == manifest["splits"]["train_lt"]["digest"]
+    assert tags["mlflow.data.context"] == "training"
+
+
+def test_same_seed_same_digests_other_seed_different(tmp_path: Path, tracking: str) -> None:
+    a = load_prepared(run_prepare_data(build_config("demo")), "~")
+    b = load_prepared(run_prepare_data(build_config("demo")), "~")
+    c = load_prepared(run_prepare_data(build_config("demo", {"split_seed": 7})), "~")
+    for s in SPLITS:
+        assert a.manifest["splits"][s]["digest"] == b.manifest["splits"][s]["digest"]
+    assert a.manifest["splits"]["train_lt"]["digest"] != c.manifest["splits"]["train_lt"]["digest"]
+
+
+def test_latest_matching_prepared_run_is_found(tmp_path: Path, tracking: str) -> None:
+    cfg = build_config("demo")
+    first = run_prepare_data(cfg)
+    second = run_prepare_data(cfg)
+    assert find_prepared_run(cfg.data) == second != first
+    assert find_prepared_run(build_config("demo", {"imbalance_ratio": 10}).data) is None
+
+
+def test_tampered_source_files_are_refused(tmp_path: Path, tracking: str, cifar_root: Path) -> None:
+    root = tmp_path / "cifar"
+    shutil.copytree(cifar_root, root)
+    cfg = build_config("thesis", {"data_root": str(root), "download": "false"})
+    run_id = run_prepare_data(cfg)
+    assert load_prepared(run_id, str(root), False).manifest["splits"]["train_lt"]["n"] == 9754
+    load_prepared.cache_clear()
+    # rewrite the train file with other pixels: same format, different content
+    from tests.conftest import write_cifar100
+
+    write_cifar100(root, seed=1)
+    with pytest.raises(DataError, match="does not match its manifest"):
+        load_prepared(run_id, str(root), False)
+    load_prepared.cache_clear()

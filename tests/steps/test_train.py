@@ -1,0 +1,313 @@
+"""train and evaluate end to end on the CPU: runs, metrics, registry, resume, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ltexp.checkpoint import LAST
+from ltexp.errors import TrackingError, TrainingError
+from ltexp.steps.evaluate import run_evaluate
+from ltexp.steps.train import run_train
+from ltexp.tracking import schema
+from tests.conftest import tiny_overrides
+
+
+@pytest.fixture
+def trained(tiny_config):
+    """One short training run with its child evaluation."""
+    cfg = tiny_config(loss="bs", epochs=3)
+    return cfg, run_train(cfg)
+
+
+def test_train_run_params_metrics_and_ui_fields(trained) -> None:
+    _cfg, result = trained
+    run = mlflow.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "tiny_cnn-bs-lt-s42"
+    assert run.data.tags[schema.STEP] == "train"
+    assert run.data.tags[schema.DESCRIPTION].startswith("tiny_cnn fine-tuned with bs")
+    p = run.data.params
+    for key, value in {
+        "model": "tiny_cnn",
+        "loss": "bs",
+        "train_split": "lt",
+        "seed": "42",
+        "lr": "0.001",
+        "batch_size": "32",
+        "epochs": "3",
+        "optimizer": "adam",
+        "scheduler": "step",
+        "head": "linear",
+        "dataset": "digits",
+        "precision": "fp32",
+        "deterministic": "True",
+    }.items():
+        assert p[key] == value, key
+    assert int(p[schema.NUM_PARAMS]) > 0
+    exp = mlflow.get_experiment(run.info.experiment_id)
+    assert exp.name == "demo-digits"
+    client = mlflow.MlflowClient()
+    for metric in schema.EPOCH_METRICS:
+        history = client.get_metric_history(result.run_id, metric)
+        assert sorted(m.step for m in history) == [1, 2, 3], metric
+    val = [
+        m.value
+        for m in sorted(client.get_metric_history(result.run_id, "val_acc1"), key=lambda m: m.step)
+    ]
+    assert result.best_val_acc1 == pytest.approx(max(val))
+    assert (
+        mlflow.search_runs(filter_string="params.loss = 'bs'", search_all_experiments=True).shape[0]
+        == 2
+    )  # train + evaluate
+    names = {a.path for a in client.list_artifacts(result.run_id)}
+    assert schema.CONFIG_ARTIFACT in names
+
+
+def test_best_checkpoint_is_registered_with_tags_and_champion(trained) -> None:
+    _cfg, result = trained
+    client = mlflow.MlflowClient()
+    name = "ltexp-digits-tiny_cnn-bs-lt"
+    assert result.model_uri == f"models:/{name}/1"
+    version = client.get_model_version(name, "1")
+    assert version.run_id == result.run_id
+    tags = version.tags
+    assert tags["run_id"] == result.run_id and tags["seed"] == "42"
+    assert float(tags["val_acc1"]) == pytest.approx(result.best_val_acc1, abs=1e-6)
+    assert int(tags["epoch"]) == result.best_epoch and len(tags["data_digest"]) == 64
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+
+
+def test_champion_follows_the_best_val_acc1(tiny_config) -> None:
+    first = run_train(tiny_config(epochs=1, seed=1, evaluate_after="false"))
+    second = run_train(tiny_config(epochs=3, seed=2, evaluate_after="false"))
+    client = mlflow.MlflowClient()
+    name = "ltexp-digits-tiny_cnn-ce-lt"
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert float(champion.tags["val_acc1"]) == pytest.approx(
+        max(first.best_val_acc1, second.best_val_acc1), abs=1e-6
+    )
+    assert champion.run_id in (first.run_id, second.run_id)
+    assert len(client.search_model_versions(f"name = '{name}'")) == 2
+
+
+def test_registered_model_loads_in_a_fresh_process(trained, tmp_path: Path) -> None:
+    code = (
+        "import mlflow, torch\n"
+        "m = mlflow.pytorch.load_model('models:/ltexp-digits-tiny_cnn-bs-lt@champion')\n"
+        "print(tuple(m(torch.randn(5, 3, 32, 32)).shape))\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=True,
+    )
+    assert out.stdout.strip().splitlines()[-1] == "(5, 10)"
+
+
+def test_evaluate_metrics_match_saved_predictions(trained, tmp_path: Path) -> None:
+    _cfg, result = trained
+    run = mlflow.get_run(result.evaluate_run_id)
+    assert run.data.tags[schema.STEP] == "evaluate"
+    assert run.data.tags[schema.PARENT_RUN] == result.run_id
+    p = run.data.params
+    assert {k: p[k] for k in schema.CELL_PARAMS} == {
+        "dataset": "digits",
+        "model": "tiny_cnn",
+        "loss": "bs",
+        "train_split": "lt",
+        "seed": "42",
+    }
+    assert p[schema.TRAIN_RUN_ID] == result.run_id and p[schema.MODEL_URI_PARAM] == result.model_uri
+    m = run.data.metrics
+    for group in ("balanced", "lt", "head", "middle", "tail", "medium", "few"):
+        acc = m[schema.test_metric(group)]
+        assert 0.0 <= acc <= 1.0
+        assert (
+            m[schema.test_metric(group, "acc1_ci_low")]
+            <= acc
+            <= m[schema.test_metric(group, "acc1_ci_high")]
+        )
+        assert acc <= m[schema.test_metric(group, "acc5")]
+    path = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path=schema.PREDICTIONS_ARTIFACT, dst_path=str(tmp_path)
+    )
+    with np.load(path) as pred:
+        labels, top5 = pred["test_balanced_labels"], pred["test_balanced_top5"]
+        assert m["test_balanced_acc1"] == pytest.approx((top5[:, 0] == labels).mean())
+        lt_labels, lt_top5 = pred["test_lt_labels"], pred["test_lt_top5"]
+        assert m["test_lt_acc1"] == pytest.approx((lt_top5[:, 0] == lt_labels).mean())
+        assert m["test_lt_acc5"] == pytest.approx((lt_top5 == lt_labels[:, None]).any(1).mean())
+        assert (pred["test_lt_logits"].argmax(1) == lt_top5[:, 0]).mean() > 0.99  # fp16 ties
+    csv = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path=schema.PER_CLASS_ARTIFACT, dst_path=str(tmp_path)
+    )
+    table = pd.read_csv(csv)
+    assert len(table) == 10 and table["test_balanced_n"].sum() == 240
+    tail = table[table["group"] == "tail"]
+    hits = (tail["test_lt_acc1"] * tail["test_lt_n"]).sum()
+    assert m["test_tail_acc1"] == pytest.approx(hits / tail["test_lt_n"].sum())
+
+
+def test_evaluate_by_model_uri_with_post_hoc_adjustment(trained) -> None:
+    cfg, result = trained
+    cfg.evaluate.model_uri = "models:/ltexp-digits-tiny_cnn-bs-lt@champion"
+    cfg.evaluate.tau = 1.0
+    run_id, metrics = run_evaluate(cfg)
+    p = mlflow.get_run(run_id).data.params
+    assert p["tau"] == "1.0" and p[schema.TRAIN_RUN_ID] == result.run_id
+    assert all(0 <= metrics[schema.test_metric(g)] <= 1 for g in ("balanced", "lt"))
+
+
+def test_evaluate_refuses_a_run_that_is_not_a_train_run(trained) -> None:
+    cfg, result = trained
+    cfg.evaluate.train_run = result.evaluate_run_id
+    with pytest.raises(TrackingError, match="is a evaluate run, not a train run"):
+        run_evaluate(cfg)
+
+
+def test_non_finite_loss_fails_the_run_naming_epoch_and_step(tiny_config) -> None:
+    cfg = tiny_config(optimizer="sgd", lr=1e30, epochs=2, evaluate_after="false")
+    with pytest.raises(TrainingError, match=r"non-finite .* at epoch 1, step \d+"):
+        run_train(cfg)
+    runs = mlflow.search_runs(
+        filter_string="tags.`ltexp.step` = 'train'", search_all_experiments=True
+    )
+    assert runs["status"].tolist() == ["FAILED"]
+    assert "epoch 1, step" in runs["tags.ltexp.error"].iloc[0]
+
+
+def _cli(tmp_path: Path, store: str, **extra: object) -> list[str]:
+    args = [sys.executable, "-m", "ltexp", "train"]
+    for k, v in tiny_overrides(tmp_path, **extra).items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return args
+
+
+def _env(store: Path) -> dict[str, str]:
+    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
+
+
+def _final_state(store: Path, ckpt: Path) -> tuple[dict, dict]:
+    mlflow.set_tracking_uri(f"sqlite:///{store}")
+    client = mlflow.MlflowClient()
+    run = [
+        r
+        for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
+        if r.data.tags.get(schema.STEP) == "train"
+    ]
+    assert len(run) == 1 and run[0].info.status == "FINISHED"
+    rid = run[0].info.run_id
+    hist = {
+        k: [
+            (m.step, m.value)
+            for m in sorted(client.get_metric_history(rid, k), key=lambda m: m.step)
+        ]
+        for k in ("train_loss", "val_acc1", "val_loss")
+    }
+    weights = torch.load(ckpt / rid / LAST, weights_only=True)["model"]
+    return hist, weights
+
+
+@pytest.mark.slow
+def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    extra = {"loss": "seql", "epochs": 5, "evaluate_after": "false"}
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    subprocess.run(
+        _cli(a, "", **extra), env=_env(a / "mlflow.db"), cwd=a, check=True, capture_output=True
+    )
+    proc = subprocess.Popen(
+        _cli(b, "", **extra),
+        env=_env(b / "mlflow.db"),
+        cwd=b,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        found = list((b / "ckpt").glob(f"*/{LAST}"))
+        if found and torch.load(found[0], weights_only=True)["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    mlflow.set_tracking_uri(f"sqlite:///{b / 'mlflow.db'}")
+    killed = mlflow.search_runs(
+        search_all_experiments=True, filter_string="tags.`ltexp.step` = 'train'"
+    )
+    assert killed["status"].tolist() == ["RUNNING"]  # until the next command reaps it
+    subprocess.run(
+        _cli(b, "", **extra), env=_env(b / "mlflow.db"), cwd=b, check=True, capture_output=True
+    )
+    hist_a, w_a = _final_state(a / "mlflow.db", a / "ckpt")
+    hist_b, w_b = _final_state(b / "mlflow.db", b / "ckpt")
+    assert hist_a == hist_b  # every epoch logged once, same values
+    assert all(torch.equal(w_a[k], w_b[k]) for k in w_a)
+    versions = mlflow.MlflowClient().search_model_versions("name = 'ltexp-digits-tiny_cnn-seql-lt'")
+    assert len(versions) == 1
+
+
+def test_checkpoint_that_carries_code_is_refused(tmp_path: Path) -> None:
+    import pickle
+
+    from ltexp.checkpoint import load_checkpoint
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / LAST
+    with open(path, "wb") as f:
+        pickle.dump({"epoch": 1, "model": Evil()}, f)
+    with pytest.raises(TrainingError, match="refused"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainingError, match="corrupt"):
+        load_checkpoint(path)
+
+
+def test_unwritable_checkpoint_keeps_the_previous_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ltexp.checkpoint import load_checkpoint, save_checkpoint
+
+    path = tmp_path / LAST
+    save_checkpoint({"epoch": 1, "model": {"w": torch.ones(2)}}, path)
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(TrainingError, match=r"No space left.*previous checkpoint is intact"):
+        save_checkpoint({"epoch": 2, "model": {"w": torch.zeros(2)}}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == [LAST]  # no temporary file left behind
+
+
+def test_registered_version_carries_weights_and_model_info(trained, tmp_path: Path) -> None:
+    _cfg, result = trained
+    local = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=result.model_uri, dst_path=str(tmp_path))
+    )
+    info = json.loads((local / "extra_files" / "ltexp_model.json").read_text())
+    assert info["model"] == "tiny_cnn" and info["num_classes"] == 10 and info["head"] == "linear"
+    assert (local / "data" / "model.pt2").is_file()

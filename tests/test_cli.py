@@ -1,0 +1,188 @@
+"""The ``ltexp`` command: help, option spelling, and bad input (one line, exit 2, no run)."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ltexp.cli import build_parser, main
+from tests.conftest import tiny_overrides
+
+
+def _args(overrides: dict[str, object]) -> list[str]:
+    out = []
+    for k, v in overrides.items():
+        out += [f"--{k.replace('_', '-')}", str(v)]
+    return out
+
+
+def _count_runs() -> int:
+    return len(mlflow.search_runs(search_all_experiments=True, output_format="list"))
+
+
+def test_help_explains_every_option() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "ltexp", "train", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for option in (
+        "--model",
+        "--loss",
+        "--train-split",
+        "--lr",
+        "--batch-size",
+        "--device",
+        "--deterministic",
+        "--focal-gamma",
+        "--ldam-max-margin",
+        "--resume",
+    ):
+        assert option in out
+    assert "default: 0.001" in out
+
+
+def test_underscore_spelling_is_accepted() -> None:
+    parser = build_parser()
+    a = parser.parse_args(["train", "--batch_size", "8"])
+    b = parser.parse_args(["train", "--batch-size", "8"])
+    assert a.batch_size == b.batch_size == "8"
+
+
+BAD_TRAIN = [
+    ({"model": "resnet5"}, "unknown model 'resnet5'"),
+    ({"loss": "focall"}, "unknown loss 'focall'"),
+    ({"train_split": "tail"}, "unknown train_split value 'tail'"),
+    ({"lr": "0"}, "lr must be > 0"),
+    ({"epochs": "0"}, "epochs must be >= 1"),
+    ({"batch_size": "0"}, "batch_size must be >= 1"),
+    ({"device": "cuda"}, "no CUDA GPU"),
+    ({"data_run": "0123456789abcdef0123456789abcdef"}, "does not exist"),
+    ({"imbalance_ratio": "0.2"}, "imbalance_ratio must be >= 1"),
+    ({"dataset": "cifar10"}, "unknown dataset 'cifar10'"),
+]
+
+
+@pytest.mark.parametrize("bad,message", BAD_TRAIN, ids=[next(iter(b)) for b, _ in BAD_TRAIN])
+def test_bad_train_input_is_one_line_exit_2_and_no_run(
+    bad: dict, message: str, tmp_path: Path, tracking: str, capsys: pytest.CaptureFixture
+) -> None:
+    code = main(["train", *_args(tiny_overrides(tmp_path, **bad))])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and message in err[0], err
+    assert _count_runs() == 0
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ({"n_max_train": "200"}, "fewer than n_max_train"),
+        ({"n_max_test": "-3"}, "n_max_test must be >= 1"),
+        ({"profile": "zipf"}, "unknown imbalance profile 'zipf'"),
+    ],
+)
+def test_bad_prepare_data_input(
+    bad: dict, message: str, tmp_path: Path, tracking: str, capsys: pytest.CaptureFixture
+) -> None:
+    code = main(["prepare-data", *_args(bad)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert _count_runs() == 0
+
+
+def test_data_root_that_is_a_file(
+    tmp_path: Path, tracking: str, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "f").write_text("x")
+    code = main(["prepare-data", "--dataset", "cifar100", "--data-root", str(tmp_path / "f")])
+    assert code == 2 and "is a file" in capsys.readouterr().err
+    assert _count_runs() == 0
+
+
+def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--no-such-option", "1"])
+    assert exc.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_evaluate_needs_a_target(
+    tmp_path: Path, tracking: str, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["evaluate"]) == 2
+    assert "train_run=" in capsys.readouterr().err
+    assert main(["evaluate", "--model-uri", "models:/nope@champion"]) == 2
+    assert "does not resolve" in capsys.readouterr().err
+    assert main(["evaluate", "--train-run", "0" * 32]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_aggregate_of_an_empty_experiment(
+    tmp_path: Path, tracking: str, capsys: pytest.CaptureFixture
+) -> None:
+    mlflow.create_experiment("empty")
+    assert main(["aggregate", "--experiment", "empty"]) == 2
+    assert "no FINISHED evaluate runs" in capsys.readouterr().err
+    assert main(["aggregate", "--experiment", "missing"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_study_lists_every_unknown_name_before_running(
+    tmp_path: Path, tracking: str, capsys: pytest.CaptureFixture
+) -> None:
+    code = main(
+        ["main", "--models", "tiny_cnn,resnet5", "--losses", "ce,foo", "--train-splits", "lt,tail"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "'resnet5'" in err and "'foo'" in err and "'tail'" in err
+    assert _count_runs() == 0
+
+
+_TRAIN_KEYS = [
+    "--lr",
+    "--epochs",
+    "--batch-size",
+    "--model",
+    "--loss",
+    "--seed",
+    "--betas",
+    "--deterministic",
+    "--imbalance-ratio",
+    "--focal-gamma",
+    "--train-split",
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_TRAIN_KEYS),
+            st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12),
+        ),
+        max_size=4,
+    )
+)
+def test_fuzz_cli_parser_never_crashes(pairs: list[tuple[str, str]]) -> None:
+    from ltexp.cli import _overrides
+    from ltexp.config import build_config
+    from ltexp.errors import ConfigError
+
+    argv = ["train"] + [f"{k}={v}" for k, v in pairs]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:
+        assert e.code == 2
+        return
+    with contextlib.suppress(ConfigError):
+        build_config(args.preset, _overrides(args))

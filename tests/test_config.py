@@ -1,0 +1,170 @@
+"""Configuration: presets, overrides, types, ranges, unknown keys, YAML safety, fuzzing."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ltexp.config import all_fields, build_config, convert
+from ltexp.errors import ConfigError
+
+
+def test_defaults_are_the_spec_protocol() -> None:
+    cfg = build_config("thesis")
+    t = cfg.train
+    assert (t.optimizer, t.lr, t.betas, t.eps, t.weight_decay) == (
+        "adam",
+        1e-3,
+        (0.9, 0.999),
+        1e-8,
+        0.0,
+    )
+    assert (t.batch_size, t.epochs, t.scheduler, t.step_size, t.lr_gamma, t.seed) == (
+        128,
+        90,
+        "step",
+        30,
+        0.1,
+        42,
+    )
+    assert cfg.data.dataset == "cifar100" and cfg.data.imbalance_ratio == 100.0
+    assert cfg.study.models == ["resnet50", "mobilenet_v2", "vit_b16", "convnext_base"]
+    assert cfg.study.losses == ["ce", "focal", "wce", "cb", "bs", "seql", "ldam"]
+    assert cfg.losses["ldam"] == {"max_margin": 0.5, "scale": 30.0}
+
+
+def test_demo_preset_holds_only_what_differs() -> None:
+    cfg = build_config("demo")
+    assert cfg.data.dataset == "digits" and cfg.train.model == "tiny_cnn"
+    assert cfg.train.lr == 1e-3  # not in demo.yaml: the protocol default
+
+
+def test_overrides_from_strings() -> None:
+    cfg = build_config(
+        "demo",
+        {
+            "lr": "0.01",
+            "betas": "0.8,0.99",
+            "seeds": "1,2,3",
+            "deterministic": "true",
+            "focal_gamma": "1.5",
+            "n_max_train": "none",
+        },
+    )
+    assert cfg.train.lr == 0.01 and cfg.train.betas == (0.8, 0.99)
+    assert cfg.study.seeds == [1, 2, 3] and cfg.train.deterministic is True
+    assert cfg.losses["focal"]["gamma"] == 1.5 and cfg.data.n_max_train is None
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("lr", "0", "lr must be > 0"),
+        ("lr", "-1", "lr must be > 0"),
+        ("epochs", "0", "epochs must be >= 1"),
+        ("batch_size", "0", "batch_size must be >= 1"),
+        ("epochs", "1.5", "expected an integer"),
+        ("lr", "fast", "expected a number"),
+        ("lr", "nan", "finite"),
+        ("deterministic", "maybe", "expected true or false"),
+        ("train_split", "long", "unknown train_split value 'long'"),
+        ("imbalance_ratio", "0.5", "imbalance_ratio must be >= 1"),
+        ("betas", "0.9", "expected 2 comma-separated values"),
+        ("lerning_rate", "1", "unknown option 'lerning_rate'"),
+    ],
+)
+def test_bad_values_are_refused_with_the_reason(key: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_config("demo", {key: value})
+
+
+def test_unknown_yaml_key_names_it_and_the_valid_ones(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        build_config(str(path))
+    msg = str(err.value)
+    assert "train.learning_rate" in msg and "valid:" in msg and "lr" in msg
+    path.write_text("trian:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown section 'trian'.*did you mean 'train'"):
+        build_config(str(path))
+    path.write_text("losses:\n  focal:\n    gama: 1\n")
+    with pytest.raises(ConfigError, match=r"losses.focal.gama.*did you mean 'gamma'"):
+        build_config(str(path))
+
+
+def test_yaml_tags_that_build_objects_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.yaml"
+    marker = tmp_path / "pwned"
+    path.write_text(f"train: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        build_config(str(path))
+    assert not marker.exists()
+
+
+def test_wrong_types_in_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: [1, 2]\n")
+    with pytest.raises(ConfigError, match="epochs: expected an integer"):
+        build_config(str(path))
+    path.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        build_config(str(path))
+
+
+def test_unknown_preset_lists_presets() -> None:
+    with pytest.raises(ConfigError, match=r"unknown preset 'demoo'.*demo, thesis"):
+        build_config("demoo")
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path: Path) -> None:
+    cfg = build_config("demo", {"lr": "0.02", "seeds": "4,5"})
+    path = tmp_path / "resolved.yaml"
+    data = cfg.to_dict()
+    data.pop("preset")
+    path.write_text(yaml.safe_dump(data))
+    again = build_config(str(path))
+    assert again.flat() | {"preset": "x"} == cfg.flat() | {"preset": "x"}
+
+
+_FIELDS = all_fields()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    key=st.sampled_from(sorted(_FIELDS)),
+    value=st.one_of(
+        st.text(max_size=20),
+        st.integers(),
+        st.floats(allow_nan=True),
+        st.booleans(),
+        st.none(),
+        st.lists(st.integers(), max_size=3),
+    ),
+)
+def test_fuzz_converter_only_raises_config_errors(key: str, value: object) -> None:
+    with contextlib.suppress(ConfigError):
+        convert(_FIELDS[key], value)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.recursive(
+        st.one_of(st.text(max_size=8), st.integers(), st.floats(), st.booleans(), st.none()),
+        lambda children: st.one_of(
+            st.lists(children, max_size=3),
+            st.dictionaries(st.text(max_size=8), children, max_size=3),
+        ),
+        max_leaves=8,
+    )
+)
+def test_fuzz_yaml_loader_only_raises_config_errors(tmp_path_factory, data: object) -> None:
+    path = tmp_path_factory.mktemp("fuzz") / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with contextlib.suppress(ConfigError):
+        build_config(str(path))
