@@ -1,8 +1,24 @@
-"""``ltexp bench``: training throughput, model-only ceiling vs ltexp's real training step."""
+"""``ltexp bench``: training throughput, the model-only ceiling vs ltexp's real training step.
+
+(a) model only: forward + backward + optimizer step on one batch already on the device, the
+    ceiling of what any input pipeline could feed.
+(b) ltexp's training step: :func:`ltexp.training.train_one_epoch` over a CIFAR-sized uint8 set held
+    on the device (the real augmentation, loss, optimizer and metric accumulation), then the real
+    per-epoch MLflow logging, to a temporary store.
+
+Both run in one process, after warm-up, with the device synchronised, and report the median of
+several repeats. ``ratio = pipeline / model_only``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from typing import Any
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -11,10 +27,214 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         action="append",
         default=None,
-        help="backbone to measure (repeatable; default: the device's default)",
+        help="backbone to measure; repeat for several (default: resnet50 on "
+        "CUDA, the demo model tiny_cnn on CPU)",
     )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="batch size (default: 128 on CUDA, the demo's 32 on CPU)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="input side (default: the model's, 224 for the pretrained ones)",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        help="auto: bf16 autocast on CUDA, fp32 on CPU (the training default)",
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--loss", default="ce", help="loss of the pipeline step (default ce)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="steps per timed repeat (default: 30 on CUDA, 40 on CPU)",
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed warm-up repeats of both measurements"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    """Run the benchmark; print a table or JSON."""
-    raise NotImplementedError
+    """Run the benchmark for every requested model; print a table or JSON."""
+    import torch
+
+    from ltexp.training import resolve_device
+
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    models = args.model or ["resnet50" if cuda else "tiny_cnn"]
+    rows = [
+        measure(
+            name,
+            device=device,
+            batch_size=args.batch_size or (128 if cuda else 32),
+            image_size=args.image_size,
+            precision=args.precision,
+            compile=args.compile,
+            loss=args.loss,
+            steps=args.steps or (30 if cuda else 40),
+            repeats=args.repeats,
+            warmup=args.warmup,
+        )
+        for name in models
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    card = (
+        torch.cuda.get_device_name(device)
+        if cuda
+        else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    )
+    print(f"{card}, torch {torch.__version__}")
+    print(
+        f"{'model':<16}{'batch':>6}{'size':>6}{'precision':>10}{'model-only img/s':>18}"
+        f"{'ltexp step img/s':>18}{'ratio':>8}"
+    )
+    for r in rows:
+        print(
+            f"{r['model']:<16}{r['batch_size']:>6}{r['image_size']:>6}{r['precision']:>10}"
+            f"{r['model_only_img_s']:>18,.0f}{r['pipeline_img_s']:>18,.0f}{r['ratio']:>8.3f}"
+        )
+    return 0
+
+
+def measure(
+    name: str,
+    *,
+    device: Any,
+    batch_size: int,
+    image_size: int | None,
+    precision: str,
+    compile: bool,
+    loss: str,
+    steps: int,
+    repeats: int,
+    warmup: int,
+) -> dict[str, Any]:
+    """Both throughputs of one model (see the module docstring)."""
+    import mlflow
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from ltexp.data.pipeline import TensorBatches
+    from ltexp.losses import build_loss
+    from ltexp.models import build_model, model_spec
+    from ltexp.training import autocast, autocast_dtype, make_optimizer, train_one_epoch
+
+    size = image_size or model_spec(name).input_size
+    amp = autocast_dtype(precision, device)
+    channels_last = device.type == "cuda"
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    num_classes = 100
+
+    def fresh() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.nn.Module]:
+        """The same initial model and optimizer for both measurements."""
+        torch.manual_seed(0)
+        model = build_model(name, num_classes, pretrained=False).to(device, memory_format=fmt)
+        opt = make_optimizer(
+            "adam",
+            model.parameters(),
+            lr=1e-4,
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            weight_decay=0.0,
+            momentum=0.0,
+            device=device,
+        )
+        return model, opt, (torch.compile(model) if compile else model)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    # (a) the ceiling: one batch already on the device, no data work at all
+    _, opt_a, model_a = fresh()
+    x = torch.randn(batch_size, 3, size, size, device=device).to(memory_format=fmt)
+    if amp is not None:
+        x = x.to(amp)
+    y = torch.randint(0, num_classes, (batch_size,), device=device)
+
+    def model_only() -> float:
+        sync()
+        t = time.perf_counter()
+        for _ in range(steps):
+            with autocast(device, amp):
+                out = model_a(x)
+            loss_value = F.cross_entropy(out.float(), y)
+            opt_a.zero_grad(set_to_none=True)
+            loss_value.backward()
+            opt_a.step()
+        sync()
+        return steps * batch_size / (time.perf_counter() - t)
+
+    # (b) ltexp's step: the real pipeline, loss, optimizer, accumulation and epoch logging
+    rng = np.random.default_rng(0)
+    n = steps * batch_size
+    images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, num_classes, size=n).astype(np.int64)
+    batches = TensorBatches(
+        images,
+        labels,
+        batch_size,
+        device=device,
+        image_size=size,
+        train=True,
+        seed=0,
+        dtype=amp or torch.float32,
+        channels_last=channels_last,
+    )
+    loss_fn = build_loss(loss, np.bincount(labels, minlength=num_classes).clip(min=1).tolist())
+    loss_fn = loss_fn.to(device)
+    _, opt_b, model_b = fresh()
+
+    def ltexp_step(epoch: int) -> float:
+        sync()
+        t = time.perf_counter()
+        stats = train_one_epoch(model_b, loss_fn, batches, opt_b, epoch, amp=amp)
+        mlflow.log_metrics(
+            {"train_loss": stats.loss, "train_acc1": stats.acc1}, step=epoch, synchronous=False
+        )
+        sync()
+        return stats.images / (time.perf_counter() - t)
+
+    ceiling, pipeline = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(f"sqlite:///{tmp}/bench.db")
+        try:
+            with mlflow.start_run():
+                for _ in range(warmup):
+                    model_only()
+                    ltexp_step(0)
+                # interleaved, so drifts of clock and temperature hit both alike
+                for r in range(1, repeats + 1):
+                    ceiling.append(model_only())
+                    pipeline.append(ltexp_step(r))
+                mlflow.flush_async_logging()
+        finally:
+            mlflow.set_tracking_uri(previous)
+    a, b = statistics.median(ceiling), statistics.median(pipeline)
+    return {
+        "model": name,
+        "device": str(device),
+        "batch_size": batch_size,
+        "image_size": size,
+        "precision": {None: "fp32"}.get(amp, str(amp).removeprefix("torch.")),
+        "compile": compile,
+        "model_only_img_s": round(a, 1),
+        "pipeline_img_s": round(b, 1),
+        "ratio": round(b / a, 4),
+        "torch": torch.__version__,
+    }

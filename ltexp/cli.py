@@ -184,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=os.environ.get("LTEXP_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # one progress bar per artifact download drowns the log of a study
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow's INFO lines (database migrations, system-metrics threads) drown ltexp's own
     logging.getLogger("mlflow").setLevel(os.environ.get("LTEXP_MLFLOW_LOG_LEVEL", "WARNING"))
     parser = build_parser()

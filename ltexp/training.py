@@ -39,7 +39,8 @@ def set_deterministic(enabled: bool) -> None:
     """Deterministic kernels (bit-identical reruns) or the fastest ones."""
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled)
+    if torch.are_deterministic_algorithms_enabled() != enabled:  # the switch costs ~0.5 s
+        torch.use_deterministic_algorithms(enabled)
     torch.backends.cudnn.deterministic = enabled
     torch.backends.cudnn.benchmark = not enabled
 
@@ -177,6 +178,72 @@ def validate(
     return ValidationResult(stats[0] / n, stats[1] / n, group_acc)
 
 
+@dataclass
+class EpochStats:
+    """What one pass over the training set measured (plain numbers, read once)."""
+
+    loss: float
+    acc1: float
+    images: int
+    seconds: float
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loss_fn: ClassAwareLoss,
+    batches: TensorBatches,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    *,
+    amp: torch.dtype | None = None,
+    grad_scaler: torch.amp.GradScaler | None = None,
+    show_progress: bool = False,
+    epochs: int | None = None,
+) -> EpochStats:
+    """One pass over ``batches`` (epoch ``epoch``'s order and augmentation).
+
+    Raises:
+        TrainingError: a non-finite loss (naming the epoch and step).
+    """
+    device = batches.device
+    model.train()
+    loss_fn.set_epoch(epoch)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)
+    seen = 0
+    started = time.perf_counter()
+    bar = _progress(len(batches), epoch, epochs or epoch, show_progress)
+    for step, (x, y) in enumerate(batches.epoch(epoch), start=1):
+        with autocast(device, amp):
+            logits = model(x)
+        loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        if grad_scaler is not None:
+            grad_scaler.scale(loss).backward()
+            grad_scaler.step(optimizer)
+            grad_scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        # accumulate on the device: no host sync per step
+        detached = loss.detach()
+        loss_sum += detached * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        first_bad = torch.where(~torch.isfinite(detached) & (first_bad < 0), step, first_bad)
+        seen += len(y)
+        if bar is not None:
+            bar.update(1)
+            if step % PROGRESS_EVERY == 0:  # a sync, only when a person is watching
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
+                _raise_if_nonfinite(first_bad, epoch)
+    if bar is not None:
+        bar.close()
+    _raise_if_nonfinite(first_bad, epoch)
+    total_loss, total_correct = torch.stack([loss_sum, correct.float()]).tolist()  # the sync
+    return EpochStats(total_loss / seen, total_correct / seen, seen, time.perf_counter() - started)
+
+
 def fit(
     model: nn.Module,
     loss_fn: ClassAwareLoss,
@@ -200,65 +267,35 @@ def fit(
     Raises:
         TrainingError: a non-finite loss (naming the epoch and step).
     """
-    device = train_batches.device
-    num_classes = loss_fn.num_classes
-    show = sys.stderr.isatty() if progress is None else progress
+    show = (sys.stderr.isatty() if progress is None else progress) and is_main
     for epoch in range(start_epoch, epochs + 1):
-        # --- train one epoch ---------------------------------------------------------------
-        model.train()
-        loss_fn.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        first_bad = torch.full((), -1, device=device, dtype=torch.long)
-        seen = 0
         started = time.perf_counter()
-        bar = _progress(len(train_batches), epoch, epochs, show and is_main)
-        for step, (x, y) in enumerate(train_batches.epoch(epoch), start=1):
-            with autocast(device, amp):
-                logits = model(x)
-            loss = loss_fn(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            if grad_scaler is not None:
-                grad_scaler.scale(loss).backward()
-                grad_scaler.step(optimizer)
-                grad_scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            # accumulate on the device: no host sync per step
-            detached = loss.detach()
-            loss_sum += detached * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
-            bad_now = ~torch.isfinite(detached) & (first_bad < 0)
-            first_bad = torch.where(bad_now, step, first_bad)
-            seen += len(y)
-            if bar is not None:
-                bar.update(1)
-                if step % PROGRESS_EVERY == 0:
-                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
-                    _raise_if_nonfinite(first_bad, epoch)
-        if bar is not None:
-            bar.close()
-        _raise_if_nonfinite(first_bad, epoch)
-        train_loss, train_correct = torch.stack([loss_sum, correct.float()]).tolist()
-        train_seconds = time.perf_counter() - started
+        lr = optimizer.param_groups[0]["lr"]
+        train = train_one_epoch(
+            model,
+            loss_fn,
+            train_batches,
+            optimizer,
+            epoch,
+            amp=amp,
+            grad_scaler=grad_scaler,
+            show_progress=show,
+            epochs=epochs,
+        )
         scheduler.step()
-
-        # --- validate ----------------------------------------------------------------------
-        val = validate(model, val_batches, groups, num_classes, amp)
+        val = validate(model, val_batches, groups, loss_fn.num_classes, amp)
         improved = val.acc1 > best_val_acc1
         if improved:
             best_val_acc1, best_epoch = val.acc1, epoch
         metrics = {
-            "train_loss": train_loss / seen,
-            "train_acc1": train_correct / seen,
+            "train_loss": train.loss,
+            "train_acc1": train.acc1,
             "val_loss": val.loss,
             "val_acc1": val.acc1,
             **{f"val_{g}_acc1": a for g, a in val.group_acc1.items()},
             "lr": lr,
             "epoch_seconds": time.perf_counter() - started,
-            "images_per_s": seen / train_seconds,
+            "images_per_s": train.images / train.seconds,
         }
         yield EpochResult(epoch, metrics, improved, best_val_acc1, best_epoch)
 

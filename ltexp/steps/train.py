@@ -11,7 +11,6 @@ import contextlib
 import fcntl
 import logging
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -414,8 +413,7 @@ def _train(plan: TrainPlan, run_id: str, folder: Path) -> tuple[float, int, str]
             },
             last,
         )
-        mlflow.log_metrics(result.metrics, step=result.epoch, synchronous=False)
-        mlflow.set_tag(schema.HEARTBEAT, f"{time.time():.0f}", synchronous=False)
+        runs.log_epoch(result.metrics, result.epoch)
         best_acc, best_epoch = result.best_val_acc1, result.best_epoch
         log.info(
             "epoch %d/%d  train_loss %.4f  val_acc1 %.4f  (%.1f img/s)",

@@ -26,6 +26,7 @@ from ltexp.errors import LtexpError, TrackingError
 from ltexp.tracking import schema
 
 _CODE_VERSION: str | None = None
+_ASYNC_PENDING = False  # metrics queued by log_epoch and not yet flushed
 
 
 def client() -> MlflowClient:
@@ -238,8 +239,9 @@ def step_run(
 
 
 def _close(run_id: str, status: int, error: str | None) -> None:
-    with contextlib.suppress(Exception):
-        flush()
+    if _ASYNC_PENDING:
+        with contextlib.suppress(Exception):
+            flush()
     active = mlflow.active_run()
     try:
         if error:
@@ -253,9 +255,19 @@ def _close(run_id: str, status: int, error: str | None) -> None:
             raise
 
 
+def log_epoch(metrics: dict[str, float], epoch: int) -> None:
+    """Queue one epoch's metrics (``step=epoch``) and heartbeat; never waits on the server."""
+    global _ASYNC_PENDING
+    _ASYNC_PENDING = True
+    mlflow.log_metrics(metrics, step=epoch, synchronous=False)
+    mlflow.set_tag(schema.HEARTBEAT, f"{time.time():.0f}", synchronous=False)
+
+
 def flush() -> None:
-    """Deliver metrics queued by asynchronous logging."""
+    """Deliver metrics queued by :func:`log_epoch`."""
+    global _ASYNC_PENDING
     mlflow.flush_async_logging()
+    _ASYNC_PENDING = False
 
 
 def log_params(params: dict[str, Any]) -> None:

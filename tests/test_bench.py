@@ -1,0 +1,36 @@
+"""``ltexp bench`` runs both measurements and reports them (speed goals live in its output)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_bench_json_fields() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ltexp",
+            "bench",
+            "--json",
+            "--steps",
+            "2",
+            "--repeats",
+            "2",
+            "--model",
+            "tiny_cnn",
+            "--model",
+            "cifar_resnet8",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = json.loads(out)
+    assert [r["model"] for r in rows] == ["tiny_cnn", "cifar_resnet8"]
+    for r in rows:
+        assert r["model_only_img_s"] > 0 and r["pipeline_img_s"] > 0
+        assert abs(r["ratio"] - r["pipeline_img_s"] / r["model_only_img_s"]) < 1e-3
+        assert r["device"] == "cpu" and r["batch_size"] == 32 and r["image_size"] == 32
