@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMAND_SECTIONS:
         p = sub.add_parser(command, help=COMMAND_HELP[command], description=COMMAND_HELP[command])
         _add_config_options(p, command)
-        if command in ("train", "main"):
+        if command in ("train", "evaluate", "main"):
             p.add_argument(
                 "--parent-run-id",
                 "--parent_run_id",
@@ -136,6 +136,8 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
         from ltexp.steps.train import run_train
 
         result = run_train(cfg, parent_run_id=args.parent_run_id)
+        if not result.model_uri:  # a data-parallel rank other than 0: rank 0 reports
+            return 0
         print(
             f"train run: {result.run_id}  best val_acc1 {result.best_val_acc1:.4f} "
             f"(epoch {result.best_epoch})  model {result.model_uri}"
@@ -147,7 +149,7 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
     def evaluate(cfg: Config, args: argparse.Namespace) -> int:
         from ltexp.steps.evaluate import run_evaluate
 
-        run_id, metrics = run_evaluate(cfg)
+        run_id, metrics = run_evaluate(cfg, parent_run_id=args.parent_run_id)
         print(
             f"evaluate run: {run_id}  "
             + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.endswith("acc1"))

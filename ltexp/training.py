@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ltexp.data.pipeline import TensorBatches
+from ltexp.distributed import all_reduce_sum, is_distributed
 from ltexp.errors import ConfigError, TrainingError
 from ltexp.losses.base import ClassAwareLoss
 
@@ -236,12 +237,24 @@ def train_one_epoch(
             bar.update(1)
             if step % PROGRESS_EVERY == 0:  # a sync, only when a person is watching
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
-                _raise_if_nonfinite(first_bad, epoch)
+                if not is_distributed():  # ranks must stop together, at the epoch's end
+                    _raise_if_nonfinite(first_bad, epoch)
     if bar is not None:
         bar.close()
-    _raise_if_nonfinite(first_bad, epoch)
-    total_loss, total_correct = torch.stack([loss_sum, correct.float()]).tolist()  # the sync
-    return EpochStats(total_loss / seen, total_correct / seen, seen, time.perf_counter() - started)
+    # the epoch's one sync: totals over every rank
+    totals = torch.stack(
+        [loss_sum, correct.float(), torch.full_like(loss_sum, seen), (first_bad >= 0).float()]
+    )
+    total_loss, total_correct, total_seen, bad_ranks = all_reduce_sum(totals).tolist()
+    if bad_ranks:
+        _raise_if_nonfinite(first_bad, epoch)
+        raise TrainingError(f"loss became non-finite (nan/inf) at epoch {epoch} on another rank")
+    return EpochStats(
+        total_loss / total_seen,
+        total_correct / total_seen,
+        int(total_seen),
+        time.perf_counter() - started,
+    )
 
 
 def fit(
@@ -261,6 +274,7 @@ def fit(
     grad_scaler: torch.amp.GradScaler | None = None,
     progress: bool | None = None,
     is_main: bool = True,
+    eval_model: nn.Module | None = None,
 ) -> Iterator[EpochResult]:
     """Train epochs ``start_epoch..epochs`` (1-based); yield a result after each.
 
@@ -283,7 +297,8 @@ def fit(
             epochs=epochs,
         )
         scheduler.step()
-        val = validate(model, val_batches, groups, loss_fn.num_classes, amp)
+        # every rank validates the same set with its plain module: no collectives, same result
+        val = validate(eval_model or model, val_batches, groups, loss_fn.num_classes, amp)
         improved = val.acc1 > best_val_acc1
         if improved:
             best_val_acc1, best_epoch = val.acc1, epoch

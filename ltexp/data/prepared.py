@@ -47,6 +47,7 @@ class PreparedData:
 
     manifest: dict[str, Any]
     splits: dict[str, Split]
+    indices: dict[str, np.ndarray] | None = None  # into the source sets, when known
 
     @property
     def num_classes(self) -> int:
@@ -150,7 +151,7 @@ def rebuild(
                 f"prepare the data again or restore the original files"
             )
         splits[s] = split
-    return PreparedData(manifest, splits)
+    return PreparedData(manifest, splits, indices)
 
 
 def prepare(source: SourceData, protocol: Protocol) -> tuple[PreparedData, SplitPlan]:
@@ -159,7 +160,7 @@ def prepare(source: SourceData, protocol: Protocol) -> tuple[PreparedData, Split
 
     plan = build_splits(source.train_labels, source.test_labels, protocol)
     splits = materialise(source, plan)
-    return PreparedData(build_manifest(source, plan, splits), splits), plan
+    return PreparedData(build_manifest(source, plan, splits), splits, plan.indices), plan
 
 
 def manifest_bytes(manifest: dict[str, Any]) -> bytes:

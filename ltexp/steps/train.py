@@ -12,7 +12,7 @@ import fcntl
 import logging
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -30,8 +30,10 @@ from ltexp.checkpoint import (
     set_rng_state,
 )
 from ltexp.config import Config
-from ltexp.data import PreparedData
+from ltexp.data import PreparedData, load_source, rebuild
 from ltexp.data.pipeline import CIFAR_MEAN, CIFAR_STD, TensorBatches
+from ltexp.distributed import DistContext, broadcast, device_for
+from ltexp.distributed import init as init_distributed
 from ltexp.errors import ConfigError, TrackingError, unknown_name_error
 from ltexp.losses import LOSSES, build_loss
 from ltexp.models import build_model, count_parameters, model_spec
@@ -203,6 +205,13 @@ def run_train(cfg: Config, parent_run_id: str | None = None) -> TrainResult:
     """Train (or resume) one model; register its best checkpoint; evaluate it."""
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
+    ctx = DistContext.from_env()
+    if ctx.enabled:
+        device = device_for(ctx, resolve_device(cfg.train.device))
+        cfg.train.device = str(device)
+        init_distributed(ctx, device)
+        if not ctx.is_main:
+            return _train_replica(cfg, ctx, device)
     plan = plan_train(cfg, parent_run_id)
     t = cfg.train
     resume_id = t.resume or find_resumable(plan)
@@ -243,7 +252,7 @@ def run_train(cfg: Config, parent_run_id: str | None = None) -> TrainResult:
         with _exclusive(folder):
             if resume_id is None:
                 _log_run_inputs(plan)
-            result = _train(plan, run_id, folder)
+            result = _train(plan, run_id, folder, ctx)
             evaluate_id = None
             if t.evaluate_after:
                 from ltexp.steps.evaluate import run_evaluate
@@ -302,19 +311,45 @@ def _precision_name(plan: TrainPlan) -> str:
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
-def _train(plan: TrainPlan, run_id: str, folder: Path) -> tuple[float, int, str]:
-    """The training proper: setup, resume, epochs, registration. Returns (best acc, epoch, uri)."""
-    cfg, t, device = plan.cfg, plan.cfg.train, plan.device
-    # --- setup: determinism, model, loss, optimizer, data on the device ----------------------
+@dataclass
+class Session:
+    """Everything one process trains with, resumed from its checkpoint when there is one."""
+
+    model: torch.nn.Module  # the plain module: checkpoints, validation, registration
+    step_model: torch.nn.Module  # what the loop calls: DDP- and/or compile-wrapped
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_batches: TensorBatches
+    val_batches: TensorBatches
+    amp: torch.dtype | None
+    scaler: torch.amp.GradScaler | None
+    start_epoch: int = 1
+    best_val_acc1: float = -1.0
+    best_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def build_session(
+    cfg: Config,
+    prepared: PreparedData,
+    device: torch.device,
+    image_size: int,
+    head: str,
+    pretrained: bool | Path,
+    last: Path,
+    config_hash: str,
+    ctx: DistContext,
+) -> Session:
+    """Model, loss, optimizer, schedule and data on ``device``; resumed from ``last`` if present."""
+    t = cfg.train
     set_deterministic(t.deterministic)
     seed_everything(t.seed)
-    prepared = plan.prepared
-    model = build_model(t.model, prepared.num_classes, pretrained=plan.pretrained, head=plan.head)
+    model = build_model(t.model, prepared.num_classes, pretrained=pretrained, head=head)
     channels_last = t.channels_last and device.type == "cuda"
-    model = model.to(
-        device, memory_format=torch.channels_last if channels_last else torch.contiguous_format
-    )
-    train_split = prepared.splits[TRAIN_SPLITS[t.train_split]]
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=fmt)
+    split = prepared.splits[TRAIN_SPLITS[t.train_split]]
     loss_fn = build_loss(
         t.loss, prepared.class_counts(TRAIN_SPLITS[t.train_split]), **cfg.loss_hparams(t.loss)
     ).to(device)
@@ -332,18 +367,19 @@ def _train(plan: TrainPlan, run_id: str, folder: Path) -> tuple[float, int, str]
         t.scheduler, optimizer, epochs=t.epochs, step_size=t.step_size, gamma=t.lr_gamma
     )
     amp = autocast_dtype(t.precision, device)
-    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
-    batch_dtype = amp if amp is not None else torch.float32
+    batch_dtype = amp or torch.float32
     train_batches = TensorBatches(
-        train_split.images,
-        train_split.labels,
+        split.images,
+        split.labels,
         t.batch_size,
         device=device,
-        image_size=plan.image_size,
+        image_size=image_size,
         train=True,
         seed=t.seed,
         dtype=batch_dtype,
         channels_last=channels_last,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
     )
     val = prepared.splits["val"]
     val_batches = TensorBatches(
@@ -351,63 +387,116 @@ def _train(plan: TrainPlan, run_id: str, folder: Path) -> tuple[float, int, str]
         val.labels,
         t.eval_batch_size,
         device=device,
-        image_size=plan.image_size,
+        image_size=image_size,
         dtype=batch_dtype,
         channels_last=channels_last,
     )
-    step_model = torch.compile(model) if t.compile else model
-    # --- resume -----------------------------------------------------------------------------
-    start_epoch, best_acc, best_epoch = 1, -1.0, 0
-    history: list[dict[str, float]] = []
-    last = folder / LAST
+    step_model = model
+    if ctx.enabled:
+        step_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if t.compile:
+        step_model = torch.compile(step_model)
+    session = Session(
+        model,
+        step_model,
+        loss_fn,
+        optimizer,
+        scheduler,
+        train_batches,
+        val_batches,
+        amp,
+        torch.amp.GradScaler(device.type) if amp == torch.float16 else None,
+    )
     if last.is_file():
         state = load_checkpoint(last)
-        if state.get("config_hash") != plan.config_hash:
+        if state.get("config_hash") != config_hash:
             raise TrackingError(f"checkpoint {str(last)!r} belongs to another config")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
-        start_epoch, best_acc, best_epoch = (
-            state["epoch"] + 1,
-            state["best_val_acc1"],
-            state["best_epoch"],
-        )
-        history = list(state["history"])
-        _deliver_missing_metrics(run_id, history)
-        mlflow.set_tag(schema.RESUMED_FROM_EPOCH, str(state["epoch"]))
-        log.info("resuming run %s after epoch %d", run_id, state["epoch"])
-    runs.log_params({schema.NUM_PARAMS: count_parameters(model)})
-    # --- epochs: train, validate, checkpoint, log ------------------------------------------
-    for result in fit(
-        step_model,
-        loss_fn,
-        train_batches,
-        val_batches,
-        optimizer,
-        scheduler,
-        epochs=t.epochs,
-        start_epoch=start_epoch,
-        best_val_acc1=best_acc,
-        best_epoch=best_epoch,
-        groups=prepared.groups(),
-        amp=amp,
-        grad_scaler=scaler,
-    ):
+        session.start_epoch = state["epoch"] + 1
+        session.best_val_acc1, session.best_epoch = state["best_val_acc1"], state["best_epoch"]
+        session.history = list(state["history"])
+    return session
+
+
+def _epochs(
+    session: Session, cfg: Config, groups: dict[str, list[int]], ctx: DistContext
+) -> Iterator:
+    return fit(
+        session.step_model,
+        session.loss_fn,
+        session.train_batches,
+        session.val_batches,
+        session.optimizer,
+        session.scheduler,
+        epochs=cfg.train.epochs,
+        start_epoch=session.start_epoch,
+        best_val_acc1=session.best_val_acc1,
+        best_epoch=session.best_epoch,
+        groups=groups,
+        amp=session.amp,
+        grad_scaler=session.scaler,
+        is_main=ctx.is_main,
+        eval_model=session.model,
+    )
+
+
+def _train(plan: TrainPlan, run_id: str, folder: Path, ctx: DistContext) -> tuple[float, int, str]:
+    """Rank 0's training: resume, epochs with checkpoint and logging, registration."""
+    t = plan.cfg.train
+    last = folder / LAST
+    # the other ranks rebuild the same data from the source files, without MLflow
+    broadcast(
+        {
+            "run_id": run_id,
+            "manifest": plan.prepared.manifest,
+            "indices": plan.prepared.indices,
+            "image_size": plan.image_size,
+            "head": plan.head,
+            "pretrained": plan.pretrained,
+            "last": last,
+            "config_hash": plan.config_hash,
+        },
+        ctx,
+    )
+    session = build_session(
+        plan.cfg,
+        plan.prepared,
+        plan.device,
+        plan.image_size,
+        plan.head,
+        plan.pretrained,
+        last,
+        plan.config_hash,
+        ctx,
+    )
+    if session.start_epoch > 1:
+        _deliver_missing_metrics(run_id, session.history)
+        mlflow.set_tag(schema.RESUMED_FROM_EPOCH, str(session.start_epoch - 1))
+        log.info("resuming run %s after epoch %d", run_id, session.start_epoch - 1)
+    runs.log_params(
+        {schema.NUM_PARAMS: count_parameters(session.model), "world_size": ctx.world_size}
+    )
+    best_acc, best_epoch = session.best_val_acc1, session.best_epoch
+    for result in _epochs(session, plan.cfg, plan.prepared.groups(), ctx):
         if result.improved:
-            save_weights(model.state_dict(), folder / BEST)
-        history.append({"epoch": result.epoch, **result.metrics})
+            save_weights(session.model.state_dict(), folder / BEST)
+        session.history.append({"epoch": result.epoch, **result.metrics})
         # checkpoint before logging: an epoch's metrics are never logged for an epoch that a
         # resume would run again (and re-sent on resume if they were lost in flight)
         save_checkpoint(
             {
                 "epoch": result.epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
+                "model": session.model.state_dict(),
+                "optimizer": session.optimizer.state_dict(),
+                "scheduler": session.scheduler.state_dict(),
                 "best_val_acc1": result.best_val_acc1,
                 "best_epoch": result.best_epoch,
-                "history": history,
+                "history": session.history,
                 "rng": rng_state(),
                 "config_hash": plan.config_hash,
             },
@@ -426,6 +515,33 @@ def _train(plan: TrainPlan, run_id: str, folder: Path) -> tuple[float, int, str]
     runs.flush()
     mlflow.log_metrics({"best_val_acc1": best_acc, "best_epoch": best_epoch})
     return best_acc, best_epoch, _register(plan, run_id, folder, best_acc, best_epoch)
+
+
+def _train_replica(cfg: Config, ctx: DistContext, device: torch.device) -> TrainResult:
+    """A rank other than 0: same data, same steps, no MLflow, no files written."""
+    setup = broadcast(None, ctx)
+    source = load_source(
+        setup["manifest"]["dataset"],
+        cfg.data.data_root,
+        cfg.data.download,
+        **setup["manifest"]["dataset_options"],
+    )
+    prepared = rebuild(source, setup["manifest"], setup["indices"])  # verifies every digest
+    session = build_session(
+        cfg,
+        prepared,
+        device,
+        setup["image_size"],
+        setup["head"],
+        setup["pretrained"],
+        setup["last"],
+        setup["config_hash"],
+        ctx,
+    )
+    best = (session.best_val_acc1, session.best_epoch)
+    for result in _epochs(session, cfg, prepared.groups(), ctx):
+        best = (result.best_val_acc1, result.best_epoch)
+    return TrainResult(setup["run_id"], best[0], best[1], "", None)
 
 
 def _deliver_missing_metrics(run_id: str, history: list[dict[str, float]]) -> None:

@@ -1,0 +1,220 @@
+"""Running cells of a study in parallel, on existing engines: local processes, or a Ray cluster.
+
+Each cell runs as its own ``ltexp train`` process (its own CUDA context, its own crash domain),
+given the study's resolved config as a YAML file, the prepared data run, and the study run as its
+parent. ``local`` runs up to ``workers`` such processes here, one GPU each when there are GPUs;
+``ray`` submits them as Ray tasks (one GPU each when the cluster has GPUs), so a grid spreads over
+every node. The tracking store and the experiment already exist before any fan-out: several
+processes creating one sqlite store at once would race in MLflow's schema migration.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+
+from ltexp.config import Config
+from ltexp.errors import ConfigError, TrainingError
+
+CONFIG_PLACEHOLDER = "{config}"
+
+
+@dataclass
+class CellJob:
+    """One cell to run: its position, name and ``ltexp`` arguments."""
+
+    index: int
+    name: str
+    args: list[str]
+
+
+def cell_jobs(todo: list, cfg: Config, study_run: str) -> list[CellJob]:
+    """The ``ltexp`` command line of every cell (train, or evaluate for a trained cell)."""
+    jobs = []
+    for index, cell, _cell_cfg, finished_train in todo:
+        if finished_train:
+            args = [
+                "evaluate",
+                "--preset",
+                CONFIG_PLACEHOLDER,
+                "--train-run",
+                finished_train,
+                "--parent-run-id",
+                finished_train,
+            ]
+        else:
+            args = [
+                "train",
+                "--preset",
+                CONFIG_PLACEHOLDER,
+                "--model",
+                cell.model,
+                "--loss",
+                cell.loss,
+                "--train-split",
+                cell.train_split,
+                "--seed",
+                str(cell.seed),
+                "--experiment",
+                cfg.experiment,
+                "--data-run",
+                cfg.train.data_run,
+                "--parent-run-id",
+                study_run,
+            ]
+        jobs.append(CellJob(index, cell.name, args))
+    return jobs
+
+
+def config_text(cfg: Config) -> str:
+    """The study's resolved config as a preset YAML that every worker loads."""
+    values = cfg.to_dict()
+    values.pop("preset")
+    return yaml.safe_dump(values, sort_keys=False)
+
+
+def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a cell process: this one, pointed at the same tracking server, without
+    the ``mlflow run`` run id (each cell starts its own run)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID",)}
+    env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+    env.update(extra or {})
+    return env
+
+
+def run_cell_process(args: list[str], config: str, env: dict[str, str]) -> tuple[int, str]:
+    """Run one ``ltexp`` cell command; return its exit status and the tail of its output."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "study.yaml"
+        path.write_text(config)
+        argv = [
+            sys.executable,
+            "-m",
+            "ltexp",
+            *[str(path) if a == CONFIG_PLACEHOLDER else a for a in args],
+        ]
+        done = subprocess.run(argv, env=env, capture_output=True, text=True)
+    tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-5:])
+    return done.returncode, tail
+
+
+def run_parallel(todo: list, total: int, cfg: Config, study_run: str, result: Any) -> None:
+    """Run ``todo`` on the configured executor; print a line per finished cell."""
+    jobs = cell_jobs(todo, cfg, study_run)
+    runner = EXECUTORS.get(cfg.study.executor)
+    if runner is None:
+        raise ConfigError(f"unknown executor {cfg.study.executor!r}; valid: {', '.join(EXECUTORS)}")
+    failed = []
+
+    def report(job: CellJob, code: int, tail: str, seconds: float) -> None:
+        if code == 0:
+            result.ran.append(job.name)
+            print(f"[{job.index}/{total}] {job.name}: done ({seconds:.1f}s)", flush=True)
+        else:
+            failed.append(job.name)
+            last = tail.splitlines()[-1] if tail else ""
+            print(f"[{job.index}/{total}] {job.name}: FAILED (exit {code}): {last}", flush=True)
+
+    runner(jobs, config_text(cfg), cfg, report)
+    if failed:
+        raise TrainingError(
+            f"{len(failed)} cell(s) failed: {', '.join(failed)}; re-run the "
+            f"same command to retry them (finished cells are reused)"
+        )
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def run_local(
+    jobs: list[CellJob],
+    config: str,
+    cfg: Config,
+    report: Callable[[CellJob, int, str, float], None],
+) -> None:
+    """Up to ``workers`` processes at once; one GPU each (``CUDA_VISIBLE_DEVICES``) if any."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    gpus = _gpu_count()
+    workers = min(cfg.study.workers, gpus) if gpus else cfg.study.workers
+    free = list(range(gpus)) if gpus else [None] * workers
+    # without GPUs, split the cores so that N processes do not each spawn a thread per core
+    threads = cfg.train.num_threads or max(1, (os.cpu_count() or 1) // workers)
+
+    def launch(job: CellJob, slot: int | None) -> tuple[int, str, float]:
+        extra = {"CUDA_VISIBLE_DEVICES": str(slot)} if slot is not None else {}
+        args = list(job.args)
+        if slot is None and args[0] == "train":
+            args += ["--num-threads", str(threads)]
+        started = time.perf_counter()
+        code, tail = run_cell_process(args, config, worker_env(extra))
+        return code, tail, time.perf_counter() - started
+
+    pending = list(jobs)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        running = {}
+        while pending or running:
+            while pending and free:
+                job, slot = pending.pop(0), free.pop(0)
+                running[pool.submit(launch, job, slot)] = (job, slot)
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job, slot = running.pop(future)
+                free.append(slot)
+                code, tail, seconds = future.result()
+                report(job, code, tail, seconds)
+
+
+def run_ray(
+    jobs: list[CellJob],
+    config: str,
+    cfg: Config,
+    report: Callable[[CellJob, int, str, float], None],
+) -> None:
+    """Each cell a Ray task: 1 GPU when the cluster has GPUs, else 1 CPU."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("executor=ray needs Ray: pip install 'ltexp[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(
+            address=cfg.study.ray_address or None,
+            ignore_reinit_error=True,
+            log_to_driver=False,
+            include_dashboard=False,
+        )
+    has_gpus = ray.cluster_resources().get("GPU", 0) >= 1
+    task = ray.remote(num_gpus=1 if has_gpus else 0, num_cpus=1, max_retries=0)(_ray_cell)
+    env = worker_env()
+    started = {}
+    futures = {}
+    for job in jobs:
+        futures[task.remote(job.args, config, env)] = job
+        started[job.name] = time.perf_counter()
+    while futures:
+        done, _ = ray.wait(list(futures), num_returns=1)
+        job = futures.pop(done[0])
+        code, tail = ray.get(done[0])
+        report(job, code, tail, time.perf_counter() - started[job.name])
+
+
+def _ray_cell(args: list[str], config: str, env: dict[str, str]) -> tuple[int, str]:
+    # Ray sets CUDA_VISIBLE_DEVICES for the task's GPU; keep it
+    merged = {**env, **{k: v for k, v in os.environ.items() if k == "CUDA_VISIBLE_DEVICES"}}
+    return run_cell_process(args, config, merged)
+
+
+EXECUTORS: dict[str, Callable[..., None]] = {"local": run_local, "ray": run_ray}

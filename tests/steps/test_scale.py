@@ -1,0 +1,216 @@
+"""Scaling out: parallel workers, Ray tasks, and a PostgreSQL-backed MLflow tracking server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from ltexp.steps.study import run_study
+from ltexp.tracking import schema
+
+GRID = {"models": "tiny_cnn", "losses": "ce,bs", "train_splits": "balanced,lt", "epochs": 2}
+EXPECTED = {"main": 1, "prepare_data": 1, "train": 4, "evaluate": 4, "aggregate": 1}
+
+
+def _check_study(study_run: str, epochs: int = 2) -> None:
+    """Every run arrived, under the study, with every epoch's metrics."""
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert Counter(r.data.tags.get(schema.STEP) for r in runs) == EXPECTED
+    assert all(r.info.status == "FINISHED" for r in runs)
+    client = mlflow.MlflowClient()
+    for run in runs:
+        step = run.data.tags[schema.STEP]
+        if step in ("train", "prepare_data", "aggregate"):
+            assert run.data.tags[schema.PARENT_RUN] == study_run
+        if step == "evaluate":
+            parent = client.get_run(run.data.tags[schema.PARENT_RUN])
+            assert parent.data.tags[schema.STEP] == "train"
+            assert len([k for k in run.data.metrics if k.endswith("_acc1")]) >= 7
+        if step == "train":
+            for metric in ("train_loss", "val_acc1", "images_per_s"):
+                assert len(client.get_metric_history(run.info.run_id, metric)) == epochs
+
+
+def test_local_workers_run_cells_in_parallel_processes(tiny_config) -> None:
+    result = run_study(tiny_config(**GRID, workers=2))
+    assert len(result.ran) == 4
+    _check_study(result.run_id)
+
+
+@pytest.mark.ray
+def test_ray_executor_runs_cells_as_ray_tasks(tiny_config) -> None:
+    ray = pytest.importorskip("ray", reason="the optional ray extra: pip install 'ltexp[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        result = run_study(tiny_config(**GRID, executor="ray"))
+    finally:
+        ray.shutdown()
+    assert len(result.ran) == 4
+    _check_study(result.run_id)
+
+
+def test_ray_missing_says_how_to_install(tiny_config, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray":
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    from ltexp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"pip install 'ltexp\[ray\]'"):
+        run_study(tiny_config(**{**GRID, "losses": "ce", "train_splits": "lt"}, executor="ray"))
+
+
+# --- a real tracking server: PostgreSQL backend store, proxied artifacts ---------------------
+
+PG = os.environ.get("LTEXP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_reachable() -> bool:
+    try:
+        import psycopg2
+
+        psycopg2.connect(PG, connect_timeout=3).close()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means: no server to test against
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _admin(sql: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(PG)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(sql)
+    conn.close()
+
+
+@pytest.fixture
+def tracking_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``mlflow server`` on a free loopback port: PostgreSQL store, artifacts proxied to a dir."""
+    if not _postgres_reachable():
+        pytest.skip(f"no PostgreSQL reachable at {PG} (set LTEXP_TEST_POSTGRES)")
+    db = f"ltexp_{uuid.uuid4().hex[:10]}"
+    _admin(f"CREATE DATABASE {db}")
+    port = _free_port()
+    # SQLAlchemy 2.1 maps postgresql:// to psycopg 3; name the driver ltexp[postgres] installs
+    store = PG.replace("postgresql://", "postgresql+psycopg2://").rsplit("/", 1)[0] + f"/{db}"
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            store,
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ},
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline or server.poll() is not None:
+                raise RuntimeError("mlflow server did not start")
+            time.sleep(0.5)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        monkeypatch.chdir(tmp_path)
+        mlflow.set_tracking_uri(uri)
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        _admin(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        shutil.rmtree(tmp_path / "artifacts", ignore_errors=True)
+
+
+@pytest.mark.postgres
+def test_study_with_workers_against_a_postgres_tracking_server(
+    tracking_server: str, tmp_path: Path
+) -> None:
+    from ltexp.config import build_config
+    from tests.conftest import tiny_overrides
+
+    cfg = build_config("demo", tiny_overrides(tmp_path, **GRID, workers=2))
+    result = run_study(cfg)
+    _check_study(result.run_id)
+    # artifacts went through the server into its destination folder
+    stored = {p.name for p in (tmp_path / "artifacts").rglob("*")}
+    assert {"manifest.json", "model.pt2", "report.md", "predictions.npz"} <= stored
+    model = mlflow.pytorch.load_model("models:/ltexp-digits-tiny_cnn-bs-lt@champion")
+    import torch
+
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_torchrun_data_parallel_run_on_cpu(tmp_path: Path) -> None:
+    """``torchrun --nproc_per_node=2`` (gloo): one run, logged by rank 0 only."""
+    from tests.conftest import tiny_overrides
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    args = [str(torchrun), "--nproc_per_node=2", "-m", "ltexp", "train"]
+    for k, v in tiny_overrides(tmp_path, epochs=2, train_split="balanced").items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = subprocess.run(
+        args,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("train run:") == 1  # rank 1 says nothing
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert Counter(r.data.tags[schema.STEP] for r in runs) == {
+        "prepare_data": 1,
+        "train": 1,
+        "evaluate": 1,
+    }
+    train = next(r for r in runs if r.data.tags[schema.STEP] == "train")
+    assert train.data.params["world_size"] == "2" and train.info.status == "FINISHED"
+    history = mlflow.MlflowClient().get_metric_history(train.info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == [1, 2]
+    assert len(list((tmp_path / "ckpt").glob("*/last.pt"))) == 1
