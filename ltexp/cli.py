@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from mlflow.exceptions import MlflowException
+
 from ltexp.config import Config, FieldSpec, all_fields, build_config
 from ltexp.errors import LtexpError
 
@@ -202,6 +204,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LtexpError as e:
         print(f"ltexp {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except MlflowException as e:  # the tracking server refused or could not be reached
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        import mlflow
+
+        uri = mlflow.get_tracking_uri()
+        print(f"ltexp {args.command}: error: tracking server {uri}: {first}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"ltexp {args.command}: interrupted", file=sys.stderr)
         return 130

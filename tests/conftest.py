@@ -100,3 +100,149 @@ def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cifar")
     write_cifar100(root)
     return root
+
+
+# --- real tracking servers -------------------------------------------------------------------
+
+PG = os.environ.get("LTEXP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def postgres_reachable() -> bool:
+    """A PostgreSQL server answers at ``PG``."""
+    try:
+        import psycopg2
+
+        psycopg2.connect(PG, connect_timeout=3).close()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means: no server to test against
+        return False
+
+
+def _pg_admin(sql: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(PG)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(sql)
+    conn.close()
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TrackingServer:
+    """``mlflow server`` on loopback, proxied artifacts in ``folder``; stop and start it again."""
+
+    def __init__(
+        self,
+        folder: Path,
+        backend: str,
+        env: dict[str, str] | None = None,
+        extra: list[str] | None = None,
+    ) -> None:
+        self.folder, self.backend = folder, backend
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **(env or {})}
+        self.extra = extra or []
+        self.proc = None
+
+    def start(self) -> None:
+        import subprocess
+        import sys
+        import time
+        import urllib.error
+        import urllib.request
+
+        with open(self.folder / "server.log", "ab") as log:  # the child keeps its own handle
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "mlflow",
+                    "server",
+                    "--backend-store-uri",
+                    self.backend,
+                    "--artifacts-destination",
+                    str(self.folder / "artifacts"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    "2",
+                    *self.extra,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.folder,
+            )
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except urllib.error.HTTPError:
+                return  # it answers (auth may refuse the health check)
+            except OSError:
+                pass
+            if time.time() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server did not start: see {self.folder}/server.log")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def sqlite_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A tracking server over a sqlite store (fast; for outage tests)."""
+    import mlflow
+
+    folder = tmp_path / "server"
+    folder.mkdir()
+    server = TrackingServer(folder, f"sqlite:///{folder / 'store.db'}")
+    server.start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(server.uri)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A tracking server over its own new PostgreSQL database, dropped afterwards."""
+    import uuid
+
+    import mlflow
+
+    if not postgres_reachable():
+        pytest.skip(f"no PostgreSQL reachable at {PG} (set LTEXP_TEST_POSTGRES)")
+    db = f"ltexp_{uuid.uuid4().hex[:10]}"
+    _pg_admin(f"CREATE DATABASE {db}")
+    folder = tmp_path / "server"
+    folder.mkdir()
+    # SQLAlchemy 2.1 maps postgresql:// to psycopg 3; name the driver ltexp[postgres] installs
+    store = PG.replace("postgresql://", "postgresql+psycopg2://").rsplit("/", 1)[0] + f"/{db}"
+    server = TrackingServer(folder, store)
+    try:
+        server.start()
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+        monkeypatch.chdir(tmp_path)
+        mlflow.set_tracking_uri(server.uri)
+        yield server.uri
+    finally:
+        server.stop()
+        _pg_admin(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")

@@ -34,7 +34,7 @@ from ltexp.data import PreparedData, load_source, rebuild
 from ltexp.data.pipeline import CIFAR_MEAN, CIFAR_STD, TensorBatches
 from ltexp.distributed import DistContext, broadcast, device_for
 from ltexp.distributed import init as init_distributed
-from ltexp.errors import ConfigError, TrackingError, unknown_name_error
+from ltexp.errors import ConfigError, TrackingError, TrainingError, unknown_name_error
 from ltexp.losses import LOSSES, build_loss
 from ltexp.models import build_model, count_parameters, model_spec
 from ltexp.steps.data import find_prepared_run, load_prepared
@@ -173,7 +173,7 @@ def plan_train(cfg: Config, parent_run_id: str | None = None) -> TrainPlan:
 
 
 def find_resumable(plan: TrainPlan) -> str | None:
-    """The latest unfinished train run of the same config whose checkpoint is on this disk."""
+    """The latest unfinished train run of the same config whose checkpoint folder is here."""
     root = Path(plan.cfg.train.checkpoint_dir).expanduser()
     candidates = runs.search_all(
         [plan.experiment_id],
@@ -184,7 +184,7 @@ def find_resumable(plan: TrainPlan) -> str | None:
     for run in candidates:
         if run.info.status == "RUNNING":
             continue  # a live process owns it (dead ones were reaped)
-        if (root / run.info.run_id / LAST).is_file():
+        if (root / run.info.run_id).is_dir():  # started here; with or without a finished epoch
             return run.info.run_id
     return None
 
@@ -192,7 +192,13 @@ def find_resumable(plan: TrainPlan) -> str | None:
 @contextlib.contextmanager
 def _exclusive(folder: Path) -> Iterator[None]:
     """One process per run: a second one resuming the same run is refused, not interleaved."""
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrainingError(
+            f"cannot create the checkpoint folder {str(folder)!r} "
+            f"({e.strerror or e}); set checkpoint_dir to a writable folder"
+        ) from None
     with open(folder / ".lock", "w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -512,9 +518,30 @@ def _train(plan: TrainPlan, run_id: str, folder: Path, ctx: DistContext) -> tupl
             result.metrics["val_acc1"],
             result.metrics["images_per_s"],
         )
-    runs.flush()
+    _ensure_delivered(run_id, session.history, last)
     mlflow.log_metrics({"best_val_acc1": best_acc, "best_epoch": best_epoch})
     return best_acc, best_epoch, _register(plan, run_id, folder, best_acc, best_epoch)
+
+
+def _ensure_delivered(run_id: str, history: list[dict[str, float]], last: Path) -> None:
+    """Every epoch's metrics are on the server, or the run fails saying so: never dropped."""
+    try:
+        runs.flush()
+    except Exception as e:  # noqa: BLE001 - whatever failed, the checkpoint has the values
+        log.warning(
+            "metrics queued during the run were not delivered (%s); sending them "
+            "again from the checkpoint",
+            runs.error_line(e)[:200],
+        )
+    try:
+        _deliver_missing_metrics(run_id, history)
+    except mlflow.exceptions.MlflowException as e:
+        raise TrackingError(
+            f"the tracking server {mlflow.get_tracking_uri()} is unreachable, "
+            f"so some epochs' metrics are not delivered; they are kept in "
+            f"{str(last)!r} and sent when the same command is run again "
+            f"({runs.error_line(e)[:160]})"
+        ) from None
 
 
 def _train_replica(cfg: Config, ctx: DistContext, device: torch.device) -> TrainResult:

@@ -239,15 +239,22 @@ def step_run(
 
 
 def _close(run_id: str, status: int, error: str | None) -> None:
+    """End the run with ``status``. On a failure path, problems reaching the server are
+    swallowed (the original error is the one to report) and the run still leaves MLflow's
+    active-run stack, so no exit handler retries against a server that is gone."""
     if _ASYNC_PENDING:
         with contextlib.suppress(Exception):
             flush()
     active = mlflow.active_run()
+    ours = active is not None and active.info.run_id == run_id
     try:
         if error:
             client().set_tag(run_id, schema.ERROR, error)
-        if active is not None and active.info.run_id == run_id:
-            mlflow.end_run(RunStatus.to_string(status))
+    except Exception:  # noqa: BLE001 - reported through the original error
+        pass
+    try:
+        if ours:
+            mlflow.end_run(RunStatus.to_string(status))  # pops the stack before contacting
         else:
             client().set_terminated(run_id, RunStatus.to_string(status))
     except Exception:

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -77,95 +72,9 @@ def test_ray_missing_says_how_to_install(tiny_config, monkeypatch: pytest.Monkey
         run_study(tiny_config(**{**GRID, "losses": "ce", "train_splits": "lt"}, executor="ray"))
 
 
-# --- a real tracking server: PostgreSQL backend store, proxied artifacts ---------------------
-
-PG = os.environ.get("LTEXP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def _postgres_reachable() -> bool:
-    try:
-        import psycopg2
-
-        psycopg2.connect(PG, connect_timeout=3).close()
-        return True
-    except Exception:  # noqa: BLE001 - any failure means: no server to test against
-        return False
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _admin(sql: str) -> None:
-    import psycopg2
-
-    conn = psycopg2.connect(PG)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(sql)
-    conn.close()
-
-
-@pytest.fixture
-def tracking_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """``mlflow server`` on a free loopback port: PostgreSQL store, artifacts proxied to a dir."""
-    if not _postgres_reachable():
-        pytest.skip(f"no PostgreSQL reachable at {PG} (set LTEXP_TEST_POSTGRES)")
-    db = f"ltexp_{uuid.uuid4().hex[:10]}"
-    _admin(f"CREATE DATABASE {db}")
-    port = _free_port()
-    # SQLAlchemy 2.1 maps postgresql:// to psycopg 3; name the driver ltexp[postgres] installs
-    store = PG.replace("postgresql://", "postgresql+psycopg2://").rsplit("/", 1)[0] + f"/{db}"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            store,
-            "--artifacts-destination",
-            str(tmp_path / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ},
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                raise RuntimeError("mlflow server did not start")
-            time.sleep(0.5)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        monkeypatch.chdir(tmp_path)
-        mlflow.set_tracking_uri(uri)
-        yield uri
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        _admin(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-        shutil.rmtree(tmp_path / "artifacts", ignore_errors=True)
-
-
 @pytest.mark.postgres
 def test_study_with_workers_against_a_postgres_tracking_server(
-    tracking_server: str, tmp_path: Path
+    postgres_server: str, tmp_path: Path
 ) -> None:
     from ltexp.config import build_config
     from tests.conftest import tiny_overrides
@@ -174,7 +83,7 @@ def test_study_with_workers_against_a_postgres_tracking_server(
     result = run_study(cfg)
     _check_study(result.run_id)
     # artifacts went through the server into its destination folder
-    stored = {p.name for p in (tmp_path / "artifacts").rglob("*")}
+    stored = {p.name for p in (tmp_path / "server" / "artifacts").rglob("*")}
     assert {"manifest.json", "model.pt2", "report.md", "predictions.npz"} <= stored
     model = mlflow.pytorch.load_model("models:/ltexp-digits-tiny_cnn-bs-lt@champion")
     import torch

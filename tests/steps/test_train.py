@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -21,7 +19,6 @@ from ltexp.errors import TrackingError, TrainingError
 from ltexp.steps.evaluate import run_evaluate
 from ltexp.steps.train import run_train
 from ltexp.tracking import schema
-from tests.conftest import tiny_overrides
 
 
 @pytest.fixture
@@ -189,77 +186,6 @@ def test_non_finite_loss_fails_the_run_naming_epoch_and_step(tiny_config) -> Non
     )
     assert runs["status"].tolist() == ["FAILED"]
     assert "epoch 1, step" in runs["tags.ltexp.error"].iloc[0]
-
-
-def _cli(tmp_path: Path, store: str, **extra: object) -> list[str]:
-    args = [sys.executable, "-m", "ltexp", "train"]
-    for k, v in tiny_overrides(tmp_path, **extra).items():
-        args += [f"--{k.replace('_', '-')}", str(v)]
-    return args
-
-
-def _env(store: Path) -> dict[str, str]:
-    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
-
-
-def _final_state(store: Path, ckpt: Path) -> tuple[dict, dict]:
-    mlflow.set_tracking_uri(f"sqlite:///{store}")
-    client = mlflow.MlflowClient()
-    run = [
-        r
-        for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
-        if r.data.tags.get(schema.STEP) == "train"
-    ]
-    assert len(run) == 1 and run[0].info.status == "FINISHED"
-    rid = run[0].info.run_id
-    hist = {
-        k: [
-            (m.step, m.value)
-            for m in sorted(client.get_metric_history(rid, k), key=lambda m: m.step)
-        ]
-        for k in ("train_loss", "val_acc1", "val_loss")
-    }
-    weights = torch.load(ckpt / rid / LAST, weights_only=True)["model"]
-    return hist, weights
-
-
-@pytest.mark.slow
-def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path: Path) -> None:
-    extra = {"loss": "seql", "epochs": 5, "evaluate_after": "false"}
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir(), b.mkdir()
-    subprocess.run(
-        _cli(a, "", **extra), env=_env(a / "mlflow.db"), cwd=a, check=True, capture_output=True
-    )
-    proc = subprocess.Popen(
-        _cli(b, "", **extra),
-        env=_env(b / "mlflow.db"),
-        cwd=b,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        found = list((b / "ckpt").glob(f"*/{LAST}"))
-        if found and torch.load(found[0], weights_only=True)["epoch"] >= 2:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    mlflow.set_tracking_uri(f"sqlite:///{b / 'mlflow.db'}")
-    killed = mlflow.search_runs(
-        search_all_experiments=True, filter_string="tags.`ltexp.step` = 'train'"
-    )
-    assert killed["status"].tolist() == ["RUNNING"]  # until the next command reaps it
-    subprocess.run(
-        _cli(b, "", **extra), env=_env(b / "mlflow.db"), cwd=b, check=True, capture_output=True
-    )
-    hist_a, w_a = _final_state(a / "mlflow.db", a / "ckpt")
-    hist_b, w_b = _final_state(b / "mlflow.db", b / "ckpt")
-    assert hist_a == hist_b  # every epoch logged once, same values
-    assert all(torch.equal(w_a[k], w_b[k]) for k in w_a)
-    versions = mlflow.MlflowClient().search_model_versions("name = 'ltexp-digits-tiny_cnn-seql-lt'")
-    assert len(versions) == 1
 
 
 def test_checkpoint_that_carries_code_is_refused(tmp_path: Path) -> None:

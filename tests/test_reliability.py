@@ -1,0 +1,380 @@
+"""Faults survived, nothing lost: kills, tracking-server outages, full disks, concurrent writers,
+authentication, secrets. Each test injects a real fault into real processes (CPU, small models).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from ltexp.checkpoint import LAST
+from ltexp.tracking import schema
+from tests.conftest import TrackingServer, tiny_overrides
+
+pytestmark = pytest.mark.slow
+EPOCHS = 5
+
+
+def _train_cmd(tmp_path: Path, **extra: object) -> list[str]:
+    args = [sys.executable, "-m", "ltexp", "train"]
+    for k, v in tiny_overrides(tmp_path, **extra).items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return args
+
+
+def _env(uri: str, **extra: str) -> dict[str, str]:
+    return {**os.environ, "MLFLOW_TRACKING_URI": uri, **extra}
+
+
+def _train_runs(uri: str) -> list:
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(
+        search_all_experiments=True,
+        output_format="list",
+        filter_string="tags.`ltexp.step` = 'train'",
+    )
+
+
+def _outcome(uri: str, ckpt: Path) -> tuple[dict, dict]:
+    """(metric histories, final weights) of the only train run; it must be FINISHED."""
+    (run,) = _train_runs(uri)
+    assert run.info.status == "FINISHED"
+    client = mlflow.MlflowClient()
+    hist = {
+        k: [
+            (m.step, m.value)
+            for m in sorted(client.get_metric_history(run.info.run_id, k), key=lambda m: m.step)
+        ]
+        for k in ("train_loss", "train_acc1", "val_loss", "val_acc1", "val_tail_acc1")
+    }
+    weights = torch.load(ckpt / run.info.run_id / LAST, weights_only=True)["model"]
+    return hist, weights
+
+
+def _wait_for_epoch(
+    ckpt: Path, epoch: int, proc: subprocess.Popen | None = None, timeout: float = 180
+) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"training exited ({proc.returncode}) before epoch {epoch}")
+        for path in ckpt.glob(f"*/{LAST}"):
+            try:
+                if torch.load(path, weights_only=True)["epoch"] >= epoch:
+                    return
+            except Exception:  # noqa: BLE001 - being replaced right now: look again
+                pass
+        time.sleep(0.02)
+    raise TimeoutError(f"no checkpoint of epoch {epoch}")
+
+
+# --- kill -9 of training, at three points ------------------------------------------------------
+
+TRAIN = {"loss": "seql", "epochs": EPOCHS, "train_split": "balanced", "evaluate_after": "false"}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+    tmp = tmp_path_factory.mktemp("reference")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    subprocess.run(
+        _train_cmd(tmp, **TRAIN), env=_env(uri), cwd=tmp, check=True, capture_output=True
+    )
+    return _outcome(uri, tmp / "ckpt")
+
+
+@pytest.mark.parametrize("point", ["first-epoch", "mid-training", "last-epoch"])
+def test_kill_minus_9_then_same_command_equals_uninterrupted(
+    point: str, tmp_path: Path, uninterrupted
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.Popen(
+        _train_cmd(tmp_path, **TRAIN),
+        env=_env(uri),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpt = tmp_path / "ckpt"
+    if point == "first-epoch":  # before any checkpoint: the run starts over inside itself
+        deadline = time.time() + 120
+        while not list(ckpt.glob("*/.lock")) and time.time() < deadline:
+            time.sleep(0.02)
+    else:
+        _wait_for_epoch(ckpt, 2 if point == "mid-training" else EPOCHS - 1, proc)
+        time.sleep(0.15)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (killed,) = _train_runs(uri)
+    assert killed.info.status == "RUNNING"  # until the next ltexp command reaps it
+    subprocess.run(
+        _train_cmd(tmp_path, **TRAIN), env=_env(uri), cwd=tmp_path, check=True, capture_output=True
+    )
+    hist, weights = _outcome(uri, ckpt)
+    ref_hist, ref_weights = uninterrupted
+    assert hist == ref_hist  # each epoch logged exactly once, with the same values
+    assert weights.keys() == ref_weights.keys()
+    assert all(torch.equal(weights[k], ref_weights[k]) for k in weights)
+    versions = mlflow.MlflowClient().search_model_versions(
+        "name = 'ltexp-digits-tiny_cnn-seql-balanced'"
+    )
+    assert len(versions) == 1
+    assert not [
+        r
+        for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
+        if r.info.status == "RUNNING"
+    ]
+
+
+# --- the study killed between cells ------------------------------------------------------------
+
+
+def test_study_killed_between_cells(tmp_path: Path) -> None:
+    grid = {"models": "tiny_cnn", "losses": "ce,bs", "train_splits": "lt", "epochs": 2}
+    args = [sys.executable, "-m", "ltexp", "main"]
+    for k, v in tiny_overrides(tmp_path, **grid).items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.Popen(
+        args,
+        env=_env(uri),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    while not proc.stdout.readline().startswith("[1/2]"):
+        pass
+    proc.send_signal(signal.SIGKILL)  # the first cell is done, the second not started
+    proc.wait()
+    out = subprocess.run(
+        args, env=_env(uri), cwd=tmp_path, check=True, capture_output=True, text=True
+    ).stdout
+    assert "[1/2] tiny_cnn-ce-lt-s42: reused" in out
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert Counter(r.data.tags[schema.STEP] for r in runs) == {
+        "main": 1,
+        "prepare_data": 1,
+        "train": 2,
+        "evaluate": 2,
+        "aggregate": 1,
+    }
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+# --- the tracking server goes away ---------------------------------------------------------------
+
+FAST_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+def test_server_outage_mid_run_loses_no_metric(
+    sqlite_server: TrackingServer, tmp_path: Path
+) -> None:
+    extra = {"epochs": 8, "train_split": "balanced", "evaluate_after": "false"}
+    proc = subprocess.Popen(
+        _train_cmd(tmp_path, **extra),
+        env=_env(sqlite_server.uri, **FAST_RETRIES),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_epoch(tmp_path / "ckpt", 2, proc)
+    sqlite_server.stop()
+    _wait_for_epoch(tmp_path / "ckpt", 4, proc)  # training goes on while the server is down
+    time.sleep(1)
+    sqlite_server.start()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert "Retrying" in err  # the outage was noticed and retried, with a warning
+    (run,) = _train_runs(sqlite_server.uri)
+    assert run.info.status == "FINISHED"
+    client = mlflow.MlflowClient()
+    for metric in ("train_loss", "val_acc1", "lr"):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
+        assert sorted(steps) == list(range(1, 9)), metric
+
+
+def test_server_that_never_comes_back_fails_clearly_then_resumes(
+    sqlite_server: TrackingServer, tmp_path: Path
+) -> None:
+    extra = {"epochs": 4, "train_split": "balanced", "evaluate_after": "false"}
+    env = _env(
+        sqlite_server.uri,
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES="2",
+        MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1",
+    )
+    proc = subprocess.Popen(
+        _train_cmd(tmp_path, **extra),
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_epoch(tmp_path / "ckpt", 1, proc)
+    sqlite_server.stop()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("ltexp train: error:") and "tracking server" in last, last
+    # the server comes back: the same command resumes and delivers everything
+    sqlite_server.start()
+    subprocess.run(
+        _train_cmd(tmp_path, **extra),
+        env=_env(sqlite_server.uri),
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    (run,) = _train_runs(sqlite_server.uri)
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_acc1")]
+    assert sorted(steps) == [1, 2, 3, 4]
+
+
+# --- a checkpoint that cannot be written ---------------------------------------------------------
+
+
+def test_unwritable_checkpoint_location_fails_clearly(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = subprocess.run(
+        _train_cmd(tmp_path, epochs=1, checkpoint_dir=str(blocker / "ckpt")),
+        env=_env(uri),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("ltexp train: error:")
+    assert blocker.read_text() == "x"
+
+
+# --- concurrent writers -------------------------------------------------------------------------
+
+
+def _eight_trainings(tmp_path: Path, uri: str) -> None:
+    env = _env(uri)
+    # the store, experiment and data exist before the fan-out (as the study does)
+    subprocess.run(
+        [sys.executable, "-m", "ltexp", "prepare-data", "--experiment", "demo-digits"],
+        env=env,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    procs = [
+        subprocess.Popen(
+            _train_cmd(tmp_path, seed=s, epochs=3, num_threads=1),
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for s in range(8)
+    ]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-500:] for e in errors]
+    assert not any("database is locked" in e for e in errors)
+    runs = _train_runs(uri)
+    assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs)
+    client = mlflow.MlflowClient()
+    lost = 0
+    for run in runs:
+        for metric in schema.EPOCH_METRICS:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
+            lost += 3 - len(set(steps))
+    assert lost == 0
+    evals = mlflow.search_runs(
+        search_all_experiments=True,
+        output_format="list",
+        filter_string="tags.`ltexp.step` = 'evaluate'",
+    )
+    assert len(evals) == 8
+
+
+def test_eight_concurrent_trainings_on_one_sqlite_file(tmp_path: Path) -> None:
+    _eight_trainings(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+@pytest.mark.postgres
+def test_eight_concurrent_trainings_on_a_postgres_server(
+    postgres_server: str, tmp_path: Path
+) -> None:
+    _eight_trainings(tmp_path, postgres_server)
+
+
+# --- authentication and secrets ----------------------------------------------------------------
+
+
+def test_basic_auth_server_refuses_anonymous_and_serves_the_pipeline(tmp_path: Path) -> None:
+    folder = tmp_path / "server"
+    folder.mkdir()
+    password = "s3cret-" + os.urandom(6).hex()
+    (folder / "auth.ini").write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{folder / 'auth.db'}\nadmin_username = admin\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    server = TrackingServer(
+        folder,
+        f"sqlite:///{folder / 'store.db'}",
+        env={
+            "MLFLOW_AUTH_CONFIG_PATH": str(folder / "auth.ini"),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": os.urandom(16).hex(),
+        },
+        extra=["--app-name", "basic-auth", "--allowed-hosts", "127.0.0.1:*,localhost:*"],
+    )
+    server.start()
+    try:
+        anonymous = subprocess.run(
+            _train_cmd(tmp_path, epochs=1),
+            env=_env(server.uri),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert anonymous.returncode != 0
+        assert "401" in anonymous.stderr or "Unauthorized" in anonymous.stderr
+        creds = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
+        ok = subprocess.run(
+            _train_cmd(tmp_path, epochs=1),
+            env=_env(server.uri, **creds),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert ok.returncode == 0, ok.stderr[-2000:]
+        os.environ.update(creds)
+        try:
+            (run,) = _train_runs(server.uri)
+            assert run.info.status == "FINISHED"
+        finally:
+            for k in creds:
+                os.environ.pop(k)
+        # no secret anywhere the run stored or printed
+        stored = [p for p in folder.rglob("*") if p.is_file() and p.name != "auth.ini"]
+        leaks = [str(p) for p in stored if password.encode() in p.read_bytes()]
+        assert leaks == []
+        assert password not in ok.stdout and password not in ok.stderr
+        assert not any(
+            password.encode() in p.read_bytes()
+            for p in tmp_path.rglob("*")
+            if p.is_file() and p.suffix != ".ini"
+        )
+    finally:
+        server.stop()
