@@ -265,6 +265,9 @@ def test_unwritable_checkpoint_location_fails_clearly(tmp_path: Path) -> None:
 # --- concurrent writers -------------------------------------------------------------------------
 
 
+EPOCHS_8 = 2
+
+
 def _eight_trainings(tmp_path: Path, uri: str) -> None:
     env = _env(uri)
     # the store, experiment and data exist before the fan-out (as the study does)
@@ -277,7 +280,7 @@ def _eight_trainings(tmp_path: Path, uri: str) -> None:
     )
     procs = [
         subprocess.Popen(
-            _train_cmd(tmp_path, seed=s, epochs=3, num_threads=1),
+            _train_cmd(tmp_path, seed=s, epochs=EPOCHS_8, num_threads=1),
             env=env,
             cwd=tmp_path,
             stdout=subprocess.DEVNULL,
@@ -296,7 +299,7 @@ def _eight_trainings(tmp_path: Path, uri: str) -> None:
     for run in runs:
         for metric in schema.EPOCH_METRICS:
             steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
-            lost += 3 - len(set(steps))
+            lost += EPOCHS_8 - len(set(steps))
     assert lost == 0
     evals = mlflow.search_runs(
         search_all_experiments=True,
