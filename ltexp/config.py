@@ -505,7 +505,6 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 def yaml_to_overrides(data: dict[str, Any], source: str) -> dict[str, Any]:
     """Flatten a nested YAML mapping to ``{flat_key: value}``, rejecting unknown keys."""
-    fields = all_fields()
     out: dict[str, Any] = {}
     valid_top = ["experiment", *SECTIONS, "losses"]
     for top, body in data.items():
@@ -526,7 +525,7 @@ def yaml_to_overrides(data: dict[str, Any], source: str) -> dict[str, Any]:
                 f"{source}: section {top!r} must be a mapping, got {type(body).__name__}"
             )
         if top == "losses":
-            out.update(_loss_overrides(body, source, fields))
+            out.update(_loss_overrides(body, source))
             continue
         valid = [f.name for f in section_fields(top)]
         for key, value in body.items():
@@ -539,9 +538,7 @@ def yaml_to_overrides(data: dict[str, Any], source: str) -> dict[str, Any]:
     return out
 
 
-def _loss_overrides(
-    body: dict[str, Any], source: str, fields: dict[str, FieldSpec]
-) -> dict[str, Any]:
+def _loss_overrides(body: dict[str, Any], source: str) -> dict[str, Any]:
     from ltexp.losses import LOSSES
 
     out = {}

@@ -373,3 +373,33 @@ def test_basic_auth_server_refuses_anonymous_and_serves_the_pipeline(tmp_path: P
         )
     finally:
         server.stop()
+
+
+# --- Ctrl-C --------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_marks_the_run_killed_and_the_same_command_resumes_it(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    extra = {"epochs": 6, "train_split": "balanced", "evaluate_after": "false"}
+    proc = subprocess.Popen(
+        _train_cmd(tmp_path, **extra),
+        env=_env(uri),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_epoch(tmp_path / "ckpt", 2, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err
+    (run,) = _train_runs(uri)
+    assert run.info.status == "KILLED"
+    saved = torch.load(next((tmp_path / "ckpt").glob(f"*/{LAST}")), weights_only=True)
+    assert saved["epoch"] >= 2
+    subprocess.run(
+        _train_cmd(tmp_path, **extra), env=_env(uri), cwd=tmp_path, check=True, capture_output=True
+    )
+    (run,) = _train_runs(uri)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[schema.RESUMED_FROM_EPOCH] == str(saved["epoch"])

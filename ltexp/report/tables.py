@@ -33,7 +33,7 @@ MODEL_TITLES = {
     "vit_b16": "ViT-B/16",
     "convnext_base": "ConvNeXt-Base",
     "tiny_cnn": "Tiny CNN",
-    "cifar_resnet20": "ResNet-20 (CIFAR)",
+    **{f"cifar_resnet{d}": f"ResNet-{d} (CIFAR)" for d in (8, 20, 32)},
 }
 SPLIT_TITLES = {"balanced": "balanced", "lt": "long-tailed"}
 

@@ -14,6 +14,7 @@ from ltexp.data import load_source, prepare
 from ltexp.data.splits import Protocol
 from ltexp.errors import ConfigError, DataError
 from tests.conftest import write_cifar100
+from tests.data.test_splits import SPEC_COUNTS
 
 
 def test_reads_torchvision_cifar_format(cifar_root: Path) -> None:
@@ -40,16 +41,7 @@ def test_spec_counts_on_the_generated_cifar_files(cifar_root: Path) -> None:
     src = load_source("cifar100", cifar_root, download=False)
     prepared, _ = prepare(src, Protocol(n_train=src.n_train_per_class, n_test=src.n_test_per_class))
     sizes = {s: m["n"] for s, m in prepared.manifest["splits"].items()}
-    assert sizes == {
-        "train_balanced": 45_000,
-        "test_balanced": 5_000,
-        "val": 10_000,
-        "train_lt": 9_754,
-        "test_lt": 1_051,
-        "test_head": 844,
-        "test_middle": 169,
-        "test_tail": 38,
-    }
+    assert sizes == SPEC_COUNTS
 
 
 def test_missing_files_offline_give_a_clear_error(
