@@ -17,6 +17,7 @@ graph is fixed to the device it was traced on, the weights are not.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -72,6 +73,9 @@ def log_and_register(
         save_weights(cpu_model.state_dict(), weights)
         meta = Path(tmp) / MODEL_INFO_FILE
         meta.write_text(json.dumps(asdict(info), indent=2))
+        # MLflow tries to validate a JSON serving example, which pt2 tensor models cannot take,
+        # and warns about it on every log: not a problem of the model
+        logging.getLogger("mlflow.models.model").setLevel(logging.ERROR)
         logged = mlflow.pytorch.log_model(
             cpu_model,
             name=schema.MODEL_ARTIFACT,
