@@ -44,6 +44,8 @@ SPLIT_SOURCE = {
     "test_middle": "train",
     "test_tail": "train",
 }
+# train_split option → the split a model is trained on
+TRAINING_SETS = {"lt": "train_lt", "balanced": "train_balanced"}
 FREQUENCY_GROUPS = ("head", "middle", "tail")
 SHOT_GROUPS = ("many", "medium", "few")
 # Shot thresholds of the literature (Liu et al. 2019, OLTR): many > 100, few < 20 train images.

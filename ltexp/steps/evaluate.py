@@ -19,6 +19,7 @@ import torch
 
 from ltexp.config import Config
 from ltexp.data.pipeline import TensorBatches
+from ltexp.data.splits import TRAINING_SETS
 from ltexp.errors import ConfigError, TrackingError
 from ltexp.evaluation import GroupScore, confusion_matrix, in_classes, per_class_accuracy, score
 from ltexp.evaluation import topk as top_k
@@ -30,7 +31,6 @@ from ltexp.tracking import runs, schema
 from ltexp.training import autocast_dtype, predict, resolve_device
 
 log = logging.getLogger(__name__)
-TRAIN_SPLITS = {"lt": "train_lt", "balanced": "train_balanced"}
 
 
 def resolve_target(cfg: Config, train_run_id: str | None) -> tuple[mlflow.entities.Run, str]:
@@ -73,7 +73,7 @@ def run_evaluate(
     model, info = registry.load_classifier(model_uri, device)
     image_size = info.image_size if info else int(params.get("image_size", 32))
     amp = autocast_dtype(cfg.train.precision, device)
-    train_counts = prepared.class_counts(TRAIN_SPLITS[params["train_split"]])
+    train_counts = prepared.class_counts(TRAINING_SETS[params["train_split"]])
     tau = cfg.evaluate.tau
 
     outputs = {}

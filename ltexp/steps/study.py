@@ -14,12 +14,13 @@ from pathlib import Path
 import mlflow
 
 from ltexp.config import Config
+from ltexp.data.splits import TRAINING_SETS
 from ltexp.errors import ConfigError, unknown_name_error
 from ltexp.losses import LOSSES
 from ltexp.models import list_models, model_spec
 from ltexp.report.build import Grid
 from ltexp.steps.data import find_prepared_run
-from ltexp.steps.train import TRAIN_SPLITS, default_experiment, plan_train
+from ltexp.steps.train import default_experiment, plan_train
 from ltexp.tracking import runs, schema
 
 log = logging.getLogger(__name__)
@@ -71,9 +72,9 @@ def grid_cells(cfg: Config) -> list[Cell]:
         str(unknown_name_error("loss", lo, list(LOSSES))) for lo in s.losses if lo not in LOSSES
     ]
     problems += [
-        str(unknown_name_error("train_split", sp, list(TRAIN_SPLITS)))
+        str(unknown_name_error("train_split", sp, list(TRAINING_SETS)))
         for sp in s.train_splits
-        if sp not in TRAIN_SPLITS
+        if sp not in TRAINING_SETS
     ]
     if problems:
         raise ConfigError("; ".join(problems))

@@ -32,6 +32,7 @@ from ltexp.checkpoint import (
 from ltexp.config import Config
 from ltexp.data import PreparedData, load_source, rebuild
 from ltexp.data.pipeline import CIFAR_MEAN, CIFAR_STD, TensorBatches
+from ltexp.data.splits import TRAINING_SETS
 from ltexp.distributed import DistContext, broadcast, device_for
 from ltexp.distributed import init as init_distributed
 from ltexp.errors import ConfigError, TrackingError, TrainingError, unknown_name_error
@@ -64,7 +65,6 @@ RUNTIME_KEYS = (
     "compile",
     "eval_batch_size",
 )
-TRAIN_SPLITS = {"lt": "train_lt", "balanced": "train_balanced"}
 
 
 @dataclass
@@ -147,7 +147,7 @@ def plan_train(cfg: Config, parent_run_id: str | None = None) -> TrainPlan:
         log.info("no prepared %s data matches this config: preparing it", cfg.data.dataset)
         data_run_id = run_prepare_data(cfg, parent_run_id=parent_run_id)
     prepared = load_prepared(data_run_id, cfg.data.data_root, cfg.data.download)
-    counts = prepared.class_counts(TRAIN_SPLITS[t.train_split])
+    counts = prepared.class_counts(TRAINING_SETS[t.train_split])
     build_loss(t.loss, counts, **cfg.loss_hparams(t.loss))  # refuses bad names / hparams now
     exp_id = runs.resolve_experiment(cfg.experiment, default=default_experiment(cfg))
     runs.reap_dead_runs([exp_id])
@@ -237,10 +237,11 @@ def run_train(cfg: Config, parent_run_id: str | None = None) -> TrainResult:
         schema.DATA_DIGEST: plan.prepared.digest(),
         schema.CELL: schema.run_name(t.model, t.loss, t.train_split, t.seed),
     }
+    training_set = TRAINING_SETS[t.train_split]
     description = (
-        f"{t.model} fine-tuned with {t.loss} on {plan.prepared.dataset} "
-        f"{TRAIN_SPLITS[t.train_split]} ({len(plan.prepared.splits[TRAIN_SPLITS[t.train_split]]):,}"
-        f" images), seed {t.seed}, {t.epochs} epochs; best-validation checkpoint "
+        f"{t.model} fine-tuned with {t.loss} on {plan.prepared.dataset} {training_set} "
+        f"({len(plan.prepared.splits[training_set]):,} images), seed {t.seed}, "
+        f"{t.epochs} epochs; best-validation checkpoint "
         f"registered as {_registered_name(plan)}."
     )
     with runs.step_run(
@@ -309,7 +310,7 @@ def _log_run_inputs(plan: TrainPlan) -> None:
         }
         path.write_text(yaml.safe_dump(resolved, sort_keys=False))
         mlflow.log_artifact(str(path))
-    log_split_inputs(plan.prepared, splits=(TRAIN_SPLITS[cfg.train.train_split], "val"))
+    log_split_inputs(plan.prepared, splits=(TRAINING_SETS[cfg.train.train_split], "val"))
 
 
 def _precision_name(plan: TrainPlan) -> str:
@@ -355,9 +356,9 @@ def build_session(
     channels_last = t.channels_last and device.type == "cuda"
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt)
-    split = prepared.splits[TRAIN_SPLITS[t.train_split]]
+    split = prepared.splits[TRAINING_SETS[t.train_split]]
     loss_fn = build_loss(
-        t.loss, prepared.class_counts(TRAIN_SPLITS[t.train_split]), **cfg.loss_hparams(t.loss)
+        t.loss, prepared.class_counts(TRAINING_SETS[t.train_split]), **cfg.loss_hparams(t.loss)
     ).to(device)
     optimizer = make_optimizer(
         t.optimizer,
