@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,19 @@ def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+
+
+def step_counts(uri: str | None = None) -> Counter:
+    """How many runs of each ``ltexp.step`` the store holds; none may be left RUNNING."""
+    import mlflow
+
+    from ltexp.tracking import schema
+
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    return Counter(r.data.tags.get(schema.STEP) for r in runs)
 
 
 def tiny_overrides(tmp_path: Path, **extra: object) -> dict[str, object]:

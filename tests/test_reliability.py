@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import mlflow
@@ -18,7 +17,7 @@ import torch
 
 from ltexp.checkpoint import LAST
 from ltexp.tracking import schema
-from tests.conftest import TrackingServer, tiny_overrides
+from tests.conftest import TrackingServer, step_counts, tiny_overrides
 
 pytestmark = pytest.mark.slow
 EPOCHS = 5
@@ -40,6 +39,20 @@ def _train_runs(uri: str) -> list:
     client = mlflow.MlflowClient(uri)
     ids = [e.experiment_id for e in client.search_experiments()]
     return [r for r in client.search_runs(ids) if r.data.tags.get(schema.STEP) == "train"]
+
+
+def _start_training(
+    tmp_path: Path, env: dict[str, str], capture: bool = True, **extra: object
+) -> subprocess.Popen:
+    """``ltexp train`` in the background; with ``capture``, read its stderr by communicate()."""
+    return subprocess.Popen(
+        _train_cmd(tmp_path, **extra),
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE if capture else subprocess.DEVNULL,
+        text=True,
+    )
 
 
 def _outcome(uri: str, ckpt: Path) -> tuple[dict, dict]:
@@ -95,13 +108,7 @@ def test_kill_minus_9_then_same_command_equals_uninterrupted(
     point: str, tmp_path: Path, uninterrupted
 ) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = subprocess.Popen(
-        _train_cmd(tmp_path, **TRAIN),
-        env=_env(uri),
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = _start_training(tmp_path, _env(uri), capture=False, **TRAIN)
     ckpt = tmp_path / "ckpt"
     if point == "first-epoch":  # before any checkpoint: the run starts over inside itself
         deadline = time.time() + 120
@@ -158,15 +165,14 @@ def test_study_killed_between_cells(tmp_path: Path) -> None:
         args, env=_env(uri), cwd=tmp_path, check=True, capture_output=True, text=True
     ).stdout
     assert "[1/2] tiny_cnn-ce-lt-s42: reused" in out
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    assert Counter(r.data.tags[schema.STEP] for r in runs) == {
+    assert step_counts(uri) == {
         "main": 1,
         "prepare_data": 1,
         "train": 2,
         "evaluate": 2,
         "aggregate": 1,
     }
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
@@ -179,14 +185,7 @@ def test_server_outage_mid_run_loses_no_metric(
     sqlite_server: TrackingServer, tmp_path: Path
 ) -> None:
     extra = {"epochs": 8, "train_split": "balanced", "evaluate_after": "false"}
-    proc = subprocess.Popen(
-        _train_cmd(tmp_path, **extra),
-        env=_env(sqlite_server.uri, **FAST_RETRIES),
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start_training(tmp_path, _env(sqlite_server.uri, **FAST_RETRIES), **extra)
     _wait_for_epoch(tmp_path / "ckpt", 2, proc)
     sqlite_server.stop()
     _wait_for_epoch(tmp_path / "ckpt", 4, proc)  # training goes on while the server is down
@@ -212,14 +211,7 @@ def test_server_that_never_comes_back_fails_clearly_then_resumes(
         MLFLOW_HTTP_REQUEST_MAX_RETRIES="1",
         MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1",
     )
-    proc = subprocess.Popen(
-        _train_cmd(tmp_path, **extra),
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start_training(tmp_path, env, **extra)
     _wait_for_epoch(tmp_path / "ckpt", 1, proc)
     sqlite_server.stop()
     _, err = proc.communicate(timeout=300)
@@ -277,13 +269,8 @@ def _eight_trainings(tmp_path: Path, uri: str) -> None:
         capture_output=True,
     )
     procs = [
-        subprocess.Popen(
-            _train_cmd(tmp_path, seed=s, epochs=EPOCHS_8, num_threads=1, evaluate_after="false"),
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+        _start_training(
+            tmp_path, env, seed=s, epochs=EPOCHS_8, num_threads=1, evaluate_after="false"
         )
         for s in range(8)
     ]
@@ -381,14 +368,7 @@ def test_basic_auth_server_refuses_anonymous_and_serves_the_pipeline(tmp_path: P
 def test_ctrl_c_marks_the_run_killed_and_the_same_command_resumes_it(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     extra = {"epochs": 6, "train_split": "balanced", "evaluate_after": "false"}
-    proc = subprocess.Popen(
-        _train_cmd(tmp_path, **extra),
-        env=_env(uri),
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _start_training(tmp_path, _env(uri), **extra)
     _wait_for_epoch(tmp_path / "ckpt", 2, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)

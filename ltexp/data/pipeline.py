@@ -124,10 +124,6 @@ class TensorBatches:
             return n
         return (n + self.world_size - 1) // self.world_size
 
-    @property
-    def num_images(self) -> int:
-        return len(self.labels)
-
     def plan(self, epoch: int) -> EpochPlan:
         """The randomness of ``epoch`` (identical for a seed on any device)."""
         n = len(self.labels)

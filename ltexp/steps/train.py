@@ -174,7 +174,6 @@ def plan_train(cfg: Config, parent_run_id: str | None = None) -> TrainPlan:
 
 def find_resumable(plan: TrainPlan) -> str | None:
     """The latest unfinished train run of the same config whose checkpoint folder is here."""
-    root = Path(plan.cfg.train.checkpoint_dir).expanduser()
     candidates = runs.search_all(
         [plan.experiment_id],
         f"{schema.search_step(schema.Step.TRAIN)} and "
@@ -184,7 +183,8 @@ def find_resumable(plan: TrainPlan) -> str | None:
     for run in candidates:
         if run.info.status == "RUNNING":
             continue  # a live process owns it (dead ones were reaped)
-        if (root / run.info.run_id).is_dir():  # started here; with or without a finished epoch
+        # started on this disk, with or without a finished epoch
+        if checkpoint_folder(plan.cfg, run.info.run_id).is_dir():
             return run.info.run_id
     return None
 
@@ -255,7 +255,7 @@ def run_train(cfg: Config, parent_run_id: str | None = None) -> TrainResult:
         system_metrics=t.system_metrics,
     ) as run:
         run_id = run.info.run_id
-        folder = Path(t.checkpoint_dir).expanduser() / run_id
+        folder = checkpoint_folder(cfg, run_id)
         with _exclusive(folder):
             if resume_id is None:
                 _log_run_inputs(plan)

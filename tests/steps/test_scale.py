@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import mlflow
@@ -13,6 +12,7 @@ import pytest
 
 from ltexp.steps.study import run_study
 from ltexp.tracking import schema
+from tests.conftest import step_counts
 
 GRID = {"models": "tiny_cnn", "losses": "ce,bs", "train_splits": "balanced,lt", "epochs": 2}
 EXPECTED = {"main": 1, "prepare_data": 1, "train": 4, "evaluate": 4, "aggregate": 1}
@@ -20,8 +20,8 @@ EXPECTED = {"main": 1, "prepare_data": 1, "train": 4, "evaluate": 4, "aggregate"
 
 def _check_study(study_run: str, epochs: int = 2) -> None:
     """Every run arrived, under the study, with every epoch's metrics."""
+    assert step_counts() == EXPECTED
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    assert Counter(r.data.tags.get(schema.STEP) for r in runs) == EXPECTED
     assert all(r.info.status == "FINISHED" for r in runs)
     client = mlflow.MlflowClient()
     for run in runs:
@@ -111,13 +111,8 @@ def test_torchrun_data_parallel_run_on_cpu(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("train run:") == 1  # rank 1 says nothing
-    mlflow.set_tracking_uri(uri)
+    assert step_counts(uri) == {"prepare_data": 1, "train": 1, "evaluate": 1}
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    assert Counter(r.data.tags[schema.STEP] for r in runs) == {
-        "prepare_data": 1,
-        "train": 1,
-        "evaluate": 1,
-    }
     train = next(r for r in runs if r.data.tags[schema.STEP] == "train")
     assert train.data.params["world_size"] == "2" and train.info.status == "FINISHED"
     history = mlflow.MlflowClient().get_metric_history(train.info.run_id, "train_loss")

@@ -15,17 +15,9 @@ import pytest
 
 from ltexp.steps.study import run_study
 from ltexp.tracking import schema
-from tests.conftest import REPO, tiny_overrides
+from tests.conftest import REPO, step_counts, tiny_overrides
 
 GRID = {"models": "tiny_cnn", "losses": "ce,bs", "train_splits": "balanced,lt", "epochs": 2}
-
-
-def _steps(uri: str | None = None) -> Counter:
-    if uri:
-        mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    assert not [r for r in runs if r.info.status == "RUNNING"]
-    return Counter(r.data.tags.get(schema.STEP) for r in runs)
 
 
 def test_study_runs_every_cell_then_reuses_them(tiny_config, tmp_path: Path) -> None:
@@ -39,7 +31,13 @@ def test_study_runs_every_cell_then_reuses_them(tiny_config, tmp_path: Path) -> 
             "tiny_cnn-bs-lt-s42",
         ]
     )
-    assert _steps() == {"main": 1, "prepare_data": 1, "train": 4, "evaluate": 4, "aggregate": 1}
+    assert step_counts() == {
+        "main": 1,
+        "prepare_data": 1,
+        "train": 4,
+        "evaluate": 4,
+        "aggregate": 1,
+    }
     main = mlflow.get_run(first.run_id)
     children = mlflow.search_runs(
         search_all_experiments=True,
@@ -56,7 +54,13 @@ def test_study_runs_every_cell_then_reuses_them(tiny_config, tmp_path: Path) -> 
     assert (report / "report.md").is_file() and (report / "results_tiny_cnn_lt.csv").is_file()
     second = run_study(tiny_config(**GRID))
     assert second.ran == [] and len(second.reused) == 4
-    assert _steps() == {"main": 2, "prepare_data": 1, "train": 4, "evaluate": 4, "aggregate": 2}
+    assert step_counts() == {
+        "main": 2,
+        "prepare_data": 1,
+        "train": 4,
+        "evaluate": 4,
+        "aggregate": 2,
+    }
     forced = run_study(tiny_config(**GRID, force="true"))
     assert len(forced.ran) == 4
 
@@ -96,7 +100,7 @@ def test_killed_study_finishes_only_what_is_missing(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     subprocess.run(_main_cli(tmp_path), env=env, cwd=tmp_path, check=True, capture_output=True)
-    counts = _steps(env["MLFLOW_TRACKING_URI"])
+    counts = step_counts(env["MLFLOW_TRACKING_URI"])
     # the same runs as an uninterrupted study: the killed main and train runs were resumed
     assert counts == {"main": 1, "prepare_data": 1, "train": 4, "evaluate": 4, "aggregate": 1}
     trains = mlflow.search_runs(
@@ -160,7 +164,7 @@ def test_mlflow_run_entry_points(tmp_path: Path) -> None:
         text=True,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    counts = _steps(env["MLFLOW_TRACKING_URI"])
+    counts = step_counts(env["MLFLOW_TRACKING_URI"])
     assert counts == {"prepare_data": 1, "main": 1, "train": 1, "evaluate": 1, "aggregate": 1}
     assert (tmp_path / "report" / "report.md").is_file()  # mlflow run works in the project dir
     train = mlflow.search_runs(
