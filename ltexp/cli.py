@@ -17,29 +17,10 @@ from typing import Any, NoReturn
 
 from mlflow.exceptions import MlflowException
 
-from ltexp.config import Config, FieldSpec, all_fields, build_config
+from ltexp.config import Config, FieldSpec, build_config, command_fields
 from ltexp.errors import LtexpError
 
-# Which config sections each command reads.
-COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
-    "prepare-data": ("data",),
-    "train": ("data", "train", "losses", "evaluate"),
-    "evaluate": ("evaluate",),
-    "aggregate": ("report",),
-    "main": ("data", "train", "losses", "evaluate", "study", "report"),
-}
-# Keys of other sections a command needs as well.
-COMMAND_EXTRA_KEYS: dict[str, tuple[str, ...]] = {
-    "evaluate": (
-        "data_root",
-        "download",
-        "device",
-        "eval_batch_size",
-        "precision",
-        "channels_last",
-        "num_threads",
-    ),
-}
+COMMANDS = ("prepare-data", "train", "evaluate", "aggregate", "main")
 COMMAND_HELP = {
     "prepare-data": "build the data splits of the protocol and record them (a prepare_data run)",
     "train": "fine-tune one model with one loss (a train run, then a child evaluate run)",
@@ -55,12 +36,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _command_fields(command: str) -> list[FieldSpec]:
-    sections = COMMAND_SECTIONS[command]
-    extra = COMMAND_EXTRA_KEYS.get(command, ())
-    return [f for f in all_fields().values() if f.section in sections or f.key in extra]
 
 
 def _describe_default(spec: FieldSpec) -> str:
@@ -81,7 +56,7 @@ def _add_config_options(parser: argparse.ArgumentParser, command: str) -> None:
         default=argparse.SUPPRESS,
         help="MLflow experiment (default: the dataset's name, or the one `mlflow run` chose)",
     )
-    for spec in _command_fields(command):
+    for spec in command_fields(command):
         flags = [f"--{spec.key.replace('_', '-')}"]
         if "_" in spec.key:
             flags.append(f"--{spec.key}")
@@ -92,7 +67,7 @@ def _add_config_options(parser: argparse.ArgumentParser, command: str) -> None:
             dest=spec.key,
             default=argparse.SUPPRESS,
             metavar="VALUE",
-            help=(spec.help + _describe_default(spec)).replace("%", "%%"),
+            help=(spec.help_text() + _describe_default(spec)).replace("%", "%%"),
         )
 
 
@@ -104,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tracked in MLflow. Every option can also be set in a YAML preset.",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for command in COMMAND_SECTIONS:
+    for command in COMMANDS:
         p = sub.add_parser(command, help=COMMAND_HELP[command], description=COMMAND_HELP[command])
         _add_config_options(p, command)
         if command in ("train", "evaluate", "main"):
@@ -127,6 +102,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k not in skip and v != ""}
 
 
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
 def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
     def prepare_data(cfg: Config, args: argparse.Namespace) -> int:
         from ltexp.steps.prepare_data import run_prepare_data
@@ -135,14 +114,15 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
         return 0
 
     def train(cfg: Config, args: argparse.Namespace) -> int:
-        from ltexp.steps.train import run_train
+        from ltexp.steps.study import run_cell
 
-        result = run_train(cfg, parent_run_id=args.parent_run_id)
-        if not result.model_uri:  # a data-parallel rank other than 0: rank 0 reports
+        result = run_cell(cfg, parent_run_id=args.parent_run_id)
+        train = result.train
+        if not train.model_uri:  # a data-parallel rank other than 0: rank 0 reports
             return 0
         print(
-            f"train run: {result.run_id}  best val_acc1 {result.best_val_acc1:.4f} "
-            f"(epoch {result.best_epoch})  model {result.model_uri}"
+            f"train run: {train.run_id}  best val_acc1 {train.best_val_acc1:.4f} "
+            f"(epoch {train.best_epoch})  model {train.model_uri}"
         )
         if result.evaluate_run_id:
             print(f"evaluate run: {result.evaluate_run_id}")
@@ -168,7 +148,7 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
     def main_(cfg: Config, args: argparse.Namespace) -> int:
         from ltexp.steps.study import run_study
 
-        result = run_study(cfg, parent_run_id=args.parent_run_id)
+        result = run_study(cfg, parent_run_id=args.parent_run_id, progress=_print)
         print(f"study run: {result.run_id}  report: {result.report_dir}")
         print("browse the runs with `mlflow ui` (same folder, or MLFLOW_TRACKING_URI)")
         return 0

@@ -1,13 +1,16 @@
 """Typed configuration: dataclass sections, YAML presets, command-line overrides.
 
-Every default lives here, next to the reason for it. Defaults are the protocol of SPEC.md (the
-thesis); presets in ``configs/`` hold only what differs (``demo.yaml``: the embedded digits data and
-small models; ``thesis.yaml``: CIFAR-100 and the four pretrained backbones).
+Every default lives here, next to the reason for it. Defaults are the protocol of the thesis
+(docs/protocol.md); presets in ``configs/`` hold only what differs (``demo.yaml``: the embedded
+digits data and small models; ``thesis.yaml``: the full grid).
 
 Keys are unique across sections, so every value has one flat name: ``lr`` in YAML under ``train:``,
-``--lr`` on the command line, ``-P lr=...`` in ``mlflow run``. Loss hyper-parameters are named
-``<loss>_<hparam>`` (``focal_gamma``) and come from the loss registry, so a new loss needs no edit
-here. YAML is read with ``yaml.safe_load`` only; unknown keys are rejected with the valid ones.
+``--lr`` on the command line, ``-P lr=...`` in ``mlflow run``. Each field describes itself: its
+help, its checks, whether it only changes how a run executes (``runtime``: left out of every
+identity hash), and which commands take it. Loss hyper-parameters (``<loss>_<hparam>``, e.g.
+``focal_gamma``) and dataset options (e.g. ``synthetic_classes``) are declared by their registry
+entries, so a new loss or dataset needs no edit here. YAML is read with ``yaml.safe_load`` only;
+unknown keys are rejected with the valid ones.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from ltexp.errors import ConfigError, did_you_mean, unknown_name_error
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_PRESET = "demo"
+COMMANDS = ("prepare-data", "train", "evaluate", "aggregate", "main")
 
 
 def _opt(
@@ -36,26 +40,56 @@ def _opt(
     low_open: bool = False,
     high: float | None = None,
     factory: Any = None,
+    runtime: bool = False,
+    registry: str = "",
+    commands: tuple[str, ...] = (),
+    also_under: str = "",
 ) -> Any:
-    """A config field: default, one-line help, and the range checks its values must pass."""
-    meta = {"help": help, "choices": choices, "low": low, "low_open": low_open, "high": high}
+    """A config field: default, one-line help, checks, and what the field is.
+
+    Args:
+        runtime: the value changes how a run executes (device, threads, folders), never what it
+            computes; identity hashes leave it out, so runs that differ only here are the same.
+        registry: the registry whose names the value takes; the help lists them.
+        commands: the commands that take the field (default: its section's commands).
+        also_under: a YAML section where presets written before the field moved may still give it.
+    """
+    meta = {
+        "help": help,
+        "choices": choices,
+        "low": low,
+        "low_open": low_open,
+        "high": high,
+        "runtime": runtime,
+        "registry": registry,
+        "commands": commands,
+        "also_under": also_under,
+    }
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
-    """Which data, and the split protocol built from it (SPEC.md, "Data")."""
+    """Which data, and the split protocol built from it (docs/protocol.md, "Data")."""
 
-    dataset: str = _opt("cifar100", "dataset name (cifar100, digits, synthetic)")
+    dataset: str = _opt("cifar100", "dataset name", registry="datasets")
     data_root: str = _opt(
-        "~/.cache/ltexp", "folder the dataset files are read from / downloaded to"
+        "~/.cache/ltexp",
+        "folder the dataset files are read from / downloaded to",
+        runtime=True,
+        commands=("prepare-data", "train", "evaluate", "main"),
     )
-    download: bool = _opt(True, "download the dataset when its files are missing")
-    profile: str = _opt("exp", "imbalance profile of the long-tailed splits (exp, pareto, step)")
+    download: bool = _opt(
+        True,
+        "download the dataset when its files are missing",
+        runtime=True,
+        commands=("prepare-data", "train", "evaluate", "main"),
+    )
+    profile: str = _opt("exp", "imbalance profile of the long-tailed splits", registry="profiles")
     imbalance_ratio: float = _opt(
-        100.0, "n_max / n_min of the long-tailed splits (SPEC: 100)", low=1.0
+        100.0, "n_max / n_min of the long-tailed splits (thesis: 100)", low=1.0
     )
     pareto_alpha: float = _opt(
         6.0, "shape of the pareto profile (ImageNet-LT, Liu et al. 2019: 6)", low=0.0, low_open=True
@@ -71,31 +105,20 @@ class DataConfig:
         "frequency rank of the classes: label (class 0 most "
         "frequent), random (seeded), or a comma list of labels",
     )
-    split_seed: int = _opt(42, "seed of every split choice (SPEC: 42)", low=0)
-    synthetic_classes: int = _opt(10, "synthetic: number of classes", low=2)
-    synthetic_train_per_class: int = _opt(200, "synthetic: source train images per class", low=2)
-    synthetic_test_per_class: int = _opt(
-        40, "synthetic: source test (validation) images per class", low=1
-    )
-    synthetic_image_size: int = _opt(32, "synthetic: image side in pixels", low=8)
-    synthetic_seed: int = _opt(0, "synthetic: seed of the generated images", low=0)
-    log_scale_counts: bool = _opt(True, "draw the class-count charts on a log scale")
+    split_seed: int = _opt(42, "seed of every split choice (thesis: 42)", low=0)
+    log_scale_counts: bool = _opt(True, "draw the class-count charts on a log scale", runtime=True)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Fine-tuning (SPEC.md, "Training"). Defaults are the thesis protocol."""
+    """Fine-tuning (docs/protocol.md, "Training"). Defaults are the thesis protocol."""
 
-    model: str = _opt(
-        "resnet50",
-        "backbone (resnet50, mobilenet_v2, convnext_base, vit_b16, "
-        "cifar_resnet20, tiny_cnn, timm:<name>)",
-    )
-    loss: str = _opt("ce", "loss (ce, wce, focal, cb, bs, seql, ldam, la)")
+    model: str = _opt("resnet50", "backbone", registry="models")
+    loss: str = _opt("ce", "loss", registry="losses")
     train_split: str = _opt(
         "lt", "training set: lt (long-tailed) or balanced", choices=("lt", "balanced")
     )
-    seed: int = _opt(42, "seed of Python, NumPy and torch (SPEC: 42)", low=0)
+    seed: int = _opt(42, "seed of Python, NumPy and torch (thesis: 42)", low=0)
     pretrained: str = _opt(
         "true", "true (library weights), false (random init) or a path to a local state dict"
     )
@@ -109,24 +132,18 @@ class TrainConfig:
         None, "input side in pixels (default: the model's, 224 for the pretrained backbones)", low=8
     )
     optimizer: str = _opt("adam", "optimizer", choices=("adam", "adamw", "sgd"))
-    lr: float = _opt(1e-3, "learning rate (SPEC: Adam 1e-3)", low=0.0, low_open=True)
+    lr: float = _opt(1e-3, "learning rate (thesis: Adam 1e-3)", low=0.0, low_open=True)
     betas: tuple[float, float] = _opt(
-        (0.9, 0.999), "Adam betas (SPEC: 0.9,0.999)", low=0.0, high=1.0
+        (0.9, 0.999), "Adam betas (thesis: 0.9,0.999)", low=0.0, high=1.0
     )
-    eps: float = _opt(1e-8, "Adam epsilon (SPEC: 1e-8)", low=0.0, low_open=True)
-    weight_decay: float = _opt(0.0, "weight decay (SPEC: none)", low=0.0)
+    eps: float = _opt(1e-8, "Adam epsilon (thesis: 1e-8)", low=0.0, low_open=True)
+    weight_decay: float = _opt(0.0, "weight decay (thesis: none)", low=0.0)
     momentum: float = _opt(0.9, "SGD momentum (only with optimizer=sgd)", low=0.0, high=1.0)
-    batch_size: int = _opt(128, "training batch size (SPEC: 128)", low=1)
-    eval_batch_size: int = _opt(
-        512,
-        "validation/test batch size: inference needs no activations "
-        "for backward, so larger batches are faster and exact",
-        low=1,
-    )
-    epochs: int = _opt(90, "training epochs (SPEC: 90)", low=1)
+    batch_size: int = _opt(128, "training batch size (thesis: 128)", low=1)
+    epochs: int = _opt(90, "training epochs (thesis: 90)", low=1)
     scheduler: str = _opt("step", "learning-rate schedule", choices=("step", "cosine", "none"))
-    step_size: int = _opt(30, "StepLR period in epochs (SPEC: 30)", low=1)
-    lr_gamma: float = _opt(0.1, "StepLR factor (SPEC: 0.1)", low=0.0, low_open=True, high=1.0)
+    step_size: int = _opt(30, "StepLR period in epochs (thesis: 30)", low=1)
+    lr_gamma: float = _opt(0.1, "StepLR factor (thesis: 0.1)", low=0.0, low_open=True, high=1.0)
     drw_epoch: int | None = _opt(
         None,
         "deferred re-weighting: class weights switch on from this "
@@ -136,33 +153,79 @@ class TrainConfig:
     drw_beta: float = _opt(
         0.9999, "beta of the class-balanced DRW weights (Cao et al. 2019)", low=0.0, high=1.0
     )
-    device: str = _opt("auto", "auto (cuda when available), cpu, cuda, cuda:N")
     deterministic: bool = _opt(False, "deterministic kernels (bit-identical reruns and resumes)")
+    data_run: str = _opt(
+        "",
+        "prepare_data run id (default: the latest matching one, or prepare the data first)",
+        runtime=True,
+    )
+    resume: str = _opt(
+        "",
+        "train run id to resume (default: resume an unfinished run of the same config, if any)",
+        runtime=True,
+    )
+    evaluate_after: bool = _opt(
+        True, "evaluate the best checkpoint at the end (a child run)", runtime=True
+    )
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how fast a run executes: the hardware side of train and evaluate."""
+
+    device: str = _opt(
+        "auto", "auto (cuda when available), cpu, cuda, cuda:N", runtime=True, also_under="train"
+    )
+    # not runtime: the arithmetic precision changes the numbers a run produces
     precision: str = _opt(
         "auto",
         "auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp16, fp32",
         choices=("auto", "bf16", "fp16", "fp32"),
+        also_under="train",
     )
-    channels_last: bool = _opt(True, "channels_last memory format on CUDA (faster convolutions)")
-    compile: bool = _opt(False, "torch.compile the model (slower start, faster steps on GPU)")
-    data_run: str = _opt(
-        "", "prepare_data run id (default: the latest matching one, or prepare the data first)"
+    channels_last: bool = _opt(
+        True,
+        "channels_last memory format on CUDA (faster convolutions)",
+        runtime=True,
+        also_under="train",
+    )
+    compile: bool = _opt(
+        False,
+        "torch.compile the model (slower start, faster steps on GPU)",
+        runtime=True,
+        commands=("train", "main"),
+        also_under="train",
+    )
+    num_threads: int | None = _opt(
+        None, "torch CPU threads (default: torch's)", low=1, runtime=True, also_under="train"
+    )
+    eval_batch_size: int = _opt(
+        512,
+        "validation/test batch size: inference needs no activations "
+        "for backward, so larger batches are faster and exact",
+        low=1,
+        runtime=True,
+        also_under="train",
+    )
+    system_metrics: bool = _opt(
+        True,
+        "log MLflow system metrics (CPU, memory, GPU)",
+        runtime=True,
+        commands=("train", "main"),
+        also_under="train",
     )
     checkpoint_dir: str = _opt(
         "~/.cache/ltexp/checkpoints",
         "where per-epoch resume checkpoints are kept (one folder per run id)",
+        runtime=True,
+        commands=("train", "main"),
+        also_under="train",
     )
-    resume: str = _opt(
-        "", "train run id to resume (default: resume an unfinished run of the same config, if any)"
-    )
-    evaluate_after: bool = _opt(True, "evaluate the best checkpoint at the end (a child run)")
-    system_metrics: bool = _opt(True, "log MLflow system metrics (CPU, memory, GPU)")
-    num_threads: int | None = _opt(None, "torch CPU threads (default: torch's)", low=1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvaluateConfig:
-    """Testing the best-validation checkpoint (SPEC.md, "Evaluation")."""
+    """Testing the best-validation checkpoint (docs/protocol.md, "Evaluation")."""
 
     train_run: str = _opt("", "train run id whose registered checkpoint is evaluated")
     model_uri: str = _opt("", "or a model URI (models:/<name>@champion, runs:/<id>/model)")
@@ -175,80 +238,120 @@ class EvaluateConfig:
     bootstrap_seed: int = _opt(0, "seed of the bootstrap resampling", low=0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class StudyConfig:
-    """The grid of the study (SPEC.md, "The grid and the report")."""
+    """The grid of the study (docs/protocol.md, "The grid and the report")."""
 
     models: list[str] = _opt(
         None,
         "backbones of the grid",
         factory=lambda: ["resnet50", "mobilenet_v2", "vit_b16", "convnext_base"],
+        registry="models",
     )
     losses: list[str] = _opt(
         None,
-        "losses of the grid (SPEC's table order)",
+        "losses of the grid (the thesis's table order)",
         factory=lambda: ["ce", "focal", "wce", "cb", "bs", "seql", "ldam"],
+        registry="losses",
     )
     train_splits: list[str] = _opt(
         None, "training sets of the grid", factory=lambda: ["balanced", "lt"]
     )
-    seeds: list[int] = _opt(None, "training seeds of the grid", factory=lambda: [42])
-    workers: int = _opt(1, "cells run at once (one per GPU when there are GPUs)", low=1)
+    seeds: list[int] = _opt(None, "training seeds of the grid", factory=lambda: [42], low=0)
+    workers: int = _opt(
+        1, "cells run at once (one per GPU when there are GPUs)", low=1, runtime=True
+    )
     executor: str = _opt(
         "local",
         "where cells run: local (this machine) or ray (a Ray cluster)",
         choices=("local", "ray"),
+        runtime=True,
     )
     ray_address: str = _opt(
-        "", "Ray cluster address (auto = the running cluster; empty = start a local one)"
+        "",
+        "Ray cluster address (auto = the running cluster; empty = start a local one)",
+        runtime=True,
     )
-    force: bool = _opt(False, "re-run cells that already finished")
+    force: bool = _opt(False, "re-run cells that already finished", runtime=True)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReportConfig:
     """The aggregate step: tables and figures from the tracking server."""
 
-    output_dir: str = _opt("", "where the report is written (default reports/<experiment>/)")
+    output_dir: str = _opt(
+        "", "where the report is written (default reports/<experiment>/)", runtime=True
+    )
     report_dataset: str = _opt("", "dataset to report when an experiment holds several")
 
 
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "train": TrainConfig,
+    "runtime": RuntimeConfig,
     "evaluate": EvaluateConfig,
     "study": StudyConfig,
     "report": ReportConfig,
 }
+# The commands that take a section's fields (a field may name its own).
+SECTION_COMMANDS: dict[str, tuple[str, ...]] = {
+    "data": ("prepare-data", "train", "main"),
+    "datasets": ("prepare-data", "train", "main"),
+    "train": ("train", "main"),
+    "losses": ("train", "main"),
+    "runtime": ("train", "evaluate", "main"),
+    "evaluate": ("train", "evaluate", "main"),
+    "study": ("main",),
+    "report": ("aggregate", "main"),
+}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
-    """The whole resolved configuration of one command."""
+    """The whole resolved configuration of one command (immutable: derive with ``replace``)."""
 
     experiment: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     losses: dict[str, dict[str, float]] = field(default_factory=dict)
+    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     preset: str = DEFAULT_PRESET
 
-    def loss_hparams(self, loss: str) -> dict[str, float]:
+    def loss_hparams(self, loss: str | None = None) -> dict[str, float]:
         """Keyword arguments for ``build_loss(loss, ...)`` (DRW settings included)."""
-        hparams = dict(self.losses.get(loss, {}))
+        hparams = dict(self.losses.get(loss or self.train.loss, {}))
         if self.train.drw_epoch is not None:
             hparams["drw_epoch"] = self.train.drw_epoch
             hparams["drw_beta"] = self.train.drw_beta
         return hparams
 
+    def dataset_options(self, dataset: str | None = None) -> dict[str, Any]:
+        """Keyword arguments of the dataset's loader (the options its registry entry declares)."""
+        return dict(self.datasets.get(dataset or self.data.dataset, {}))
+
+    def replace(self, **flat: Any) -> Config:
+        """A copy with flat keys changed (``cfg.replace(model="vit_b16", seed=1)``), checked."""
+        return apply_overrides(self, flat)
+
     def to_dict(self, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
-        """Plain nested dict (what ``config.yaml`` holds); ``sections`` limits it."""
+        """Plain nested dict (what ``config.yaml`` holds); ``sections`` limits it.
+
+        Dataset options are written flat under ``data`` (``synthetic_classes``), as presets
+        give them.
+        """
         out: dict[str, Any] = {"preset": self.preset, "experiment": self.experiment}
         for name in SECTIONS:
             if sections is None or name in sections:
                 out[name] = _plain(dataclasses.asdict(getattr(self, name)))
+        if "data" in out:
+            for spec in dataset_fields():
+                out["data"][spec.key] = self.datasets.get(spec.owner, {}).get(
+                    spec.name, spec.default
+                )
         if sections is None or "losses" in sections:
             out["losses"] = {k: dict(v) for k, v in self.losses.items()}
         return out
@@ -273,12 +376,12 @@ def _plain(value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
-# Field introspection: one table of every flat key, used by the YAML loader and the CLI.
+# Field introspection: one table of every flat key, used by the YAML loader, the CLI, the hashes.
 
 
 @dataclass(frozen=True)
 class FieldSpec:
-    """One configurable value: where it lives, its type, its checks, its help."""
+    """One configurable value: where it lives, its type, its checks, its help, what it is."""
 
     key: str
     section: str
@@ -290,6 +393,38 @@ class FieldSpec:
     low: float | None = None
     low_open: bool = False
     high: float | None = None
+    runtime: bool = False
+    registry: str = ""
+    commands: tuple[str, ...] = ()
+    also_under: str = ""
+    owner: str = ""  # the loss or dataset a registry-declared field belongs to
+
+    def help_text(self) -> str:
+        """The help, with the registry's names when the field takes one."""
+        if not self.registry:
+            return self.help
+        return f"{self.help} ({', '.join(registry_names(self.registry))})"
+
+
+def registry_names(registry: str) -> list[str]:
+    """The names a registry holds (``models`` adds the ``timm:<name>`` form)."""
+    if registry == "models":
+        from ltexp.models import list_models
+
+        return [*list_models(), "timm:<name>"]
+    if registry == "losses":
+        from ltexp.losses import list_losses
+
+        return list_losses()
+    if registry == "datasets":
+        from ltexp.data import list_datasets
+
+        return list_datasets()
+    if registry == "profiles":
+        from ltexp.data import PROFILES
+
+        return list(PROFILES)
+    raise ValueError(f"unknown registry {registry!r}")  # pragma: no cover - a bug here
 
 
 def section_fields(section: str) -> list[FieldSpec]:
@@ -312,6 +447,10 @@ def section_fields(section: str) -> list[FieldSpec]:
                 m.get("low"),
                 m.get("low_open", False),
                 m.get("high"),
+                m.get("runtime", False),
+                m.get("registry", ""),
+                m.get("commands") or SECTION_COMMANDS[section],
+                m.get("also_under", ""),
             )
         )
     return specs
@@ -321,24 +460,48 @@ def loss_fields() -> list[FieldSpec]:
     """``<loss>_<hparam>`` fields, generated from the loss registry's documented defaults."""
     from ltexp.losses import LOSSES
 
-    specs = []
-    for loss, spec in LOSSES.items():
-        for hp in spec.hparams:
-            specs.append(
-                FieldSpec(
-                    f"{loss}_{hp.name}",
-                    "losses",
-                    hp.name,
-                    float,
-                    hp.default,
-                    f"{spec.display_name}: {hp.help}",
-                    (),
-                    hp.low,
-                    hp.low_open,
-                    hp.high,
-                )
-            )
-    return specs
+    return [
+        FieldSpec(
+            f"{loss}_{hp.name}",
+            "losses",
+            hp.name,
+            float,
+            hp.default,
+            f"{spec.display_name}: {hp.help}",
+            (),
+            hp.low,
+            hp.low_open,
+            hp.high,
+            commands=SECTION_COMMANDS["losses"],
+            owner=loss,
+        )
+        for loss, spec in LOSSES.items()
+        for hp in spec.hparams
+    ]
+
+
+def dataset_fields() -> list[FieldSpec]:
+    """The option fields of every registered dataset (``synthetic_classes``, …)."""
+    from ltexp.data import DATASETS
+
+    return [
+        FieldSpec(
+            opt.config_key(name),
+            "datasets",
+            opt.name,
+            opt.type,
+            opt.default,
+            f"{name}: {opt.help}",
+            (),
+            opt.low,
+            False,
+            opt.high,
+            commands=SECTION_COMMANDS["datasets"],
+            owner=name,
+        )
+        for name, spec in DATASETS.items()
+        for opt in spec.options
+    ]
 
 
 def all_fields() -> dict[str, FieldSpec]:
@@ -347,9 +510,21 @@ def all_fields() -> dict[str, FieldSpec]:
     for section in SECTIONS:
         for spec in section_fields(section):
             out[spec.key] = spec
-    for spec in loss_fields():
+    for spec in [*loss_fields(), *dataset_fields()]:
+        if spec.key in out:  # a registry entry may not shadow a config key
+            raise ValueError(f"config key {spec.key!r} is declared twice")  # pragma: no cover
         out[spec.key] = spec
     return out
+
+
+def command_fields(command: str) -> list[FieldSpec]:
+    """The fields a command takes (its options)."""
+    return [f for f in all_fields().values() if command in f.commands]
+
+
+def runtime_keys() -> frozenset[str]:
+    """Flat keys that only change how a run executes (left out of every identity hash)."""
+    return frozenset(k for k, f in all_fields().items() if f.runtime)
 
 
 # --------------------------------------------------------------------------------------------
@@ -507,6 +682,7 @@ def yaml_to_overrides(data: dict[str, Any], source: str) -> dict[str, Any]:
     """Flatten a nested YAML mapping to ``{flat_key: value}``, rejecting unknown keys."""
     out: dict[str, Any] = {}
     valid_top = ["experiment", *SECTIONS, "losses"]
+    fields = all_fields()
     for top, body in data.items():
         if not isinstance(top, str):
             raise ConfigError(f"{source}: section names must be strings, got {top!r}")
@@ -527,7 +703,13 @@ def yaml_to_overrides(data: dict[str, Any], source: str) -> dict[str, Any]:
         if top == "losses":
             out.update(_loss_overrides(body, source))
             continue
-        valid = [f.name for f in section_fields(top)]
+        valid = [
+            k
+            for k, f in fields.items()
+            if f.section == top
+            or f.also_under == top
+            or (top == "data" and f.section == "datasets")
+        ]
         for key, value in body.items():
             if key not in valid:
                 raise ConfigError(
@@ -563,6 +745,54 @@ def _loss_overrides(body: dict[str, Any], source: str) -> dict[str, Any]:
     return out
 
 
+def default_config(preset: str = DEFAULT_PRESET) -> Config:
+    """The dataclass defaults, with every registered loss's and dataset's own defaults."""
+    from ltexp.data import DATASETS
+    from ltexp.losses import LOSSES
+
+    return Config(
+        preset=preset,
+        losses={name: {hp.name: hp.default for hp in s.hparams} for name, s in LOSSES.items()},
+        datasets={name: {o.name: o.default for o in s.options} for name, s in DATASETS.items()},
+    )
+
+
+def apply_overrides(cfg: Config, values: dict[str, Any]) -> Config:
+    """A new config: ``cfg`` with flat ``{key: value}`` pairs applied (strings are converted).
+
+    Raises:
+        ConfigError: an unknown key (with a did-you-mean), a wrong type, an out-of-range value.
+    """
+    fields = all_fields()
+    sections: dict[str, dict[str, Any]] = {}
+    losses = {k: dict(v) for k, v in cfg.losses.items()}
+    datasets = {k: dict(v) for k, v in cfg.datasets.items()}
+    top: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == "experiment":
+            if not isinstance(value, str):
+                raise ConfigError(f"experiment must be a string, got {value!r}")
+            top["experiment"] = value
+            continue
+        if key == "preset":
+            continue
+        spec = fields.get(key)
+        if spec is None:
+            raise ConfigError(f"unknown option {key!r}{did_you_mean(key, list(fields))}")
+        converted = convert(spec, value)
+        if spec.section == "losses":
+            losses.setdefault(spec.owner, {})[spec.name] = converted
+        elif spec.section == "datasets":
+            datasets.setdefault(spec.owner, {})[spec.name] = converted
+        else:
+            sections.setdefault(spec.section, {})[spec.name] = converted
+    changed = {
+        name: dataclasses.replace(getattr(cfg, name), **updates)
+        for name, updates in sections.items()
+    }
+    return dataclasses.replace(cfg, **top, **changed, losses=losses, datasets=datasets)
+
+
 def build_config(preset: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Resolve a configuration: dataclass defaults, then the preset, then ``overrides``.
 
@@ -578,27 +808,4 @@ def build_config(preset: str | None = None, overrides: dict[str, Any] | None = N
     path = preset_path(preset)
     values = yaml_to_overrides(read_yaml(path), f"config {str(path)!r}")
     values.update(overrides or {})
-    fields = all_fields()
-    cfg = Config(preset=preset)
-    cfg.losses = {}
-    from ltexp.losses import LOSSES
-
-    for loss, spec in LOSSES.items():
-        cfg.losses[loss] = {hp.name: hp.default for hp in spec.hparams}
-    for key, value in values.items():
-        if key == "experiment":
-            if not isinstance(value, str):
-                raise ConfigError(f"experiment must be a string, got {value!r}")
-            cfg.experiment = value
-            continue
-        if key == "preset":
-            continue
-        spec = fields.get(key)
-        if spec is None:
-            raise ConfigError(f"unknown option {key!r}{did_you_mean(key, list(fields))}")
-        converted = convert(spec, value)
-        if spec.section == "losses":
-            cfg.losses[key[: -len(spec.name) - 1]][spec.name] = converted
-        else:
-            setattr(getattr(cfg, spec.section), spec.name, converted)
-    return cfg
+    return apply_overrides(default_config(preset), values)

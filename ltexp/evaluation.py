@@ -80,3 +80,32 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) ->
 def in_classes(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
     """Mask of the images whose label is in ``classes``."""
     return np.isin(labels, np.asarray(list(classes), dtype=labels.dtype))
+
+
+def score_test_sets(
+    test_balanced: tuple[np.ndarray, np.ndarray],
+    test_lt: tuple[np.ndarray, np.ndarray],
+    groups: dict[str, Sequence[int]],
+    samples: int,
+    seed: int,
+) -> dict[str, GroupScore]:
+    """Scores of the protocol's test sets: ``balanced``, ``lt`` and each class group of test_lt.
+
+    Args:
+        test_balanced, test_lt: ``(labels, logits)`` of each test split.
+        groups: group name → its classes (head, middle, tail, many, medium, few).
+        samples, seed: the bootstrap's resamples and seed.
+
+    Returns:
+        group → score; a group with no test_lt image is left out.
+    """
+    labels_bal, logits_bal = test_balanced
+    labels_lt, logits_lt = test_lt
+    top5_lt = topk(logits_lt, 5)
+    scores = {
+        "balanced": score(labels_bal, topk(logits_bal, 5), None, samples, seed),
+        "lt": score(labels_lt, top5_lt, None, samples, seed),
+    }
+    for name, classes in groups.items():
+        scores[name] = score(labels_lt, top5_lt, in_classes(labels_lt, classes), samples, seed)
+    return {g: s for g, s in scores.items() if s is not None}

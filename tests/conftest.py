@@ -6,9 +6,11 @@ data folders, so tests never see each other's runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,22 +24,32 @@ os.environ.setdefault("LTEXP_LOG_LEVEL", "WARNING")
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh sqlite tracking store in ``tmp_path`` (also the working directory)."""
+@contextlib.contextmanager
+def store_in(folder: Path) -> Iterator[str]:
+    """Point MLflow (and the working directory) at a sqlite store in ``folder`` while inside."""
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(uri)
-    while mlflow.active_run():
-        mlflow.end_run()
-    yield uri
-    while mlflow.active_run():
-        mlflow.end_run()
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.delenv("MLFLOW_RUN_ID", raising=False)
+        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+        mp.chdir(folder)
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield uri
+        finally:
+            while mlflow.active_run():
+                mlflow.end_run()
+            mlflow.set_tracking_uri(previous)
+
+
+@pytest.fixture
+def tracking(tmp_path: Path) -> Iterator[str]:
+    """A fresh sqlite tracking store in ``tmp_path`` (also the working directory)."""
+    with store_in(tmp_path) as uri:
+        yield uri
 
 
 def step_counts(uri: str | None = None) -> Counter:

@@ -1,23 +1,32 @@
 """Data: source datasets (registry), the split protocol, prepared datasets, the tensor pipeline."""
 
 from ltexp.data.prepared import PreparedData, Split, prepare, rebuild
-from ltexp.data.sources import DATASETS, SourceData, list_datasets, load_source, register_dataset
+from ltexp.data.sources import (
+    DATASETS,
+    DatasetOption,
+    SourceData,
+    dataset_spec,
+    list_datasets,
+    load_source,
+    register_dataset,
+)
 from ltexp.data.splits import PROFILES, SPLITS, Protocol, build_splits, profile_counts
+from ltexp.discover import import_submodules
 
-# Registration happens on import.
-from ltexp.data import cifar as _cifar  # noqa: F401  isort: skip
-from ltexp.data import digits as _digits  # noqa: F401  isort: skip
-from ltexp.data import synthetic as _synthetic  # noqa: F401  isort: skip
+# Registration happens on import: every module of this package (a dataset is one module).
+import_submodules(__name__, __path__, skip=("pipeline", "prepared", "sources", "splits"))
 
 __all__ = [
     "DATASETS",
     "PROFILES",
     "SPLITS",
+    "DatasetOption",
     "PreparedData",
     "Protocol",
     "SourceData",
     "Split",
     "build_splits",
+    "dataset_spec",
     "list_datasets",
     "load_source",
     "prepare",

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ltexp.data.sources import SourceData, sha256_arrays
-from ltexp.data.splits import SPLIT_SOURCE, SPLITS, Protocol, SplitPlan
+from ltexp.data.splits import LOADED_SPLITS, SPLIT_SOURCE, SPLITS, Protocol, SplitPlan
 from ltexp.errors import DataError
 
 MANIFEST_VERSION = 1
@@ -131,9 +131,10 @@ def load_indices(path: Path) -> dict[str, np.ndarray]:
 def rebuild(
     source: SourceData, manifest: dict[str, Any], indices: dict[str, np.ndarray]
 ) -> PreparedData:
-    """Rebuild the splits from the source and index arrays; refuse any digest mismatch."""
+    """Rebuild the splits a step reads from the source and index arrays; refuse any digest
+    mismatch. The group splits are not materialised: they are test_lt restricted by class."""
     splits = {}
-    for s in SPLITS:
+    for s in LOADED_SPLITS:
         src = SPLIT_SOURCE[s]
         idx = indices[s]
         n_src = len(source.labels(src))

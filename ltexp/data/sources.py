@@ -58,25 +58,59 @@ class SourceData:
 
 
 @dataclass(frozen=True)
+class DatasetOption:
+    """An option of a dataset's loader, declared once: it becomes a config key and CLI option.
+
+    Attributes:
+        name: the loader's keyword (recorded in the manifest as given).
+        default: the loader's default.
+        help: one line for ``--help``.
+        type: ``int``, ``float``, ``str`` or ``bool``.
+        key: the config key (default ``<dataset>_<name>``).
+        low, high: the allowed range (inclusive).
+    """
+
+    name: str
+    default: Any
+    help: str
+    type: type = int
+    key: str = ""
+    low: float | None = None
+    high: float | None = None
+
+    def config_key(self, dataset: str) -> str:
+        """The flat config key of this option of ``dataset``."""
+        return self.key or f"{dataset}_{self.name}"
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """A registered dataset: ``load(root, download, **options) -> SourceData``."""
 
     name: str
     load: Callable[..., SourceData]
     description: str
-    option_names: tuple[str, ...] = ()
+    options: tuple[DatasetOption, ...] = ()
+
+    @property
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.options)
 
 
 DATASETS: dict[str, DatasetSpec] = {}
 
 
-def register_dataset(name: str, description: str, option_names: tuple[str, ...] = ()):
-    """Decorator registering a loader ``load(root: Path, download: bool, **options)``."""
+def register_dataset(name: str, description: str, options: tuple[DatasetOption, ...] = ()):
+    """Decorator registering a loader ``load(root: Path, download: bool, **options)``.
+
+    Each option in ``options`` becomes a config key (``<name>_<option>`` unless it names its own)
+    that reaches the loader as a keyword argument.
+    """
 
     def decorate(load: Callable[..., SourceData]) -> Callable[..., SourceData]:
         if name in DATASETS:
             raise ValueError(f"dataset {name!r} is already registered")
-        DATASETS[name] = DatasetSpec(name, load, description, option_names)
+        DATASETS[name] = DatasetSpec(name, load, description, tuple(options))
         return load
 
     return decorate

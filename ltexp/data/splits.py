@@ -44,10 +44,14 @@ SPLIT_SOURCE = {
     "test_middle": "train",
     "test_tail": "train",
 }
+# The splits a later step reads; the group splits (test_head/middle/tail) are test_lt restricted
+# to a group's classes, recorded in the manifest (sizes, digests) and never loaded on their own.
+LOADED_SPLITS = SPLITS[:5]
 # train_split option → the split a model is trained on
 TRAINING_SETS = {"lt": "train_lt", "balanced": "train_balanced"}
 FREQUENCY_GROUPS = ("head", "middle", "tail")
 SHOT_GROUPS = ("many", "medium", "few")
+GROUPS = FREQUENCY_GROUPS + SHOT_GROUPS
 # Shot thresholds of the literature (Liu et al. 2019, OLTR): many > 100, few < 20 train images.
 MANY_SHOT_MIN = 101
 FEW_SHOT_MAX = 19

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ltexp.data.sources import SourceData, register_dataset, sha256_arrays
+from ltexp.data.sources import DatasetOption, SourceData, register_dataset, sha256_arrays
 
 
 def _prototypes(rng: np.random.Generator, num_classes: int, size: int) -> np.ndarray:
@@ -44,7 +44,13 @@ def _sample(
 @register_dataset(
     "synthetic",
     "procedural class-conditional images, seeded, any size",
-    option_names=("num_classes", "train_per_class", "test_per_class", "image_size", "seed"),
+    options=(
+        DatasetOption("num_classes", 10, "number of classes", key="synthetic_classes", low=2),
+        DatasetOption("train_per_class", 200, "source train images per class", low=2),
+        DatasetOption("test_per_class", 40, "source test (validation) images per class", low=1),
+        DatasetOption("image_size", 32, "image side in pixels", low=8),
+        DatasetOption("seed", 0, "seed of the generated images", low=0),
+    ),
 )
 def load_synthetic(
     root: Path,

@@ -3,19 +3,16 @@
 ``build_loss(name, class_counts, **hparams)`` returns an ``nn.Module`` whose
 ``forward(logits[B, K], target[B])`` is the mean loss over the batch. ``LOSSES`` maps every name
 to its :class:`LossSpec` (builder, display name, documented hyper-parameters). Adding a loss is one
-module with a ``@register_loss`` builder, imported below.
+module in this package with a ``@register_loss`` builder: every module here is imported.
 """
 
+from ltexp.discover import import_submodules
 from ltexp.losses.base import ClassAwareLoss, class_balanced_weights, validate_class_counts
 from ltexp.losses.registry import LOSSES, HParam, LossSpec, build_loss, list_losses, register_loss
 
-# Registration happens on import; the order here is SPEC's table order.
-from ltexp.losses import cross_entropy as _cross_entropy  # noqa: F401  isort: skip
-from ltexp.losses import focal as _focal  # noqa: F401  isort: skip
-from ltexp.losses import logit_adjusted as _logit_adjusted  # noqa: F401  isort: skip
-from ltexp.losses import seql as _seql  # noqa: F401  isort: skip
-from ltexp.losses import ldam as _ldam  # noqa: F401  isort: skip
-from ltexp.losses.logit_adjusted import adjust_logits
+# Registration happens on import: every module of this package.
+import_submodules(__name__, __path__, skip=("base", "registry"))
+from ltexp.losses.logit_adjusted import adjust_logits  # noqa: E402  isort: skip
 
 __all__ = [
     "LOSSES",

@@ -55,7 +55,7 @@ def register_loss(
 
 
 def list_losses() -> list[str]:
-    """Registered loss names, in SPEC's table order."""
+    """Registered loss names."""
     return list(LOSSES)
 
 

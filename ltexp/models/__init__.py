@@ -5,6 +5,7 @@ Registered: the four pretrained backbones of SPEC.md (``resnet50``, ``mobilenet_
 and tests (``cifar_resnet20``, ``tiny_cnn``), and ``timm:<name>`` for any timm model.
 """
 
+from ltexp.discover import import_submodules
 from ltexp.models.heads import CosineClassifier
 from ltexp.models.registry import (
     MODELS,
@@ -14,11 +15,11 @@ from ltexp.models.registry import (
     list_models,
     model_spec,
     register_model,
+    register_prefix,
 )
 
-# Registration happens on import.
-from ltexp.models import pretrained as _pretrained  # noqa: F401  isort: skip
-from ltexp.models import small as _small  # noqa: F401  isort: skip
+# Registration happens on import: every module of this package (a backbone family is one module).
+import_submodules(__name__, __path__, skip=("heads", "registry"))
 
 __all__ = [
     "MODELS",
@@ -29,4 +30,5 @@ __all__ = [
     "list_models",
     "model_spec",
     "register_model",
+    "register_prefix",
 ]

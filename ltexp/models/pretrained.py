@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ltexp.errors import ConfigError, WeightsError
-from ltexp.models.registry import ModelSpec, register_model
+from ltexp.models.registry import ModelSpec, register_model, register_prefix
 
 _WAYS_OUT = (
     "pre-download them on a networked machine (the same command with network access "
@@ -144,3 +144,6 @@ def timm_spec(name: str) -> ModelSpec:
         model_name,
         fixed_input_size=bool(getattr(cfg, "fixed_input_size", False)),
     )
+
+
+register_prefix("timm:", timm_spec)

@@ -37,6 +37,8 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {}
+# Families of names resolved on demand (``timm:<name>`` → a spec for that timm model).
+PREFIXES: dict[str, Callable[[str], ModelSpec]] = {}
 HEADS = ("linear", "cosine")
 
 
@@ -48,20 +50,24 @@ def register_model(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
+def register_prefix(prefix: str, resolve: Callable[[str], ModelSpec]) -> None:
+    """Resolve every name starting with ``prefix`` (e.g. ``timm:``) with ``resolve(name)``."""
+    PREFIXES[prefix] = resolve
+
+
 def list_models() -> list[str]:
-    """Registered model names (``timm:<name>`` is accepted too)."""
+    """Registered model names (``<prefix><name>`` forms such as ``timm:<name>`` work too)."""
     return list(MODELS)
 
 
 def model_spec(name: str) -> ModelSpec:
-    """The spec of ``name``, including ``timm:<name>`` for any timm model."""
+    """The spec of ``name``: a registered model, or a name of a registered prefix."""
     if name in MODELS:
         return MODELS[name]
-    if name.startswith("timm:"):
-        from ltexp.models.pretrained import timm_spec
-
-        return timm_spec(name)
-    raise unknown_name_error("model", name, [*MODELS, "timm:<name>"])
+    for prefix, resolve in PREFIXES.items():
+        if name.startswith(prefix):
+            return resolve(name)
+    raise unknown_name_error("model", name, [*MODELS, *(f"{p}<name>" for p in PREFIXES)])
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -14,7 +14,6 @@ import mlflow
 from ltexp.config import Config
 from ltexp.errors import ConfigError, TrackingError
 from ltexp.report.build import Grid, Report, build_report, results_frame
-from ltexp.steps.train import default_experiment
 from ltexp.tracking import runs, schema
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,9 @@ def run_aggregate(
     cfg: Config, grid: Grid | None = None, parent_run_id: str | None = None
 ) -> AggregateResult:
     """Build the report of ``cfg.experiment`` (default: the preset's experiment)."""
-    name = runs.experiment_name(cfg.experiment, default_experiment(cfg))
+    name = runs.experiment_name(
+        cfg.experiment, runs.default_experiment(cfg.preset, cfg.data.dataset)
+    )
     exp = runs.client().get_experiment_by_name(name)
     if exp is None:
         raise TrackingError(
@@ -99,7 +100,7 @@ def run_aggregate(
             schema.Step.AGGREGATE,
             experiment_id=exp_id,
             run_id=launched,
-            run_name=f"aggregate-{name}",
+            run_name=schema.aggregate_run_name(name),
             parent_run_id=parent_run_id,
             description=f"Report of {len(records)} evaluate runs of {name}: "
             f"{len(report.missing)} missing cells, "
@@ -109,9 +110,12 @@ def run_aggregate(
                 {"experiment": name, "dataset": datasets[0], "n_evaluate_runs": len(records)}
             )
             mlflow.log_metrics(
-                {"missing_cells": len(report.missing), "duplicate_cells": len(report.duplicates)}
+                {
+                    schema.MISSING_CELLS: len(report.missing),
+                    schema.DUPLICATE_CELLS: len(report.duplicates),
+                }
             )
-            mlflow.log_artifacts(tmp, artifact_path="report")
+            mlflow.log_artifacts(tmp, artifact_path=schema.REPORT_ARTIFACT_DIR)
             out.mkdir(parents=True, exist_ok=True)
             for path in report.files:
                 shutil.copyfile(path, out / path.name)

@@ -18,16 +18,21 @@ import numpy as np
 import torch
 
 from ltexp.config import Config
+from ltexp.data import PreparedData
 from ltexp.data.pipeline import TensorBatches
-from ltexp.data.splits import TRAINING_SETS
+from ltexp.data.splits import FREQUENCY_GROUPS, SHOT_GROUPS, TRAINING_SETS
 from ltexp.errors import ConfigError, TrackingError
-from ltexp.evaluation import GroupScore, confusion_matrix, in_classes, per_class_accuracy, score
+from ltexp.evaluation import (
+    GroupScore,
+    confusion_matrix,
+    per_class_accuracy,
+    score_test_sets,
+)
 from ltexp.evaluation import topk as top_k
 from ltexp.losses import adjust_logits
 from ltexp.report.plots import confusion_figure, per_class_accuracy_figure
-from ltexp.steps.data import load_prepared
-from ltexp.tracking import models as registry
-from ltexp.tracking import runs, schema
+from ltexp.tracking import registered_models, runs, schema
+from ltexp.tracking.datasets import load_prepared
 from ltexp.training import autocast_dtype, predict, resolve_device
 
 log = logging.getLogger(__name__)
@@ -37,7 +42,7 @@ def resolve_target(cfg: Config, train_run_id: str | None) -> tuple[mlflow.entiti
     """The train run and the registered model version to evaluate."""
     train_run_id = train_run_id or cfg.evaluate.train_run
     if cfg.evaluate.model_uri and not train_run_id:
-        uri, source_run = registry.resolve_model_uri(cfg.evaluate.model_uri)
+        uri, source_run = registered_models.resolve_model_uri(cfg.evaluate.model_uri)
         try:
             return runs.get_run(source_run, schema.Step.TRAIN), uri
         except TrackingError:
@@ -66,13 +71,18 @@ def run_evaluate(
     missing = [p for p in schema.CELL_PARAMS if p not in params]
     if missing:
         raise TrackingError(f"train run {train_run.info.run_id} lacks params {missing}")
+    if cfg.runtime.num_threads:
+        torch.set_num_threads(cfg.runtime.num_threads)
     prepared = load_prepared(
         train_run.data.tags[schema.DATA_RUN], cfg.data.data_root, cfg.data.download
     )
-    device = resolve_device(cfg.train.device)
-    model, info = registry.load_classifier(model_uri, device)
+    device = resolve_device(cfg.runtime.device)
+    model, info = registered_models.load_classifier(model_uri, device)
     image_size = info.image_size if info else int(params.get("image_size", 32))
-    amp = autocast_dtype(cfg.train.precision, device)
+    amp = autocast_dtype(cfg.runtime.precision, device)
+    channels_last = cfg.runtime.channels_last and device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     train_counts = prepared.class_counts(TRAINING_SETS[params["train_split"]])
     tau = cfg.evaluate.tau
 
@@ -82,24 +92,35 @@ def run_evaluate(
         batches = TensorBatches(
             data.images,
             data.labels,
-            cfg.train.eval_batch_size,
+            cfg.runtime.eval_batch_size,
             device=device,
             image_size=image_size,
             dtype=amp or torch.float32,
+            channels_last=channels_last,
         )
         logits = predict(model, batches, amp)
         if tau:
             logits = adjust_logits(logits, train_counts, tau)
         outputs[split] = (data.labels, logits.float().cpu().numpy())
 
-    metrics, group_scores = _metrics(outputs, prepared.groups(), cfg)
+    scores = score_test_sets(
+        outputs["test_balanced"],
+        outputs["test_lt"],
+        prepared.groups(),
+        cfg.evaluate.bootstrap_samples,
+        cfg.evaluate.bootstrap_seed,
+    )
+    for group in schema.TEST_GROUPS:
+        if group not in scores:
+            log.warning("no test_lt image is in group %s: its metrics are not logged", group)
+    metrics = score_metrics(scores)
     launched = None if parent_run_id or mlflow.active_run() else runs.launched_run_id()
     cell = {p: params[p] for p in schema.CELL_PARAMS}
     with runs.step_run(
         schema.Step.EVALUATE,
         experiment_id=train_run.info.experiment_id,
         run_id=launched,
-        run_name=f"{train_run.info.run_name}-eval",
+        run_name=schema.evaluate_run_name(train_run.info.run_name),
         parent_run_id=parent_run_id,
         tags={
             schema.DATA_DIGEST: prepared.digest(),
@@ -113,9 +134,9 @@ def run_evaluate(
                 **cell,
                 schema.TRAIN_RUN_ID: train_run.info.run_id,
                 schema.MODEL_URI_PARAM: model_uri,
-                "tau": tau,
-                "bootstrap_samples": cfg.evaluate.bootstrap_samples,
-                "bootstrap_seed": cfg.evaluate.bootstrap_seed,
+                schema.TAU: tau,
+                schema.BOOTSTRAP_SAMPLES: cfg.evaluate.bootstrap_samples,
+                schema.BOOTSTRAP_SEED: cfg.evaluate.bootstrap_seed,
             }
         )
         mlflow.log_metrics(metrics)
@@ -125,51 +146,34 @@ def run_evaluate(
                 outputs,
                 prepared,
                 train_counts,
-                group_scores,
                 f"{cell['model']} · {cell['loss']} · {cell['train_split']}",
             )
             mlflow.log_artifacts(tmp)
         return run.info.run_id, metrics
 
 
-def _metrics(
-    outputs: dict[str, tuple[np.ndarray, np.ndarray]], groups: dict[str, list[int]], cfg: Config
-) -> tuple[dict[str, float], dict[str, GroupScore]]:
-    samples, seed = cfg.evaluate.bootstrap_samples, cfg.evaluate.bootstrap_seed
-    scores: dict[str, GroupScore | None] = {}
-    labels_bal, logits_bal = outputs["test_balanced"]
-    scores["balanced"] = score(labels_bal, top_k(logits_bal, 5), None, samples, seed)
-    labels_lt, logits_lt = outputs["test_lt"]
-    top5_lt = top_k(logits_lt, 5)
-    scores["lt"] = score(labels_lt, top5_lt, None, samples, seed)
-    for g in ("head", "middle", "tail", "many", "medium", "few"):
-        scores[g] = score(labels_lt, top5_lt, in_classes(labels_lt, groups[g]), samples, seed)
+def score_metrics(scores: dict[str, GroupScore]) -> dict[str, float]:
+    """The metrics of an evaluate run, by the schema's names."""
     metrics: dict[str, float] = {}
-    kept: dict[str, GroupScore] = {}
-    for g, s in scores.items():
-        if s is None:
-            log.warning("no test_lt image is in group %s: its metrics are not logged", g)
-            continue
-        kept[g] = s
-        metrics[schema.test_metric(g)] = s.acc1
-        metrics[schema.test_metric(g, "acc5")] = s.acc5
-        metrics[schema.test_metric(g, "acc1_ci_low")] = s.ci_low
-        metrics[schema.test_metric(g, "acc1_ci_high")] = s.ci_high
-    return metrics, kept
+    for group, s in scores.items():
+        metrics[schema.test_metric(group)] = s.acc1
+        metrics[schema.test_metric(group, "acc5")] = s.acc5
+        metrics[schema.test_metric(group, "acc1_ci_low")] = s.ci_low
+        metrics[schema.test_metric(group, "acc1_ci_high")] = s.ci_high
+    return metrics
 
 
 def _write_artifacts(
     out: Path,
     outputs: dict[str, tuple[np.ndarray, np.ndarray]],
-    prepared,
+    prepared: PreparedData,
     train_counts: list[int],
-    scores: dict[str, GroupScore],
     title: str,
 ) -> None:
     k = prepared.num_classes
     groups = prepared.groups()
-    group_of = {c: g for g in ("head", "middle", "tail") for c in groups[g]}
-    shot_of = {c: g for g in ("many", "medium", "few") for c in groups[g]}
+    group_of = {c: g for g in FREQUENCY_GROUPS for c in groups[g]}
+    shot_of = {c: g for g in SHOT_GROUPS for c in groups[g]}
     per_split = {}
     for split, (labels, logits) in outputs.items():
         per_split[split] = per_class_accuracy(labels, logits.argmax(1), k)

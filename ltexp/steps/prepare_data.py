@@ -9,38 +9,60 @@ import mlflow
 import yaml
 
 from ltexp.config import Config
-from ltexp.data import SPLITS, PreparedData, prepare
+from ltexp.data import SPLITS, Protocol, SourceData, load_source, prepare
 from ltexp.data.prepared import manifest_bytes, save_indices
+from ltexp.identity import data_key
 from ltexp.report.plots import class_counts_figure
-from ltexp.steps.data import data_key, load_configured_source, protocol
 from ltexp.tracking import runs, schema
-
-# mlflow.log_input context of each split
-_CONTEXT = {"train_balanced": "training", "train_lt": "training", "val": "validation"}
+from ltexp.tracking.inputs import log_split_inputs
 
 
-def run_prepare_data(cfg: Config, parent_run_id: str | None = None) -> str:
+def protocol(cfg: Config, source: SourceData) -> Protocol:
+    """The split protocol: configured values, the dataset's defaults for the sizes left unset."""
+    d = cfg.data
+    return Protocol(
+        profile=d.profile,
+        imbalance_ratio=d.imbalance_ratio,
+        pareto_alpha=d.pareto_alpha,
+        n_train=d.n_max_train or source.n_train_per_class,
+        n_test=d.n_max_test or source.n_test_per_class,
+        seed=d.split_seed,
+        class_order=d.class_order,
+    )
+
+
+def run_prepare_data(
+    cfg: Config, parent_run_id: str | None = None, claim_launched: bool = True
+) -> str:
     """Prepare the configured dataset; return the prepare_data run id.
 
     Everything that can fail on bad input (unknown names, sizes, missing or corrupt files) is
     checked before the run is created.
+
+    Args:
+        parent_run_id: the study run, when the study prepares the data.
+        claim_launched: become the run ``mlflow run`` created for this process (false when
+            another step of this process owns it).
     """
-    source = load_configured_source(cfg.data)
-    proto = protocol(cfg.data, source)
+    d = cfg.data
+    source = load_source(d.dataset, d.data_root, d.download, **cfg.dataset_options())
+    proto = protocol(cfg, source)
     prepared, plan = prepare(source, proto)
-    exp_id = runs.resolve_experiment(cfg.experiment, default=cfg.data.dataset)
+    exp_id = runs.resolve_experiment(cfg.experiment, default=d.dataset)
     description = (
         f"Splits of {source.name} ({proto.profile} profile, imbalance ratio "
         f"{proto.imbalance_ratio:g}, seed {proto.seed}): "
         + ", ".join(f"{s} {len(prepared.splits[s]):,}" for s in SPLITS)
     )
-    tags = {schema.CONFIG_HASH: data_key(cfg.data), schema.DATA_DIGEST: prepared.digest()}
-    run_id = None if parent_run_id else runs.launched_run_id()
+    tags = {schema.CONFIG_HASH: data_key(cfg), schema.DATA_DIGEST: prepared.digest()}
+    run_id = runs.launched_run_id() if claim_launched and not parent_run_id else None
     with runs.step_run(
         schema.Step.PREPARE_DATA,
         experiment_id=exp_id,
         run_id=run_id,
-        run_name=f"prepare-{source.name}-{proto.profile}-ir{proto.imbalance_ratio:g}-s{proto.seed}",
+        run_name=schema.prepare_run_name(
+            source.name, proto.profile, proto.imbalance_ratio, proto.seed
+        ),
         parent_run_id=parent_run_id,
         tags=tags,
         description=description,
@@ -56,7 +78,7 @@ def run_prepare_data(cfg: Config, parent_run_id: str | None = None) -> str:
                 "seed": proto.seed,
                 "class_order": proto.class_order,
                 "num_classes": source.num_classes,
-                **{f"dataset_{k}": v for k, v in source.options.items()},
+                **{f"{schema.DATASET_OPTION_PREFIX}{k}": v for k, v in source.options.items()},
             }
         )
         with tempfile.TemporaryDirectory() as tmp:
@@ -70,33 +92,8 @@ def run_prepare_data(cfg: Config, parent_run_id: str | None = None) -> str:
                 {s: prepared.class_counts(s) for s in ("train_lt", "test_lt")},
                 plan.class_rank,
                 out / schema.CLASS_COUNTS_FIGURE,
-                cfg.data.log_scale_counts,
+                d.log_scale_counts,
             )
             mlflow.log_artifacts(str(out))
-        log_split_inputs(prepared, run_id=run.info.run_id)
+        log_split_inputs(prepared, SPLITS)
         return run.info.run_id
-
-
-def log_split_inputs(
-    prepared: PreparedData, run_id: str | None = None, splits: tuple[str, ...] = SPLITS
-) -> None:
-    """``mlflow.log_input`` for each split, with an explicit sha256 over every byte.
-
-    MLflow's automatic digest hashes only the first 10,000 elements. MLflow caps a dataset digest
-    at 36 characters, so the digest is the sha256's first 32 hex digits (128 bits) and the full
-    sha256 is the input tag ``ltexp.sha256``.
-    """
-    for name in splits:
-        split = prepared.splits[name]
-        digest = prepared.manifest["splits"][name]["digest"]
-        dataset = mlflow.data.from_numpy(
-            split.images,
-            targets=split.labels,
-            name=f"{prepared.dataset}/{name}",
-            digest=digest[:32],
-        )
-        mlflow.log_input(
-            dataset,
-            context=_CONTEXT.get(name, "testing"),
-            tags={"ltexp.sha256": digest, "ltexp.split": name},
-        )

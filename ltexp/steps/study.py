@@ -1,31 +1,44 @@
-"""The study (the ``main`` entry point): prepare_data → every cell of the grid → aggregate, as
-child runs of one parent run. Re-running it reuses finished cells and resumes unfinished ones.
+"""The orchestrator: the study (the ``main`` entry point) and one cell of it.
+
+- :func:`run_cell` (``ltexp train``): the prepared data (found, or prepared now), the train
+  step, then the evaluate step as a child of the train run.
+- :func:`run_study`: prepare_data → every cell of the grid → aggregate, as child runs of one
+  parent run. Re-running it reuses finished cells and resumes unfinished ones.
+
+This is the only module that chains steps; each step module runs one MLflow run and imports no
+other step.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
 
+from ltexp import executors
 from ltexp.config import Config
 from ltexp.data.splits import TRAINING_SETS
+from ltexp.distributed import DistContext
 from ltexp.errors import ConfigError, unknown_name_error
+from ltexp.identity import code_version, study_hash, train_hash
 from ltexp.losses import LOSSES
 from ltexp.models import list_models, model_spec
 from ltexp.report.build import Grid
-from ltexp.steps.data import find_prepared_run
-from ltexp.steps.train import default_experiment, plan_train
+from ltexp.steps.aggregate import run_aggregate
+from ltexp.steps.evaluate import run_evaluate
+from ltexp.steps.prepare_data import run_prepare_data
+from ltexp.steps.train import TrainResult, run_train
 from ltexp.tracking import runs, schema
+from ltexp.tracking.datasets import find_prepared_run, prepared_digest
+from ltexp.training import resolve_train
 
 log = logging.getLogger(__name__)
-# Study settings that change how the study runs, not its results.
-RUNTIME_STUDY_KEYS = ("workers", "executor", "ray_address", "force")
+Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -43,10 +56,19 @@ class Cell:
 
     def config(self, base: Config) -> Config:
         """``base`` with this cell's model, loss, training set and seed."""
-        cfg = copy.deepcopy(base)
-        cfg.train.model, cfg.train.loss = self.model, self.loss
-        cfg.train.train_split, cfg.train.seed = self.train_split, self.seed
-        return cfg
+        return base.replace(
+            model=self.model, loss=self.loss, train_split=self.train_split, seed=self.seed
+        )
+
+
+@dataclass
+class CellResult:
+    """A cell's train run (``train.model_uri`` is empty on a data-parallel replica) and its
+    evaluate run, if it ran."""
+
+    train: TrainResult
+    evaluate_run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -57,6 +79,23 @@ class StudyResult:
     report_dir: Path | None
     reused: list[str] = field(default_factory=list)
     ran: list[str] = field(default_factory=list)
+
+
+def run_cell(cfg: Config, parent_run_id: str | None = None) -> CellResult:
+    """Train one cell on its prepared data (preparing it first if none matches), then evaluate
+    the registered checkpoint as a child run of the train run (unless ``evaluate_after=false``).
+    """
+    if DistContext.from_env().is_main and not cfg.train.data_run:
+        resolve_train(cfg)  # refuse a bad request before preparing anything
+        data_run = find_prepared_run(cfg) or run_prepare_data(cfg, claim_launched=False)
+        cfg = cfg.replace(data_run=data_run)
+    train = run_train(cfg, parent_run_id=parent_run_id)
+    result = CellResult(train)
+    if train.model_uri and cfg.train.evaluate_after:
+        result.evaluate_run_id, result.metrics = run_evaluate(
+            cfg, train_run_id=train.run_id, parent_run_id=train.run_id
+        )
+    return result
 
 
 def grid_cells(cfg: Config) -> list[Cell]:
@@ -85,24 +124,13 @@ def grid_cells(cfg: Config) -> list[Cell]:
     return [Cell(*c) for c in itertools.product(s.models, s.losses, s.train_splits, s.seeds)]
 
 
-def study_hash(cfg: Config) -> str:
-    """Identity of a study: its resolved config without runtime-only settings."""
-    values = cfg.to_dict()
-    values["study"] = {k: v for k, v in values["study"].items() if k not in RUNTIME_STUDY_KEYS}
-    for key in ("device", "checkpoint_dir", "resume", "system_metrics", "num_threads"):
-        values["train"].pop(key, None)
-    values["data"].pop("data_root", None)
-    return runs.config_hash(values)
-
-
 def finished_cells(experiment_id: str) -> dict[str, tuple[str, str | None]]:
     """config hash → (finished train run, its finished evaluate run or None), this code only."""
-    version = runs.code_version()
     trains = runs.search_all(
         [experiment_id],
         f"{schema.search_step(schema.Step.TRAIN)} and "
         f"attributes.status = 'FINISHED' and "
-        f"tags.`{schema.CODE_VERSION}` = '{version}'",
+        f"tags.`{schema.CODE_VERSION}` = '{code_version()}'",
     )
     evals = runs.search_all(
         [experiment_id],
@@ -111,7 +139,7 @@ def finished_cells(experiment_id: str) -> dict[str, tuple[str, str | None]]:
     eval_of = {}
     for run in evals:
         train_id = run.data.params.get(schema.TRAIN_RUN_ID)
-        if train_id and float(run.data.params.get("tau", "0") or 0) == 0:
+        if train_id and float(run.data.params.get(schema.TAU, "0") or 0) == 0:
             eval_of.setdefault(train_id, run.info.run_id)
     out: dict[str, tuple[str, str | None]] = {}
     for run in trains:  # newest first: keep the latest per hash
@@ -121,10 +149,21 @@ def finished_cells(experiment_id: str) -> dict[str, tuple[str, str | None]]:
     return out
 
 
-def run_study(cfg: Config, parent_run_id: str | None = None) -> StudyResult:
-    """Run the whole study; return the parent run and the report folder."""
+def run_study(
+    cfg: Config, parent_run_id: str | None = None, progress: Progress = log.info
+) -> StudyResult:
+    """Run the whole study; return the parent run and the report folder.
+
+    Args:
+        progress: receives one line per cell (the CLI prints them).
+    """
     cells = grid_cells(cfg)
-    cfg.experiment = runs.experiment_name(cfg.experiment, default_experiment(cfg))
+    executors.check_available(cfg)
+    cfg = cfg.replace(
+        experiment=runs.experiment_name(
+            cfg.experiment, runs.default_experiment(cfg.preset, cfg.data.dataset)
+        )
+    )
     exp_id = runs.resolve_experiment(cfg.experiment, default=cfg.experiment)
     runs.reap_dead_runs([exp_id])
     shash = study_hash(cfg)
@@ -135,7 +174,7 @@ def run_study(cfg: Config, parent_run_id: str | None = None) -> StudyResult:
         schema.Step.MAIN,
         experiment_id=exp_id,
         run_id=main_id,
-        run_name=f"study-{cfg.experiment}",
+        run_name=schema.study_run_name(cfg.experiment),
         parent_run_id=parent_run_id,
         tags={schema.CONFIG_HASH: shash},
         description=f"Study of {len(cells)} cells: {len(s.models)} models × "
@@ -157,37 +196,34 @@ def run_study(cfg: Config, parent_run_id: str | None = None) -> StudyResult:
                 }
             )
         # the data, once, before any cell (and before any fan-out to workers)
-        if not cfg.train.data_run:
-            cfg.train.data_run = find_prepared_run(cfg.data) or _prepare(cfg, study_run)
+        data_run = (
+            cfg.train.data_run
+            or find_prepared_run(cfg)
+            or run_prepare_data(cfg, parent_run_id=study_run)
+        )
+        cfg = cfg.replace(data_run=data_run)
+        digest = prepared_digest(data_run)
         done = {} if s.force else finished_cells(exp_id)
         todo, result = [], StudyResult(study_run, None)
         for i, cell in enumerate(cells, start=1):
             cell_cfg = cell.config(cfg)
-            chash = plan_train(cell_cfg, study_run).config_hash
-            train_id, eval_id = done.get(chash, (None, None))
+            train_id, eval_id = done.get(train_hash(cell_cfg, digest), (None, None))
             if train_id and eval_id:
-                print(
-                    f"[{i}/{len(cells)}] {cell.name}: reused (train {train_id}, "
-                    f"evaluate {eval_id})",
-                    flush=True,
+                progress(
+                    f"[{i}/{len(cells)}] {cell.name}: reused (train {train_id}, evaluate {eval_id})"
                 )
                 result.reused.append(cell.name)
                 continue
-            todo.append((i, cell, cell_cfg, train_id))
-        _run_cells(todo, len(cells), cfg, study_run, result)
-        from ltexp.steps.aggregate import run_aggregate
-
+            todo.append(executors.CellTask(i, cell.name, cell_cfg, train_id))
+        ran = _run_cells(todo, len(cells), cfg, study_run, progress)
+        result.ran.extend(ran)
         grid = Grid(s.models, s.losses, s.train_splits, [str(x) for x in s.seeds])
         report = run_aggregate(cfg, grid=grid, parent_run_id=study_run)
         result.report_dir = report.output_dir
-        mlflow.log_metrics({"cells_reused": len(result.reused), "cells_run": len(result.ran)})
+        mlflow.log_metrics(
+            {schema.CELLS_REUSED: len(result.reused), schema.CELLS_RUN: len(result.ran)}
+        )
         return result
-
-
-def _prepare(cfg: Config, study_run: str) -> str:
-    from ltexp.steps.prepare_data import run_prepare_data
-
-    return run_prepare_data(cfg, parent_run_id=study_run)
 
 
 def _unfinished_main(exp_id: str, shash: str) -> str | None:
@@ -201,36 +237,29 @@ def _unfinished_main(exp_id: str, shash: str) -> str | None:
     return found[0].info.run_id if found else None
 
 
-def _run_cells(todo: list, total: int, cfg: Config, study_run: str, result: StudyResult) -> None:
+def _run_cells(
+    todo: list[executors.CellTask], total: int, cfg: Config, study_run: str, progress: Progress
+) -> list[str]:
     """Run the cells that are not reused: here, one after the other, or on an executor."""
     if cfg.study.workers > 1 or cfg.study.executor != "local":
-        from ltexp.steps.executors import run_parallel
-
-        run_parallel(todo, total, cfg, study_run, result)
-        return
-    from ltexp.steps.evaluate import run_evaluate
-    from ltexp.steps.train import run_train
-
-    for i, cell, cell_cfg, finished_train in todo:
+        return executors.run_parallel(todo, total, cfg, study_run, progress)
+    ran = []
+    for task in todo:
         started = time.perf_counter()
-        if finished_train:  # trained, but its evaluation is missing
+        if task.finished_train:  # trained, but its evaluation is missing
             _, metrics = run_evaluate(
-                cell_cfg, train_run_id=finished_train, parent_run_id=finished_train
+                task.config, train_run_id=task.finished_train, parent_run_id=task.finished_train
             )
-            what = f"evaluated (train {finished_train} reused)"
+            what = f"evaluated (train {task.finished_train} reused)"
         else:
-            out = run_train(cell_cfg, parent_run_id=study_run)
-            metrics = (
-                runs.client().get_run(out.evaluate_run_id).data.metrics
-                if out.evaluate_run_id
-                else {}
-            )
-            what = f"trained, best val_acc1 {out.best_val_acc1:.4f}"
+            out = run_cell(task.config, parent_run_id=study_run)
+            metrics = out.metrics
+            what = f"trained, best val_acc1 {out.train.best_val_acc1:.4f}"
         lt = metrics.get(schema.test_metric("lt"))
-        print(
-            f"[{i}/{total}] {cell.name}: {what}"
+        progress(
+            f"[{task.index}/{total}] {task.name}: {what}"
             + (f", test_lt_acc1 {lt:.4f}" if lt is not None else "")
-            + f" ({time.perf_counter() - started:.1f}s)",
-            flush=True,
+            + f" ({time.perf_counter() - started:.1f}s)"
         )
-        result.ran.append(cell.name)
+        ran.append(task.name)
+    return ran

@@ -9,13 +9,11 @@ at its experiment.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
+import logging
 import os
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -23,34 +21,16 @@ from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
 from ltexp.errors import LtexpError, TrackingError
+from ltexp.identity import code_version
 from ltexp.tracking import schema
 
-_CODE_VERSION: str | None = None
+log = logging.getLogger(__name__)
 _ASYNC_PENDING = False  # metrics queued by log_epoch and not yet flushed
 
 
 def client() -> MlflowClient:
     """A client for the current tracking URI."""
     return MlflowClient()
-
-
-def code_version() -> str:
-    """sha256 (first 16 hex) of every ltexp source file: a cache key that changes with the code."""
-    global _CODE_VERSION
-    if _CODE_VERSION is None:
-        root = Path(__file__).resolve().parent.parent
-        h = hashlib.sha256()
-        for path in sorted(root.rglob("*.py")):
-            h.update(str(path.relative_to(root)).encode())
-            h.update(path.read_bytes())
-        _CODE_VERSION = h.hexdigest()[:16]
-    return _CODE_VERSION
-
-
-def config_hash(values: dict[str, Any]) -> str:
-    """sha256 (first 16 hex) of a JSON-able mapping, key order ignored."""
-    blob = json.dumps(values, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def experiment_id(name: str) -> str:
@@ -81,6 +61,11 @@ def launched_run_id() -> str | None:
 def launched_experiment_id() -> str | None:
     """The experiment ``mlflow run`` chose (``MLFLOW_EXPERIMENT_ID``), if any."""
     return os.environ.get("MLFLOW_EXPERIMENT_ID") or None
+
+
+def default_experiment(preset: str, dataset: str) -> str:
+    """The experiment of a config when none is given (:func:`schema.default_experiment_name`)."""
+    return schema.default_experiment_name(preset, dataset)
 
 
 def experiment_name(name: str, default: str) -> str:
@@ -312,3 +297,40 @@ def _same_value(a: str, b: str) -> bool:
         return float(a) == float(b)
     except ValueError:
         return a.strip().lower() == b.strip().lower()
+
+
+def deliver_history(run_id: str, history: list[dict[str, float]]) -> None:
+    """Log the epochs of ``history`` (rows with ``epoch``) that never reached the server."""
+    logged = {m.step for m in client().get_metric_history(run_id, schema.VAL_ACC1)}
+    for row in history:
+        if row["epoch"] not in logged:
+            metrics = {k: v for k, v in row.items() if k != "epoch"}
+            mlflow.log_metrics(metrics, step=int(row["epoch"]))
+
+
+def ensure_delivered(run_id: str, history: list[dict[str, float]], kept_in: str) -> None:
+    """Every epoch's metrics are on the server, or the run fails saying so: never dropped.
+
+    Args:
+        kept_in: where the history is kept for the re-run (named in the error).
+
+    Raises:
+        TrackingError: the server cannot be reached.
+    """
+    try:
+        flush()
+    except Exception as e:  # noqa: BLE001 - whatever failed, the checkpoint has the values
+        log.warning(
+            "metrics queued during the run were not delivered (%s); sending them "
+            "again from the checkpoint",
+            error_line(e)[:200],
+        )
+    try:
+        deliver_history(run_id, history)
+    except mlflow.exceptions.MlflowException as e:
+        raise TrackingError(
+            f"the tracking server {mlflow.get_tracking_uri()} is unreachable, "
+            f"so some epochs' metrics are not delivered; they are kept in "
+            f"{kept_in!r} and sent when the same command is run again "
+            f"({error_line(e)[:160]})"
+        ) from None

@@ -1,12 +1,20 @@
-"""The MLflow schema of ltexp: every tag, param, metric, artifact and model name in one place.
+"""The MLflow schema of ltexp: every tag, param, metric, input, artifact, run and model name.
 
 Other tools read these names (the report reads any run that follows them), so they are a public
-contract: change them only with a migration note.
+contract: change them only with a migration note. Every other module asks this one; a test trains
+a run and checks that every key it logged is declared here, and that every name declared here is
+used.
+
+Naming and grouping only: no MLflow calls, no imports of the rest of ltexp beyond the data's
+group names, so the training loop and the report can use it too.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import PurePath
+
+from ltexp.data.splits import FREQUENCY_GROUPS, GROUPS
 
 # --- tags ------------------------------------------------------------------------------------
 STEP = "ltexp.step"
@@ -30,12 +38,48 @@ MODEL_URI = "ltexp.model_uri"  # registered version of a train run's best checkp
 ERROR = "ltexp.error"  # one-line reason a run FAILED
 HOST = "ltexp.host"
 PID = "ltexp.pid"
-HEARTBEAT = "ltexp.heartbeat"  # unix time of the last finished epoch of a live process
+HEARTBEAT = "ltexp.heartbeat"  # unix time of the last sign of life of the process writing it
 RESUMED_FROM_EPOCH = "ltexp.resumed_from_epoch"
 RESUMED_INTO = "ltexp.resumed_into"  # on an `mlflow run` wrapper run that continued another run
 CELL = "ltexp.cell"  # model-loss-split-seed of a study cell
-DESCRIPTION = "mlflow.note.content"  # the run page's description (MLflow's own tag)
 PARENT_RUN = "mlflow.parentRunId"
+# Tags only some runs carry: a failure, a resume, an `mlflow run` wrapper that continued a run.
+CONDITIONAL_TAGS = (ERROR, RESUMED_FROM_EPOCH, RESUMED_INTO)
+RUN_TAGS = (
+    STEP,
+    CONFIG_HASH,
+    CODE_VERSION,
+    DATA_DIGEST,
+    DATA_RUN,
+    MODEL_URI,
+    ERROR,
+    HOST,
+    PID,
+    HEARTBEAT,
+    RESUMED_FROM_EPOCH,
+    RESUMED_INTO,
+    CELL,
+)
+
+# --- inputs (mlflow.log_input) ---------------------------------------------------------------
+INPUT_SHA256 = "ltexp.sha256"  # the full sha256 of a split (MLflow caps a digest at 36 chars)
+INPUT_SPLIT = "ltexp.split"  # which split of the prepared dataset
+INPUT_TAGS = (INPUT_SHA256, INPUT_SPLIT)
+INPUT_DIGEST_CHARS = 32
+# the context of each split in a run's inputs
+INPUT_CONTEXT = {"train_balanced": "training", "train_lt": "training", "val": "validation"}
+TEST_CONTEXT = "testing"
+
+
+def input_context(split: str) -> str:
+    """The ``mlflow.log_input`` context of a split."""
+    return INPUT_CONTEXT.get(split, TEST_CONTEXT)
+
+
+def input_name(dataset: str, split: str) -> str:
+    """The dataset name a split is logged under: ``digits/train_lt``."""
+    return f"{dataset}/{split}"
+
 
 # --- params ----------------------------------------------------------------------------------
 # The params every evaluate run carries; the report groups by them.
@@ -43,17 +87,73 @@ CELL_PARAMS = ("dataset", "model", "loss", "train_split", "seed")
 TRAIN_RUN_ID = "train_run_id"
 MODEL_URI_PARAM = "model_uri"
 NUM_PARAMS = "num_params"
+WORLD_SIZE = "world_size"
+TAU = "tau"
+BOOTSTRAP_SAMPLES = "bootstrap_samples"
+BOOTSTRAP_SEED = "bootstrap_seed"
+# Resolved values a train run logs beside its config keys.
+TRAIN_RESOLVED_PARAMS = (
+    "dataset",
+    "head",
+    "image_size",
+    "device",
+    "data_run",
+    "precision",
+    "num_classes",
+)
+EVALUATE_PARAMS = (
+    *CELL_PARAMS,
+    TRAIN_RUN_ID,
+    MODEL_URI_PARAM,
+    TAU,
+    BOOTSTRAP_SAMPLES,
+    BOOTSTRAP_SEED,
+)
+PREPARE_DATA_PARAMS = (
+    "dataset",
+    "profile",
+    "imbalance_ratio",
+    "pareto_alpha",
+    "n_max_train",
+    "n_max_test",
+    "seed",
+    "class_order",
+    "num_classes",
+)
+DATASET_OPTION_PREFIX = "dataset_"  # prepare_data: dataset_<option> for each loader option
+STUDY_PARAMS = (
+    "models",
+    "losses",
+    "train_splits",
+    "seeds",
+    "preset",
+    "dataset",
+    "n_cells",
+    "epochs",
+)
+AGGREGATE_PARAMS = ("experiment", "dataset", "n_evaluate_runs")
 
 # --- metrics ---------------------------------------------------------------------------------
-TEST_GROUPS = ("balanced", "lt", "head", "middle", "tail", "many", "medium", "few")
+TRAIN_LOSS = "train_loss"
+TRAIN_ACC1 = "train_acc1"
+VAL_LOSS = "val_loss"
+VAL_ACC1 = "val_acc1"
+LR = "lr"
+EPOCH_SECONDS = "epoch_seconds"
+IMAGES_PER_S = "images_per_s"
+BEST_VAL_ACC1 = "best_val_acc1"
+BEST_EPOCH = "best_epoch"
+TEST_GROUPS = ("balanced", "lt", *GROUPS)
+TEST_KINDS = ("acc1", "acc5", "acc1_ci_low", "acc1_ci_high")
 REPORT_COLUMNS = {
     "balanced": "test_balanced_acc1",
     "long_tailed": "test_lt_acc1",
-    "head": "test_head_acc1",
-    "middle": "test_middle_acc1",
-    "tail": "test_tail_acc1",
+    **{g: f"test_{g}_acc1" for g in FREQUENCY_GROUPS},
 }
-VAL_GROUPS = ("head", "middle", "tail", "many", "medium", "few")
+CELLS_RUN = "cells_run"
+CELLS_REUSED = "cells_reused"
+MISSING_CELLS = "missing_cells"
+DUPLICATE_CELLS = "duplicate_cells"
 
 
 def test_metric(group: str, kind: str = "acc1") -> str:
@@ -67,15 +167,16 @@ def val_metric(group: str) -> str:
 
 
 EPOCH_METRICS = (
-    "train_loss",
-    "train_acc1",
-    "val_loss",
-    "val_acc1",
-    *(val_metric(g) for g in VAL_GROUPS),
-    "lr",
-    "epoch_seconds",
-    "images_per_s",
+    TRAIN_LOSS,
+    TRAIN_ACC1,
+    VAL_LOSS,
+    VAL_ACC1,
+    *(val_metric(g) for g in GROUPS),
+    LR,
+    EPOCH_SECONDS,
+    IMAGES_PER_S,
 )
+TEST_METRICS = tuple(test_metric(g, k) for g in TEST_GROUPS for k in TEST_KINDS)
 
 # --- artifacts -------------------------------------------------------------------------------
 CONFIG_ARTIFACT = "config.yaml"
@@ -87,19 +188,63 @@ PER_CLASS_ARTIFACT = "per_class_accuracy.csv"
 PER_CLASS_FIGURE = "per_class_accuracy.png"
 CONFUSION_FIGURE = "confusion_matrix.png"
 PREDICTIONS_ARTIFACT = "predictions.npz"
+REPORT_ARTIFACT_DIR = "report"
 
 # --- model registry --------------------------------------------------------------------------
 CHAMPION_ALIAS = "champion"
+REGISTERED_PREFIX = "ltexp-"
+
+
+class VersionTag(StrEnum):
+    """Tags of a registered model version (the champion is chosen by ``val_acc1``)."""
+
+    RUN_ID = "run_id"
+    SEED = "seed"
+    EPOCH = "epoch"
+    VAL_ACC1 = "val_acc1"
+    DATA_DIGEST = "data_digest"
+    CONFIG_HASH = "config_hash"
 
 
 def registered_model_name(dataset: str, model: str, loss: str, train_split: str) -> str:
     """``ltexp-<dataset>-<model>-<loss>-<train_split>`` (``timm:x`` becomes ``timm_x``)."""
-    return f"ltexp-{dataset}-{model.replace(':', '_')}-{loss}-{train_split}"
+    return f"{REGISTERED_PREFIX}{dataset}-{model.replace(':', '_')}-{loss}-{train_split}"
 
 
-def run_name(model: str, loss: str, train_split: str, seed: int) -> str:
+# --- run and experiment names ----------------------------------------------------------------
+
+
+def run_name(model: str, loss: str, train_split: str, seed: int | str) -> str:
     """What a train run is, at a glance: ``resnet50-bs-lt-s42``."""
     return f"{model.replace(':', '_')}-{loss}-{train_split}-s{seed}"
+
+
+def evaluate_run_name(train_run_name: str) -> str:
+    """``<train run name>-eval``."""
+    return f"{train_run_name}-eval"
+
+
+def prepare_run_name(dataset: str, profile: str, imbalance_ratio: float, seed: int) -> str:
+    """``prepare-digits-exp-ir100-s42``."""
+    return f"prepare-{dataset}-{profile}-ir{imbalance_ratio:g}-s{seed}"
+
+
+def study_run_name(experiment: str) -> str:
+    """``study-<experiment>``."""
+    return f"study-{experiment}"
+
+
+def aggregate_run_name(experiment: str) -> str:
+    """``aggregate-<experiment>``."""
+    return f"aggregate-{experiment}"
+
+
+def default_experiment_name(preset: str, dataset: str) -> str:
+    """The experiment of a config when none is given: ``<preset>-<dataset>`` (``demo-digits``).
+
+    ``preset`` may be a path to a YAML file; its stem is used.
+    """
+    return f"{PurePath(preset).stem if preset else 'ltexp'}-{dataset}"
 
 
 def search_step(step: Step) -> str:

@@ -90,7 +90,7 @@ def store(tracking: str) -> str:
 
 def _report(tmp_path: Path):
     cfg = build_config("thesis", {"output_dir": str(tmp_path / "out")})
-    cfg.experiment = "synthetic-report"
+    cfg = cfg.replace(experiment="synthetic-report")
     return run_aggregate(cfg)
 
 
@@ -196,13 +196,14 @@ def test_numbered_captions_with_the_full_grid(tracking: str, tmp_path: Path) -> 
     ):
         _log_eval(exp_id, model, loss, split, 1, override=0.5)
     cfg = build_config("thesis", {"output_dir": str(tmp_path / "full")})
-    cfg.experiment = "full-grid"
+    cfg = cfg.replace(experiment="full-grid")
     md = (run_aggregate(cfg).output_dir / "report.md").read_text()
     assert "Table 4.1: ResNet-50 trained on the balanced set" in md
     assert "Table 4.8: ConvNeXt-Base trained on the long-tailed set" in md
     assert "Table 4.9" in md and "Table 4.11" in md
 
 
+@pytest.mark.slow
 def test_a_thousand_runs_are_all_reported(tracking: str, tmp_path: Path) -> None:
     exp_id = mlflow.create_experiment("many")
     client = mlflow.MlflowClient()
@@ -226,7 +227,7 @@ def test_a_thousand_runs_are_all_reported(tracking: str, tmp_path: Path) -> None
         )
         client.set_terminated(run.info.run_id)
     cfg = build_config("thesis", {"output_dir": str(tmp_path / "many")})
-    cfg.experiment = "many"
+    cfg = cfg.replace(experiment="many")
     result = run_aggregate(cfg)
     assert result.report.n_runs == 1000  # every run, not the first page only
     runs = pd.read_csv(result.output_dir / "runs.csv")
@@ -237,7 +238,7 @@ def test_unwritable_output_dir(store: str, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     cfg = build_config("thesis", {"output_dir": str(blocker / "sub")})
-    cfg.experiment = "synthetic-report"
+    cfg = cfg.replace(experiment="synthetic-report")
     with pytest.raises(ConfigError, match="cannot be written"):
         run_aggregate(cfg)
     n = len(

@@ -13,9 +13,9 @@ import pytest
 from ltexp.config import build_config
 from ltexp.data import SPLITS
 from ltexp.errors import DataError
-from ltexp.steps.data import find_prepared_run, load_prepared
 from ltexp.steps.prepare_data import run_prepare_data
 from ltexp.tracking import schema
+from ltexp.tracking.datasets import find_prepared_run, load_prepared
 
 
 def _artifact(run_id: str, path: str, dst: Path) -> Path:
@@ -73,8 +73,8 @@ def test_latest_matching_prepared_run_is_found(tmp_path: Path, tracking: str) ->
     cfg = build_config("demo")
     first = run_prepare_data(cfg)
     second = run_prepare_data(cfg)
-    assert find_prepared_run(cfg.data) == second != first
-    assert find_prepared_run(build_config("demo", {"imbalance_ratio": 10}).data) is None
+    assert find_prepared_run(cfg) == second != first
+    assert find_prepared_run(build_config("demo", {"imbalance_ratio": 10})) is None
 
 
 def test_tampered_source_files_are_refused(tmp_path: Path, tracking: str, cifar_root: Path) -> None:

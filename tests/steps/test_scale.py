@@ -37,12 +37,14 @@ def _check_study(study_run: str, epochs: int = 2) -> None:
                 assert len(client.get_metric_history(run.info.run_id, metric)) == epochs
 
 
+@pytest.mark.slow
 def test_local_workers_run_cells_in_parallel_processes(tiny_config) -> None:
     result = run_study(tiny_config(**GRID, workers=2))
     assert len(result.ran) == 4
     _check_study(result.run_id)
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_ray_executor_runs_cells_as_ray_tasks(tiny_config) -> None:
     ray = pytest.importorskip("ray", reason="the optional ray extra: pip install 'ltexp[ray]'")
@@ -55,23 +57,23 @@ def test_ray_executor_runs_cells_as_ray_tasks(tiny_config) -> None:
     _check_study(result.run_id)
 
 
-def test_ray_missing_says_how_to_install(tiny_config, monkeypatch: pytest.MonkeyPatch) -> None:
-    import builtins
+def test_ray_missing_says_how_to_install_before_any_run(
+    tiny_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
 
-    real_import = builtins.__import__
-
-    def no_ray(name, *args, **kwargs):
-        if name == "ray":
-            raise ImportError("No module named 'ray'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_ray)
     from ltexp.errors import ConfigError
 
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a)
+    )
     with pytest.raises(ConfigError, match=r"pip install 'ltexp\[ray\]'"):
         run_study(tiny_config(**{**GRID, "losses": "ce", "train_splits": "lt"}, executor="ray"))
+    assert step_counts() == {}
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_study_with_workers_against_a_postgres_tracking_server(
     postgres_server: str, tmp_path: Path

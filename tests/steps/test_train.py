@@ -6,34 +6,55 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from ltexp.checkpoint import LAST
+from ltexp.config import Config, build_config
 from ltexp.errors import TrackingError, TrainingError
 from ltexp.steps.evaluate import run_evaluate
-from ltexp.steps.train import run_train
+from ltexp.steps.study import CellResult, run_cell
+from ltexp.steps.train import TrainResult
 from ltexp.tracking import schema
+from tests.conftest import store_in, tiny_overrides
+
+
+@dataclass
+class Trained:
+    """A finished cell (train run + child evaluate run) in a store of its own."""
+
+    folder: Path
+    cfg: Config
+    cell: CellResult
+
+
+@pytest.fixture(scope="module")
+def trained_store(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """One short cell, trained once for every test of this module that only reads it."""
+    folder = tmp_path_factory.mktemp("trained")
+    with store_in(folder):
+        cfg = build_config("demo", tiny_overrides(folder, loss="bs", epochs=3))
+        return Trained(folder, cfg, run_cell(cfg))
 
 
 @pytest.fixture
-def trained(tiny_config):
-    """One short training run with its child evaluation."""
-    cfg = tiny_config(loss="bs", epochs=3)
-    return cfg, run_train(cfg)
+def trained(trained_store: Trained) -> Iterator[tuple[Config, TrainResult, CellResult]]:
+    """The shared cell, with MLflow pointed at its store: (config, train result, cell)."""
+    with store_in(trained_store.folder):
+        yield trained_store.cfg, trained_store.cell.train, trained_store.cell
 
 
 def test_train_run_params_metrics_and_ui_fields(trained) -> None:
-    _cfg, result = trained
+    _cfg, result, _ = trained
     run = mlflow.get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "tiny_cnn-bs-lt-s42"
     assert run.data.tags[schema.STEP] == "train"
-    assert run.data.tags[schema.DESCRIPTION].startswith("tiny_cnn fine-tuned with bs")
+    assert run.data.tags["mlflow.note.content"].startswith("tiny_cnn fine-tuned with bs")
     p = run.data.params
     for key, value in {
         "model": "tiny_cnn",
@@ -72,7 +93,7 @@ def test_train_run_params_metrics_and_ui_fields(trained) -> None:
 
 
 def test_best_checkpoint_is_registered_with_tags_and_champion(trained) -> None:
-    _cfg, result = trained
+    _cfg, result, _ = trained
     client = mlflow.MlflowClient()
     name = "ltexp-digits-tiny_cnn-bs-lt"
     assert result.model_uri == f"models:/{name}/1"
@@ -86,8 +107,8 @@ def test_best_checkpoint_is_registered_with_tags_and_champion(trained) -> None:
 
 
 def test_champion_follows_the_best_val_acc1(tiny_config) -> None:
-    first = run_train(tiny_config(epochs=1, seed=1, evaluate_after="false"))
-    second = run_train(tiny_config(epochs=3, seed=2, evaluate_after="false"))
+    first = run_cell(tiny_config(epochs=1, seed=1, evaluate_after="false")).train
+    second = run_cell(tiny_config(epochs=3, seed=2, evaluate_after="false")).train
     client = mlflow.MlflowClient()
     name = "ltexp-digits-tiny_cnn-ce-lt"
     champion = client.get_model_version_by_alias(name, "champion")
@@ -117,8 +138,8 @@ def test_registered_model_loads_in_a_fresh_process(trained, tmp_path: Path) -> N
 
 
 def test_evaluate_metrics_match_saved_predictions(trained, tmp_path: Path) -> None:
-    _cfg, result = trained
-    run = mlflow.get_run(result.evaluate_run_id)
+    _cfg, result, cell = trained
+    run = mlflow.get_run(cell.evaluate_run_id)
     assert run.data.tags[schema.STEP] == "evaluate"
     assert run.data.tags[schema.PARENT_RUN] == result.run_id
     p = run.data.params
@@ -161,9 +182,8 @@ def test_evaluate_metrics_match_saved_predictions(trained, tmp_path: Path) -> No
 
 
 def test_evaluate_by_model_uri_with_post_hoc_adjustment(trained) -> None:
-    cfg, result = trained
-    cfg.evaluate.model_uri = "models:/ltexp-digits-tiny_cnn-bs-lt@champion"
-    cfg.evaluate.tau = 1.0
+    cfg, result, _ = trained
+    cfg = cfg.replace(model_uri="models:/ltexp-digits-tiny_cnn-bs-lt@champion", tau=1.0)
     run_id, metrics = run_evaluate(cfg)
     p = mlflow.get_run(run_id).data.params
     assert p["tau"] == "1.0" and p[schema.TRAIN_RUN_ID] == result.run_id
@@ -171,8 +191,8 @@ def test_evaluate_by_model_uri_with_post_hoc_adjustment(trained) -> None:
 
 
 def test_evaluate_refuses_a_run_that_is_not_a_train_run(trained) -> None:
-    cfg, result = trained
-    cfg.evaluate.train_run = result.evaluate_run_id
+    cfg, _result, cell = trained
+    cfg = cfg.replace(train_run=cell.evaluate_run_id)
     with pytest.raises(TrackingError, match="is a evaluate run, not a train run"):
         run_evaluate(cfg)
 
@@ -180,7 +200,7 @@ def test_evaluate_refuses_a_run_that_is_not_a_train_run(trained) -> None:
 def test_non_finite_loss_fails_the_run_naming_epoch_and_step(tiny_config) -> None:
     cfg = tiny_config(optimizer="sgd", lr=1e30, epochs=2, evaluate_after="false")
     with pytest.raises(TrainingError, match=r"non-finite .* at epoch 1, step \d+"):
-        run_train(cfg)
+        run_cell(cfg)
     runs = mlflow.search_runs(
         filter_string="tags.`ltexp.step` = 'train'", search_all_experiments=True
     )
@@ -188,49 +208,8 @@ def test_non_finite_loss_fails_the_run_naming_epoch_and_step(tiny_config) -> Non
     assert "epoch 1, step" in runs["tags.ltexp.error"].iloc[0]
 
 
-def test_checkpoint_that_carries_code_is_refused(tmp_path: Path) -> None:
-    import pickle
-
-    from ltexp.checkpoint import load_checkpoint
-
-    marker = tmp_path / "pwned"
-
-    class Evil:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    path = tmp_path / LAST
-    with open(path, "wb") as f:
-        pickle.dump({"epoch": 1, "model": Evil()}, f)
-    with pytest.raises(TrainingError, match="refused"):
-        load_checkpoint(path)
-    assert not marker.exists()
-    path.write_bytes(b"not a checkpoint")
-    with pytest.raises(TrainingError, match="corrupt"):
-        load_checkpoint(path)
-
-
-def test_unwritable_checkpoint_keeps_the_previous_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from ltexp.checkpoint import load_checkpoint, save_checkpoint
-
-    path = tmp_path / LAST
-    save_checkpoint({"epoch": 1, "model": {"w": torch.ones(2)}}, path)
-
-    def disk_full(*a, **k):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(TrainingError, match=r"No space left.*previous checkpoint is intact"):
-        save_checkpoint({"epoch": 2, "model": {"w": torch.zeros(2)}}, path)
-    monkeypatch.undo()
-    assert load_checkpoint(path)["epoch"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == [LAST]  # no temporary file left behind
-
-
 def test_registered_version_carries_weights_and_model_info(trained, tmp_path: Path) -> None:
-    _cfg, result = trained
+    _cfg, result, _ = trained
     local = Path(
         mlflow.artifacts.download_artifacts(artifact_uri=result.model_uri, dst_path=str(tmp_path))
     )

@@ -104,6 +104,25 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)  # torch.compile
 
 
+def register_best(
+    weights: Path, info: ModelInfo, registered_name: str, version_tags: dict[str, str]
+) -> str:
+    """Register the best checkpoint of the active run, once: a resumed run that registered
+    before its process died reuses that version. Sets the run's ``ltexp.model_uri`` tag and
+    moves the champion; returns ``models:/<name>/<version>``."""
+    from ltexp.models import build_model
+
+    run_id = mlflow.active_run().info.run_id
+    uri = version_of_run(registered_name, run_id)
+    if uri is None:
+        model = build_model(info.model, info.num_classes, pretrained=False, head=info.head)
+        model.load_state_dict(load_weights(weights))
+        uri = log_and_register(model, info, registered_name, version_tags)
+    mlflow.set_tag(schema.MODEL_URI, uri)
+    update_champion(registered_name)
+    return uri
+
+
 def version_of_run(registered_name: str, run_id: str) -> str | None:
     """``models:/<name>/<version>`` registered from ``run_id``, if any."""
     c = runs.client()
@@ -120,7 +139,9 @@ def update_champion(registered_name: str) -> str:
     """Point the ``champion`` alias at the version with the best ``val_acc1`` tag; return it."""
     c = runs.client()
     versions = c.search_model_versions(f"name = '{registered_name}'")
-    scored = [(float(v.tags.get("val_acc1", "-1")), int(v.version)) for v in versions]
+    scored = [
+        (float(v.tags.get(schema.VersionTag.VAL_ACC1, "-1")), int(v.version)) for v in versions
+    ]
     if not scored:
         raise TrackingError(f"registered model {registered_name!r} has no versions")
     _, best = max(scored)

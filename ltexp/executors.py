@@ -10,6 +10,7 @@ processes creating one sqlite store at once would race in MLflow's schema migrat
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -18,7 +19,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import yaml
@@ -27,6 +27,17 @@ from ltexp.config import Config
 from ltexp.errors import ConfigError, TrainingError
 
 CONFIG_PLACEHOLDER = "{config}"
+
+
+@dataclass(frozen=True)
+class CellTask:
+    """A cell the study must run: its position, name, config, and its finished train run when
+    only the evaluation is missing."""
+
+    index: int
+    name: str
+    config: Config
+    finished_train: str | None = None
 
 
 @dataclass
@@ -38,41 +49,27 @@ class CellJob:
     args: list[str]
 
 
-def cell_jobs(todo: list, cfg: Config, study_run: str) -> list[CellJob]:
+def check_available(cfg: Config) -> None:
+    """Refuse an executor that cannot run here, before any run is created."""
+    if cfg.study.executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError("executor=ray needs Ray: pip install 'ltexp[ray]'")
+
+
+def cell_jobs(todo: list[CellTask], study_run: str) -> list[CellJob]:
     """The ``ltexp`` command line of every cell (train, or evaluate for a trained cell)."""
     jobs = []
-    for index, cell, _cell_cfg, finished_train in todo:
-        if finished_train:
-            args = [
-                "evaluate",
-                "--preset",
-                CONFIG_PLACEHOLDER,
-                "--train-run",
-                finished_train,
-                "--parent-run-id",
-                finished_train,
-            ]
+    for task in todo:
+        t = task.config.train
+        if task.finished_train:
+            args = ["evaluate", "--train-run", task.finished_train]
+            args += ["--parent-run-id", task.finished_train]
         else:
-            args = [
-                "train",
-                "--preset",
-                CONFIG_PLACEHOLDER,
-                "--model",
-                cell.model,
-                "--loss",
-                cell.loss,
-                "--train-split",
-                cell.train_split,
-                "--seed",
-                str(cell.seed),
-                "--experiment",
-                cfg.experiment,
-                "--data-run",
-                cfg.train.data_run,
-                "--parent-run-id",
-                study_run,
-            ]
-        jobs.append(CellJob(index, cell.name, args))
+            args = ["train", "--model", t.model, "--loss", t.loss, "--train-split", t.train_split]
+            args += ["--seed", str(t.seed), "--experiment", task.config.experiment]
+            args += ["--data-run", t.data_run, "--parent-run-id", study_run]
+        jobs.append(
+            CellJob(task.index, task.name, [args[0], "--preset", CONFIG_PLACEHOLDER, *args[1:]])
+        )
     return jobs
 
 
@@ -108,22 +105,29 @@ def run_cell_process(args: list[str], config: str, env: dict[str, str]) -> tuple
     return done.returncode, tail
 
 
-def run_parallel(todo: list, total: int, cfg: Config, study_run: str, result: Any) -> None:
-    """Run ``todo`` on the configured executor; print a line per finished cell."""
-    jobs = cell_jobs(todo, cfg, study_run)
+def run_parallel(
+    todo: list[CellTask],
+    total: int,
+    cfg: Config,
+    study_run: str,
+    progress: Callable[[str], None],
+) -> list[str]:
+    """Run ``todo`` on the configured executor; a progress line per finished cell; return the
+    names of the cells that ran."""
+    jobs = cell_jobs(todo, study_run)
     runner = EXECUTORS.get(cfg.study.executor)
     if runner is None:
         raise ConfigError(f"unknown executor {cfg.study.executor!r}; valid: {', '.join(EXECUTORS)}")
-    failed = []
+    ran, failed = [], []
 
     def report(job: CellJob, code: int, tail: str, seconds: float) -> None:
         if code == 0:
-            result.ran.append(job.name)
-            print(f"[{job.index}/{total}] {job.name}: done ({seconds:.1f}s)", flush=True)
+            ran.append(job.name)
+            progress(f"[{job.index}/{total}] {job.name}: done ({seconds:.1f}s)")
         else:
             failed.append(job.name)
             last = tail.splitlines()[-1] if tail else ""
-            print(f"[{job.index}/{total}] {job.name}: FAILED (exit {code}): {last}", flush=True)
+            progress(f"[{job.index}/{total}] {job.name}: FAILED (exit {code}): {last}")
 
     runner(jobs, config_text(cfg), cfg, report)
     if failed:
@@ -131,6 +135,7 @@ def run_parallel(todo: list, total: int, cfg: Config, study_run: str, result: An
             f"{len(failed)} cell(s) failed: {', '.join(failed)}; re-run the "
             f"same command to retry them (finished cells are reused)"
         )
+    return ran
 
 
 def _gpu_count() -> int:
@@ -152,7 +157,7 @@ def run_local(
     workers = min(cfg.study.workers, gpus) if gpus else cfg.study.workers
     free = list(range(gpus)) if gpus else [None] * workers
     # without GPUs, split the cores so that N processes do not each spawn a thread per core
-    threads = cfg.train.num_threads or max(1, (os.cpu_count() or 1) // workers)
+    threads = cfg.runtime.num_threads or max(1, (os.cpu_count() or 1) // workers)
 
     def launch(job: CellJob, slot: int | None) -> tuple[int, str, float]:
         extra = {"CUDA_VISIBLE_DEVICES": str(slot)} if slot is not None else {}

@@ -1,122 +1,30 @@
 """The training loop: plain PyTorch, readable top to bottom, no MLflow in it.
 
-:func:`fit` is a generator: it trains one epoch, validates, and yields an :class:`EpochResult`;
-the caller (``ltexp.steps.train``) checkpoints and logs between epochs. Nothing in the step loop
-waits on the GPU: losses and accuracies are accumulated as device tensors and read once per epoch
-(or when the progress bar refreshes, only when it is shown).
+:func:`fit` is a generator: it trains one epoch, validates, and yields an :class:`EpochResult`
+whose metric names are the schema's; the caller (``ltexp.steps.train``) checkpoints and logs
+between epochs. Nothing in the step loop waits on the GPU: losses and accuracies are accumulated as
+device tensors and read once per epoch (or when the progress bar refreshes, only when it is shown).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import random
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ltexp.data.pipeline import TensorBatches
 from ltexp.distributed import all_reduce_sum, is_distributed
-from ltexp.errors import ConfigError, TrainingError
+from ltexp.errors import TrainingError
 from ltexp.losses.base import ClassAwareLoss
+from ltexp.tracking import schema
+from ltexp.training.setup import autocast
 
 PROGRESS_EVERY = 25  # steps between progress-bar refreshes (each one is a device sync)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (every device)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def set_deterministic(enabled: bool) -> None:
-    """Deterministic kernels (bit-identical reruns) or the fastest ones."""
-    if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    if torch.are_deterministic_algorithms_enabled() != enabled:  # the switch costs ~0.5 s
-        torch.use_deterministic_algorithms(enabled)
-    torch.backends.cudnn.deterministic = enabled
-    torch.backends.cudnn.benchmark = not enabled
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; a CUDA device without a GPU is refused."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"device={name} but no CUDA GPU is available here; use device=cpu or device=auto"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device={name} but only {torch.cuda.device_count()} GPU(s) exist")
-    elif device.type not in ("cpu", "mps"):
-        raise ConfigError(f"unsupported device {name!r}; valid: auto, cpu, cuda, cuda:N")
-    return device
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """Mixed-precision dtype: ``auto`` is bf16 on CUDA, none (fp32) elsewhere."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Autocast context (a no-op for fp32)."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def make_optimizer(
-    name: str,
-    params: Iterator[nn.Parameter],
-    *,
-    lr: float,
-    betas: tuple[float, float],
-    eps: float,
-    weight_decay: float,
-    momentum: float,
-    device: torch.device,
-) -> torch.optim.Optimizer:
-    """Adam / AdamW / SGD; fused kernels on CUDA (one launch for all parameters)."""
-    fused = {"fused": True} if device.type == "cuda" else {}
-    if name == "adam":
-        return torch.optim.Adam(
-            params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **fused
-        )
-    if name == "adamw":
-        return torch.optim.AdamW(
-            params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **fused
-        )
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **fused)
-    raise ConfigError(f"unknown optimizer {name!r}; valid: adam, adamw, sgd")
-
-
-def make_scheduler(
-    name: str, optimizer: torch.optim.Optimizer, *, epochs: int, step_size: int, gamma: float
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch schedule: StepLR (SPEC: ×0.1 every 30 epochs), cosine, or constant."""
-    if name == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    if name == "none":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    raise ConfigError(f"unknown scheduler {name!r}; valid: step, cosine, none")
 
 
 @dataclass
@@ -303,14 +211,14 @@ def fit(
         if improved:
             best_val_acc1, best_epoch = val.acc1, epoch
         metrics = {
-            "train_loss": train.loss,
-            "train_acc1": train.acc1,
-            "val_loss": val.loss,
-            "val_acc1": val.acc1,
-            **{f"val_{g}_acc1": a for g, a in val.group_acc1.items()},
-            "lr": lr,
-            "epoch_seconds": time.perf_counter() - started,
-            "images_per_s": train.images / train.seconds,
+            schema.TRAIN_LOSS: train.loss,
+            schema.TRAIN_ACC1: train.acc1,
+            schema.VAL_LOSS: val.loss,
+            schema.VAL_ACC1: val.acc1,
+            **{schema.val_metric(g): a for g, a in val.group_acc1.items()},
+            schema.LR: lr,
+            schema.EPOCH_SECONDS: time.perf_counter() - started,
+            schema.IMAGES_PER_S: train.images / train.seconds,
         }
         yield EpochResult(epoch, metrics, improved, best_val_acc1, best_epoch)
 

@@ -168,3 +168,67 @@ def test_fuzz_yaml_loader_only_raises_config_errors(tmp_path_factory, data: obje
     path.write_text(yaml.safe_dump(data))
     with contextlib.suppress(ConfigError):
         build_config(str(path))
+
+
+# --- fields describe themselves ---------------------------------------------------------------
+
+
+def test_runtime_fields_are_declared_once_and_left_out_of_identities() -> None:
+    from ltexp.config import runtime_keys
+    from ltexp.identity import study_hash, train_hash
+
+    keys = runtime_keys()
+    for key in ("device", "checkpoint_dir", "num_threads", "data_root", "workers", "resume"):
+        assert key in keys
+    for key in ("lr", "precision", "model", "dataset", "seeds", "synthetic_classes"):
+        assert key not in keys
+    base = build_config("demo")
+    runtime_only = base.replace(
+        device="cpu", checkpoint_dir="/elsewhere", num_threads=3, eval_batch_size=7, workers=4
+    )
+    assert train_hash(runtime_only, "d") == train_hash(base, "d")
+    assert study_hash(runtime_only) == study_hash(base)
+    assert train_hash(base.replace(lr=0.5), "d") != train_hash(base, "d")
+    assert train_hash(base, "other data") != train_hash(base, "d")
+    assert study_hash(base.replace(seeds="1,2")) != study_hash(base)
+
+
+def test_commands_take_the_fields_they_use_and_help_lists_the_registries() -> None:
+    from ltexp.config import command_fields
+
+    evaluate = {f.key for f in command_fields("evaluate")}
+    assert {"device", "precision", "eval_batch_size", "num_threads", "model_uri", "tau"} <= evaluate
+    assert not evaluate & {"lr", "checkpoint_dir", "compile", "models"}
+    assert {f.key for f in command_fields("aggregate")} == {"output_dir", "report_dataset"}
+    model = next(f for f in command_fields("train") if f.key == "model")
+    assert "resnet50" in model.help_text() and "timm:<name>" in model.help_text()
+    loss = next(f for f in command_fields("main") if f.key == "losses")
+    assert "ldam" in loss.help_text()
+
+
+def test_config_is_immutable_and_replace_checks_values() -> None:
+    import dataclasses
+
+    cfg = build_config("demo")
+    other = cfg.replace(lr="0.5", focal_gamma=1)
+    assert (cfg.train.lr, other.train.lr) == (1e-3, 0.5)
+    assert cfg.losses["focal"]["gamma"] == 2.0 and other.losses["focal"]["gamma"] == 1.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.lr = 2.0  # type: ignore[misc]
+    with pytest.raises(ConfigError, match="lr must be > 0"):
+        cfg.replace(lr=0)
+
+
+def test_presets_written_before_the_runtime_section_still_load(tmp_path: Path) -> None:
+    path = tmp_path / "old.yaml"
+    path.write_text("train:\n  device: cpu\n  num_threads: 2\n  lr: 0.01\n")
+    cfg = build_config(str(path))
+    assert (cfg.runtime.device, cfg.runtime.num_threads, cfg.train.lr) == ("cpu", 2, 0.01)
+    path.write_text("data:\n  dataset: synthetic\n  synthetic_classes: 4\n")
+    assert build_config(str(path)).dataset_options() == {
+        "num_classes": 4,
+        "train_per_class": 200,
+        "test_per_class": 40,
+        "image_size": 32,
+        "seed": 0,
+    }

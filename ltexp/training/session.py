@@ -1,0 +1,206 @@
+"""A training session: model, loss, optimizer, schedule and data on one device, ready for
+:func:`~ltexp.training.loop.fit`, resumed from a checkpoint when there is one.
+
+Also the data-parallel replica protocol: rank 0 broadcasts what it resolved (:class:`ReplicaSetup`);
+every other rank rebuilds the same data from the source files (verifying each digest) and trains
+the same steps, without MLflow and without writing files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ltexp.checkpoint import ResumeState
+from ltexp.config import Config
+from ltexp.data import PreparedData, load_source, rebuild
+from ltexp.data.pipeline import TensorBatches
+from ltexp.data.splits import TRAINING_SETS
+from ltexp.distributed import DistContext, broadcast
+from ltexp.losses import build_loss
+from ltexp.models import build_model
+from ltexp.training.loop import EpochResult, fit
+from ltexp.training.setup import (
+    TrainSpec,
+    make_optimizer,
+    make_scheduler,
+    resolve_device,
+    seed_everything,
+    set_deterministic,
+)
+
+
+@dataclass
+class Session:
+    """Everything one process trains with, and where training stands."""
+
+    model: torch.nn.Module  # the plain module: checkpoints, validation, registration
+    step_model: torch.nn.Module  # what the loop calls: DDP- and/or compile-wrapped
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_batches: TensorBatches
+    val_batches: TensorBatches
+    amp: torch.dtype | None
+    scaler: torch.amp.GradScaler | None
+    epochs: int
+    groups: dict[str, list[int]]
+    is_main: bool = True
+    start_epoch: int = 1
+    best_val_acc1: float = -1.0
+    best_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def resume_from(self, state: ResumeState, path: Path) -> None:
+        """Continue after the checkpoint's epoch (see :meth:`ResumeState.restore_into`)."""
+        state.restore_into(path, self.model, self.optimizer, self.scheduler)
+        self.start_epoch = state.epoch + 1
+        self.best_val_acc1, self.best_epoch = state.best_val_acc1, state.best_epoch
+        self.history = list(state.history)
+
+    def epochs_left(self) -> Iterator[EpochResult]:
+        """Train the remaining epochs; yield each one's result (see :func:`fit`)."""
+        return fit(
+            self.step_model,
+            self.loss_fn,
+            self.train_batches,
+            self.val_batches,
+            self.optimizer,
+            self.scheduler,
+            epochs=self.epochs,
+            start_epoch=self.start_epoch,
+            best_val_acc1=self.best_val_acc1,
+            best_epoch=self.best_epoch,
+            groups=self.groups,
+            amp=self.amp,
+            grad_scaler=self.scaler,
+            is_main=self.is_main,
+            eval_model=self.model,
+        )
+
+    def resume_state(self, result: EpochResult, config_hash: str) -> ResumeState:
+        """The checkpoint after ``result``'s epoch (its metrics already in the history)."""
+        from ltexp.checkpoint import rng_state
+
+        return ResumeState(
+            epoch=result.epoch,
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            best_val_acc1=result.best_val_acc1,
+            best_epoch=result.best_epoch,
+            history=self.history,
+            rng=rng_state(),
+            config_hash=config_hash,
+        )
+
+
+def build_session(
+    cfg: Config, prepared: PreparedData, spec: TrainSpec, ctx: DistContext | None = None
+) -> Session:
+    """Model, loss, optimizer, schedule and data on ``spec.device``, at epoch 1."""
+    ctx = ctx or DistContext()
+    t, rt = cfg.train, cfg.runtime
+    device = spec.device
+    set_deterministic(t.deterministic)
+    seed_everything(t.seed)
+    model = build_model(t.model, prepared.num_classes, pretrained=spec.pretrained, head=spec.head)
+    channels_last = rt.channels_last and device.type == "cuda"
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=fmt)
+    training_set = TRAINING_SETS[t.train_split]
+    loss_fn = build_loss(t.loss, prepared.class_counts(training_set), **cfg.loss_hparams()).to(
+        device
+    )
+    optimizer = make_optimizer(
+        t.optimizer,
+        model.parameters(),
+        lr=t.lr,
+        betas=t.betas,
+        eps=t.eps,
+        weight_decay=t.weight_decay,
+        momentum=t.momentum,
+        device=device,
+    )
+    scheduler = make_scheduler(
+        t.scheduler, optimizer, epochs=t.epochs, step_size=t.step_size, gamma=t.lr_gamma
+    )
+    batch = {
+        "device": device,
+        "image_size": spec.image_size,
+        "dtype": spec.amp or torch.float32,
+        "channels_last": channels_last,
+    }
+    split, val = prepared.splits[training_set], prepared.splits["val"]
+    train_batches = TensorBatches(
+        split.images,
+        split.labels,
+        t.batch_size,
+        train=True,
+        seed=t.seed,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        **batch,
+    )
+    val_batches = TensorBatches(val.images, val.labels, rt.eval_batch_size, **batch)
+    step_model = model
+    if ctx.enabled:
+        step_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if rt.compile:
+        step_model = torch.compile(step_model)
+    return Session(
+        model=model,
+        step_model=step_model,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_batches=train_batches,
+        val_batches=val_batches,
+        amp=spec.amp,
+        scaler=torch.amp.GradScaler(device.type) if spec.amp == torch.float16 else None,
+        epochs=t.epochs,
+        groups=prepared.groups(),
+        is_main=ctx.is_main,
+    )
+
+
+@dataclass(frozen=True)
+class ReplicaSetup:
+    """What rank 0 resolved and every other rank needs to train the same steps."""
+
+    run_id: str
+    manifest: dict[str, Any]
+    indices: dict[str, Any]
+    spec: TrainSpec
+    last: Path  # rank 0's resume checkpoint (same filesystem): replicas resume from it too
+    config_hash: str
+
+
+def share_setup(setup: ReplicaSetup | None, ctx: DistContext) -> ReplicaSetup:
+    """Rank 0 sends its setup; the other ranks receive it."""
+    return broadcast(setup, ctx)
+
+
+def train_replica(cfg: Config, ctx: DistContext) -> ReplicaSetup:
+    """A rank other than 0: rebuild the data, build the same session, train the same epochs."""
+    setup = share_setup(None, ctx)
+    manifest = setup.manifest
+    source = load_source(
+        manifest["dataset"], cfg.data.data_root, cfg.data.download, **manifest["dataset_options"]
+    )
+    prepared = rebuild(source, manifest, setup.indices)  # verifies every digest
+    spec = dataclasses.replace(setup.spec, device=resolve_device(cfg.runtime.device))
+    session = build_session(cfg, prepared, spec, ctx)
+    if setup.last.is_file():
+        state = ResumeState.load(setup.last, config_hash=setup.config_hash, epochs=cfg.train.epochs)
+        session.resume_from(state, setup.last)
+    for _ in session.epochs_left():
+        pass
+    return setup

@@ -1,0 +1,69 @@
+"""Evaluation functions on hand-made predictions: top-k, groups, bootstrap, per class."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ltexp.evaluation import (
+    bootstrap_interval,
+    confusion_matrix,
+    in_classes,
+    per_class_accuracy,
+    score,
+    score_test_sets,
+    topk,
+)
+
+
+def test_topk_orders_best_first() -> None:
+    logits = np.array([[0.1, 0.9, 0.5, 0.0], [3.0, -1.0, 2.0, 1.0]])
+    assert topk(logits, 2).tolist() == [[1, 2], [0, 2]]
+    assert topk(logits, 10).shape == (2, 4)  # k larger than the classes: all of them
+
+
+def test_score_counts_top1_and_top5_on_the_masked_images() -> None:
+    labels = np.array([0, 1, 2, 3])
+    top5 = np.array([[0, 1, 2, 3, 4], [2, 1, 0, 3, 4], [5, 6, 7, 8, 9], [3, 0, 1, 2, 4]])
+    s = score(labels, top5, None, samples=200, seed=0)
+    assert (s.n, s.acc1, s.acc5) == (4, 0.5, 0.75)
+    assert s.ci_low <= s.acc1 <= s.ci_high
+    masked = score(labels, top5, np.array([True, False, False, True]), samples=200, seed=0)
+    assert (masked.n, masked.acc1) == (2, 1.0)
+    assert score(labels, top5, np.zeros(4, bool), samples=10, seed=0) is None
+
+
+def test_bootstrap_interval_is_the_percentile_interval_of_resampled_means() -> None:
+    correct = np.array([1, 0, 1, 1, 0, 1, 1, 1, 0, 1], dtype=float)
+    low, high = bootstrap_interval(correct, samples=500, seed=3)
+    rng = np.random.default_rng(3)
+    means = correct[rng.integers(0, 10, size=(500, 10))].mean(axis=1)
+    assert (low, high) == pytest.approx(tuple(np.quantile(means, [0.025, 0.975])))
+    assert bootstrap_interval(np.ones(5), 100, 0) == (1.0, 1.0)
+    assert all(np.isnan(bootstrap_interval(np.array([]), 100, 0)))
+
+
+def test_score_test_sets_scores_every_group_of_test_lt() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    logits = rng.normal(size=(6, 3))
+    logits[np.arange(6), labels] += np.array([5, 5, -5, 5, -5, 5])  # 4 of 6 right
+    balanced = (np.array([0, 1, 2]), np.eye(3))  # all right
+    scores = score_test_sets(
+        balanced, (labels, logits), {"head": [0], "tail": [1, 2], "few": []}, 100, 0
+    )
+    assert set(scores) == {"balanced", "lt", "head", "tail"}  # an empty group is left out
+    assert scores["balanced"].acc1 == 1.0
+    assert scores["lt"].acc1 == pytest.approx(4 / 6)
+    assert scores["head"].acc1 == pytest.approx(2 / 3) and scores["head"].n == 3
+    assert scores["tail"].acc1 == pytest.approx(2 / 3) and scores["tail"].n == 3
+
+
+def test_per_class_accuracy_and_confusion() -> None:
+    labels = np.array([0, 0, 1, 1, 1])
+    preds = np.array([0, 1, 1, 1, 0])
+    n, acc = per_class_accuracy(labels, preds, 3)
+    assert n.tolist() == [2, 3, 0]
+    assert acc[:2] == pytest.approx([0.5, 2 / 3]) and np.isnan(acc[2])
+    assert confusion_matrix(labels, preds, 3).tolist() == [[1, 1, 0], [1, 2, 0], [0, 0, 0]]
+    assert in_classes(labels, [1]).tolist() == [False, False, True, True, True]

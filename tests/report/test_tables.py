@@ -1,0 +1,101 @@
+"""The report's tables from a frame of results (no tracking store): values computed here."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ltexp.report.build import Grid, build_report, results_frame
+from ltexp.report.tables import (
+    COLUMNS,
+    benchmarks_table,
+    cell_means,
+    results_table,
+    select_latest,
+    summary,
+)
+
+MODELS, LOSSES, SPLITS = ["resnet50", "vit_b16"], ["ce", "bs"], ["balanced", "lt"]
+
+
+def _records(seeds: tuple[int, ...] = (1, 2)) -> list[dict]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i, (m, lo, sp, s) in enumerate(itertools.product(MODELS, LOSSES, SPLITS, seeds)):
+        out.append(
+            {
+                "run_id": f"r{i}",
+                "end_time": i,
+                "dataset": "cifar100",
+                "model": m,
+                "loss": lo,
+                "train_split": sp,
+                "seed": str(s),
+                **{c: float(rng.uniform()) for c in COLUMNS},
+            }
+        )
+    return out
+
+
+def test_select_latest_keeps_the_newest_run_of_a_cell() -> None:
+    records = _records()
+    newer = {**records[0], "run_id": "new", "end_time": 1000, "balanced": 0.123}
+    selection = select_latest(results_frame([*records, newer]))
+    assert len(selection.results) == len(records)
+    kept = selection.results[selection.results["run_id"] == "new"]
+    assert kept["balanced"].tolist() == [0.123]
+    assert len(selection.duplicates) == 1 and "used the latest (new)" in selection.duplicates[0]
+
+
+def test_cell_means_and_results_table_are_seed_means_and_population_stds() -> None:
+    frame = results_frame(_records())
+    cells = cell_means(frame)
+    table = results_table(cells, "vit_b16", "lt", ["bs", "ce"])
+    assert table["loss"].tolist() == ["bs", "ce"]  # the order asked for
+    for _, row in table.iterrows():
+        part = frame[
+            (frame["model"] == "vit_b16")
+            & (frame["loss"] == row["loss"])
+            & (frame["train_split"] == "lt")
+        ]
+        for c in COLUMNS:
+            assert row[c] == pytest.approx(part[c].mean())
+            assert row[f"{c}_seed_std"] == pytest.approx(np.std(part[c].to_numpy(), ddof=0))
+        assert row["n_seeds"] == 2
+    missing = results_table(cells, "vit_b16", "lt", ["bs", "focal"])
+    assert missing[missing["loss"] == "focal"][list(COLUMNS)].isna().all(axis=None)
+
+
+def test_summaries_average_the_cells_of_long_tailed_training() -> None:
+    cells = cell_means(results_frame(_records(seeds=(1,))))
+    by_model = summary(cells, "model", ("resnet50", "vit_b16"))
+    lt = cells[cells["train_split"] == "lt"]
+    for _, row in by_model.iterrows():
+        values = lt[lt["model"] == row["model"]]["tail"].to_numpy()
+        assert row["tail_mean"] == pytest.approx(values.mean())
+        assert row["tail_std"] == pytest.approx(values.std(ddof=0))
+        assert row["n"] == len(LOSSES)
+
+
+def test_benchmarks_take_the_best_loss_of_balanced_training() -> None:
+    cells = cell_means(results_frame(_records(seeds=(1,))))
+    bench = benchmarks_table(cells, MODELS)
+    for _, row in bench.iterrows():
+        part = cells[(cells["model"] == row["model"]) & (cells["train_split"] == "balanced")]
+        assert row["result"] == pytest.approx(part["balanced"].max())
+        assert isinstance(row["benchmark_source"], str) and row["benchmark_source"]
+
+
+def test_build_report_writes_every_table_without_a_store(tmp_path) -> None:
+    frame = results_frame(_records())
+    report = build_report(frame, tmp_path, Grid(MODELS, [*LOSSES, "focal"], SPLITS, ["1", "2"]))
+    names = {p.name for p in report.files}
+    for m, sp in itertools.product(MODELS, SPLITS):
+        assert f"results_{m}_{sp}.csv" in names
+    assert {"report.md", "report.tex", "benchmarks.csv", "runs.csv"} <= names
+    assert len(report.missing) == len(MODELS) * len(SPLITS) * 2  # focal, both seeds
+    written = pd.read_csv(tmp_path / "runs.csv")
+    assert len(written) == len(frame)

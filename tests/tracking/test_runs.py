@@ -1,0 +1,88 @@
+"""Run lifecycle in a real (sqlite) store: statuses, reasons, params, reaping, re-delivery."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import mlflow
+import pytest
+
+from ltexp.errors import TrackingError
+from ltexp.tracking import runs, schema
+
+
+def _run(run_id: str):
+    return mlflow.get_run(run_id)
+
+
+def test_step_run_finishes_fails_with_a_reason_or_is_killed(tracking: str) -> None:
+    exp = runs.experiment_id("e")
+    with runs.step_run(schema.Step.TRAIN, experiment_id=exp, run_name="ok") as run:
+        ok = run.info.run_id
+    with pytest.raises(ValueError), runs.step_run(schema.Step.TRAIN, experiment_id=exp) as run:
+        failed = run.info.run_id
+        raise ValueError("bad thing\nsecond line")
+    with (
+        pytest.raises(KeyboardInterrupt),
+        runs.step_run(schema.Step.TRAIN, experiment_id=exp) as run,
+    ):
+        killed = run.info.run_id
+        raise KeyboardInterrupt
+    assert _run(ok).info.status == "FINISHED" and _run(ok).info.run_name == "ok"
+    assert _run(failed).info.status == "FAILED"
+    assert _run(failed).data.tags[schema.ERROR] == "ValueError: bad thing"
+    assert _run(killed).info.status == "KILLED"
+    tags = _run(ok).data.tags
+    assert tags[schema.STEP] == "train" and tags[schema.PID] == str(os.getpid())
+    assert mlflow.active_run() is None
+
+
+def test_log_params_keeps_equal_values_and_refuses_changes(tracking: str) -> None:
+    with runs.step_run(schema.Step.TRAIN, experiment_id=runs.experiment_id("e")):
+        mlflow.log_param("lr", "1e-3")  # as `mlflow run -P lr=1e-3` logs it
+        runs.log_params({"lr": 0.001, "betas": (0.9, 0.999), "x": None})
+        with pytest.raises(TrackingError, match="param lr is already '1e-3'"):
+            runs.log_params({"lr": 0.01})
+        params = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    assert params == {"lr": "1e-3", "betas": "0.9,0.999", "x": ""}
+
+
+def test_dead_runs_of_this_host_are_reaped(tracking: str) -> None:
+    exp = runs.experiment_id("e")
+    client = runs.client()
+    dead = client.create_run(
+        exp, tags={schema.HOST: socket.gethostname(), schema.PID: "999999999"}
+    ).info.run_id
+    alive = client.create_run(
+        exp, tags={schema.HOST: socket.gethostname(), schema.PID: str(os.getpid())}
+    ).info.run_id
+    elsewhere = client.create_run(exp, tags={schema.HOST: "other", schema.PID: "1"}).info.run_id
+    assert runs.reap_dead_runs([exp]) == [dead]
+    assert _run(dead).info.status == "FAILED" and "died" in _run(dead).data.tags[schema.ERROR]
+    assert _run(alive).info.status == "RUNNING" and _run(elsewhere).info.status == "RUNNING"
+
+
+def test_missing_epochs_are_delivered_once(tracking: str) -> None:
+    history = [{"epoch": e, schema.VAL_ACC1: e / 10} for e in (1, 2, 3)]
+    with runs.step_run(schema.Step.TRAIN, experiment_id=runs.experiment_id("e")) as run:
+        mlflow.log_metric(schema.VAL_ACC1, 0.1, step=1)
+        runs.deliver_history(run.info.run_id, history)
+        runs.deliver_history(run.info.run_id, history)
+    got = runs.client().get_metric_history(run.info.run_id, schema.VAL_ACC1)
+    assert sorted((m.step, m.value) for m in got) == [(1, 0.1), (2, 0.2), (3, 0.3)]
+
+
+def test_experiment_names_creation_and_search(tracking: str) -> None:
+    assert runs.default_experiment("demo", "digits") == "demo-digits"
+    assert runs.default_experiment("configs/mine.yaml", "cifar100") == "mine-cifar100"
+    assert runs.experiment_name("", "fallback") == "fallback"
+    exp = runs.experiment_id("e")
+    assert runs.experiment_id("e") == exp
+    client = runs.client()
+    for _ in range(7):
+        client.create_run(exp)
+    assert len(runs.search_all([exp])) == 7
+    client.delete_experiment(exp)
+    with pytest.raises(TrackingError, match="is deleted"):
+        runs.experiment_id("e")

@@ -1,0 +1,109 @@
+"""The schema owns every name: a tiny study logs only declared keys, and every declared name is
+used by the code."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from ltexp.config import all_fields
+from ltexp.steps.study import run_study
+from ltexp.tracking import schema
+
+LTEXP = Path(schema.__file__).resolve().parent.parent
+
+
+def _all_runs() -> dict[str, list]:
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    out: dict[str, list] = {}
+    for run in runs:
+        out.setdefault(run.data.tags[schema.STEP], []).append(run)
+    return out
+
+
+@pytest.fixture
+def study(tiny_config):
+    cfg = tiny_config(models="tiny_cnn", losses="ldam", train_splits="lt", epochs=1)
+    return run_study(cfg)
+
+
+def test_every_logged_key_is_declared(study) -> None:
+    runs = _all_runs()
+    assert set(runs) == set(schema.Step)
+    config_keys = set(all_fields())
+    declared_tags = set(schema.RUN_TAGS)
+    for step, step_runs in runs.items():
+        for run in step_runs:
+            own_tags = {k for k in run.data.tags if not k.startswith("mlflow.")}
+            assert own_tags <= declared_tags, (step, own_tags - declared_tags)
+    (train,) = runs["train"]
+    allowed = config_keys | set(schema.TRAIN_RESOLVED_PARAMS) | {"preset"}
+    allowed |= {schema.NUM_PARAMS, schema.WORLD_SIZE}
+    assert set(train.data.params) <= allowed, set(train.data.params) - allowed
+    assert "ldam_max_margin" in train.data.params  # the loss's own hyper-parameters
+    metrics = set(train.data.metrics)
+    assert metrics <= {*schema.EPOCH_METRICS, schema.BEST_VAL_ACC1, schema.BEST_EPOCH}
+    (evaluate,) = runs["evaluate"]
+    assert set(evaluate.data.params) == set(schema.EVALUATE_PARAMS)
+    assert set(evaluate.data.metrics) <= set(schema.TEST_METRICS)
+    assert evaluate.info.run_name == schema.evaluate_run_name(train.info.run_name)
+    (prepare,) = runs["prepare_data"]
+    extra = {p for p in prepare.data.params if p not in schema.PREPARE_DATA_PARAMS}
+    assert all(p.startswith(schema.DATASET_OPTION_PREFIX) for p in extra)
+    (main,) = runs["main"]
+    assert set(main.data.params) == set(schema.STUDY_PARAMS)
+    assert set(main.data.metrics) == {schema.CELLS_RUN, schema.CELLS_REUSED}
+    (aggregate,) = runs["aggregate"]
+    assert set(aggregate.data.params) == set(schema.AGGREGATE_PARAMS)
+    assert set(aggregate.data.metrics) == {schema.MISSING_CELLS, schema.DUPLICATE_CELLS}
+    for run in (prepare, train):
+        for dataset_input in run.inputs.dataset_inputs:
+            tags = {t.key for t in dataset_input.tags if not t.key.startswith("mlflow.")}
+            assert tags == set(schema.INPUT_TAGS)
+    # and every declared name is logged by such a study (or only by the runs that need it)
+    logged_tags = {k for rs in runs.values() for r in rs for k in r.data.tags}
+    assert set(schema.RUN_TAGS) - logged_tags == set(schema.CONDITIONAL_TAGS)
+    assert metrics == {*schema.EPOCH_METRICS, schema.BEST_VAL_ACC1, schema.BEST_EPOCH}
+    assert set(evaluate.data.metrics) == set(schema.TEST_METRICS)
+    assert set(schema.TRAIN_RESOLVED_PARAMS) <= set(train.data.params)
+    client = mlflow.MlflowClient()
+    (version,) = client.search_model_versions(
+        f"name = '{schema.registered_model_name('digits', 'tiny_cnn', 'ldam', 'lt')}'"
+    )
+    assert set(version.tags) == {t.value for t in schema.VersionTag}
+
+
+def _schema_names() -> set[str]:
+    tree = ast.parse(Path(schema.__file__).read_text())
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.FunctionDef | ast.ClassDef):
+            names.add(node.name)
+    return {n for n in names if not n.startswith("_")}
+
+
+def test_every_declared_name_is_used_outside_the_schema() -> None:
+    sources = "\n".join(p.read_text() for p in LTEXP.rglob("*.py") if p.name != "schema.py")
+    # catalogs the test above checks against what runs log, and names the schema builds
+    # other names from
+    catalogs = {
+        "RUN_TAGS",
+        "CONDITIONAL_TAGS",
+        "INPUT_TAGS",
+        "EPOCH_METRICS",
+        "TEST_METRICS",
+        "TRAIN_RESOLVED_PARAMS",
+        "EVALUATE_PARAMS",
+        "PREPARE_DATA_PARAMS",
+        "STUDY_PARAMS",
+        "AGGREGATE_PARAMS",
+    }
+    internal = {"INPUT_CONTEXT", "TEST_CONTEXT", "TEST_KINDS", "REGISTERED_PREFIX", *catalogs}
+    unused = sorted(n for n in _schema_names() - internal if f"schema.{n}" not in sources)
+    assert unused == []
