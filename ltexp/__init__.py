@@ -8,3 +8,13 @@ steps and the study that chains them).
 """
 
 __version__ = "0.1.0"
+
+
+def load_model(model_uri: str, device: str = "cpu"):
+    """A registered ltexp version as a trainable ``torch.nn.Module``, with no pickle executed.
+
+    See :func:`ltexp.tracking.registered_models.load_model`.
+    """
+    from ltexp.tracking.registered_models import load_model as _load_model
+
+    return _load_model(model_uri, device)

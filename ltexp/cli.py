@@ -170,6 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # one progress bar per artifact download drowns the log of a study
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # ltexp loads models from safetensors only; should anything reach MLflow's own loaders,
+    # they refuse pickles too, whatever the caller's environment allows
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     # MLflow's INFO lines (database migrations, system-metrics threads) drown ltexp's own
     logging.getLogger("mlflow").setLevel(os.environ.get("LTEXP_MLFLOW_LOG_LEVEL", "WARNING"))
     parser = build_parser()

@@ -11,7 +11,9 @@ import os
 import pickle
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -89,6 +91,35 @@ def tiny_config(tmp_path: Path, tracking: str):
         return build_config("demo", tiny_overrides(tmp_path, **extra))
 
     return make
+
+
+@dataclass
+class Trained:
+    """A finished cell (train run + child evaluate run) in a store of its own."""
+
+    folder: Path
+    cfg: Any  # ltexp.config.Config
+    cell: Any  # ltexp.steps.study.CellResult
+
+
+@pytest.fixture(scope="session")
+def trained_store(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """One short cell, trained once per test process, for the tests that read it (they may add
+    runs, never change or delete one)."""
+    from ltexp.config import build_config
+    from ltexp.steps.study import run_cell
+
+    folder = tmp_path_factory.mktemp("trained")
+    with store_in(folder):
+        cfg = build_config("demo", tiny_overrides(folder, loss="bs", epochs=3))
+        return Trained(folder, cfg, run_cell(cfg))
+
+
+@pytest.fixture
+def trained(trained_store: Trained) -> Iterator[tuple[Any, Any, Any]]:
+    """The shared cell, with MLflow pointed at its store: (config, train result, cell)."""
+    with store_in(trained_store.folder):
+        yield trained_store.cfg, trained_store.cell.train, trained_store.cell
 
 
 def write_cifar100(

@@ -33,6 +33,8 @@ from ltexp.losses import adjust_logits
 from ltexp.report.plots import confusion_figure, per_class_accuracy_figure
 from ltexp.tracking import registered_models, runs, schema
 from ltexp.tracking.datasets import load_prepared
+from ltexp.tracking.inputs import log_split_inputs
+from ltexp.tracking.results import log_model_input, log_test_results
 from ltexp.training import autocast_dtype, predict, resolve_device
 
 log = logging.getLogger(__name__)
@@ -47,8 +49,9 @@ def resolve_target(cfg: Config, train_run_id: str | None) -> tuple[mlflow.entiti
             return runs.get_run(source_run, schema.Step.TRAIN), uri
         except TrackingError:
             raise TrackingError(
-                f"model {cfg.evaluate.model_uri} was not logged by an ltexp "
-                f"train run, so its data and classes are unknown"
+                f"model_uri {cfg.evaluate.model_uri!r} was not registered by ltexp (its run is "
+                f"not an ltexp train run, so its data and classes are unknown); registered "
+                f"ltexp models: {registered_models.ltexp_model_names()}"
             ) from None
     if not train_run_id:
         raise ConfigError("evaluate needs train_run=<train run id> or model_uri=models:/...")
@@ -78,7 +81,7 @@ def run_evaluate(
     )
     device = resolve_device(cfg.runtime.device)
     model, info = registered_models.load_classifier(model_uri, device)
-    image_size = info.image_size if info else int(params.get("image_size", 32))
+    image_size = info.image_size
     amp = autocast_dtype(cfg.runtime.precision, device)
     channels_last = cfg.runtime.channels_last and device.type == "cuda"
     if channels_last:
@@ -87,7 +90,7 @@ def run_evaluate(
     tau = cfg.evaluate.tau
 
     outputs = {}
-    for split in ("test_balanced", "test_lt"):
+    for split in schema.EVALUATED_SPLITS:
         data = prepared.splits[split]
         batches = TensorBatches(
             data.images,
@@ -129,6 +132,9 @@ def run_evaluate(
         description=f"Test of {model_uri} (train run {train_run.info.run_id})"
         + (f", post-hoc logit adjustment tau={tau:g}" if tau else ""),
     ) as run:
+        datasets = log_split_inputs(prepared, schema.EVALUATED_SPLITS, schema.EVALUATE_CONTEXT)
+        model_id = registered_models.logged_model_id(model_uri)
+        log_model_input(model_id)
         runs.log_params(
             {
                 **cell,
@@ -139,7 +145,14 @@ def run_evaluate(
                 schema.BOOTSTRAP_SEED: cfg.evaluate.bootstrap_seed,
             }
         )
-        mlflow.log_metrics(metrics)
+        log_test_results(
+            metrics,
+            evaluate_run_id=run.info.run_id,
+            # a post-hoc adjusted result is not the checkpoint's own
+            train_run_id=None if tau else train_run.info.run_id,
+            model_id=model_id,
+            datasets=datasets,
+        )
         with tempfile.TemporaryDirectory() as tmp:
             _write_artifacts(
                 Path(tmp),

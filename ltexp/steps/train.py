@@ -222,5 +222,21 @@ def _train(
         schema.VersionTag.DATA_DIGEST: prepared.digest(),
         schema.VersionTag.CONFIG_HASH: chash,
     }
-    uri = registered_models.register_best(folder / BEST, info, registered, tags)
+    # what the experiment's Models view shows beside each model: the cell and its loss settings
+    model_params = {
+        "dataset": prepared.dataset,
+        "model": t.model,
+        "loss": t.loss,
+        "train_split": t.train_split,
+        "seed": t.seed,
+        **{f"{t.loss}_{k}": v for k, v in cfg.loss_hparams().items()},
+    }
+    uri = registered_models.register_best(
+        folder / BEST,
+        info,
+        registered,
+        tags,
+        logged_name=schema.run_name(t.model, t.loss, t.train_split, t.seed),
+        params=model_params,
+    )
     return TrainResult(run_id, best_acc, best_epoch, uri)

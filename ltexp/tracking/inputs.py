@@ -8,14 +8,19 @@ from ltexp.data import PreparedData
 from ltexp.tracking import schema
 
 
-def log_split_inputs(prepared: PreparedData, splits: tuple[str, ...]) -> None:
+def log_split_inputs(
+    prepared: PreparedData, splits: tuple[str, ...], context: str | None = None
+) -> dict[str, mlflow.data.Dataset]:
     """``mlflow.log_input`` for each split on the active run, with an explicit sha256 over every
-    byte.
+    byte; return the datasets (metrics can be linked to them).
+
+    ``context`` overrides the split's own context (:func:`schema.input_context`).
 
     MLflow's automatic digest hashes only the first 10,000 elements, and caps a digest at 36
     characters: the digest is the sha256's first 32 hex digits (128 bits) and the full sha256 is
     the input tag ``ltexp.sha256``.
     """
+    datasets = {}
     for name in splits:
         split = prepared.splits[name]
         digest = prepared.manifest["splits"][name]["digest"]
@@ -27,6 +32,8 @@ def log_split_inputs(prepared: PreparedData, splits: tuple[str, ...]) -> None:
         )
         mlflow.log_input(
             dataset,
-            context=schema.input_context(name),
+            context=context or schema.input_context(name),
             tags={schema.INPUT_SHA256: digest, schema.INPUT_SPLIT: name},
         )
+        datasets[name] = dataset
+    return datasets

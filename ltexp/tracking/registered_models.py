@@ -1,24 +1,30 @@
 """Checkpoints in the Model Registry: log, register, pick the champion, load back safely.
 
-Serialization format: the MLflow ``pytorch`` flavour with ``serialization_format="pt2"``
-(``torch.export``): a traced graph plus tensors. Loading it runs no pickled Python, which matters
-because the registry is shared by a team: anyone who can write a model version could otherwise
-run code on every machine that loads it (MLflow 3 refuses pickled models by default for the same
-reason). ``mlflow.pytorch.load_model("models:/<name>@champion")`` works in a fresh process with
-only ltexp's dependencies, on the CPU, and returns a module giving logits ``[B, K]`` for
-normalised images ``[B, 3, S, S]``.
+Each version is an MLflow ``pytorch`` model holding a TorchScript program
+(``torch.jit.script``), named after its cell (``resnet50-ldam-lt-s42``), with the cell's params,
+and two extra files: ``extra_files/weights.safetensors`` (the best-validation weights) and
+``extra_files/ltexp_model.json`` (architecture, classes, head, input size, normalisation).
 
-Beside the graph, each version carries ``extra_files/weights.safetensors`` (the best-validation
-weights) and ``extra_files/ltexp_model.json`` (architecture, classes, head, input size,
-normalisation). ltexp's own evaluate step rebuilds the model from those two files: an exported
-graph is fixed to the device it was traced on, the weights are not.
+Why TorchScript and not ``pt2`` (``torch.export``): what ``mlflow.pytorch.load_model`` returns
+for a pt2 model refuses ``.eval()``, ``.train()`` and moving to another device, and every
+PyTorch user calls ``.eval()`` after loading. A scripted module is a real module: ``.eval()``,
+``.train()`` (batch norm and dropout switch for real), ``.to(device)``, pyfunc and ``mlflow
+models serve`` all work. Loading it reads a TorchScript archive (TorchScript's own reader of
+tensors and TorchScript code), not pickled Python. MLflow counts every non-pt2 PyTorch model as
+"pickle", so with ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false`` its loader refuses them all;
+:func:`load_model` is the load that refuses any pickle whatever MLflow's setting: it rebuilds the
+module from ltexp's code and the safetensors weights (tensors only), and refuses a version that
+lacks them. ltexp itself only ever loads that way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
+import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +42,7 @@ from ltexp.tracking import runs, schema
 
 WEIGHTS_FILE = "weights.safetensors"
 MODEL_INFO_FILE = "ltexp_model.json"
+EXTRA_FILES_DIR = "extra_files"
 
 
 @dataclass(frozen=True)
@@ -50,41 +57,68 @@ class ModelInfo:
     std: tuple[float, float, float]
 
 
+@contextlib.contextmanager
+def _quiet_logging() -> Iterator[None]:
+    """MLflow warns that a non-pt2 model is "pickle" (see the module docstring) and that a
+    tensor example cannot be checked as a JSON serving payload; torch warns that TorchScript is
+    deprecated. None is a problem of the model being logged."""
+    loggers = [logging.getLogger(n) for n in ("mlflow.pytorch", "mlflow.models.model")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def log_and_register(
-    model: nn.Module, info: ModelInfo, registered_name: str, version_tags: dict[str, str]
+    model: nn.Module,
+    info: ModelInfo,
+    registered_name: str,
+    version_tags: dict[str, str],
+    *,
+    logged_name: str,
+    params: dict[str, Any] | None = None,
 ) -> str:
     """Log ``model`` (CPU copy, eval mode) to the active run and register a new version.
+
+    Args:
+        logged_name: the logged model's name in the UI (the cell: ``resnet50-ldam-lt-s42``).
+        params: shown beside the model in the experiment's Models view (the cell's params).
 
     Returns:
         ``models:/<name>/<version>``.
     """
     cpu_model = _unwrap(model).to("cpu").eval()
-    example = torch.zeros(2, 3, info.image_size, info.image_size)
+    side = info.image_size
+    example = torch.zeros(2, 3, side, side)
     with torch.no_grad():
         out_dim = cpu_model(example).shape[1]
+    # unnamed tensors: pyfunc and the serving endpoint take a plain (N, 3, S, S) array
     signature = ModelSignature(
-        inputs=Schema(
-            [TensorSpec(np.dtype(np.float32), (-1, 3, info.image_size, info.image_size), "images")]
-        ),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, out_dim), "logits")]),
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, side, side))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, out_dim))]),
     )
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_logging():
         weights = Path(tmp) / WEIGHTS_FILE
         save_weights(cpu_model.state_dict(), weights)
         meta = Path(tmp) / MODEL_INFO_FILE
         meta.write_text(json.dumps(asdict(info), indent=2))
-        # MLflow tries to validate a JSON serving example, which pt2 tensor models cannot take,
-        # and warns about it on every log: not a problem of the model
-        logging.getLogger("mlflow.models.model").setLevel(logging.ERROR)
         logged = mlflow.pytorch.log_model(
-            cpu_model,
-            name=schema.MODEL_ARTIFACT,
-            serialization_format="pt2",
+            torch.jit.script(cpu_model),
+            name=logged_name,
+            serialization_format="pickle",  # MLflow's name for every non-pt2 format
             input_example=example.numpy(),
             signature=signature,
             registered_model_name=registered_name,
             extra_files=[str(weights), str(meta)],
             pip_requirements=_requirements(),
+            params={k: str(v) for k, v in (params or {}).items()},
         )
     version = logged.registered_model_version
     c = runs.client()
@@ -94,9 +128,7 @@ def log_and_register(
 
 
 def _requirements() -> list[str]:
-    import torch as _torch
-
-    return [f"torch=={_torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
+    return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -105,7 +137,13 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def register_best(
-    weights: Path, info: ModelInfo, registered_name: str, version_tags: dict[str, str]
+    weights: Path,
+    info: ModelInfo,
+    registered_name: str,
+    version_tags: dict[str, str],
+    *,
+    logged_name: str,
+    params: dict[str, Any],
 ) -> str:
     """Register the best checkpoint of the active run, once: a resumed run that registered
     before its process died reuses that version. Sets the run's ``ltexp.model_uri`` tag and
@@ -117,7 +155,9 @@ def register_best(
     if uri is None:
         model = build_model(info.model, info.num_classes, pretrained=False, head=info.head)
         model.load_state_dict(load_weights(weights))
-        uri = log_and_register(model, info, registered_name, version_tags)
+        uri = log_and_register(
+            model, info, registered_name, version_tags, logged_name=logged_name, params=params
+        )
     mlflow.set_tag(schema.MODEL_URI, uri)
     update_champion(registered_name)
     return uri
@@ -136,53 +176,112 @@ def version_of_run(registered_name: str, run_id: str) -> str | None:
 
 
 def update_champion(registered_name: str) -> str:
-    """Point the ``champion`` alias at the version with the best ``val_acc1`` tag; return it."""
+    """Point ``champion`` at the version with the best ``val_acc1`` tag; return it.
+
+    The alias moves only to a strictly better version: on a tie the current champion stays (a
+    re-run with other, equally scoring settings does not silently replace it).
+    """
     c = runs.client()
     versions = c.search_model_versions(f"name = '{registered_name}'")
-    scored = [
-        (float(v.tags.get(schema.VersionTag.VAL_ACC1, "-1")), int(v.version)) for v in versions
-    ]
-    if not scored:
+    if not versions:
         raise TrackingError(f"registered model {registered_name!r} has no versions")
-    _, best = max(scored)
-    c.set_registered_model_alias(registered_name, schema.CHAMPION_ALIAS, str(best))
-    return str(best)
+
+    def score(v: Any) -> float:
+        try:
+            return float(v.tags.get(schema.VersionTag.VAL_ACC1, "-1"))
+        except ValueError:
+            return -1.0
+
+    best = max(versions, key=lambda v: (score(v), -int(v.version)))  # first of the best
+    current = next((v for v in versions if schema.CHAMPION_ALIAS in (v.aliases or [])), None)
+    if current is not None and score(current) >= score(best):
+        return str(current.version)
+    c.set_registered_model_alias(registered_name, schema.CHAMPION_ALIAS, str(best.version))
+    return str(best.version)
+
+
+def ltexp_model_names() -> str:
+    """A few registered ltexp model names, for error messages (``none`` when there are none)."""
+    try:
+        found = runs.client().search_registered_models(
+            f"name LIKE '{schema.REGISTERED_PREFIX}%'", max_results=8
+        )
+    except mlflow.exceptions.MlflowException:
+        return "none"
+    names = [m.name for m in found]
+    return ", ".join(names) + (", …" if len(names) == 8 else "") if names else "none"
 
 
 def resolve_model_uri(model_uri: str) -> tuple[str, str]:
-    """``(models:/<name>/<version>, source run id)`` of a ``models:/`` or ``runs:/`` URI."""
+    """``(models:/<name>/<version>, source run id)`` of a ``models:/`` or ``runs:/`` URI.
+
+    Raises:
+        TrackingError: one line naming the URI and what exists instead.
+    """
     c = runs.client()
-    try:
-        if model_uri.startswith("models:/"):
-            body = model_uri.removeprefix("models:/")
-            name, _, ref = body.partition("@") if "@" in body else body.rpartition("/")
-            if "@" in body:
-                mv = c.get_model_version_by_alias(name, ref)
-            elif ref.isdigit():
-                mv = c.get_model_version(name, ref)
-            else:
-                raise TrackingError(
-                    f"model_uri {model_uri!r} must be models:/<name>/<version> "
-                    f"or models:/<name>@<alias>"
-                )
-            return f"models:/{mv.name}/{mv.version}", mv.run_id
-        if model_uri.startswith("runs:/"):
-            run_id = model_uri.removeprefix("runs:/").split("/")[0]
-            runs.get_run(run_id)
-            return model_uri, run_id
-    except mlflow.exceptions.MlflowException as e:
+    where = mlflow.get_tracking_uri()
+    if model_uri.startswith("runs:/"):
+        run_id = model_uri.removeprefix("runs:/").split("/")[0]
+        runs.get_run(run_id)
+        return model_uri, run_id
+    if not model_uri.startswith("models:/"):
         raise TrackingError(
-            f"model_uri {model_uri!r} does not resolve on "
-            f"{mlflow.get_tracking_uri()} ({runs.error_line(e)[:160]})"
+            f"model_uri {model_uri!r} must be models:/<name>/<version>, models:/<name>@<alias> "
+            f"or runs:/<run id>/<model name>"
+        )
+    body = model_uri.removeprefix("models:/")
+    name, sep, ref = body.partition("@") if "@" in body else body.rpartition("/")
+    if not name or not ref or (sep == "/" and not ref.isdigit()):
+        raise TrackingError(
+            f"model_uri {model_uri!r} must be models:/<name>/<version> or models:/<name>@<alias>"
+        )
+    try:
+        model = c.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        raise TrackingError(
+            f"model_uri {model_uri!r}: no registered model {name!r} on {where}; "
+            f"registered ltexp models: {ltexp_model_names()}"
         ) from None
-    raise TrackingError(f"model_uri {model_uri!r} must start with models:/ or runs:/")
+    versions = sorted(int(v.version) for v in c.search_model_versions(f"name = '{name}'"))
+    try:
+        mv = (
+            c.get_model_version_by_alias(name, ref)
+            if sep == "@"
+            else c.get_model_version(name, ref)
+        )
+    except mlflow.exceptions.MlflowException:
+        what = f"alias {ref!r}" if sep == "@" else f"version {ref}"
+        aliases = ", ".join(sorted(model.aliases)) if model.aliases else "none"
+        raise TrackingError(
+            f"model_uri {model_uri!r}: {name!r} has no {what}; its versions: "
+            f"{', '.join(map(str, versions)) or 'none'}; its aliases: {aliases}"
+        ) from None
+    return f"models:/{mv.name}/{mv.version}", mv.run_id
 
 
-def load_classifier(model_uri: str, device: torch.device) -> tuple[nn.Module, ModelInfo | None]:
-    """Load a registered classifier onto ``device``, reading tensors only.
+def logged_model_id(model_uri: str) -> str | None:
+    """The MLflow logged-model id behind ``models:/<name>/<version>`` (None if unknown)."""
+    if not model_uri.startswith("models:/"):
+        return None
+    name, _, version = model_uri.removeprefix("models:/").rpartition("/")
+    try:
+        mv = runs.client().get_model_version(name, version)
+    except mlflow.exceptions.MlflowException:
+        return None
+    # some stores leave model_id empty; the version's source is then models:/<model id>
+    source = mv.source or ""
+    return mv.model_id or (
+        source.removeprefix("models:/") if source.startswith("models:/m-") else None
+    )
 
-    ltexp versions are rebuilt from their safetensors weights (any device); other models fall
-    back to ``mlflow.pytorch.load_model`` (CPU).
+
+def load_classifier(model_uri: str, device: torch.device | str) -> tuple[nn.Module, ModelInfo]:
+    """Rebuild a registered ltexp classifier on ``device`` from its code and safetensors
+    weights, in eval mode. Nothing but tensors and JSON is read: no pickle, no TorchScript.
+
+    Raises:
+        TrackingError: the version cannot be downloaded, or lacks ltexp's files (a model that
+            ltexp did not register, or a tampered one) — it is refused, never loaded.
     """
     from ltexp.models import build_model
 
@@ -193,12 +292,37 @@ def load_classifier(model_uri: str, device: torch.device) -> tuple[nn.Module, Mo
             raise TrackingError(
                 f"cannot download model {model_uri!r} ({runs.error_line(e)[:160]})"
             ) from None
-        info_path = local / "extra_files" / MODEL_INFO_FILE
-        if not info_path.is_file():
-            model = mlflow.pytorch.load_model(str(local))
-            return model.to(device) if device.type == "cpu" else model, None
-        raw: dict[str, Any] = json.loads(info_path.read_text())
-        info = ModelInfo(**{**raw, "mean": tuple(raw["mean"]), "std": tuple(raw["std"])})
+        info_path = local / EXTRA_FILES_DIR / MODEL_INFO_FILE
+        weights_path = local / EXTRA_FILES_DIR / WEIGHTS_FILE
+        if not (info_path.is_file() and weights_path.is_file()):
+            raise TrackingError(
+                f"model {model_uri!r} lacks {EXTRA_FILES_DIR}/{MODEL_INFO_FILE} and "
+                f"{EXTRA_FILES_DIR}/{WEIGHTS_FILE}: it was not registered by ltexp and is "
+                f"refused (ltexp loads safetensors weights only, never a pickled model)"
+            )
+        try:
+            raw: dict[str, Any] = json.loads(info_path.read_text())
+            info = ModelInfo(**{**raw, "mean": tuple(raw["mean"]), "std": tuple(raw["std"])})
+        except (ValueError, TypeError, KeyError):
+            raise TrackingError(f"model {model_uri!r} has a corrupt {MODEL_INFO_FILE}") from None
         model = build_model(info.model, info.num_classes, pretrained=False, head=info.head)
-        model.load_state_dict(load_weights(local / "extra_files" / WEIGHTS_FILE))
+        try:
+            model.load_state_dict(load_weights(weights_path))
+        except RuntimeError as e:
+            raise TrackingError(
+                f"model {model_uri!r}: its weights do not fit {info.model} "
+                f"({str(e).splitlines()[0][:120]})"
+            ) from None
     return model.to(device).eval(), info
+
+
+def load_model(model_uri: str, device: torch.device | str = "cpu") -> nn.Module:
+    """A registered ltexp version as a plain, trainable ``torch.nn.Module`` (eval mode).
+
+    ``ltexp.load_model("models:/ltexp-cifar100-vit_b16-ldam-lt@champion")``: rebuilt from
+    ltexp's code and the version's safetensors weights, so no pickle is executed whatever
+    ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION`` says; call ``.train()`` to fine-tune it further.
+    Inputs are normalised ``(N, 3, S, S)`` float images (see the version's ``ltexp_model.json``).
+    """
+    model, _ = load_classifier(resolve_model_uri(model_uri)[0], device)
+    return model

@@ -69,6 +69,9 @@ INPUT_DIGEST_CHARS = 32
 # the context of each split in a run's inputs
 INPUT_CONTEXT = {"train_balanced": "training", "train_lt": "training", "val": "validation"}
 TEST_CONTEXT = "testing"
+# an evaluate run's inputs: the splits it tests on
+EVALUATE_CONTEXT = "test"
+EVALUATED_SPLITS = ("test_balanced", "test_lt")
 
 
 def input_context(split: str) -> str:
@@ -145,6 +148,8 @@ BEST_VAL_ACC1 = "best_val_acc1"
 BEST_EPOCH = "best_epoch"
 TEST_GROUPS = ("balanced", "lt", *GROUPS)
 TEST_KINDS = ("acc1", "acc5", "acc1_ci_low", "acc1_ci_high")
+# the split each test group's metrics are computed on (the dataset they are linked to)
+TEST_GROUP_SPLIT = {g: "test_balanced" if g == "balanced" else "test_lt" for g in TEST_GROUPS}
 REPORT_COLUMNS = {
     "balanced": "test_balanced_acc1",
     "long_tailed": "test_lt_acc1",
@@ -177,13 +182,18 @@ EPOCH_METRICS = (
     IMAGES_PER_S,
 )
 TEST_METRICS = tuple(test_metric(g, k) for g in TEST_GROUPS for k in TEST_KINDS)
+# the split each test metric was computed on
+TEST_METRIC_SPLIT = {
+    test_metric(g, k): TEST_GROUP_SPLIT[g] for g in TEST_GROUPS for k in TEST_KINDS
+}
+# what a train run carries of its checkpoint's evaluation: the report's five columns
+HEADLINE_TEST_METRICS = tuple(REPORT_COLUMNS.values())
 
 # --- artifacts -------------------------------------------------------------------------------
 CONFIG_ARTIFACT = "config.yaml"
 MANIFEST_ARTIFACT = "manifest.json"
 SPLIT_INDICES_ARTIFACT = "splits.npz"
 CLASS_COUNTS_FIGURE = "class_counts.png"
-MODEL_ARTIFACT = "model"  # the logged MLflow model of a train run
 PER_CLASS_ARTIFACT = "per_class_accuracy.csv"
 PER_CLASS_FIGURE = "per_class_accuracy.png"
 CONFUSION_FIGURE = "confusion_matrix.png"

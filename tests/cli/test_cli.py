@@ -121,7 +121,7 @@ def test_evaluate_needs_a_target(
     assert main(["evaluate"]) == 2
     assert "train_run=" in capsys.readouterr().err
     assert main(["evaluate", "--model-uri", "models:/nope@champion"]) == 2
-    assert "does not resolve" in capsys.readouterr().err
+    assert "no registered model 'nope'" in capsys.readouterr().err
     assert main(["evaluate", "--train-run", "0" * 32]) == 2
     assert "does not exist" in capsys.readouterr().err
 

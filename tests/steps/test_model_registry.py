@@ -1,0 +1,212 @@
+"""The Model Registry as researchers use it: load, predict, serve a champion from a fresh
+process; logged models and runs that the MLflow UI can compare; bad model URIs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from ltexp.cli import main
+from ltexp.tracking import schema
+from ltexp.tracking.registered_models import logged_model_id
+from tests.conftest import free_port
+
+CHAMPION = "models:/ltexp-digits-tiny_cnn-bs-lt@champion"
+
+
+def _fresh_python(code: str, cwd: Path) -> str:
+    """Run ``code`` in a new interpreter with only MLFLOW_TRACKING_URI pointing at the store."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_") and k != "PYTHONPATH"}
+    env.update(MLFLOW_TRACKING_URI=mlflow.get_tracking_uri(), MLFLOW_DISABLE_TELEMETRY="true")
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_champion_loads_evals_moves_predicts_and_trains_in_a_fresh_process(
+    trained, tmp_path: Path
+) -> None:
+    code = f"""
+import mlflow, numpy as np, torch
+m = mlflow.pytorch.load_model({CHAMPION!r})
+m.eval()
+m.to("cpu")
+with torch.no_grad():
+    print("logits", tuple(m(torch.randn(5, 3, 32, 32)).shape))
+m.train()
+m(torch.randn(4, 3, 32, 32)).sum().backward()  # a real module: it trains
+print("grads", all(p.grad is not None for p in m.parameters()))
+p = mlflow.pyfunc.load_model({CHAMPION!r})
+print("pyfunc", p.predict(np.random.randn(3, 3, 32, 32).astype(np.float32)).shape)
+try:
+    p.predict(np.zeros((3, 3, 8, 8), np.float32))
+except mlflow.exceptions.MlflowException as e:
+    print("schema error", "enforce schema" in str(e))
+import ltexp
+t = ltexp.load_model({CHAMPION!r})
+y = t(torch.zeros(2, 3, 32, 32))
+print("ltexp", type(t).__module__.startswith("ltexp"), t.training, tuple(y.shape))
+"""
+    out = _fresh_python(code, tmp_path).splitlines()
+    assert out == [
+        "logits (5, 10)",
+        "grads True",
+        "pyfunc (3, 10)",
+        "schema error True",
+        "ltexp True False (2, 10)",
+    ]
+
+
+def test_the_three_loads_give_the_same_logits(trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ltexp
+
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # MLflow 3.17's default
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        scripted = mlflow.pytorch.load_model(CHAMPION).eval()(x)
+        rebuilt = ltexp.load_model(CHAMPION)(x)
+    served = mlflow.pyfunc.load_model(CHAMPION).predict(x.numpy())
+    assert torch.allclose(scripted, rebuilt, atol=1e-5)
+    assert np.allclose(served, rebuilt.numpy(), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_invocations(trained, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+    env.pop("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", None)  # MLflow's default, as users serve
+    # the serving command starts uvicorn from PATH, as in an activated virtual environment
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", CHAMPION]
+    command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - the server writes to it
+    server = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, (
+                    tmp_path / "serve.log"
+                ).read_text()[-2000:]
+                time.sleep(0.5)
+        x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": x.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert response.status == 200
+            predictions = np.array(json.loads(response.read())["predictions"])
+        import ltexp
+
+        with torch.no_grad():
+            expected = ltexp.load_model(CHAMPION)(torch.from_numpy(x)).numpy()
+        assert predictions.shape == (2, 10) and np.allclose(predictions, expected, atol=1e-4)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def test_logged_model_is_named_by_its_cell_with_params_and_linked_test_metrics(trained) -> None:
+    _cfg, result, cell = trained
+    client = mlflow.MlflowClient()
+    model = client.get_logged_model(logged_model_id(result.model_uri))
+    assert model.name == "tiny_cnn-bs-lt-s42"
+    for key, value in {
+        "dataset": "digits",
+        "model": "tiny_cnn",
+        "loss": "bs",
+        "train_split": "lt",
+        "seed": "42",
+    }.items():
+        assert model.params[key] == value
+    evaluate = client.get_run(cell.evaluate_run_id)
+    linked = {m.key: m for m in model.metrics if m.run_id == cell.evaluate_run_id}
+    assert set(linked) == set(evaluate.data.metrics)
+    for key, metric in linked.items():
+        assert metric.value == evaluate.data.metrics[key]
+        split = schema.TEST_METRIC_SPLIT[key]
+        assert metric.dataset_name == f"digits/{split}"
+
+
+def test_evaluate_run_lists_its_test_sets_with_the_prepared_digests(trained) -> None:
+    _cfg, result, cell = trained
+    client = mlflow.MlflowClient()
+    evaluate = client.get_run(cell.evaluate_run_id)
+    prepare = client.get_run(client.get_run(result.run_id).data.tags[schema.DATA_RUN])
+    prepared = {
+        {t.key: t.value for t in i.tags}[schema.INPUT_SPLIT]: i.dataset.digest
+        for i in prepare.inputs.dataset_inputs
+    }
+    seen = {}
+    for dataset_input in evaluate.inputs.dataset_inputs:
+        tags = {t.key: t.value for t in dataset_input.tags}
+        assert tags["mlflow.data.context"] == "test"
+        seen[tags[schema.INPUT_SPLIT]] = dataset_input.dataset.digest
+    assert seen == {s: prepared[s] for s in ("test_balanced", "test_lt")}
+    assert [m.model_id for m in evaluate.inputs.model_inputs] == [logged_model_id(result.model_uri)]
+
+
+def test_train_run_carries_its_checkpoint_s_headline_test_metrics(trained) -> None:
+    _cfg, result, cell = trained
+    client = mlflow.MlflowClient()
+    train = client.get_run(result.run_id).data.metrics
+    evaluate = client.get_run(cell.evaluate_run_id).data.metrics
+    for name in schema.HEADLINE_TEST_METRICS:
+        assert train[name] == evaluate[name]
+    assert not {k for k in train if k.startswith("test_")} - set(schema.HEADLINE_TEST_METRICS)
+
+
+@pytest.mark.parametrize(
+    "uri,message",
+    [
+        (
+            "models:/ltexp-digits-nope-ce-lt@champion",
+            "no registered model 'ltexp-digits-nope-ce-lt' on sqlite:",
+        ),
+        ("models:/ltexp-digits-tiny_cnn-bs-lt@best", "has no alias 'best'; its versions: 1"),
+        ("models:/ltexp-digits-tiny_cnn-bs-lt/7", "has no version 7; its versions: 1"),
+        ("models:/other-project-model/1", "not registered by ltexp"),
+    ],
+)
+def test_bad_model_uris_are_one_line_exit_2_and_leave_no_run(
+    trained, uri: str, message: str, capsys: pytest.CaptureFixture
+) -> None:
+    if "other-project" in uri:  # a model that another tool registered, without ltexp's files
+        with mlflow.start_run(run_name="not-ltexp"):
+            mlflow.pytorch.log_model(
+                torch.nn.Linear(2, 2),
+                name="m",
+                registered_model_name="other-project-model",
+                serialization_format="pt2",
+                input_example=np.zeros((2, 2), np.float32),
+            )
+        capsys.readouterr()
+    before = len(mlflow.search_runs(search_all_experiments=True, output_format="list"))
+    assert main(["evaluate", "--model-uri", uri]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and uri in err[0], err
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert len(runs) == before and not [r for r in runs if r.info.status == "RUNNING"]
