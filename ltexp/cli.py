@@ -17,7 +17,14 @@ from typing import Any, NoReturn
 
 from mlflow.exceptions import MlflowException
 
-from ltexp.config import Config, FieldSpec, build_config, command_fields
+from ltexp.config import (
+    DEMO_PRESET,
+    PROTOCOL_PRESET,
+    Config,
+    FieldSpec,
+    build_config,
+    command_fields,
+)
 from ltexp.errors import LtexpError
 
 COMMANDS = ("prepare-data", "train", "evaluate", "aggregate", "main")
@@ -49,7 +56,8 @@ def _add_config_options(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument(
         "--preset",
         default=None,
-        help="preset in configs/ (demo, thesis) or a YAML file (default: demo)",
+        help="preset in configs/ (demo, thesis) or a YAML file (default: "
+        f"{default_preset(command)})",
     )
     parser.add_argument(
         "--experiment",
@@ -62,12 +70,15 @@ def _add_config_options(parser: argparse.ArgumentParser, command: str) -> None:
             flags.append(f"--{spec.key}")
         if command == "prepare-data" and spec.key == "split_seed":
             flags.append("--seed")
+        # a yes/no option alone means yes: `--percent` is `--percent true`
+        flag_alone = {"nargs": "?", "const": "true"} if spec.type is bool else {}
         parser.add_argument(
             *flags,
             dest=spec.key,
             default=argparse.SUPPRESS,
             metavar="VALUE",
             help=(spec.help_text() + _describe_default(spec)).replace("%", "%%"),
+            **flag_alone,
         )
 
 
@@ -100,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     skip = {"command", "preset", "parent_run_id"}
     return {k: v for k, v in vars(args).items() if k not in skip and v != ""}
+
+
+def default_preset(command: str) -> str:
+    """``main`` runs the embedded demo (no download, a CPU is enough); every other command runs
+    the protocol (CIFAR-100, the pretrained backbones) unless a preset says otherwise."""
+    return DEMO_PRESET if command == "main" else PROTOCOL_PRESET
 
 
 def _print(line: str) -> None:
@@ -141,7 +158,7 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
     def aggregate(cfg: Config, args: argparse.Namespace) -> int:
         from ltexp.steps.aggregate import run_aggregate
 
-        result = run_aggregate(cfg)
+        result = run_aggregate(cfg, announce=_print)
         print(f"aggregate run: {result.run_id}  report: {result.output_dir}")
         return 0
 
@@ -182,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ltexp.bench import run_bench
 
             return run_bench(args)
-        cfg = build_config(args.preset, _overrides(args))
+        cfg = build_config(args.preset or default_preset(args.command), _overrides(args))
         return _handlers()[args.command](cfg, args)
     except LtexpError as e:
         print(f"ltexp {args.command}: error: {e}", file=sys.stderr)

@@ -27,7 +27,9 @@ import yaml
 from ltexp.errors import ConfigError, did_you_mean, unknown_name_error
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
-DEFAULT_PRESET = "demo"
+DEMO_PRESET = "demo"  # the embedded digits, small models from scratch: runs on a CPU
+PROTOCOL_PRESET = "thesis"  # the protocol: CIFAR-100, the four pretrained backbones
+DEFAULT_PRESET = DEMO_PRESET
 COMMANDS = ("prepare-data", "train", "evaluate", "aggregate", "main")
 
 
@@ -123,10 +125,10 @@ class TrainConfig:
         "true", "true (library weights), false (random init) or a path to a local state dict"
     )
     head: str = _opt(
-        "auto",
-        "classifier head: linear, cosine, or auto (cosine for ldam as in "
-        "Cao et al. 2019, linear otherwise)",
-        choices=("auto", "linear", "cosine"),
+        "linear",
+        "classifier head: linear (the protocol's 100-way layer, for every loss) or cosine (the "
+        "normalised classifier Cao et al. 2019 paired LDAM with)",
+        choices=("linear", "cosine"),
     )
     image_size: int | None = _opt(
         None, "input side in pixels (default: the model's, 224 for the pretrained backbones)", low=8
@@ -283,6 +285,15 @@ class ReportConfig:
         "", "where the report is written (default reports/<experiment>/)", runtime=True
     )
     report_dataset: str = _opt("", "dataset to report when an experiment holds several")
+    percent: bool = _opt(
+        False, "print percentages with two decimals, as the thesis text does (CSVs stay fractions)"
+    )
+    intervals: bool = _opt(True, "show each single-seed cell's 95% bootstrap interval in report.md")
+    references: str = _opt(
+        "",
+        "CSV of published results for Table 4.9 (model,benchmark,benchmark_source; default: "
+        "the thesis's four references, shipped with ltexp)",
+    )
 
 
 SECTIONS: dict[str, type] = {

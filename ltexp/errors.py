@@ -5,6 +5,12 @@ CLI prints its message as one line and exits non-zero, without a traceback; ever
 bug and keeps its traceback.
 """
 
+# What an offline user can run instead of the protocol (named in download errors).
+OFFLINE_ALTERNATIVE = (
+    "to try ltexp without downloads, run the embedded demo: -P preset=demo (mlflow run) or "
+    "--preset demo"
+)
+
 
 class LtexpError(Exception):
     """An error the user can fix; its message says what is wrong and what would be right."""

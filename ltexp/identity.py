@@ -59,13 +59,12 @@ def data_key(cfg: Config) -> str:
 
 def train_identity(cfg: Config, data_digest: str) -> dict[str, Any]:
     """Everything that decides what a train run computes: its config (runtime fields left
-    out), the resolved head and image size, the loss's hyper-parameters, the data."""
-    from ltexp.training.setup import resolve_head, resolve_image_size
+    out), the resolved image size, the loss's hyper-parameters, the data."""
+    from ltexp.training.setup import resolve_image_size
 
     nested = cfg.to_dict(("train", "runtime"))
     return {
         "train": _without_runtime({**nested["train"], **nested["runtime"]}),
-        "head": resolve_head(cfg),
         "image_size": resolve_image_size(cfg),
         "loss_hparams": cfg.loss_hparams(),
         "data_digest": data_digest,

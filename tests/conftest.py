@@ -82,6 +82,14 @@ def tiny_overrides(tmp_path: Path, **extra: object) -> dict[str, object]:
     return values
 
 
+def tiny_args(tmp_path: Path, **extra: object) -> list[str]:
+    """:func:`tiny_overrides` as command-line options, after ``--preset demo``."""
+    args = ["--preset", "demo"]
+    for key, value in tiny_overrides(tmp_path, **extra).items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
+
+
 @pytest.fixture
 def tiny_config(tmp_path: Path, tracking: str):
     """The demo preset shrunk to a few CPU seconds, tracking into ``tmp_path``."""

@@ -16,7 +16,7 @@ from ltexp.cli import build_parser, main
 from ltexp.data import DATASETS, DatasetOption, SourceData, register_dataset
 from ltexp.losses import LOSSES, ClassAwareLoss, HParam, register_loss
 from ltexp.tracking import schema
-from tests.conftest import tiny_overrides
+from tests.conftest import tiny_args
 
 
 class ScaledCrossEntropy(ClassAwareLoss):
@@ -67,8 +67,7 @@ def test_a_new_loss_is_an_option_a_param_and_trains(
     help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     assert "--scaled-ce-factor" in help_text and "scaled_ce" in help_text
     args = ["train", "--loss", "scaled_ce", "--scaled-ce-factor", "3", "--epochs", "1"]
-    for k, v in tiny_overrides(tmp_path, evaluate_after="false").items():
-        args += [f"--{k.replace('_', '-')}", str(v)]
+    args += tiny_args(tmp_path, evaluate_after="false")
     assert main(args) == 0, capsys.readouterr().err
     (train,) = mlflow.search_runs(
         search_all_experiments=True,
@@ -93,8 +92,7 @@ def test_a_new_dataset_option_reaches_the_loader_the_manifest_and_the_runs(
     manifest = json.loads(Path(path).read_text())
     assert manifest["num_classes"] == 4 and manifest["dataset_options"] == {"classes": 4}
     args = ["train", *base, "--model", "tiny_cnn", "--pretrained", "false", "--epochs", "1"]
-    for k, v in tiny_overrides(tmp_path).items():
-        args += [f"--{k.replace('_', '-')}", str(v)]
+    args += tiny_args(tmp_path)
     assert main(args) == 0, capsys.readouterr().err
     assert main(["prepare-data", "--dataset", "blobs", "--blobs-classes", "9"]) == 2
     assert "blobs_classes must be <= 8" in capsys.readouterr().err

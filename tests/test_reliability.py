@@ -17,17 +17,14 @@ import torch
 
 from ltexp.checkpoint import LAST
 from ltexp.tracking import schema
-from tests.conftest import TrackingServer, step_counts, tiny_overrides
+from tests.conftest import TrackingServer, step_counts, tiny_args, tiny_overrides
 
 pytestmark = pytest.mark.slow
 EPOCHS = 5
 
 
 def _train_cmd(tmp_path: Path, **extra: object) -> list[str]:
-    args = [sys.executable, "-m", "ltexp", "train"]
-    for k, v in tiny_overrides(tmp_path, **extra).items():
-        args += [f"--{k.replace('_', '-')}", str(v)]
-    return args
+    return [sys.executable, "-m", "ltexp", "train", *tiny_args(tmp_path, **extra)]
 
 
 def _env(uri: str, **extra: str) -> dict[str, str]:

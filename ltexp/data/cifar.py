@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ltexp.data.sources import SourceData, register_dataset, sha256_file
-from ltexp.errors import DataError
+from ltexp.errors import OFFLINE_ALTERNATIVE, DataError
 
 FOLDER = "cifar-100-python"
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -91,7 +91,7 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def _download(root: Path) -> None:
+def _download(root: Path, missing: list[str]) -> None:
     import torchvision
 
     try:
@@ -99,10 +99,10 @@ def _download(root: Path) -> None:
     except Exception as e:  # noqa: BLE001 - offline: turned into one clear line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(
-            f"CIFAR-100 is not in {str(root / FOLDER)!r} (looked for train, test, meta) and the "
+            f"CIFAR-100 is not in {str(root / FOLDER)!r} (missing: {', '.join(missing)}) and the "
             f"download failed ({first}). On a networked machine run `ltexp prepare-data "
             f"--dataset cifar100 --data-root DIR`, or download {URL} and extract it into "
-            f"{str(root)!r}"
+            f"{str(root)!r}; {OFFLINE_ALTERNATIVE}"
         ) from None
 
 
@@ -117,7 +117,7 @@ def load_cifar100(root: Path, download: bool = True) -> SourceData:
                 f"CIFAR-100 files {missing} are missing in {str(folder)!r}; set "
                 f"download=true, or download {URL} and extract it into {str(root)!r}"
             )
-        _download(root)
+        _download(root, missing)
     checksums = {}
     for name in OFFICIAL_MD5:
         path = folder / name

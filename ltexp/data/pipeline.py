@@ -1,10 +1,11 @@
 """The input pipeline: a split held as a uint8 tensor (on the GPU when training there), augmented
 a whole batch at a time with tensor ops. No PIL, no DataLoader workers, no per-image Python.
 
-Train (SPEC.md): resize to ``image_size`` (bilinear), random crop with 4 px zero padding, horizontal
-flip with p = 0.5, normalise. Eval: resize, normalise. Randomness for an epoch (order, crop offsets,
-flips) comes from a CPU generator seeded by ``(seed, epoch)``: the same seed gives the same batches
-on any device, and a resumed run replays an epoch exactly without saving any loader state.
+Train (docs/protocol.md): resize to ``image_size`` (bilinear), random crop with 4 px zero padding,
+horizontal flip with p = 0.5, normalise. Eval: resize, normalise. Randomness for an epoch (order,
+crop offsets, flips) comes from a CPU generator seeded by ``(seed, epoch)``: the same seed gives the
+same batches on any device, and a resumed run replays an epoch exactly without saving any loader
+state.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# CIFAR statistics, as in the thesis pipeline (SPEC.md).
+# CIFAR statistics, as in the thesis pipeline (docs/protocol.md).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 CROP_PADDING = 4

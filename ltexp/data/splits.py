@@ -1,4 +1,4 @@
-"""The split protocol of SPEC.md: balanced, long-tailed and group splits as index arrays.
+"""The split protocol (docs/protocol.md): balanced, long-tailed and group splits as index arrays.
 
 From a source train set and a source test set (``ltexp.data.sources``):
 

@@ -2,9 +2,14 @@
 Label-Distribution-Aware Margin Loss, NeurIPS 2019).
 
 ``ℓ = CE(s·(z − Δ_y e_y), y)`` with ``Δ_j = C / n_j^{1/4}``, C chosen so that the largest margin
-(the rarest class) is ``max_margin``. The margin is subtracted from the true class only. The
-original pairs it with a cosine classifier (logits in [−1, 1]) and scale ``s = 30``; ltexp's
-``head=auto`` does the same. ``max_margin = 0`` and ``scale = 1`` give cross-entropy.
+(the rarest class) is ``max_margin``. The margin is subtracted from the true class only.
+``max_margin = 0`` and ``scale = 1`` give cross-entropy.
+
+Classifier: the original pairs LDAM with a cosine classifier (``NormedLinear``: logits are cosines
+in [−1, 1], which ``s = 30`` scales). The protocol ltexp reproduces replaces every backbone's
+classifier by a plain linear layer for every loss, LDAM included, so that is ltexp's default;
+``head=cosine`` gives the original pairing. With a linear head the logits are not bounded, and
+``s`` multiplies them as well.
 """
 
 from __future__ import annotations

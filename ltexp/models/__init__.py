@@ -1,8 +1,9 @@
 """Backbones behind one registry: ``build_model(name, num_classes, pretrained, head)``.
 
-Registered: the four pretrained backbones of SPEC.md (``resnet50``, ``mobilenet_v2``,
-``convnext_base`` from torchvision; ``vit_b16`` from timm), small from-scratch models for the demo
-and tests (``cifar_resnet20``, ``tiny_cnn``), and ``timm:<name>`` for any timm model.
+Registered: the four pretrained backbones of the protocol (docs/protocol.md): ``resnet50``,
+``mobilenet_v2``, ``convnext_base`` from torchvision; ``vit_b16`` from timm, small from-scratch
+models for the demo and tests (``cifar_resnet20``, ``tiny_cnn``), and ``timm:<name>`` for any timm
+model.
 """
 
 from ltexp.discover import import_submodules

@@ -1,4 +1,5 @@
-"""The ImageNet-pretrained backbones of SPEC.md, and any timm model as ``timm:<name>``.
+"""The ImageNet-pretrained backbones of the protocol (docs/protocol.md), and any timm model as
+``timm:<name>``.
 
 Weights come from the libraries' own download and cache (torch hub for torchvision, the Hugging
 Face hub for timm). Offline without cached weights, building fails with one line naming the cache
@@ -14,13 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ltexp.errors import ConfigError, WeightsError
+from ltexp.errors import OFFLINE_ALTERNATIVE, ConfigError, WeightsError
 from ltexp.models.registry import ModelSpec, register_model, register_prefix
 
 _WAYS_OUT = (
     "pre-download them on a networked machine (the same command with network access "
-    "fills the cache) and copy the file there, or use pretrained=false, or "
-    "pretrained=<path to a local state dict>"
+    f"fills the cache) and copy the file there, or use pretrained=false, or "
+    f"pretrained=<path to a local state dict>; {OFFLINE_ALTERNATIVE}"
 )
 
 
@@ -81,37 +82,56 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(e).__name__
 
 
-register_model(
-    ModelSpec(
-        "resnet50",
-        _torchvision("resnet50", "ResNet50_Weights.IMAGENET1K_V2"),
-        "fc",
+def _torchvision_top1(weights_name: str) -> Callable[[], float | None]:
+    """ImageNet-1K top-1 (%) that torchvision publishes with the weights (no download)."""
+
+    def top1() -> float | None:
+        import torchvision.models as tvm
+
+        metrics = tvm.get_weight(weights_name).meta.get("_metrics", {})
+        return metrics.get("ImageNet-1K", {}).get("acc@1")
+
+    return top1
+
+
+def _torchvision_spec(name: str, builder: str, weights: str, classifier: str, title: str):
+    return ModelSpec(
+        name,
+        _torchvision(builder, weights),
+        classifier,
         224,
         "torchvision",
-        "ResNet50_Weights.IMAGENET1K_V2",
+        weights,
+        display_name=title,
+        kind="CNN",
+        pretraining="ImageNet-1K",
+        imagenet_top1=_torchvision_top1(weights),
     )
+
+
+register_model(
+    _torchvision_spec("resnet50", "resnet50", "ResNet50_Weights.IMAGENET1K_V2", "fc", "ResNet-50")
 )
 register_model(
-    ModelSpec(
+    _torchvision_spec(
         "mobilenet_v2",
-        _torchvision("mobilenet_v2", "MobileNet_V2_Weights.IMAGENET1K_V1"),
-        "classifier.1",
-        224,
-        "torchvision",
+        "mobilenet_v2",
         "MobileNet_V2_Weights.IMAGENET1K_V1",
+        "classifier.1",
+        "MobileNetV2",
     )
 )
 register_model(
-    ModelSpec(
+    _torchvision_spec(
         "convnext_base",
-        _torchvision("convnext_base", "ConvNeXt_Base_Weights.DEFAULT"),
-        "classifier.2",
-        224,
-        "torchvision",
+        "convnext_base",
         "ConvNeXt_Base_Weights.DEFAULT",
+        "classifier.2",
+        "ConvNeXt-Base",
     )
 )
 # timm's default tag of vit_base_patch16_224: ImageNet-21k pretrained, ImageNet-1k fine-tuned.
+# timm publishes no top-1 in the model's metadata (the thesis gives none either).
 register_model(
     ModelSpec(
         "vit_b16",
@@ -121,6 +141,9 @@ register_model(
         "timm",
         "vit_base_patch16_224.augreg2_in21k_ft_in1k",
         fixed_input_size=True,
+        display_name="ViT-B/16",
+        kind="ViT",
+        pretraining="ImageNet-21K, fine-tuned on ImageNet-1K",
     )
 )
 
@@ -143,6 +166,8 @@ def timm_spec(name: str) -> ModelSpec:
         "timm",
         model_name,
         fixed_input_size=bool(getattr(cfg, "fixed_input_size", False)),
+        kind="ViT" if model_name.startswith(("vit", "deit", "eva", "beit")) else "CNN",
+        pretraining=f"timm weights {getattr(cfg, 'tag', '') or 'default'}",
     )
 
 

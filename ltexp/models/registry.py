@@ -25,6 +25,11 @@ class ModelSpec:
         source: where it comes from, for the docs and the run params.
         weights: which pretrained weights ``pretrained=True`` loads.
         fixed_input_size: the model only accepts ``input_size`` (a ViT's position embeddings).
+        display_name: how the report names it (``ResNet-50``).
+        kind: ``CNN`` or ``ViT`` (the report's Table 3.3).
+        pretraining: what ``weights`` were trained on (``ImageNet-1K``; ``none`` from scratch).
+        imagenet_top1: ImageNet-1K top-1 (%) of ``weights`` from the library's own metadata, or
+            None where the library publishes none.
     """
 
     name: str
@@ -34,6 +39,15 @@ class ModelSpec:
     source: str
     weights: str
     fixed_input_size: bool = False
+    display_name: str = ""
+    kind: str = "CNN"
+    pretraining: str = "none (trained from scratch)"
+    imagenet_top1: Callable[[], float | None] = lambda: None
+
+    @property
+    def title(self) -> str:
+        """The display name, or the registry name."""
+        return self.display_name or self.name
 
 
 MODELS: dict[str, ModelSpec] = {}

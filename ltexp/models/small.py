@@ -97,7 +97,11 @@ def _from_scratch(factory: Callable[[], nn.Module]) -> Callable[[bool], nn.Modul
     return create
 
 
-register_model(ModelSpec("tiny_cnn", _from_scratch(TinyCNN), "fc", 32, "ltexp", "none"))
+register_model(
+    ModelSpec(
+        "tiny_cnn", _from_scratch(TinyCNN), "fc", 32, "ltexp", "none", display_name="Tiny CNN"
+    )
+)
 for _depth in (8, 20, 32):  # variants are data: ResNet-8/20/32 of He et al. (2016)
     register_model(
         ModelSpec(
@@ -107,5 +111,6 @@ for _depth in (8, 20, 32):  # variants are data: ResNet-8/20/32 of He et al. (20
             32,
             "ltexp",
             "none",
+            display_name=f"ResNet-{_depth} (CIFAR)",
         )
     )

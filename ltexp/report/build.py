@@ -1,11 +1,20 @@
-"""Write the report: CSV tables, ``report.md``, ``report.tex`` and the figures."""
+"""Write the report: CSV tables, figures, and ``report.md`` / ``report.tex`` that show them all.
+
+The report is a list of :class:`Table` and :class:`Figure` blocks in the thesis's order (Tables
+3.2-3.3, Figures 3.3-3.4, Tables 4.1-4.11, Figures 4.1-4.6, then what goes beyond the thesis:
+the paired comparisons with the Softmax loss). Markdown and LaTeX are two renderings of the same
+blocks, so they cannot disagree. Numbers are fractions in the CSVs and, by default, in the text;
+``percent`` prints percentages with two decimals, as the thesis text does.
+"""
 
 from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -14,26 +23,35 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from ltexp.report.paired import PairedDifference, paired_bootstrap
 from ltexp.report.tables import (
+    BASELINE_LOSS,
     COLUMN_TITLES,
     COLUMNS,
     LOSS_ORDER,
     MODEL_ORDER,
     SPLIT_ORDER,
     SPLIT_TITLES,
+    backbones_table,
     benchmarks_table,
     cell_means,
     loss_title,
+    lt_class_counts,
     model_title,
     ordered,
+    reference_results,
     results_table,
     select_latest,
+    split_sizes_table,
     summary,
 )
 from ltexp.tracking.schema import CELL_PARAMS, REPORT_COLUMNS
 
 log = logging.getLogger(__name__)
 DASH = "—"
+# evaluate's predictions artifact: <split>_labels, <split>_top5 for test_balanced and test_lt
+# (None: the run has none)
+Predictions = Callable[[str], Mapping[str, np.ndarray] | None]
 
 
 @dataclass
@@ -47,6 +65,42 @@ class Grid:
 
 
 @dataclass
+class ReportOptions:
+    """How the report is written.
+
+    Attributes:
+        percent: percentages with two decimals in report.md/.tex (CSVs stay fractions).
+        intervals: each single-seed cell of Tables 4.1-4.8 with its 95 % bootstrap interval in
+            report.md.
+        bootstrap_samples, bootstrap_seed: the paired bootstrap's resamples and seed.
+        references: a CSV of published results (default: the thesis's, shipped with ltexp).
+    """
+
+    percent: bool = False
+    intervals: bool = True
+    bootstrap_samples: int = 1000
+    bootstrap_seed: int = 0
+    references: str = ""
+
+
+@dataclass
+class ReportInputs:
+    """What a report is built from (the aggregate step gathers it from the store).
+
+    Attributes:
+        results: one row per evaluate run (see :func:`results_frame`).
+        manifest: the prepare_data manifest of the data the runs used (None: not found).
+        predictions: loads an evaluate run's predictions by run id (None: no paired tables).
+        notes: problems found while gathering, printed at the top of the report.
+    """
+
+    results: pd.DataFrame
+    manifest: dict[str, Any] | None = None
+    predictions: Predictions | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Report:
     """What was written, and what the reader must know."""
 
@@ -55,23 +109,88 @@ class Report:
     missing: list[str]
     duplicates: list[str]
     n_runs: int
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Table:
+    """A table of the report: a numbered caption, a header, rows of rendered cells, notes."""
+
+    number: str
+    caption: str
+    header: list[str]
+    rows: list[list[str]]
+    notes: list[str] = field(default_factory=list)
+    tex_rows: list[list[str]] | None = None  # when LaTeX needs other text than Markdown
+    align: str = ""  # l/r per column (default: the first left, the others right)
+
+    def alignment(self) -> str:
+        return self.align or "l" + "r" * (len(self.header) - 1)
+
+
+@dataclass
+class Figure:
+    """A figure of the report (PNG for Markdown, PDF for LaTeX)."""
+
+    number: str
+    caption: str
+    stem: str
 
 
 def results_frame(records: list[dict]) -> pd.DataFrame:
-    """Frame of evaluate results: run_id, end_time, the cell params, the five columns."""
+    """Frame of evaluate results: run_id, end_time, the cell params, the five columns and their
+    bootstrap bounds (NaN where not logged)."""
     frame = pd.DataFrame.from_records(records)
-    for col in ("run_id", "end_time", *CELL_PARAMS, *COLUMNS):
+    bounds = [f"{c}_ci_{b}" for c in COLUMNS for b in ("low", "high")]
+    for col in ("run_id", "end_time", *CELL_PARAMS, *COLUMNS, *bounds):
         if col not in frame:
             frame[col] = np.nan
-    for col in COLUMNS:
+    for col in (*COLUMNS, *bounds):
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    frame["seed"] = frame["seed"].astype(str)
     return frame
 
 
-def build_report(frame: pd.DataFrame, output_dir: Path, grid: Grid | None = None) -> Report:
-    """Write every table and figure of the report for ``frame`` into ``output_dir``."""
+class _Fmt:
+    """Numbers as the report prints them: fractions with 4 decimals, or percentages with 2."""
+
+    def __init__(self, percent: bool) -> None:
+        self.percent = percent
+
+    def __call__(self, value: float, signed: bool = False) -> str:
+        if value is None or pd.isna(value):
+            return DASH
+        sign = "+" if signed else ""
+        return f"{value * 100:{sign}.2f}" if self.percent else f"{value:{sign}.4f}"
+
+    def pm(self, mean: float, std: float) -> str:
+        return DASH if pd.isna(mean) else f"{self(mean)} ± {self(std)}"
+
+    def interval(self, value: float, low: float, high: float, signed: bool = False) -> str:
+        if pd.isna(value):
+            return DASH
+        if pd.isna(low) or pd.isna(high):
+            return self(value, signed)
+        return f"{self(value, signed)} [{self(low, signed)}, {self(high, signed)}]"
+
+    @property
+    def unit(self) -> str:
+        return "top-1 accuracy in %" if self.percent else "top-1 accuracy as a fraction"
+
+
+def build_report(
+    inputs: ReportInputs | pd.DataFrame,
+    output_dir: Path,
+    grid: Grid | None = None,
+    options: ReportOptions | None = None,
+) -> Report:
+    """Write every table and figure of the report into ``output_dir``."""
+    if isinstance(inputs, pd.DataFrame):
+        inputs = ReportInputs(inputs)
+    options = options or ReportOptions()
     output_dir.mkdir(parents=True, exist_ok=True)
-    selection = select_latest(frame)
+    fmt = _Fmt(options.percent)
+    selection = select_latest(inputs.results)
     results = selection.results
     if grid is None:
         grid = Grid(
@@ -81,11 +200,15 @@ def build_report(frame: pd.DataFrame, output_dir: Path, grid: Grid | None = None
             sorted(results["seed"].astype(str).unique().tolist()),
         )
     missing = _missing_cells(results, grid)
+    notes = list(inputs.notes)
     for line in missing:
         log.warning("missing result: %s", line)
     for line in selection.duplicates:
         log.warning("duplicate results: %s", line)
+    references, problems = reference_results(options.references or None)
+    notes += problems
     cells = cell_means(results)
+    numbered = _is_full_thesis_grid(grid, cells)
     files: list[Path] = []
 
     def write_csv(df: pd.DataFrame, name: str) -> None:
@@ -93,34 +216,212 @@ def build_report(frame: pd.DataFrame, output_dir: Path, grid: Grid | None = None
         df.to_csv(path, index=False, float_format="%.6f")
         files.append(path)
 
+    def number(n: str) -> str:
+        return n if numbered else ""
+
+    manifest = inputs.manifest
+    tail_n = int(manifest["splits"]["test_tail"]["n"]) if manifest else None
+    blocks: list[Table | Figure] = []
+
+    # --- the data and the models ---------------------------------------------------------
+    if manifest is not None:
+        sizes = split_sizes_table(manifest)
+        write_csv(sizes, "split_sizes.csv")
+        blocks.append(
+            Table(
+                number("3.2"),
+                f"The splits of {manifest['dataset']} (images, classes, images per class)",
+                ["Split", "Images", "Classes", "Per class"],
+                [[r.split, f"{r.images:,}", str(r.classes), _range(r)] for r in sizes.itertuples()],
+            )
+        )
+    else:
+        notes.append(
+            "no prepare_data run of these results' data was found: Table 3.2 and Figures "
+            "3.3/3.4 are left out, and the paired comparisons have no head/middle/tail columns"
+        )
+    num_classes = int(manifest["num_classes"]) if manifest else 100
+    backbones = backbones_table(grid.models, num_classes)
+    write_csv(backbones, "backbones.csv")
+    blocks.append(
+        Table(
+            number("3.3"),
+            f"The backbones (parameters with a {num_classes}-way linear head)",
+            ["Backbone", "Type", "Pretraining", "Parameters (M)", "ImageNet top-1 (%)"],
+            [
+                [
+                    model_title(r.model),
+                    r.type,
+                    r.pretraining,
+                    f"{r.params_millions:.2f}",
+                    DASH if pd.isna(r.imagenet_top1) else f"{r.imagenet_top1:.3f}",
+                ]
+                for r in backbones.itertuples()
+            ],
+            ["ImageNet top-1: from the weights' own metadata (torchvision); timm publishes none."],
+            align="lllrr",
+        )
+    )
+    if manifest is not None:
+        for num, split, what in (("3.3", "train_lt", "training"), ("3.4", "test_lt", "test")):
+            stem = f"fig_{split}_class_counts"
+            files += _class_count_figure(lt_class_counts(manifest, split), output_dir / stem, what)
+            blocks.append(
+                Figure(
+                    number(num),
+                    f"Images per class of the long-tailed {what} set, classes from most to "
+                    f"least frequent",
+                    stem,
+                )
+            )
+
+    # --- Tables 4.1-4.8 ------------------------------------------------------------------
     runs_out = results[["run_id", *CELL_PARAMS, *COLUMNS]].rename(columns=REPORT_COLUMNS)
     write_csv(runs_out, "runs.csv")
-    tables: dict[tuple[str, str], pd.DataFrame] = {}
+    thesis_tables = [(m, s) for m in MODEL_ORDER for s in SPLIT_ORDER]
+    tail_note = _tail_note(tail_n, fmt)
     for model, split in itertools.product(grid.models, grid.train_splits):
-        tables[(model, split)] = results_table(cells, model, split, grid.losses)
-        write_csv(tables[(model, split)], f"results_{model}_{split}.csv")
-    bench = benchmarks_table(cells, grid.models)
+        table = results_table(cells, model, split, grid.losses)
+        write_csv(table, f"results_{model}_{split}.csv")
+        several = "n_seeds" in table
+        rows, tex_rows = [], []
+        for _, row in table.iterrows():
+            if several:
+                shown = [fmt.pm(row[c], row[f"{c}_seed_std"]) for c in COLUMNS]
+                tex = shown
+            else:
+                tex = [fmt(row[c]) for c in COLUMNS]
+                shown = [
+                    fmt.interval(row[c], row.get(f"{c}_ci_low"), row.get(f"{c}_ci_high"))
+                    if options.intervals
+                    else fmt(row[c])
+                    for c in COLUMNS
+                ]
+            rows.append([loss_title(row["loss"]), *shown])
+            tex_rows.append([loss_title(row["loss"]), *tex])
+        table_notes = []
+        if several:
+            n = table["n_seeds"].dropna()
+            table_notes.append(
+                f"Mean ± population std over seeds (n = {', '.join(map(str, sorted(set(n))))})."
+            )
+        elif options.intervals:
+            table_notes.append("In brackets: the 95 % bootstrap interval over the test images.")
+        table_notes += tail_note
+        key = (model, split)
+        num = f"4.{thesis_tables.index(key) + 1}" if key in thesis_tables else ""
+        blocks.append(
+            Table(
+                number(num),
+                f"{model_title(model)} trained on the {SPLIT_TITLES.get(split, split)} set: "
+                f"top-1 accuracy",
+                ["Loss", *(COLUMN_TITLES[c] for c in COLUMNS)],
+                rows,
+                table_notes,
+                tex_rows,
+            )
+        )
+
+    # --- Tables 4.9-4.11 -----------------------------------------------------------------
+    bench = benchmarks_table(cells, grid.models, references)
     write_csv(bench, "benchmarks.csv")
+    blocks.append(
+        Table(
+            number("4.9"),
+            "Best balanced-test top-1 over the losses (balanced training) beside a published "
+            "CIFAR-100 result",
+            ["Backbone", "This study", "Best loss", "Published", "Source"],
+            [
+                [
+                    model_title(r.model),
+                    fmt(r.result),
+                    loss_title(r.best_loss) if r.best_loss else DASH,
+                    fmt(r.benchmark),
+                    r.benchmark_source,
+                ]
+                for r in bench.itertuples()
+            ],
+            align="lrlrl",
+        )
+    )
     by_model = summary(cells, "model", MODEL_ORDER)
     by_loss = summary(cells, "loss", LOSS_ORDER)
     write_csv(by_model.drop(columns="n"), "summary_by_model.csv")
     write_csv(by_loss.drop(columns="n"), "summary_by_loss.csv")
+    for frame, by, num, what in (
+        (by_model, "model", "4.10", "per backbone, over the losses"),
+        (by_loss, "loss", "4.11", "per loss, over the backbones"),
+    ):
+        name = model_title if by == "model" else loss_title
+        blocks.append(
+            Table(
+                number(num),
+                f"Long-tailed training, mean ± std {what}",
+                ["Backbone" if by == "model" else "Loss", *(COLUMN_TITLES[c] for c in COLUMNS)],
+                [
+                    [name(r[by]), *(fmt.pm(r[f"{c}_mean"], r[f"{c}_std"]) for c in COLUMNS)]
+                    for _, r in frame.iterrows()
+                ],
+                ["Standard deviation: population (ddof = 0).", *tail_note],
+            )
+        )
 
-    numbered = _is_full_spec_grid(grid, cells)
+    # --- Figures 4.1-4.6 -----------------------------------------------------------------
+    stem = "fig_summary_by_model"
+    files += _errorbar_figure(by_model, "model", model_title, out=output_dir / stem)
+    what = "mean ± std over the losses, long-tailed training"
+    blocks.append(Figure(number("4.1"), f"{number('Table 4.10') or 'Per backbone'}: {what}", stem))
+    for model in grid.models:
+        stem = f"fig_{model.replace(':', '_')}"
+        files += _lines_figure(cells, model, grid.losses, output_dir / stem)
+        num = f"4.{MODEL_ORDER.index(model) + 2}" if model in MODEL_ORDER else ""
+        blocks.append(
+            Figure(
+                number(num),
+                f"{model_title(model)}, long-tailed training: one line per loss across the "
+                f"five columns",
+                stem,
+            )
+        )
+    stem = "fig_summary_by_loss"
+    files += _errorbar_figure(by_loss, "loss", loss_title, out=output_dir / stem)
+    what = "mean ± std over the backbones, long-tailed training"
+    blocks.append(Figure(number("4.6"), f"{number('Table 4.11') or 'Per loss'}: {what}", stem))
+
+    # --- beyond the thesis: paired comparisons with the Softmax loss -----------------------
+    if inputs.predictions is not None and BASELINE_LOSS in grid.losses:
+        paired, unreadable = paired_frame(results, inputs.predictions, manifest, grid, options)
+        if unreadable:
+            notes.append(
+                f"{unreadable} evaluate run(s) have no readable predictions artifact: their "
+                f"paired comparisons with the Softmax loss are left out"
+            )
+        if len(paired):
+            write_csv(paired, "paired_vs_softmax.csv")
+            blocks += _paired_blocks(paired, grid, fmt, tail_note, number)
+            files += _paired_figure(paired, grid, output_dir / "fig_paired_vs_softmax")
+    elif inputs.predictions is not None:
+        notes.append("the grid has no Softmax loss (ce): no paired comparisons")
+
     files += _write_markdown(
-        output_dir,
-        tables,
-        bench,
-        by_model,
-        by_loss,
-        numbered,
-        missing,
-        selection.duplicates,
-        len(results),
+        output_dir, blocks, fmt, notes, missing, selection.duplicates, len(results)
     )
-    files += _write_latex(output_dir, tables, bench, by_model, by_loss, numbered)
-    files += _figures(output_dir, cells, by_model, by_loss, grid)
-    return Report(output_dir, files, missing, selection.duplicates, len(results))
+    files += _write_latex(output_dir, blocks, fmt)
+    return Report(output_dir, files, missing, selection.duplicates, len(results), notes)
+
+
+def _range(row: Any) -> str:
+    low, high = row.per_class_min, row.per_class_max
+    return str(low) if low == high else f"{low}–{high}"
+
+
+def _tail_note(tail_n: int | None, fmt: _Fmt) -> list[str]:
+    if not tail_n:
+        return []
+    return [
+        f"The tail column is measured on {tail_n} test images: one image moves it by "
+        f"{fmt(1 / tail_n)}."
+    ]
 
 
 def _missing_cells(results: pd.DataFrame, grid: Grid) -> list[str]:
@@ -141,7 +442,7 @@ def _missing_cells(results: pd.DataFrame, grid: Grid) -> list[str]:
     ]
 
 
-def _is_full_spec_grid(grid: Grid, cells: pd.DataFrame) -> bool:
+def _is_full_thesis_grid(grid: Grid, cells: pd.DataFrame) -> bool:
     if set(grid.models) != set(MODEL_ORDER) or set(grid.losses) != set(LOSS_ORDER):
         return False
     want = set(itertools.product(MODEL_ORDER, LOSS_ORDER, SPLIT_ORDER))
@@ -149,38 +450,147 @@ def _is_full_spec_grid(grid: Grid, cells: pd.DataFrame) -> bool:
     return want <= have
 
 
-def _fmt(value: float) -> str:
-    return DASH if value is None or pd.isna(value) else f"{value:.4f}"
+# --- paired comparisons ---------------------------------------------------------------------
 
 
-def _pm(mean: float, std: float) -> str:
-    return DASH if pd.isna(mean) else f"{mean:.4f} ± {std:.4f}"
+def _correct(pred: Mapping[str, np.ndarray], split: str) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(pred[f"{split}_labels"])
+    return labels, (np.asarray(pred[f"{split}_top5"])[:, 0] == labels).astype(np.float64)
 
 
-def _captions(tables: dict, numbered: bool) -> dict[tuple[str, str], str]:
-    out = {}
-    order = [(m, s) for m in MODEL_ORDER for s in SPLIT_ORDER]
-    for key in tables:
-        model, split = key
-        text = f"{model_title(model)} trained on the {SPLIT_TITLES.get(split, split)} set: top-1"
-        if numbered and key in order:
-            text = f"Table 4.{order.index(key) + 1}: {text}"
-        out[key] = text
-    return out
+def paired_frame(
+    results: pd.DataFrame,
+    predictions: Predictions,
+    manifest: dict[str, Any] | None,
+    grid: Grid,
+    options: ReportOptions,
+) -> tuple[pd.DataFrame, int]:
+    """Every loss against the Softmax loss, per backbone, training set and column: the paired
+    difference of top-1 on the same test images (see :mod:`ltexp.report.paired`); and how many
+    runs had no predictions to compare."""
+    groups = {g: manifest["groups"][g] for g in ("head", "middle", "tail")} if manifest else {}
+    loaded: dict[str, Mapping[str, np.ndarray] | None] = {}
+
+    def load(run_id: str) -> Mapping[str, np.ndarray] | None:
+        if run_id not in loaded:
+            loaded[run_id] = predictions(run_id)
+        return loaded[run_id]
+
+    rows = []
+    for model, split in itertools.product(grid.models, grid.train_splits):
+        part = results[(results["model"] == model) & (results["train_split"] == split)]
+        base = part[part["loss"] == BASELINE_LOSS].set_index("seed")["run_id"]
+        for loss in grid.losses:
+            if loss == BASELINE_LOSS:
+                continue
+            other = part[part["loss"] == loss].set_index("seed")["run_id"]
+            seeds = [
+                s
+                for s in sorted(set(base.index) & set(other.index))
+                if load(base[s]) is not None and load(other[s]) is not None
+            ]
+            if not seeds:
+                continue
+            row: dict[str, Any] = {"model": model, "train_split": split, "loss": loss}
+            row["n_seeds"] = len(seeds)
+            for column, test_split, group in (
+                ("balanced", "test_balanced", None),
+                ("long_tailed", "test_lt", None),
+                ("head", "test_lt", "head"),
+                ("middle", "test_lt", "middle"),
+                ("tail", "test_lt", "tail"),
+            ):
+                if group is not None and group not in groups:
+                    diff = PairedDifference(np.nan, np.nan, np.nan, 0)
+                else:
+                    a_rows, b_rows, labels = [], [], None
+                    for seed in seeds:
+                        labels, a = _correct(load(other[seed]), test_split)
+                        labels_b, b = _correct(load(base[seed]), test_split)
+                        if not np.array_equal(labels, labels_b):
+                            raise ValueError(
+                                f"{model}/{split}: {loss} and {BASELINE_LOSS} were tested on "
+                                f"different {test_split} images"
+                            )
+                        a_rows.append(a)
+                        b_rows.append(b)
+                    mask = np.isin(labels, groups[group]) if group else np.ones(len(labels), bool)
+                    diff = paired_bootstrap(
+                        np.stack(a_rows)[:, mask],
+                        np.stack(b_rows)[:, mask],
+                        options.bootstrap_samples,
+                        options.bootstrap_seed,
+                    )
+                row[column] = diff.diff
+                row[f"{column}_ci_low"] = diff.ci_low
+                row[f"{column}_ci_high"] = diff.ci_high
+                row[f"{column}_n"] = diff.n
+                row[f"{column}_excludes_zero"] = diff.excludes_zero
+            rows.append(row)
+    return pd.DataFrame(rows), sum(p is None for p in loaded.values())
+
+
+def _paired_blocks(
+    paired: pd.DataFrame, grid: Grid, fmt: _Fmt, tail_note: list[str], number: Callable
+) -> list[Table | Figure]:
+    blocks: list[Table | Figure] = []
+    for split in grid.train_splits:
+        part = paired[paired["train_split"] == split]
+        if not len(part):
+            continue
+        rows = []
+        for _, r in part.iterrows():
+            cells = []
+            for c in COLUMNS:
+                text = fmt.interval(r[c], r[f"{c}_ci_low"], r[f"{c}_ci_high"], signed=True)
+                cells.append(f"{text} *" if r[f"{c}_excludes_zero"] else text)
+            rows.append([model_title(r["model"]), loss_title(r["loss"]), *cells])
+        blocks.append(
+            Table(
+                number(f"4.{12 + SPLIT_ORDER.index(split)}" if split in SPLIT_ORDER else ""),
+                f"Each loss minus the Softmax loss on the same test images, "
+                f"{SPLIT_TITLES.get(split, split)} training (beyond the thesis)",
+                ["Backbone", "Loss", *(COLUMN_TITLES[c] for c in COLUMNS)],
+                rows,
+                [
+                    "Difference of top-1 accuracy; in brackets its 95 % paired-bootstrap "
+                    "interval (test images resampled jointly for both models); * where the "
+                    "interval excludes 0.",
+                    *tail_note,
+                ],
+                align="llrrrrr",
+            )
+        )
+    blocks.append(
+        Figure(
+            number("4.7"),
+            "Each loss minus the Softmax loss, long-tailed training, with 95 % paired-bootstrap "
+            "intervals",
+            "fig_paired_vs_softmax",
+        )
+    )
+    return blocks
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+
+def _label(number: str, kind: str) -> str:
+    return f"{kind} {number}: " if number else ""
 
 
 def _write_markdown(
     out: Path,
-    tables: dict,
-    bench: pd.DataFrame,
-    by_model: pd.DataFrame,
-    by_loss: pd.DataFrame,
-    numbered: bool,
+    blocks: list[Table | Figure],
+    fmt: _Fmt,
+    notes: list[str],
     missing: list[str],
     duplicates: list[str],
     n_runs: int,
 ) -> list[Path]:
-    lines = ["# Results", "", f"Top-1 accuracy as a fraction, from {n_runs} evaluate runs.", ""]
+    lines = ["# Results", "", f"From {n_runs} evaluate runs; {fmt.unit}.", ""]
+    for note in notes:
+        lines += [f"**Note:** {note}", ""]
     if missing:
         lines += [f"**Missing cells ({len(missing)}), shown as {DASH}:** " + ", ".join(missing), ""]
     if duplicates:
@@ -188,172 +598,81 @@ def _write_markdown(
             "**Duplicate runs (the latest finished one is used):** " + "; ".join(duplicates),
             "",
         ]
-    header = "| Loss | " + " | ".join(COLUMN_TITLES[c] for c in COLUMNS) + " |"
-    rule = "|---|" + "---:|" * len(COLUMNS)
-    captions = _captions(tables, numbered)
-    for key, table in tables.items():
-        lines += [f"### {captions[key]}", "", header, rule]
-        with_std = "n_seeds" in table
-        for _, row in table.iterrows():
-            cells = [
-                _pm(row[c], row[f"{c}_seed_std"]) if with_std else _fmt(row[c]) for c in COLUMNS
-            ]
-            lines.append(f"| {loss_title(row['loss'])} | " + " | ".join(cells) + " |")
-        if with_std:
-            lines.append("")
-            lines.append("Mean ± population std over seeds.")
+    for block in blocks:
+        if isinstance(block, Figure):
+            lines += [f"![{_label(block.number, 'Figure')}{block.caption}]({block.stem}.png)", ""]
+            lines += [f"*{_label(block.number, 'Figure')}{block.caption}*", ""]
+            continue
+        lines += [f"### {_label(block.number, 'Table')}{block.caption}", ""]
+        lines.append("| " + " | ".join(block.header) + " |")
+        lines.append("|" + "".join("---:|" if a == "r" else "---|" for a in block.alignment()))
+        lines += ["| " + " | ".join(row) + " |" for row in block.rows]
         lines.append("")
-    t9 = "Table 4.9: " if numbered else ""
-    lines += [
-        f"### {t9}Best balanced-test top-1 (balanced training) vs. published",
-        "",
-        "| Backbone | This study | Published | Source |",
-        "|---|---:|---:|---|",
-    ]
-    for _, row in bench.iterrows():
-        lines.append(
-            f"| {model_title(row['model'])} | {_fmt(row['result'])} | "
-            f"{_fmt(row['benchmark'])} | {row['benchmark_source']} |"
-        )
-    lines.append("")
-    for frame, by, title, num in (
-        (by_model, "model", "per backbone, over the losses", "4.10"),
-        (by_loss, "loss", "per loss, over the backbones", "4.11"),
-    ):
-        name = model_title if by == "model" else loss_title
-        prefix = f"Table {num}: " if numbered else ""
-        lines += [
-            f"### {prefix}Long-tailed training, mean ± std {title}",
-            "",
-            f"| {'Backbone' if by == 'model' else 'Loss'} | "
-            + " | ".join(COLUMN_TITLES[c] for c in COLUMNS)
-            + " |",
-            rule,
-        ]
-        for _, row in frame.iterrows():
-            lines.append(
-                f"| {name(row[by])} | "
-                + " | ".join(_pm(row[f"{c}_mean"], row[f"{c}_std"]) for c in COLUMNS)
-                + " |"
-            )
-        lines += ["", "Standard deviation: population (ddof = 0).", ""]
+        for note in block.notes:
+            lines += [note, ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return [path]
 
 
 def _tex_escape(text: str) -> str:
-    return text.replace("&", r"\&").replace("%", r"\%").replace("_", r"\_").replace("#", r"\#")
+    out = text.replace("\\", r"\textbackslash{}")
+    for a, b in (("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"), ("$", r"\$")):
+        out = out.replace(a, b)
+    return out.replace("±", r"$\pm$").replace("—", "--").replace("–", "--").replace("*", r"$^{*}$")
 
 
-def _write_latex(
-    out: Path,
-    tables: dict,
-    bench: pd.DataFrame,
-    by_model: pd.DataFrame,
-    by_loss: pd.DataFrame,
-    numbered: bool,
-) -> list[Path]:
-    def tex_pm(mean: float, std: float) -> str:
-        return "--" if pd.isna(mean) else f"{mean:.4f} $\\pm$ {std:.4f}"
-
-    def tex(value: float) -> str:
-        return "--" if pd.isna(value) else f"{value:.4f}"
-
-    head = " & ".join(COLUMN_TITLES[c] for c in COLUMNS)
-    parts = ["% Generated by ltexp aggregate. Needs \\usepackage{booktabs}.", ""]
-    captions = _captions(tables, numbered)
-
-    def table(caption: str, first: str, rows: list[str], cols: int = len(COLUMNS)) -> None:
-        parts.extend(
-            [
-                "\\begin{table}[t]",
+def _write_latex(out: Path, blocks: list[Table | Figure], fmt: _Fmt) -> list[Path]:
+    parts = [
+        "% Generated by ltexp aggregate. Needs \\usepackage{booktabs,graphicx}.",
+        f"% Numbers: {fmt.unit}.",
+        "",
+    ]
+    for block in blocks:
+        if isinstance(block, Figure):
+            parts += [
+                "\\begin{figure}[t]",
                 "\\centering",
-                f"\\caption{{{_tex_escape(caption)}}}",
-                f"\\begin{{tabular}}{{l{'r' * cols}}}",
-                "\\toprule",
-                f"{first} & {head} \\\\",
-                "\\midrule",
-                *rows,
-                "\\bottomrule",
-                "\\end{tabular}",
-                "\\end{table}",
+                f"\\includegraphics[width=\\linewidth]{{{block.stem}.pdf}}",
+                f"\\caption{{{_tex_escape(block.caption)}}}",
+                f"\\label{{fig:{block.stem}}}",
+                "\\end{figure}",
                 "",
             ]
-        )
-
-    for key, t in tables.items():
-        with_std = "n_seeds" in t
-        rows = [
-            f"{_tex_escape(loss_title(r['loss']))} & "
-            + " & ".join(
-                tex_pm(r[c], r[f"{c}_seed_std"]) if with_std else tex(r[c]) for c in COLUMNS
-            )
-            + " \\\\"
-            for _, r in t.iterrows()
-        ]
-        table(captions[key].split(": ", 1)[-1], "Loss", rows)
-    bench_rows = [
-        f"{_tex_escape(model_title(r['model']))} & {tex(r['result'])} & {tex(r['benchmark'])} \\\\"
-        for _, r in bench.iterrows()
-    ]
-    parts.extend(
-        [
+            continue
+        rows = block.tex_rows if block.tex_rows is not None else block.rows
+        spec = block.alignment()
+        if block.header[-1] == "Source":  # long citations wrap
+            spec = spec[:-1] + "p{5cm}"
+        parts += [
             "\\begin{table}[t]",
             "\\centering",
-            "\\caption{Best balanced-test top-1 (balanced training) vs. published}",
-            "\\begin{tabular}{lrr}",
+            "\\small",
+            f"\\caption{{{_tex_escape(block.caption)}}}",
+            f"\\begin{{tabular}}{{{spec}}}",
             "\\toprule",
-            "Backbone & This study & Published \\\\",
+            " & ".join(_tex_escape(h) for h in block.header) + " \\\\",
             "\\midrule",
-            *bench_rows,
+            *(" & ".join(_tex_escape(c) for c in row) + " \\\\" for row in rows),
             "\\bottomrule",
             "\\end{tabular}",
-            "\\end{table}",
-            "",
         ]
-    )
-    for frame, by in ((by_model, "model"), (by_loss, "loss")):
-        name = model_title if by == "model" else loss_title
-        rows = [
-            f"{_tex_escape(name(r[by]))} & "
-            + " & ".join(tex_pm(r[f"{c}_mean"], r[f"{c}_std"]) for c in COLUMNS)
-            + " \\\\"
-            for _, r in frame.iterrows()
-        ]
-        table(
-            f"Long-tailed training: mean $\\pm$ population std per {by}",
-            "Backbone" if by == "model" else "Loss",
-            rows,
-        )
+        parts += [f"\\par\\footnotesize {_tex_escape(n)}" for n in block.notes]
+        parts += ["\\end{table}", ""]
     path = out / "report.tex"
     path.write_text("\n".join(parts))
     return [path]
 
 
-def _errorbar_figure(frame: pd.DataFrame, by: str, name, title: str, stem: Path) -> list[Path]:
-    fig, ax = plt.subplots(figsize=(7, 4))
-    x = np.arange(len(COLUMNS))
-    n = max(len(frame), 1)
-    for i, (_, row) in enumerate(frame.iterrows()):
-        offset = (i - (n - 1) / 2) * 0.08
-        ax.errorbar(
-            x + offset,
-            [row[f"{c}_mean"] for c in COLUMNS],
-            yerr=[row[f"{c}_std"] for c in COLUMNS],
-            fmt="o",
-            capsize=3,
-            label=name(row[by]),
-        )
-    _style(ax, x, title)
-    return _save(fig, stem)
+# --- figures ----------------------------------------------------------------------------------
 
 
-def _style(ax, x: np.ndarray, title: str) -> None:
+def _style(ax, x: np.ndarray, title: str, ylim: tuple[float, float] | None = (0, 1)) -> None:
     ax.set_xticks(x)
     ax.set_xticklabels([COLUMN_TITLES[c] for c in COLUMNS])
     ax.set_ylabel("top-1 accuracy")
-    ax.set_ylim(0, 1)
+    if ylim:
+        ax.set_ylim(*ylim)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
@@ -368,31 +687,70 @@ def _save(fig, stem: Path) -> list[Path]:
     return paths
 
 
-def _figures(
-    out: Path, cells: pd.DataFrame, by_model: pd.DataFrame, by_loss: pd.DataFrame, grid: Grid
-) -> list[Path]:
-    files = _errorbar_figure(
-        by_model,
-        "model",
-        model_title,
-        "Long-tailed training: mean ± std over losses",
-        out / "fig_summary_by_model",
-    )
-    files += _errorbar_figure(
-        by_loss,
-        "loss",
-        loss_title,
-        "Long-tailed training: mean ± std over backbones",
-        out / "fig_summary_by_loss",
+def _errorbar_figure(frame: pd.DataFrame, by: str, name: Callable, *, out: Path) -> list[Path]:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = np.arange(len(COLUMNS))
+    n = max(len(frame), 1)
+    for i, (_, row) in enumerate(frame.iterrows()):
+        offset = (i - (n - 1) / 2) * 0.08
+        ax.errorbar(
+            x + offset,
+            [row[f"{c}_mean"] for c in COLUMNS],
+            yerr=[row[f"{c}_std"] for c in COLUMNS],
+            fmt="o",
+            capsize=3,
+            label=name(row[by]),
+        )
+    over = "losses" if by == "model" else "backbones"
+    _style(ax, x, f"Long-tailed training: mean ± std over {over}")
+    return _save(fig, out)
+
+
+def _lines_figure(cells: pd.DataFrame, model: str, losses: list[str], stem: Path) -> list[Path]:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = np.arange(len(COLUMNS))
+    part = cells[(cells["model"] == model) & (cells["train_split"] == "lt")]
+    for loss in losses:
+        row = part[part["loss"] == loss]
+        if len(row):
+            ax.plot(x, [row.iloc[0][c] for c in COLUMNS], marker="o", label=loss_title(loss))
+    _style(ax, x, f"{model_title(model)}, long-tailed training")
+    return _save(fig, stem)
+
+
+def _class_count_figure(counts: np.ndarray, stem: Path, what: str) -> list[Path]:
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.bar(np.arange(len(counts)), counts, width=1.0, color="#4472c4")
+    ax.set_xlabel("class, from most to least frequent")
+    ax.set_ylabel("images")
+    ax.set_title(f"Long-tailed {what} set: {int(counts.sum()):,} images")
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, stem)
+
+
+def _paired_figure(paired: pd.DataFrame, grid: Grid, stem: Path) -> list[Path]:
+    part = paired[paired["train_split"] == "lt"] if "lt" in grid.train_splits else paired
+    models = [m for m in grid.models if m in set(part["model"])]
+    fig, axes = plt.subplots(
+        1, max(len(models), 1), figsize=(4.5 * max(len(models), 1), 3.8), squeeze=False
     )
     x = np.arange(len(COLUMNS))
-    for model in grid.models:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        part = cells[(cells["model"] == model) & (cells["train_split"] == "lt")]
-        for loss in grid.losses:
-            row = part[part["loss"] == loss]
-            if len(row):
-                ax.plot(x, [row.iloc[0][c] for c in COLUMNS], marker="o", label=loss_title(loss))
-        _style(ax, x, f"{model_title(model)}, long-tailed training")
-        files += _save(fig, out / f"fig_{model.replace(':', '_')}")
-    return files
+    for ax, model in zip(axes[0], models, strict=False):
+        rows = part[part["model"] == model]
+        n = max(len(rows), 1)
+        for i, (_, r) in enumerate(rows.iterrows()):
+            values = np.array([r[c] for c in COLUMNS], dtype=float)
+            low = np.array([r[f"{c}_ci_low"] for c in COLUMNS], dtype=float)
+            high = np.array([r[f"{c}_ci_high"] for c in COLUMNS], dtype=float)
+            ax.errorbar(
+                x + (i - (n - 1) / 2) * 0.1,
+                values,
+                yerr=[values - low, high - values],
+                fmt="o",
+                capsize=3,
+                label=loss_title(r["loss"]),
+            )
+        ax.axhline(0, color="black", lw=0.8)
+        _style(ax, x, model_title(model), ylim=None)
+        ax.set_ylabel("top-1 minus Softmax loss")
+    return _save(fig, stem)

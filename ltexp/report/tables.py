@@ -1,14 +1,19 @@
-"""The report's tables (SPEC.md, "The grid and the report") from a frame of evaluate results.
+"""The report's tables (docs/protocol.md, "The grid and the report"), as plain data frames.
 
-Input: one row per evaluate run with the params ``dataset, model, loss, train_split, seed`` and
-the five metrics of :data:`ltexp.tracking.schema.REPORT_COLUMNS`. Nothing else is read, so results
+Input: one row per evaluate run with the params ``dataset, model, loss, train_split, seed``, the
+five metrics of :data:`ltexp.tracking.schema.REPORT_COLUMNS` and, where logged, their 95 %
+bootstrap bounds; the prepare_data manifest for the data tables. Nothing else is read, so results
 logged by any tool in that schema count. Standard deviations are population (ddof = 0).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,6 +21,7 @@ import pandas as pd
 from ltexp.tracking.schema import CELL_PARAMS, REPORT_COLUMNS
 
 COLUMNS = tuple(REPORT_COLUMNS)  # balanced, long_tailed, head, middle, tail
+CI_SUFFIXES = ("_ci_low", "_ci_high")
 COLUMN_TITLES = {
     "balanced": "Balanced",
     "long_tailed": "Long-tailed",
@@ -23,23 +29,27 @@ COLUMN_TITLES = {
     "middle": "Middle",
     "tail": "Tail",
 }
-# SPEC's orders: rows of Tables 4.1-4.8, and the order of the tables.
+# the thesis's orders: rows of Tables 4.1-4.8, and the order of the tables
 LOSS_ORDER = ("ce", "focal", "wce", "cb", "bs", "seql", "ldam")
 MODEL_ORDER = ("resnet50", "mobilenet_v2", "vit_b16", "convnext_base")
 SPLIT_ORDER = ("balanced", "lt")
-MODEL_TITLES = {
-    "resnet50": "ResNet-50",
-    "mobilenet_v2": "MobileNetV2",
-    "vit_b16": "ViT-B/16",
-    "convnext_base": "ConvNeXt-Base",
-    "tiny_cnn": "Tiny CNN",
-    **{f"cifar_resnet{d}": f"ResNet-{d} (CIFAR)" for d in (8, 20, 32)},
-}
 SPLIT_TITLES = {"balanced": "balanced", "lt": "long-tailed"}
+BASELINE_LOSS = "ce"  # what the paired comparisons compare against (the Softmax loss)
+# Table 3.2: (row title, manifest split)
+DATA_SPLITS = (
+    ("Balanced train", "train_balanced"),
+    ("Validation", "val"),
+    ("Balanced test", "test_balanced"),
+    ("Long-tailed train", "train_lt"),
+    ("Long-tailed test", "test_lt"),
+    ("Head (long-tailed test)", "test_head"),
+    ("Middle (long-tailed test)", "test_middle"),
+    ("Tail (long-tailed test)", "test_tail"),
+)
 
 
 def ordered(values: list[str] | set[str], order: tuple[str, ...]) -> list[str]:
-    """``values`` in SPEC's order, then the others alphabetically."""
+    """``values`` in the thesis's order, then the others alphabetically."""
     values = set(values)
     return [v for v in order if v in values] + sorted(values - set(order))
 
@@ -52,8 +62,10 @@ def loss_title(loss: str) -> str:
 
 
 def model_title(model: str) -> str:
-    """Display name of a backbone."""
-    return MODEL_TITLES.get(model, model)
+    """Display name of a backbone (from the model registry)."""
+    from ltexp.models import MODELS
+
+    return MODELS[model].title if model in MODELS else model
 
 
 @dataclass
@@ -81,23 +93,34 @@ def select_latest(frame: pd.DataFrame) -> Selection:
 
 
 def cell_means(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean (and population std, n) over seeds for each (model, loss, train_split)."""
+    """Per (model, loss, train_split): the mean over seeds, the population std, n, and the
+    95 % bootstrap interval of the run when there is a single seed."""
     keys = ["model", "loss", "train_split"]
-    grouped = results.groupby(keys)[list(COLUMNS)]
-    means = grouped.mean()
-    stds = grouped.std(ddof=0).add_suffix("_seed_std")
+    grouped = results.groupby(keys)
+    means = grouped[list(COLUMNS)].mean()
+    stds = grouped[list(COLUMNS)].std(ddof=0).add_suffix("_seed_std")
     counts = grouped.size().rename("n_seeds")
-    return pd.concat([means, stds, counts], axis=1).reset_index()
+    ci_cols = [f"{c}{s}" for c in COLUMNS for s in CI_SUFFIXES if f"{c}{s}" in results]
+    cis = grouped[ci_cols].first() if ci_cols else pd.DataFrame(index=means.index)
+    out = pd.concat([means, stds, counts, cis], axis=1).reset_index()
+    for col in ci_cols:  # an interval describes one run: several seeds give mean ± std instead
+        out.loc[out["n_seeds"] > 1, col] = np.nan
+    return out
 
 
 def results_table(cells: pd.DataFrame, model: str, split: str, losses: list[str]) -> pd.DataFrame:
-    """Tables 4.1-4.8: one row per loss (SPEC's order), the five columns; NaN = missing."""
+    """Tables 4.1-4.8: one row per loss (the given order), the five columns; NaN = missing.
+
+    With several seeds: ``<col>_seed_std`` and ``n_seeds``; with one: ``<col>_ci_low/high``.
+    """
     sub = cells[(cells["model"] == model) & (cells["train_split"] == split)].set_index("loss")
     table = sub.reindex(losses)
     table.index.name = "loss"
     cols = list(COLUMNS)
     if (table["n_seeds"].fillna(0) > 1).any():
         cols += [f"{c}_seed_std" for c in COLUMNS] + ["n_seeds"]
+    else:
+        cols += [f"{c}{s}" for c in COLUMNS for s in CI_SUFFIXES if f"{c}{s}" in table]
     out = table[cols].reset_index()
     if "n_seeds" in out:
         out["n_seeds"] = out["n_seeds"].astype("Int64")
@@ -122,22 +145,140 @@ def summary(cells: pd.DataFrame, by: str, over_order: tuple[str, ...]) -> pd.Dat
     return pd.DataFrame(rows, columns=columns)
 
 
-def reference_results() -> pd.DataFrame:
-    """Published CIFAR-100 results per backbone, with citations (``reference_results.csv``)."""
-    with resources.files("ltexp.report").joinpath("reference_results.csv").open() as f:
-        return pd.read_csv(f)
+# --- references (Table 4.9) --------------------------------------------------------------------
 
 
-def benchmarks_table(cells: pd.DataFrame, models: list[str]) -> pd.DataFrame:
+def reference_results(path: str | Path | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Published CIFAR-100 results per backbone with their sources, and one line per row that
+    cannot be used (the row is left out).
+
+    Args:
+        path: a CSV with ``model,benchmark,benchmark_source`` (benchmark a fraction); default:
+            the file shipped with ltexp (the thesis's four references).
+    """
+    if path:
+        text = Path(path).expanduser().read_text()
+        name = str(path)
+    else:
+        text = resources.files("ltexp.report").joinpath("reference_results.csv").read_text()
+        name = "reference_results.csv"
+    rows, problems = [], []
+    reader = csv.DictReader(io.StringIO(text))
+    wanted = {"model", "benchmark", "benchmark_source"}
+    if not wanted <= set(reader.fieldnames or []):
+        return _empty_references(), [
+            f"reference file {name!r} needs the columns model,benchmark,benchmark_source; "
+            f"Table 4.9 shows no references"
+        ]
+    for line, row in enumerate(reader, start=2):
+        model, source = (
+            (row.get("model") or "").strip(),
+            (row.get("benchmark_source") or "").strip(),
+        )
+        try:
+            value = float(row.get("benchmark") or "")
+        except ValueError:
+            value = float("nan")
+        if not model or not source or not 0.0 <= value <= 1.0:
+            problems.append(
+                f"reference file {name!r} line {line} is malformed (model {model!r}, benchmark "
+                f"{row.get('benchmark')!r}, source {source!r}); it needs a model, a fraction in "
+                f"[0, 1] and a source, and is left out"
+            )
+            continue
+        rows.append({"model": model, "benchmark": value, "benchmark_source": source})
+    frame = pd.DataFrame(rows, columns=["model", "benchmark", "benchmark_source"])
+    return frame.drop_duplicates("model", keep="last"), problems
+
+
+def _empty_references() -> pd.DataFrame:
+    return pd.DataFrame(columns=["model", "benchmark", "benchmark_source"])
+
+
+def benchmarks_table(
+    cells: pd.DataFrame, models: list[str], references: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Table 4.9: best balanced-test top-1 over losses (balanced training) beside a reference."""
-    refs = reference_results().set_index("model")
+    refs = (references if references is not None else reference_results()[0]).set_index("model")
     rows = []
     for model in models:
         part = cells[(cells["model"] == model) & (cells["train_split"] == "balanced")]
         result = part["balanced"].max() if len(part) else np.nan
-        bench = refs["benchmark"].get(model, np.nan)
-        source = refs["benchmark_source"].get(model, "no reference recorded")
+        best = part.loc[part["balanced"].idxmax(), "loss"] if part["balanced"].notna().any() else ""
         rows.append(
-            {"model": model, "result": result, "benchmark": bench, "benchmark_source": source}
+            {
+                "model": model,
+                "result": result,
+                "best_loss": best,
+                "benchmark": refs["benchmark"].get(model, np.nan),
+                "benchmark_source": refs["benchmark_source"].get(model, "no reference recorded"),
+            }
         )
-    return pd.DataFrame(rows, columns=["model", "result", "benchmark", "benchmark_source"])
+    # best_loss last: readers of the earlier four columns keep working
+    return pd.DataFrame(
+        rows, columns=["model", "result", "benchmark", "benchmark_source", "best_loss"]
+    )
+
+
+# --- the data and the models (Tables 3.2, 3.3) ------------------------------------------------
+
+
+def split_sizes_table(manifest: dict[str, Any]) -> pd.DataFrame:
+    """Table 3.2: images of every split, classes present, and images per class (min-max)."""
+    rows = []
+    for title, split in DATA_SPLITS:
+        info = manifest["splits"].get(split)
+        if info is None:
+            continue
+        counts = [c for c in info["per_class"] if c > 0]
+        rows.append(
+            {
+                "split": title,
+                "name": split,
+                "images": int(info["n"]),
+                "classes": len(counts),
+                "per_class_min": min(counts) if counts else 0,
+                "per_class_max": max(counts) if counts else 0,
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["split", "name", "images", "classes", "per_class_min", "per_class_max"]
+    )
+
+
+def backbones_table(models: list[str], num_classes: int) -> pd.DataFrame:
+    """Table 3.3: type, pretraining, parameters (millions, with a ``num_classes``-way head,
+    counted on the built model) and the weights' ImageNet-1K top-1 (%) from the library."""
+    import torch
+
+    from ltexp.models import build_model, count_parameters, model_spec
+
+    rows = []
+    for name in models:
+        spec = model_spec(name)
+        with torch.device("meta"):  # counts parameters without allocating or downloading them
+            params = count_parameters(build_model(name, num_classes, pretrained=False))
+        top1 = spec.imagenet_top1()
+        rows.append(
+            {
+                "model": name,
+                "type": spec.kind,
+                "pretraining": spec.pretraining,
+                "params_millions": params / 1e6,
+                "imagenet_top1": np.nan if top1 is None else float(top1),
+                "weights": spec.weights,
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=["model", "type", "pretraining", "params_millions", "imagenet_top1", "weights"],
+    )
+
+
+def lt_class_counts(manifest: dict[str, Any], split: str) -> np.ndarray:
+    """Images per class of ``split``, classes from most to least frequent in train_lt (Figures
+    3.3/3.4)."""
+    train = np.asarray(manifest["splits"]["train_lt"]["per_class"])
+    rank = np.asarray(manifest.get("class_rank", range(len(train))))
+    order = sorted(range(len(train)), key=lambda c: (-train[c], list(rank).index(c)))
+    return np.asarray(manifest["splits"][split]["per_class"])[order]

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import numpy as np
 
 from ltexp.config import Config
 from ltexp.errors import ConfigError, TrackingError
-from ltexp.report.build import Grid, Report, build_report, results_frame
+from ltexp.report.build import (
+    Grid,
+    Report,
+    ReportInputs,
+    ReportOptions,
+    build_report,
+    results_frame,
+)
 from ltexp.tracking import runs, schema
 
 log = logging.getLogger(__name__)
@@ -29,7 +40,8 @@ class AggregateResult:
 
 
 def query_results(experiment_id: str, dataset: str = "") -> list[dict]:
-    """Every FINISHED evaluate run of the experiment, as records (one paginated query)."""
+    """Every FINISHED evaluate run of the experiment that tested a checkpoint as trained (no
+    post-hoc adjustment), as records (one paginated query)."""
     found = runs.search_all(
         [experiment_id],
         f"{schema.search_step(schema.Step.EVALUATE)} and attributes.status = 'FINISHED'",
@@ -41,15 +53,95 @@ def query_results(experiment_id: str, dataset: str = "") -> list[dict]:
             continue
         if dataset and p["dataset"] != dataset:
             continue
-        records.append(
-            {
-                "run_id": run.info.run_id,
-                "end_time": run.info.end_time or 0,
-                **{k: p[k] for k in schema.CELL_PARAMS},
-                **{col: m.get(name) for col, name in schema.REPORT_COLUMNS.items()},
-            }
-        )
+        if _number(p.get(schema.TAU, "0")) != 0:
+            continue  # a post-hoc adjusted evaluation is not the cell's result
+        record = {
+            "run_id": run.info.run_id,
+            "end_time": run.info.end_time or 0,
+            "data_digest": run.data.tags.get(schema.DATA_DIGEST, ""),
+            **{k: p[k] for k in schema.CELL_PARAMS},
+        }
+        for col, name in schema.REPORT_COLUMNS.items():
+            record[col] = m.get(name)
+            record[f"{col}_ci_low"] = m.get(name + "_ci_low")
+            record[f"{col}_ci_high"] = m.get(name + "_ci_high")
+        records.append(record)
     return records
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text or 0)
+    except ValueError:
+        return float("nan")
+
+
+def choose_experiment(cfg: Config) -> tuple[str, str]:
+    """The experiment to report, and why: the one named; else the experiment ``mlflow run``
+    chose if it holds evaluate runs; else the one whose evaluate run finished last."""
+    if cfg.experiment:
+        return cfg.experiment, "named"
+    launched = runs.launched_experiment_id()
+    evaluated = f"{schema.search_step(schema.Step.EVALUATE)} and attributes.status = 'FINISHED'"
+    client = runs.client()
+    if launched and client.search_runs([launched], evaluated, max_results=1):
+        return client.get_experiment(launched).name, "the experiment mlflow run chose"
+    latest = runs.client().search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        evaluated,
+        max_results=1,
+        order_by=["attributes.end_time DESC"],
+    )
+    if not latest:
+        raise TrackingError(
+            f"no experiment on {runs.safe_uri()} has FINISHED evaluate runs to report; run "
+            f"`ltexp main` (or `mlflow run .`) first"
+        )
+    return client.get_experiment(latest[0].info.experiment_id).name, "the latest evaluated"
+
+
+def find_manifest(digests: set[str]) -> tuple[dict | None, list[str]]:
+    """The prepare_data manifest of the data the results used, and notes on what is wrong."""
+    digests = {d for d in digests if d}
+    if len(digests) != 1:
+        what = "no data digest" if not digests else f"{len(digests)} different data digests"
+        return None, [f"the evaluate runs carry {what}, so no one prepare_data run describes them"]
+    (digest,) = digests
+    found = runs.search_all(
+        None,
+        f"{schema.search_step(schema.Step.PREPARE_DATA)} and "
+        f"tags.`{schema.DATA_DIGEST}` = '{digest}' and attributes.status = 'FINISHED'",
+    )
+    for run in found:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = mlflow.artifacts.download_artifacts(
+                    run_id=run.info.run_id, artifact_path=schema.MANIFEST_ARTIFACT, dst_path=tmp
+                )
+                return json.loads(Path(path).read_text()), []
+            except Exception:  # noqa: BLE001 - try the next one; none: say so below
+                continue
+    return None, [f"no FINISHED prepare_data run with data digest {digest[:12]}… has a manifest"]
+
+
+def load_predictions(run_id: str) -> dict[str, np.ndarray] | None:
+    """The predictions an evaluate run saved (``np.load(allow_pickle=False)``: arrays only), or
+    None when it has none (a run logged by another tool) or they cannot be read."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=schema.PREDICTIONS_ARTIFACT, dst_path=tmp
+            )
+            with np.load(path, allow_pickle=False) as npz:
+                return {k: npz[k] for k in npz.files}
+        except Exception:  # noqa: BLE001 - the report says which comparisons are missing
+            return None
+
+
+def report_folder(name: str) -> Path:
+    """``reports/<experiment>`` with the name made a safe folder name (never a path)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "experiment"
+    return Path("reports") / slug
 
 
 def _check_writable(path: Path) -> None:
@@ -64,20 +156,29 @@ def _check_writable(path: Path) -> None:
 
 
 def run_aggregate(
-    cfg: Config, grid: Grid | None = None, parent_run_id: str | None = None
+    cfg: Config,
+    grid: Grid | None = None,
+    parent_run_id: str | None = None,
+    announce: Callable[[str], None] = log.info,
 ) -> AggregateResult:
-    """Build the report of ``cfg.experiment`` (default: the preset's experiment)."""
-    name = runs.experiment_name(
-        cfg.experiment, runs.default_experiment(cfg.preset, cfg.data.dataset)
-    )
+    """Build the report of an experiment (see :func:`choose_experiment`) and log it as a run.
+
+    Args:
+        announce: receives, first, which experiment is reported and how to choose another.
+    """
+    name, why = choose_experiment(cfg)
     exp = runs.client().get_experiment_by_name(name)
     if exp is None:
         raise TrackingError(
-            f"experiment {name!r} does not exist on {mlflow.get_tracking_uri()}; "
-            f"give experiment=<name>"
+            f"experiment {name!r} does not exist on {runs.safe_uri()}; give experiment=<name>"
+        )
+    if why != "named":
+        announce(
+            f"reporting experiment {name!r} ({why}); choose another with "
+            f"-P experiment=<name> (mlflow run) or --experiment <name>"
         )
     exp_id = exp.experiment_id
-    out = Path(cfg.report.output_dir or Path("reports") / name).expanduser()
+    out = Path(cfg.report.output_dir).expanduser() if cfg.report.output_dir else report_folder(name)
     _check_writable(out)
     records = query_results(exp_id, cfg.report.report_dataset)
     if not records:
@@ -91,11 +192,25 @@ def run_aggregate(
             f"experiment {name!r} holds results of several datasets {datasets}; "
             f"choose one with report_dataset=<name>"
         )
-    frame = results_frame(records)
+    manifest, notes = find_manifest({r["data_digest"] for r in records})
+    for note in notes:
+        log.warning("%s", note)
+    inputs = ReportInputs(results_frame(records), manifest, load_predictions, notes)
+    options = ReportOptions(
+        percent=cfg.report.percent,
+        intervals=cfg.report.intervals,
+        bootstrap_samples=cfg.evaluate.bootstrap_samples,
+        bootstrap_seed=cfg.evaluate.bootstrap_seed,
+        references=cfg.report.references,
+    )
     launched = None if parent_run_id or mlflow.active_run() else runs.launched_run_id()
+    if launched and runs.client().get_run(launched).info.experiment_id != exp_id:
+        # the report's run belongs with the experiment it reports
+        runs.client().set_tag(launched, schema.RESUMED_INTO, f"{name} (aggregate run)")
+        launched = None
     with tempfile.TemporaryDirectory() as tmp:
         # build in a temporary folder first: a failure leaves output_dir as it was
-        report = build_report(frame, Path(tmp), grid)
+        report = build_report(inputs, Path(tmp), grid, options)
         with runs.step_run(
             schema.Step.AGGREGATE,
             experiment_id=exp_id,

@@ -101,7 +101,7 @@ def run_evaluate(
             dtype=amp or torch.float32,
             channels_last=channels_last,
         )
-        logits = predict(model, batches, amp)
+        logits = predict(model, batches, amp, desc=f"evaluate {split}")
         if tau:
             logits = adjust_logits(logits, train_counts, tau)
         outputs[split] = (data.labels, logits.float().cpu().numpy())

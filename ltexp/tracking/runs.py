@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -61,6 +62,16 @@ def launched_run_id() -> str | None:
 def launched_experiment_id() -> str | None:
     """The experiment ``mlflow run`` chose (``MLFLOW_EXPERIMENT_ID``), if any."""
     return os.environ.get("MLFLOW_EXPERIMENT_ID") or None
+
+
+def safe_uri(uri: str | None = None) -> str:
+    """The tracking URI (default: the current one) without credentials, fit to print."""
+    return redact(uri or mlflow.get_tracking_uri())
+
+
+def redact(text: str) -> str:
+    """``text`` with ``user:password@`` in any URL replaced by ``***@``."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", text)
 
 
 def default_experiment(preset: str, dataset: str) -> str:

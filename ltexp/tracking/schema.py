@@ -40,7 +40,7 @@ HOST = "ltexp.host"
 PID = "ltexp.pid"
 HEARTBEAT = "ltexp.heartbeat"  # unix time of the last sign of life of the process writing it
 RESUMED_FROM_EPOCH = "ltexp.resumed_from_epoch"
-RESUMED_INTO = "ltexp.resumed_into"  # on an `mlflow run` wrapper run that continued another run
+RESUMED_INTO = "ltexp.resumed_into"  # on an `mlflow run` run whose work went into another run
 CELL = "ltexp.cell"  # model-loss-split-seed of a study cell
 PARENT_RUN = "mlflow.parentRunId"
 # Tags only some runs carry: a failure, a resume, an `mlflow run` wrapper that continued a run.

@@ -4,11 +4,11 @@
 whose metric names are the schema's; the caller (``ltexp.steps.train``) checkpoints and logs
 between epochs. Nothing in the step loop waits on the GPU: losses and accuracies are accumulated as
 device tensors and read once per epoch (or when the progress bar refreshes, only when it is shown).
+Progress (:mod:`ltexp.progress`) is a bar on a terminal and a line every 30 s otherwise.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +21,7 @@ from ltexp.data.pipeline import TensorBatches
 from ltexp.distributed import all_reduce_sum, is_distributed
 from ltexp.errors import TrainingError
 from ltexp.losses.base import ClassAwareLoss
+from ltexp.progress import Progress
 from ltexp.tracking import schema
 from ltexp.training.setup import autocast
 
@@ -48,13 +49,21 @@ class ValidationResult:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, batches: TensorBatches, amp: torch.dtype | None) -> Tensor:
-    """Float32 logits ``[N, K]`` of a whole split, in its order, on its device."""
+def predict(
+    model: nn.Module, batches: TensorBatches, amp: torch.dtype | None, desc: str = ""
+) -> Tensor:
+    """Float32 logits ``[N, K]`` of a whole split, in its order, on its device.
+
+    ``desc`` names the pass in progress lines (none without it).
+    """
     model.eval()
     outs = []
+    progress = Progress(len(batches), desc, enabled=bool(desc))
     with autocast(batches.device, amp):
-        for x, _ in batches.epoch(0):
+        for x, y in batches.epoch(0):
             outs.append(model(x).float())
+            progress.update(len(y))
+    progress.close()
     return torch.cat(outs)
 
 
@@ -64,13 +73,14 @@ def validate(
     groups: dict[str, list[int]],
     num_classes: int,
     amp: torch.dtype | None,
+    desc: str = "",
 ) -> ValidationResult:
     """Cross-entropy and top-1 on a split, and top-1 of each class group (one device sync).
 
     The validation loss is plain cross-entropy whatever the training loss, so runs with
     different losses compare on it.
     """
-    logits = predict(model, batches, amp)
+    logits = predict(model, batches, amp, desc)
     labels = batches.labels
     loss = F.cross_entropy(logits, labels, reduction="sum")
     correct = logits.argmax(1) == labels
@@ -122,7 +132,7 @@ def train_one_epoch(
     first_bad = torch.full((), -1, device=device, dtype=torch.long)
     seen = 0
     started = time.perf_counter()
-    bar = _progress(len(batches), epoch, epochs or epoch, show_progress)
+    progress = Progress(len(batches), f"epoch {epoch}/{epochs or epoch}", enabled=show_progress)
     for step, (x, y) in enumerate(batches.epoch(epoch), start=1):
         with autocast(device, amp):
             logits = model(x)
@@ -141,14 +151,12 @@ def train_one_epoch(
         correct += (logits.detach().argmax(1) == y).sum()
         first_bad = torch.where(~torch.isfinite(detached) & (first_bad < 0), step, first_bad)
         seen += len(y)
-        if bar is not None:
-            bar.update(1)
-            if step % PROGRESS_EVERY == 0:  # a sync, only when a person is watching
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
-                if not is_distributed():  # ranks must stop together, at the epoch's end
-                    _raise_if_nonfinite(first_bad, epoch)
-    if bar is not None:
-        bar.close()
+        progress.update(len(y))
+        if progress.has_bar and step % PROGRESS_EVERY == 0:  # a sync, only when watched
+            progress.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
+            if not is_distributed():  # ranks must stop together, at the epoch's end
+                _raise_if_nonfinite(first_bad, epoch)
+    progress.close()
     # the epoch's one sync: totals over every rank
     totals = torch.stack(
         [loss_sum, correct.float(), torch.full_like(loss_sum, seen), (first_bad >= 0).float()]
@@ -189,7 +197,7 @@ def fit(
     Raises:
         TrainingError: a non-finite loss (naming the epoch and step).
     """
-    show = (sys.stderr.isatty() if progress is None else progress) and is_main
+    show = progress is not False and is_main
     for epoch in range(start_epoch, epochs + 1):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
@@ -206,7 +214,14 @@ def fit(
         )
         scheduler.step()
         # every rank validates the same set with its plain module: no collectives, same result
-        val = validate(eval_model or model, val_batches, groups, loss_fn.num_classes, amp)
+        val = validate(
+            eval_model or model,
+            val_batches,
+            groups,
+            loss_fn.num_classes,
+            amp,
+            desc=f"validation {epoch}/{epochs}" if show else "",
+        )
         improved = val.acc1 > best_val_acc1
         if improved:
             best_val_acc1, best_epoch = val.acc1, epoch
@@ -230,11 +245,3 @@ def _raise_if_nonfinite(first_bad: Tensor, epoch: int) -> None:
             f"loss became non-finite (nan/inf) at epoch {epoch}, step {step}; "
             f"lower lr, check the data, or use precision=fp32"
         )
-
-
-def _progress(total: int, epoch: int, epochs: int, show: bool):
-    if not show:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=f"epoch {epoch}/{epochs}", leave=False, dynamic_ncols=True)

@@ -31,7 +31,7 @@ class TrainSpec:
 
     Attributes:
         device: where training runs.
-        head: the classifier head the model gets (``head=auto`` resolved).
+        head: the classifier head the model gets (``linear`` or ``cosine``).
         image_size: the input side (the model's own when not set).
         pretrained: True, False or a local weights file.
         amp: the autocast dtype (None = fp32).
@@ -47,13 +47,6 @@ class TrainSpec:
     def precision_name(self) -> str:
         """``fp32``, ``bf16`` or ``fp16``: what the run logs as ``precision``."""
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp]
-
-
-def resolve_head(cfg: Config) -> str:
-    """``auto``: the cosine head LDAM was designed with (Cao et al. 2019), linear otherwise."""
-    if cfg.train.head != "auto":
-        return cfg.train.head
-    return "cosine" if cfg.train.loss == "ldam" else "linear"
 
 
 def resolve_image_size(cfg: Config) -> int:
@@ -106,7 +99,7 @@ def resolve_train(cfg: Config) -> TrainSpec:
         )
     return TrainSpec(
         device=device,
-        head=resolve_head(cfg),
+        head=cfg.train.head,
         image_size=image_size,
         pretrained=parse_pretrained(t.pretrained),
         amp=autocast_dtype(cfg.runtime.precision, device),
@@ -193,7 +186,7 @@ def make_optimizer(
 def make_scheduler(
     name: str, optimizer: torch.optim.Optimizer, *, epochs: int, step_size: int, gamma: float
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch schedule: StepLR (SPEC: ×0.1 every 30 epochs), cosine, or constant."""
+    """Per-epoch schedule: StepLR (thesis: ×0.1 every 30 epochs), cosine, or constant."""
     if name == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
     if name == "cosine":

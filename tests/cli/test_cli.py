@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ltexp.cli import build_parser, main
-from tests.conftest import tiny_overrides
+from tests.conftest import tiny_args
 
 
 def _args(overrides: dict[str, object]) -> list[str]:
@@ -50,6 +50,12 @@ def test_help_explains_every_option() -> None:
     assert "default: 0.001" in out
 
 
+def test_a_yes_no_option_alone_means_yes() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["aggregate", "--percent"]).percent == "true"
+    assert parser.parse_args(["aggregate", "--percent", "false"]).percent == "false"
+
+
 def test_underscore_spelling_is_accepted() -> None:
     parser = build_parser()
     a = parser.parse_args(["train", "--batch_size", "8"])
@@ -75,7 +81,7 @@ BAD_TRAIN = [
 def test_bad_train_input_is_one_line_exit_2_and_no_run(
     bad: dict, message: str, tmp_path: Path, tracking: str, capsys: pytest.CaptureFixture
 ) -> None:
-    code = main(["train", *_args(tiny_overrides(tmp_path, **bad))])
+    code = main(["train", *tiny_args(tmp_path, **bad)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and message in err[0], err
@@ -93,7 +99,7 @@ def test_bad_train_input_is_one_line_exit_2_and_no_run(
 def test_bad_prepare_data_input(
     bad: dict, message: str, tmp_path: Path, tracking: str, capsys: pytest.CaptureFixture
 ) -> None:
-    code = main(["prepare-data", *_args(bad)])
+    code = main(["prepare-data", "--preset", "demo", *_args(bad)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert _count_runs() == 0
@@ -118,7 +124,7 @@ def test_usage_errors_are_one_line(capsys: pytest.CaptureFixture) -> None:
 def test_evaluate_needs_a_target(
     tmp_path: Path, tracking: str, capsys: pytest.CaptureFixture
 ) -> None:
-    assert main(["evaluate"]) == 2
+    assert main(["evaluate", "--preset", "demo"]) == 2
     assert "train_run=" in capsys.readouterr().err
     assert main(["evaluate", "--model-uri", "models:/nope@champion"]) == 2
     assert "no registered model 'nope'" in capsys.readouterr().err

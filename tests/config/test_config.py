@@ -199,7 +199,13 @@ def test_commands_take_the_fields_they_use_and_help_lists_the_registries() -> No
     evaluate = {f.key for f in command_fields("evaluate")}
     assert {"device", "precision", "eval_batch_size", "num_threads", "model_uri", "tau"} <= evaluate
     assert not evaluate & {"lr", "checkpoint_dir", "compile", "models"}
-    assert {f.key for f in command_fields("aggregate")} == {"output_dir", "report_dataset"}
+    assert {f.key for f in command_fields("aggregate")} == {
+        "output_dir",
+        "report_dataset",
+        "percent",
+        "intervals",
+        "references",
+    }
     model = next(f for f in command_fields("train") if f.key == "model")
     assert "resnet50" in model.help_text() and "timm:<name>" in model.help_text()
     loss = next(f for f in command_fields("main") if f.key == "losses")

@@ -96,12 +96,11 @@ def test_study_with_workers_against_a_postgres_tracking_server(
 @pytest.mark.slow
 def test_torchrun_data_parallel_run_on_cpu(tmp_path: Path) -> None:
     """``torchrun --nproc_per_node=2`` (gloo): one run, logged by rank 0 only."""
-    from tests.conftest import tiny_overrides
+    from tests.conftest import tiny_args
 
     torchrun = Path(sys.executable).parent / "torchrun"
     args = [str(torchrun), "--nproc_per_node=2", "-m", "ltexp", "train"]
-    for k, v in tiny_overrides(tmp_path, epochs=2, train_split="balanced").items():
-        args += [f"--{k.replace('_', '-')}", str(v)]
+    args += tiny_args(tmp_path, epochs=2, train_split="balanced")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = subprocess.run(
         args,

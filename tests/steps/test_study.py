@@ -172,7 +172,7 @@ def test_mlflow_run_entry_points(tmp_path: Path) -> None:
         output_format="list",
         filter_string="tags.`ltexp.step` = 'train'",
     )[0]
-    assert train.data.params["head"] == "cosine"  # ldam pairs with the cosine head
+    assert train.data.params["head"] == "linear"  # the protocol's head, for ldam too
     bad = subprocess.run(
         [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train", "-P", "lr=-1", *common],
         env=env,

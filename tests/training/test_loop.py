@@ -109,3 +109,24 @@ def test_a_non_finite_loss_names_epoch_and_step() -> None:
         model[1].weight.fill_(float("inf"))
     with pytest.raises(TrainingError, match=r"non-finite .* at epoch 2, step 1\b"):
         train_one_epoch(model, loss_fn, batches, opt, 2)
+
+
+def test_progress_is_a_line_every_interval_when_stdout_is_not_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("LTEXP_PROGRESS_SECONDS", "0")  # every step, for the test
+    images, labels = _data()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = TensorBatches(images, labels, 16, train=True)  # 4 steps
+    train_one_epoch(
+        model, build_loss("ce", [16] * K), batches, opt, 2, show_progress=True, epochs=5
+    )
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3  # steps 1-3; the epoch's end is reported by the epoch's own line
+    import re
+
+    for step, line in enumerate(lines, start=1):
+        assert re.fullmatch(rf"epoch 2/5  step {step}/4  [\d,]+ img/s  ETA \d+:\d\d:\d\d", line)
+    train_one_epoch(model, build_loss("ce", [16] * K), batches, opt, 3)  # not shown: silent
+    assert capsys.readouterr().out == ""

@@ -1,0 +1,87 @@
+"""Progress of a long loop, for a person watching a terminal or reading a log.
+
+On a terminal: a tqdm bar. Otherwise (a log file, ``mlflow run``, a CI job, a cluster's job
+output): one line at least every ``LTEXP_PROGRESS_SECONDS`` (default 30) seconds, such as
+``epoch 3/90  step 120/352  412 img/s  ETA 0:05:12``, so a long step never looks hung. Neither
+reads anything from the GPU: it counts steps and images on the host.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from datetime import timedelta
+from typing import Any, TextIO
+
+DEFAULT_SECONDS = 30.0
+
+
+def interval() -> float:
+    """Seconds between progress lines (``LTEXP_PROGRESS_SECONDS``, default 30)."""
+    try:
+        return float(os.environ.get("LTEXP_PROGRESS_SECONDS", DEFAULT_SECONDS))
+    except ValueError:
+        return DEFAULT_SECONDS
+
+
+class Progress:
+    """Count steps of a loop of ``total`` steps; show them as a bar or as periodic lines.
+
+    Args:
+        total: steps of the loop.
+        desc: what the loop is (``epoch 3/90``).
+        enabled: False shows nothing (another rank reports).
+        stream: where lines go (default: stdout); a bar is drawn when it is a terminal.
+    """
+
+    def __init__(
+        self, total: int, desc: str, *, enabled: bool = True, stream: TextIO | None = None
+    ) -> None:
+        self.total, self.desc = total, desc
+        self.stream = stream or sys.stdout
+        self.enabled = enabled
+        self.steps = self.images = 0
+        self.started = self.last_line = time.perf_counter()
+        self.every = interval()
+        self.bar: Any = None
+        if enabled and self.stream.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def update(self, images: int) -> None:
+        """One more step of ``images`` images."""
+        if not self.enabled:
+            return
+        self.steps += 1
+        self.images += images
+        if self.bar is not None:
+            self.bar.update(1)
+            return
+        now = time.perf_counter()
+        if now - self.last_line >= self.every and self.steps < self.total:
+            self.last_line = now
+            print(self.line(now), file=self.stream, flush=True)
+
+    def line(self, now: float | None = None) -> str:
+        """``<desc>  step s/S  N img/s  ETA h:mm:ss``."""
+        elapsed = max((now or time.perf_counter()) - self.started, 1e-9)
+        eta = (self.total - self.steps) * elapsed / max(self.steps, 1)
+        return (
+            f"{self.desc}  step {self.steps}/{self.total}  {self.images / elapsed:,.0f} img/s  "
+            f"ETA {timedelta(seconds=round(eta))}"
+        )
+
+    def set_postfix(self, **values: str) -> None:
+        """Extra values on the bar (only a bar shows them: reading them may sync the GPU)."""
+        if self.bar is not None:
+            self.bar.set_postfix(**values)
+
+    @property
+    def has_bar(self) -> bool:
+        return self.bar is not None
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,29 @@
+"""The documentation a user clones: every relative link resolves inside the repository."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = [REPO / "README.md", REPO / "CONTRIBUTING.md", *sorted((REPO / "docs").glob("*.md"))]
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[p.name for p in DOCS])
+def test_links_stay_inside_the_repository_and_resolve(doc: Path) -> None:
+    for target in LINK.findall(doc.read_text()):
+        if re.match(r"[a-z]+://", target) or target.startswith("#"):
+            continue
+        path = (doc.parent / target.split("#")[0]).resolve()
+        assert path.is_relative_to(REPO), f"{doc.name} links outside the repository: {target}"
+        assert path.exists(), f"{doc.name} links to a missing file: {target}"
+
+
+def test_the_protocol_is_in_the_repository_and_the_readme_links_it() -> None:
+    protocol = (REPO / "docs" / "protocol.md").read_text()
+    for fact in ("45,000", "9,754", "1,051", "844 / 169 / 38", "arXiv:2110.00476", "0.9999"):
+        assert fact in protocol
+    assert "(docs/protocol.md)" in (REPO / "README.md").read_text()
