@@ -202,14 +202,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = build_config(args.preset or default_preset(args.command), _overrides(args))
         return _handlers()[args.command](cfg, args)
     except LtexpError as e:
-        print(f"ltexp {args.command}: error: {e}", file=sys.stderr)
+        from ltexp.tracking.runs import redact, tag_refusal
+
+        tag_refusal(str(e))
+        print(f"ltexp {args.command}: error: {redact(str(e))}", file=sys.stderr)
         return 2
     except MlflowException as e:  # the tracking server refused or could not be reached
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        import mlflow
+        from ltexp.tracking.runs import redact, safe_uri
 
-        uri = mlflow.get_tracking_uri()
-        print(f"ltexp {args.command}: error: tracking server {uri}: {first}", file=sys.stderr)
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        where = safe_uri()
+        print(
+            f"ltexp {args.command}: error: tracking server {where}: {redact(first)}",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print(f"ltexp {args.command}: interrupted", file=sys.stderr)

@@ -203,11 +203,10 @@ def run_aggregate(
         bootstrap_seed=cfg.evaluate.bootstrap_seed,
         references=cfg.report.references,
     )
-    launched = None if parent_run_id or mlflow.active_run() else runs.launched_run_id()
-    if launched and runs.client().get_run(launched).info.experiment_id != exp_id:
+    launched, wrapper = None, None
+    if not parent_run_id and not mlflow.active_run():
         # the report's run belongs with the experiment it reports
-        runs.client().set_tag(launched, schema.RESUMED_INTO, f"{name} (aggregate run)")
-        launched = None
+        launched, wrapper = runs.launched_run_for(exp_id)
     with tempfile.TemporaryDirectory() as tmp:
         # build in a temporary folder first: a failure leaves output_dir as it was
         report = build_report(inputs, Path(tmp), grid, options)
@@ -221,6 +220,7 @@ def run_aggregate(
             f"{len(report.missing)} missing cells, "
             f"{len(report.duplicates)} duplicates.",
         ) as run:
+            runs.link_wrapper(wrapper, run.info.run_id)
             runs.log_params(
                 {"experiment": name, "dataset": datasets[0], "n_evaluate_runs": len(records)}
             )

@@ -117,7 +117,10 @@ def run_evaluate(
         if group not in scores:
             log.warning("no test_lt image is in group %s: its metrics are not logged", group)
     metrics = score_metrics(scores)
-    launched = None if parent_run_id or mlflow.active_run() else runs.launched_run_id()
+    launched, wrapper = None, None
+    if not parent_run_id and not mlflow.active_run():
+        # the evaluate run belongs with its train run's experiment
+        launched, wrapper = runs.launched_run_for(train_run.info.experiment_id)
     cell = {p: params[p] for p in schema.CELL_PARAMS}
     with runs.step_run(
         schema.Step.EVALUATE,
@@ -132,6 +135,7 @@ def run_evaluate(
         description=f"Test of {model_uri} (train run {train_run.info.run_id})"
         + (f", post-hoc logit adjustment tau={tau:g}" if tau else ""),
     ) as run:
+        runs.link_wrapper(wrapper, run.info.run_id)
         datasets = log_split_inputs(prepared, schema.EVALUATED_SPLITS, schema.EVALUATE_CONTEXT)
         model_id = registered_models.logged_model_id(model_uri)
         log_model_input(model_id)

@@ -59,6 +59,33 @@ def launched_run_id() -> str | None:
     return os.environ.get("MLFLOW_RUN_ID") or None
 
 
+def launched_run_for(experiment_id: str) -> tuple[str | None, str | None]:
+    """``(run to use, wrapper to link)``: the run ``mlflow run`` created for this process if it
+    is in ``experiment_id``; else None, and that run as a wrapper to point at the real one
+    (:func:`link_wrapper`), so a step's run stays with the experiment it belongs to."""
+    launched = launched_run_id()
+    if not launched:
+        return None, None
+    if client().get_run(launched).info.experiment_id == experiment_id:
+        return launched, None
+    return None, launched
+
+
+def link_wrapper(wrapper: str | None, run_id: str) -> None:
+    """Tag an `mlflow run` wrapper run with the run that did its work."""
+    if wrapper:
+        client().set_tag(wrapper, schema.RESUMED_INTO, run_id)
+
+
+def tag_refusal(reason: str) -> None:
+    """Give the `mlflow run` run of this process, if no step claimed it, the reason it is about
+    to be marked FAILED (a refused input exits before any step starts)."""
+    launched = launched_run_id()
+    if launched:
+        with contextlib.suppress(Exception):
+            client().set_tag(launched, schema.ERROR, redact(reason)[:500])
+
+
 def launched_experiment_id() -> str | None:
     """The experiment ``mlflow run`` chose (``MLFLOW_EXPERIMENT_ID``), if any."""
     return os.environ.get("MLFLOW_EXPERIMENT_ID") or None
@@ -204,22 +231,28 @@ def step_run(
     """
     all_tags = {schema.STEP: step.value, **process_tags(), **(tags or {})}
     is_launched = bool(run_id) and run_id == launched_run_id()
+    # MLflow's start_run resumes MLFLOW_RUN_ID whenever no run id is given: a step that does not
+    # claim the `mlflow run` run must hide it, and leave it for the step that does
+    unclaimed = None if is_launched else os.environ.pop("MLFLOW_RUN_ID", None)
     if is_launched:
-        # claimed: MLflow would otherwise resume it again for the next run this process starts
-        os.environ.pop("MLFLOW_RUN_ID", None)
+        os.environ.pop("MLFLOW_RUN_ID", None)  # claimed, once
     active = mlflow.active_run()
     # MLflow nests under the active run only; a child of another run is re-parented by its tag
     reparent = parent_run_id if active and parent_run_id != active.info.run_id else None
-    run = mlflow.start_run(
-        run_id=run_id,
-        experiment_id=None if run_id else experiment_id,
-        run_name=None if run_id and not is_launched else run_name,
-        nested=active is not None,
-        parent_run_id=None if reparent else parent_run_id,
-        tags=all_tags,
-        description=description,
-        log_system_metrics=system_metrics or None,
-    )
+    try:
+        run = mlflow.start_run(
+            run_id=run_id,
+            experiment_id=None if run_id else experiment_id,
+            run_name=None if run_id and not is_launched else run_name,
+            nested=active is not None,
+            parent_run_id=None if reparent else parent_run_id,
+            tags=all_tags,
+            description=description,
+            log_system_metrics=system_metrics or None,
+        )
+    finally:
+        if unclaimed:
+            os.environ["MLFLOW_RUN_ID"] = unclaimed
     if reparent and run_id is None:
         mlflow.set_tag(schema.PARENT_RUN, reparent)
     try:

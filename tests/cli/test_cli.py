@@ -192,3 +192,15 @@ def test_fuzz_cli_parser_never_crashes(pairs: list[tuple[str, str]]) -> None:
         return
     with contextlib.suppress(ConfigError):
         build_config(args.preset, _overrides(args))
+
+
+def test_input_refused_under_mlflow_run_says_why_on_its_run(
+    tracking: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """``mlflow run -e evaluate`` with no target: MLflow marks its run FAILED; ltexp tags why."""
+    run_id = mlflow.MlflowClient().create_run("0").info.run_id
+    capsys.readouterr()  # the store's creation
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    assert main(["evaluate", "--preset", "demo"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert "train_run=" in mlflow.get_run(run_id).data.tags["ltexp.error"]

@@ -253,3 +253,41 @@ def test_unwritable_output_dir(store: str, tmp_path: Path) -> None:
         mlflow.search_runs(experiment_ids=[store], filter_string="tags.`ltexp.step` = 'aggregate'")
     )
     assert n == 0
+
+
+def test_without_an_experiment_the_latest_evaluated_study_is_reported(
+    tracking: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = mlflow.create_experiment("old-study")
+    _log_eval(old, "resnet50", "ce", "lt", 1)
+    new = mlflow.create_experiment("new-study")
+    _log_eval(new, "resnet50", "bs", "lt", 1)
+    mlflow.create_experiment("empty")
+    lines: list[str] = []
+    cfg = build_config("thesis", {"output_dir": str(tmp_path / "a")})
+    result = run_aggregate(cfg, announce=lines.append)
+    assert lines[0].startswith("reporting experiment 'new-study' (the latest evaluated)")
+    assert "-P experiment=<name>" in lines[0]
+    assert mlflow.get_run(result.run_id).info.experiment_id == new
+    # under `mlflow run`, the experiment it chose wins when it holds evaluate runs
+    wrapper = mlflow.MlflowClient().create_run(old).info.run_id
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", old)
+    monkeypatch.setenv("MLFLOW_RUN_ID", wrapper)
+    lines.clear()
+    result = run_aggregate(cfg.replace(output_dir=str(tmp_path / "b")), announce=lines.append)
+    assert "'old-study' (the experiment mlflow run chose)" in lines[0]
+    assert result.run_id == wrapper  # the run mlflow run created is the aggregate run
+    assert mlflow.get_run(wrapper).data.tags[schema.STEP] == "aggregate"
+
+
+def test_a_named_experiment_becomes_a_safe_folder_name(store: str, tmp_path: Path) -> None:
+    from ltexp.steps.aggregate import report_folder
+
+    assert report_folder("../../victim") == Path("reports/victim")
+    assert report_folder("/etc/passwd") == Path("reports/etc_passwd")
+    assert report_folder("   ") == Path("reports/experiment")
+    mlflow.MlflowClient().rename_experiment(store, "../../victim")
+    cfg = build_config("thesis").replace(experiment="../../victim")
+    result = run_aggregate(cfg)
+    assert result.output_dir.resolve() == (Path.cwd() / "reports" / "victim").resolve()
+    assert not (tmp_path.parent.parent / "victim").exists()

@@ -1,0 +1,161 @@
+"""The README's Quickstart and Running-the-study commands, read from the README and run one after
+another as a user types them, on a copy of the repository: the study, its report, the champion
+loaded in a fresh Python, tested again, the MLflow UI, and the protocol's commands offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.conftest import REPO, free_port
+
+pytestmark = pytest.mark.slow
+INSTALL = "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[dev]'"
+# the quickstart's study, on a reduced demo grid (the README runs all of it)
+REDUCED_GRID = "-P models=tiny_cnn -P losses=ce,bs -P epochs=2 -P system_metrics=false"
+
+
+def readme_commands(section: str) -> list[str]:
+    """The lines of the first ``bash`` block of a README section."""
+    text = (REPO / "README.md").read_text()
+    body = text.split(f"\n## {section}", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", body, re.S)
+    assert block, f"README section {section!r} has no bash block"
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The repository as a user gets it: its files (tracked or new, not ignored), nothing built."""
+    dest = tmp_path_factory.mktemp("journey") / "ltexp"
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def user_env(clone: Path) -> dict[str, str]:
+    """An activated virtual environment, a home of its own (empty caches), and no network."""
+    home = clone.parent / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "LTEXP_"))}
+    proxy = "http://127.0.0.1:9"  # nothing listens: every download fails at once
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        VIRTUAL_ENV=str(Path(sys.executable).parent.parent),
+        HOME=str(home),
+        http_proxy=proxy,
+        https_proxy=proxy,
+        HTTP_PROXY=proxy,
+        HTTPS_PROXY=proxy,
+        no_proxy="127.0.0.1,localhost",
+        HF_HUB_OFFLINE="1",
+    )
+    return env
+
+
+def run(line: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", "-c", line], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+def store_runs(clone: Path) -> list:
+    mlflow.set_tracking_uri(f"sqlite:///{clone / 'mlflow.db'}")
+    return mlflow.search_runs(search_all_experiments=True, output_format="list")
+
+
+def test_the_readme_journey(clone: Path, user_env: dict[str, str]) -> None:
+    quickstart = readme_commands("Quickstart")
+    assert quickstart[0] == INSTALL  # this test runs in such an environment (so does .ci/run)
+    env = dict(user_env)
+    ui = None
+    try:
+        for line in quickstart[1:]:
+            words = shlex.split(line)
+            if words[0] == "export":
+                key, _, value = words[1].partition("=")
+                env[key] = value
+            elif words[:2] == ["mlflow", "ui"]:
+                port = free_port()
+                ui = subprocess.Popen(
+                    [*words, "--host", "127.0.0.1", "--port", str(port)],
+                    cwd=clone,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                experiments = _ui_experiments(port, ui)
+                assert "demo-digits" in experiments
+            elif words[:3] == ["mlflow", "run", "."] and len(words) > 3 and words[3] != "-e":
+                out = run(f"{line} {REDUCED_GRID}", clone, env)
+                assert out.returncode == 0, out.stderr[-3000:]
+                assert "study run:" in out.stdout and "report: reports/demo-digits" in out.stdout
+                assert (clone / "reports" / "demo-digits" / "report.md").is_file()
+            elif "-e aggregate" in line:
+                out = run(line, clone, env)
+                assert out.returncode == 0, out.stderr[-3000:]
+                first = out.stdout.strip().splitlines()[0]
+                assert first.startswith("reporting experiment 'demo-digits'"), out.stdout
+                assert "-P experiment=" in first
+            elif words[0] == "python":
+                out = run(line, clone, env)
+                assert out.returncode == 0, out.stderr[-3000:]
+                assert out.stdout.strip().splitlines()[-1] == "torch.Size([2, 10])"
+            elif "-e evaluate" in line:
+                out = run(line, clone, env)
+                assert out.returncode == 0, out.stderr[-3000:]
+                assert "evaluate run:" in out.stdout
+            else:
+                pytest.fail(f"the journey does not know the README command {line!r}")
+        runs = store_runs(clone)
+        assert not [r for r in runs if r.info.status != "FINISHED"]
+        steps = [r.data.tags.get("ltexp.step") for r in runs]
+        assert steps.count("evaluate") == 5  # 4 cells + the champion tested again
+
+        before = len(store_runs(clone))
+        for line in readme_commands("Running the study"):
+            out = run(line, clone, env)
+            errors = [e for e in out.stderr.splitlines() if ": error: " in e]
+            assert out.returncode != 0 and len(errors) == 1, out.stderr[-3000:]
+            assert "cifar-100-python" in errors[0] and "-P preset=demo" in errors[0]
+        runs = store_runs(clone)
+        assert not [r for r in runs if r.info.status == "RUNNING"]
+        refused = [r for r in runs if r.info.status == "FAILED"]
+        assert len(runs) - before == len(refused) == 2  # mlflow run's own runs, with the reason
+        assert all("cifar-100-python" in r.data.tags["ltexp.error"] for r in refused)
+    finally:
+        if ui is not None:
+            ui.terminate()
+            ui.wait(timeout=30)
+
+
+def _ui_experiments(port: int, ui: subprocess.Popen) -> list[str]:
+    deadline = time.time() + 120
+    while True:
+        try:
+            url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=100"
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return [e["name"] for e in json.loads(r.read())["experiments"]]
+        except OSError:
+            assert ui.poll() is None and time.time() < deadline, "mlflow ui did not answer"
+            time.sleep(0.5)
