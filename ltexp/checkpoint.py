@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ltexp.errors import TrackingError, TrainingError
+from ltexp.errors import HostError, TrackingError, TrainingError
 
 LAST = "last.pt"
 BEST = "best.safetensors"
@@ -58,7 +58,7 @@ class ResumeState:
         try:
             atomic_write(path, lambda tmp: torch.save(asdict(self), tmp))
         except (OSError, RuntimeError) as e:  # torch reports a full disk as RuntimeError
-            raise TrainingError(
+            raise HostError(
                 f"cannot write checkpoint {str(path)!r} ({_reason(e)}); the previous "
                 f"checkpoint is intact and the same command resumes from it"
             ) from None
@@ -198,7 +198,7 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
     try:
         atomic_write(path, lambda tmp: save_file(tensors, tmp))
     except Exception as e:  # noqa: BLE001 - safetensors reports a full disk as its own error
-        raise TrainingError(f"cannot write weights {str(path)!r} ({_reason(e)})") from None
+        raise HostError(f"cannot write weights {str(path)!r} ({_reason(e)})") from None
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -242,6 +242,21 @@ def _tuples(value: Any) -> Any:
 def checkpoint_folder(checkpoint_dir: str | Path, run_id: str) -> Path:
     """Where the checkpoints of run ``run_id`` live."""
     return Path(checkpoint_dir).expanduser() / run_id
+
+
+def ensure_folder(path: str | Path) -> Path:
+    """``path`` as a folder this process can write (created if missing), or one clear line."""
+    folder = Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as e:
+        raise TrainingError(
+            f"checkpoint_dir {str(folder)!r} cannot be a writable folder ({e.strerror or e}); "
+            f"set checkpoint_dir to one"
+        ) from None
+    return folder
 
 
 @contextlib.contextmanager

@@ -180,10 +180,24 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``ltexp`` command; return its exit status."""
+    """Run the ``ltexp`` command; return its exit status.
+
+    The environment settings a command makes (MLflow's retries, its pickle guard) last as long
+    as the command: a caller that runs ``main`` in its own process gets its environment back.
+    """
+    saved = dict(os.environ)
+    try:
+        return _main(argv)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     logging.basicConfig(
         level=os.environ.get("LTEXP_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,  # this call's stderr, also when main() runs again in one process
     )
     # one progress bar per artifact download drowns the log of a study
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -200,13 +214,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_bench(args)
         cfg = build_config(args.preset or default_preset(args.command), _overrides(args))
+        from ltexp.tracking.runs import bounded_retries, prepare_store
+
+        bounded_retries()
+        prepare_store()
         return _handlers()[args.command](cfg, args)
     except LtexpError as e:
         from ltexp.tracking.runs import redact, tag_refusal
 
         tag_refusal(str(e))
         print(f"ltexp {args.command}: error: {redact(str(e))}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except MlflowException as e:  # the tracking server refused or could not be reached
         from ltexp.tracking.runs import redact, safe_uri
 

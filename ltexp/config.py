@@ -41,6 +41,7 @@ def _opt(
     low: float | None = None,
     low_open: bool = False,
     high: float | None = None,
+    high_open: bool = False,
     factory: Any = None,
     runtime: bool = False,
     registry: str = "",
@@ -62,6 +63,7 @@ def _opt(
         "low": low,
         "low_open": low_open,
         "high": high,
+        "high_open": high_open,
         "runtime": runtime,
         "registry": registry,
         "commands": commands,
@@ -136,7 +138,7 @@ class TrainConfig:
     optimizer: str = _opt("adam", "optimizer", choices=("adam", "adamw", "sgd"))
     lr: float = _opt(1e-3, "learning rate (thesis: Adam 1e-3)", low=0.0, low_open=True)
     betas: tuple[float, float] = _opt(
-        (0.9, 0.999), "Adam betas (thesis: 0.9,0.999)", low=0.0, high=1.0
+        (0.9, 0.999), "Adam betas (thesis: 0.9,0.999)", low=0.0, high=1.0, high_open=True
     )
     eps: float = _opt(1e-8, "Adam epsilon (thesis: 1e-8)", low=0.0, low_open=True)
     weight_decay: float = _opt(0.0, "weight decay (thesis: none)", low=0.0)
@@ -153,7 +155,11 @@ class TrainConfig:
         low=0,
     )
     drw_beta: float = _opt(
-        0.9999, "beta of the class-balanced DRW weights (Cao et al. 2019)", low=0.0, high=1.0
+        0.9999,
+        "beta of the class-balanced DRW weights (Cao et al. 2019)",
+        low=0.0,
+        high=1.0,
+        high_open=True,
     )
     deterministic: bool = _opt(False, "deterministic kernels (bit-identical reruns and resumes)")
     data_run: str = _opt(
@@ -236,7 +242,13 @@ class EvaluateConfig:
         "post-hoc logit adjustment logits - tau*log(prior) (Menon et al. 2021; 0 = off)",
         low=0.0,
     )
-    bootstrap_samples: int = _opt(1000, "bootstrap resamples for the 95% intervals", low=10)
+    bootstrap_samples: int = _opt(
+        1000,
+        "bootstrap resamples for the 95% intervals (more than 100,000 do not move an interval's "
+        "third decimal)",
+        low=10,
+        high=100_000,
+    )
     bootstrap_seed: int = _opt(0, "seed of the bootstrap resampling", low=0)
 
 
@@ -404,6 +416,7 @@ class FieldSpec:
     low: float | None = None
     low_open: bool = False
     high: float | None = None
+    high_open: bool = False
     runtime: bool = False
     registry: str = ""
     commands: tuple[str, ...] = ()
@@ -458,6 +471,7 @@ def section_fields(section: str) -> list[FieldSpec]:
                 m.get("low"),
                 m.get("low_open", False),
                 m.get("high"),
+                m.get("high_open", False),
                 m.get("runtime", False),
                 m.get("registry", ""),
                 m.get("commands") or SECTION_COMMANDS[section],
@@ -635,8 +649,9 @@ def _check_range(spec: FieldSpec, value: Any) -> None:
             if spec.low is not None and (v < spec.low or (spec.low_open and v == spec.low)):
                 op = ">" if spec.low_open else ">="
                 raise ConfigError(f"{spec.key} must be {op} {spec.low:g}, got {v!r}")
-            if spec.high is not None and v > spec.high:
-                raise ConfigError(f"{spec.key} must be <= {spec.high:g}, got {v!r}")
+            if spec.high is not None and (v > spec.high or (spec.high_open and v == spec.high)):
+                op = "<" if spec.high_open else "<="
+                raise ConfigError(f"{spec.key} must be {op} {spec.high:g}, got {v!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -669,17 +684,40 @@ def list_presets() -> list[str]:
     return sorted(names)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load``, but a key given twice in one mapping is an error, not "last wins"."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping with ``yaml.safe_load`` (tags that build objects are refused)."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read config {str(path)!r}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config {str(path)!r} is not UTF-8 text (byte {e.start}); save it as UTF-8"
+        ) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(f"config {str(path)!r} is not valid YAML: {first}") from None
+    except RecursionError:
+        raise ConfigError(
+            f"config {str(path)!r} is nested too deeply to be a config (sections hold keys)"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -756,6 +794,17 @@ def _loss_overrides(body: dict[str, Any], source: str) -> dict[str, Any]:
     return out
 
 
+def check_experiment_name(value: Any) -> str:
+    """An MLflow experiment name: text, not blank, one line (empty = the default)."""
+    if not isinstance(value, str):
+        raise ConfigError(f"experiment must be a string, got {value!r}")
+    if value and not value.strip():
+        raise ConfigError("experiment is blank; give a name, or leave it out for the default")
+    if any(ord(c) < 32 for c in value) or len(value) > 250:
+        raise ConfigError(f"experiment {value[:40]!r}… must be one line of at most 250 characters")
+    return value.strip()
+
+
 def default_config(preset: str = DEFAULT_PRESET) -> Config:
     """The dataclass defaults, with every registered loss's and dataset's own defaults."""
     from ltexp.data import DATASETS
@@ -781,9 +830,7 @@ def apply_overrides(cfg: Config, values: dict[str, Any]) -> Config:
     top: dict[str, Any] = {}
     for key, value in values.items():
         if key == "experiment":
-            if not isinstance(value, str):
-                raise ConfigError(f"experiment must be a string, got {value!r}")
-            top["experiment"] = value
+            top["experiment"] = check_experiment_name(value)
             continue
         if key == "preset":
             continue

@@ -13,7 +13,12 @@ OFFLINE_ALTERNATIVE = (
 
 
 class LtexpError(Exception):
-    """An error the user can fix; its message says what is wrong and what would be right."""
+    """An error the user can fix; its message says what is wrong and what would be right.
+
+    ``exit_code``: what the CLI exits with (2: the input; 1: the machine, such as a full disk).
+    """
+
+    exit_code = 2
 
 
 class ConfigError(LtexpError, ValueError):
@@ -45,6 +50,12 @@ def unknown_name_error(kind: str, name: object, valid: list[str] | tuple[str, ..
     return ConfigError(
         f"unknown {kind} {name!r}{did_you_mean(str(name), valid)}; valid: {', '.join(valid)}"
     )
+
+
+class HostError(LtexpError):
+    """The machine cannot do what was asked (a full disk, a folder that cannot be written)."""
+
+    exit_code = 1
 
 
 class WeightsError(LtexpError):

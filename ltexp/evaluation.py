@@ -39,7 +39,13 @@ def bootstrap_interval(
     if n == 0:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    means = correct[rng.integers(0, n, size=(samples, n))].mean(axis=1)
+    # in chunks: samples × n indices at once would not fit for large test sets
+    means = np.concatenate(
+        [
+            correct[rng.integers(0, n, size=(min(256, samples - start), n))].mean(axis=1)
+            for start in range(0, samples, 256)
+        ]
+    )
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return float(low), float(high)

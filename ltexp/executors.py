@@ -27,6 +27,7 @@ from ltexp.config import Config
 from ltexp.errors import ConfigError, TrainingError
 
 CONFIG_PLACEHOLDER = "{config}"
+CELL_TAKEN = 3  # exit status of `ltexp train` when another live process has the cell
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class CellTask:
     name: str
     config: Config
     finished_train: str | None = None
+    config_hash: str = ""
 
 
 @dataclass
@@ -111,19 +113,23 @@ def run_parallel(
     cfg: Config,
     study_run: str,
     progress: Callable[[str], None],
-) -> list[str]:
+) -> tuple[list[str], list[CellTask]]:
     """Run ``todo`` on the configured executor; a progress line per finished cell; return the
-    names of the cells that ran."""
+    names of the cells that ran, and the tasks another live process was training already."""
     jobs = cell_jobs(todo, study_run)
     runner = EXECUTORS.get(cfg.study.executor)
     if runner is None:
         raise ConfigError(f"unknown executor {cfg.study.executor!r}; valid: {', '.join(EXECUTORS)}")
-    ran, failed = [], []
+    ran, failed, elsewhere = [], [], []
+    task_of = {t.index: t for t in todo}
 
     def report(job: CellJob, code: int, tail: str, seconds: float) -> None:
         if code == 0:
             ran.append(job.name)
             progress(f"[{job.index}/{total}] {job.name}: done ({seconds:.1f}s)")
+        elif code == CELL_TAKEN:
+            elsewhere.append(task_of[job.index])
+            progress(f"[{job.index}/{total}] {job.name}: another process is training it")
         else:
             failed.append(job.name)
             last = tail.splitlines()[-1] if tail else ""
@@ -135,7 +141,7 @@ def run_parallel(
             f"{len(failed)} cell(s) failed: {', '.join(failed)}; re-run the "
             f"same command to retry them (finished cells are reused)"
         )
-    return ran
+    return ran, elsewhere
 
 
 def _gpu_count() -> int:

@@ -20,6 +20,7 @@ from ltexp.tracking import schema
 from tests.conftest import TrackingServer, step_counts, tiny_args, tiny_overrides
 
 pytestmark = pytest.mark.slow
+DEMO_EXPERIMENT = ["--preset", "demo", "--experiment", "demo-digits"]
 EPOCHS = 5
 
 
@@ -259,7 +260,7 @@ def _eight_trainings(tmp_path: Path, uri: str) -> None:
     env = _env(uri)
     # the store, experiment and data exist before the fan-out (as the study does)
     subprocess.run(
-        [sys.executable, "-m", "ltexp", "prepare-data", "--experiment", "demo-digits"],
+        [sys.executable, "-m", "ltexp", "prepare-data", *DEMO_EXPERIMENT],
         env=env,
         cwd=tmp_path,
         check=True,
@@ -380,3 +381,92 @@ def test_ctrl_c_marks_the_run_killed_and_the_same_command_resumes_it(tmp_path: P
     (run,) = _train_runs(uri)
     assert run.info.status == "FINISHED"
     assert run.data.tags[schema.RESUMED_FROM_EPOCH] == str(saved["epoch"])
+
+
+# --- two studies at once, a dead host, a server gone with the default retries ---------------------
+
+
+def _two_studies(tmp_path: Path, uri: str) -> None:
+    """Two identical `ltexp main` on one (fresh) store train each cell once, and agree."""
+    grid = {"models": "tiny_cnn", "losses": "ce,bs", "train_splits": "lt", "epochs": 2}
+    args = [sys.executable, "-m", "ltexp", "main", *tiny_args(tmp_path, **grid)]
+    env = _env(uri, LTEXP_POLL_SECONDS="1")
+    procs = [
+        subprocess.Popen(
+            args, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-1500:].decode() for o in outs]
+    mlflow.set_tracking_uri(uri)
+    counts = step_counts(uri)
+    assert counts["train"] == 2 and counts["evaluate"] == 2
+    # both may prepare the data at the same moment: the same splits (digest), cells claimed once
+    assert counts["prepare_data"] in (1, 2)
+    client = mlflow.MlflowClient()
+    for loss in ("ce", "bs"):
+        versions = client.search_model_versions(f"name = 'ltexp-digits-tiny_cnn-{loss}-lt'")
+        assert len(versions) == 1
+    aggregates = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string="tags.`ltexp.step` = 'aggregate'",
+        output_format="list",
+    )
+    assert [a.data.metrics["duplicate_cells"] for a in aggregates] == [0, 0]
+    assert [a.data.metrics["missing_cells"] for a in aggregates] == [0, 0]
+
+
+def test_two_studies_at_once_on_a_fresh_sqlite_store(tmp_path: Path) -> None:
+    _two_studies(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+@pytest.mark.postgres
+def test_two_studies_at_once_on_a_postgres_server(postgres_server: str, tmp_path: Path) -> None:
+    _two_studies(tmp_path, postgres_server)
+
+
+def test_a_cell_claimed_by_a_dead_host_is_taken_over(tmp_path: Path) -> None:
+    """A RUNNING train run of another host whose heartbeat stopped: reaped, cell trained here."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    grid = {"models": "tiny_cnn", "losses": "ce", "train_splits": "lt", "epochs": 1}
+    cmd = [sys.executable, "-m", "ltexp", "main", *tiny_args(tmp_path, **grid)]
+    env = _env(uri, LTEXP_STALE_SECONDS="120", LTEXP_POLL_SECONDS="1")
+    subprocess.run(cmd, env=env, cwd=tmp_path, check=True, capture_output=True)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    (train,) = _train_runs(uri)
+    # the cell again, as claimed by a process on a host that went dark ten minutes ago
+    dead = client.create_run(
+        train.info.experiment_id,
+        tags={
+            schema.STEP: "train",
+            schema.CONFIG_HASH: train.data.tags[schema.CONFIG_HASH],
+            schema.HOST: "gpu-node-7",
+            schema.PID: "4242",
+            schema.HEARTBEAT: f"{time.time() - 600:.0f}",
+        },
+    ).info.run_id
+    client.delete_run(train.info.run_id)  # its finished result is gone: the cell must be trained
+    out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-1500:]
+    reaped = client.get_run(dead)
+    assert reaped.info.status == "FAILED"
+    assert "no heartbeat from process 4242 on gpu-node-7" in reaped.data.tags[schema.ERROR]
+    assert [r.info.status for r in _train_runs(uri)] == ["FINISHED", "FAILED"]
+
+
+def test_server_gone_for_good_with_the_default_retries_ends_within_five_minutes(
+    sqlite_server: TrackingServer, tmp_path: Path
+) -> None:
+    extra = {"epochs": 3, "train_split": "balanced", "evaluate_after": "false"}
+    env = {k: v for k, v in _env(sqlite_server.uri).items() if not k.startswith("MLFLOW_HTTP")}
+    proc = _start_training(tmp_path, env, **extra)
+    _wait_for_epoch(tmp_path / "ckpt", 1, proc)
+    sqlite_server.stop()
+    gone = time.time()
+    _, err = proc.communicate(timeout=420)
+    assert time.time() - gone < 300  # docs/reliability.md: at most 5 minutes
+    assert proc.returncode != 0
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("ltexp train: error:") and "tracking server" in last, last

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ltexp.data.sources import DatasetOption, SourceData, register_dataset, sha256_arrays
+from ltexp.resources import check_fits
 
 
 def _prototypes(rng: np.random.Generator, num_classes: int, size: int) -> np.ndarray:
@@ -62,6 +63,12 @@ def load_synthetic(
     seed: int = 0,
 ) -> SourceData:
     """Generate the synthetic dataset; the protocol keeps 90% / 10% of train for balanced splits."""
+    images = num_classes * (train_per_class + test_per_class)
+    check_fits(
+        images * image_size * image_size * 3 + 4096 * image_size * image_size * 3 * 4 * 2,
+        f"the synthetic dataset ({images:,} images of {image_size}×{image_size})",
+        "lower synthetic_image_size or the images per class",
+    )
     rng = np.random.default_rng(seed)
     protos = _prototypes(rng, num_classes, image_size)
     train_images, train_labels = _sample(rng, protos, train_per_class)

@@ -253,7 +253,7 @@ def build_report(
                     model_title(r.model),
                     r.type,
                     r.pretraining,
-                    f"{r.params_millions:.2f}",
+                    DASH if pd.isna(r.params_millions) else f"{r.params_millions:.2f}",
                     DASH if pd.isna(r.imagenet_top1) else f"{r.imagenet_top1:.3f}",
                 ]
                 for r in backbones.itertuples()

@@ -251,11 +251,16 @@ def backbones_table(models: list[str], num_classes: int) -> pd.DataFrame:
     counted on the built model) and the weights' ImageNet-1K top-1 (%) from the library."""
     import torch
 
+    from ltexp.errors import ConfigError
     from ltexp.models import build_model, count_parameters, model_spec
 
     rows = []
     for name in models:
-        spec = model_spec(name)
+        try:
+            spec = model_spec(name)
+        except ConfigError:  # a model some other tool logged: nothing known about it
+            rows.append({"model": name, "type": "", "pretraining": "", "weights": ""})
+            continue
         with torch.device("meta"):  # counts parameters without allocating or downloading them
             params = count_parameters(build_model(name, num_classes, pretrained=False))
         top1 = spec.imagenet_top1()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -145,14 +145,26 @@ def report_folder(name: str) -> Path:
 
 
 def _check_writable(path: Path) -> None:
+    """Refuse a report folder that cannot be made or written, before anything is built; a
+    folder made only to test it is removed again."""
+    missing = []
     probe = path
-    while not probe.exists():
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError as e:
         raise ConfigError(
-            f"output_dir {str(path)!r} cannot be written (no write permission on "
-            f"{str(probe)!r}); choose another output_dir"
-        )
+            f"output_dir {str(path)!r} cannot be written ({e.strerror or e}); choose another "
+            f"output_dir"
+        ) from None
+    finally:
+        for folder in missing:  # innermost first: leave no empty folders behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def run_aggregate(

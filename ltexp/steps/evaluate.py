@@ -31,7 +31,8 @@ from ltexp.evaluation import (
 from ltexp.evaluation import topk as top_k
 from ltexp.losses import adjust_logits
 from ltexp.report.plots import confusion_figure, per_class_accuracy_figure
-from ltexp.tracking import registered_models, runs, schema
+from ltexp.resources import check_fits, image_batch_bytes
+from ltexp.tracking import claims, registered_models, runs, schema
 from ltexp.tracking.datasets import load_prepared
 from ltexp.tracking.inputs import log_split_inputs
 from ltexp.tracking.results import log_model_input, log_test_results
@@ -82,6 +83,12 @@ def run_evaluate(
     device = resolve_device(cfg.runtime.device)
     model, info = registered_models.load_classifier(model_uri, device)
     image_size = info.image_size
+    check_fits(
+        image_batch_bytes(cfg.runtime.eval_batch_size, image_size, copies=2),
+        f"a test batch of {cfg.runtime.eval_batch_size} images of {image_size}×{image_size}",
+        "lower eval_batch_size",
+        device=str(device),
+    )
     amp = autocast_dtype(cfg.runtime.precision, device)
     channels_last = cfg.runtime.channels_last and device.type == "cuda"
     if channels_last:
@@ -121,6 +128,9 @@ def run_evaluate(
     if not parent_run_id and not mlflow.active_run():
         # the evaluate run belongs with its train run's experiment
         launched, wrapper = runs.launched_run_for(train_run.info.experiment_id)
+    if parent_run_id == train_run.info.run_id and launched is None:
+        # a child evaluation that a dead process left unfinished is done again in the same run
+        launched = _unfinished_evaluation(train_run.info.run_id, tau)
     cell = {p: params[p] for p in schema.CELL_PARAMS}
     with runs.step_run(
         schema.Step.EVALUATE,
@@ -167,6 +177,20 @@ def run_evaluate(
             )
             mlflow.log_artifacts(tmp)
         return run.info.run_id, metrics
+
+
+def _unfinished_evaluation(train_run_id: str, tau: float) -> str | None:
+    claims.reap_dead_runs()
+    found = runs.search_all(
+        None,
+        f"{schema.search_step(schema.Step.EVALUATE)} and "
+        f"params.{schema.TRAIN_RUN_ID} = '{train_run_id}' and "
+        f"attributes.status != 'FINISHED' and attributes.status != 'RUNNING'",
+    )
+    for run in found:
+        if float(run.data.params.get(schema.TAU, "0") or 0) == float(tau):
+            return run.info.run_id
+    return None
 
 
 def score_metrics(scores: dict[str, GroupScore]) -> dict[str, float]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import mlflow
 
 from ltexp import executors
+from ltexp.checkpoint import ensure_folder
 from ltexp.config import Config
 from ltexp.data.splits import TRAINING_SETS
 from ltexp.distributed import DistContext
@@ -33,9 +34,9 @@ from ltexp.steps.aggregate import run_aggregate
 from ltexp.steps.evaluate import run_evaluate
 from ltexp.steps.prepare_data import run_prepare_data
 from ltexp.steps.train import TrainResult, run_train
-from ltexp.tracking import runs, schema
+from ltexp.tracking import claims, runs, schema
 from ltexp.tracking.datasets import find_prepared_run, prepared_digest
-from ltexp.training import resolve_train
+from ltexp.training.setup import check_weights, resolve_train
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -86,7 +87,9 @@ def run_cell(cfg: Config, parent_run_id: str | None = None) -> CellResult:
     the registered checkpoint as a child run of the train run (unless ``evaluate_after=false``).
     """
     if DistContext.from_env().is_main and not cfg.train.data_run:
-        resolve_train(cfg)  # refuse a bad request before preparing anything
+        # refuse a bad request before preparing anything
+        check_weights(cfg, resolve_train(cfg))
+        ensure_folder(cfg.runtime.checkpoint_dir)
         data_run = find_prepared_run(cfg) or run_prepare_data(cfg, claim_launched=False)
         cfg = cfg.replace(data_run=data_run)
     train = run_train(cfg, parent_run_id=parent_run_id)
@@ -165,7 +168,7 @@ def run_study(
         )
     )
     exp_id = runs.resolve_experiment(cfg.experiment, default=cfg.experiment)
-    runs.reap_dead_runs([exp_id])
+    claims.reap_dead_runs()
     shash = study_hash(cfg)
     launched = None if parent_run_id else runs.launched_run_id()
     main_id = launched or _unfinished_main(exp_id, shash)
@@ -207,15 +210,16 @@ def run_study(
         todo, result = [], StudyResult(study_run, None)
         for i, cell in enumerate(cells, start=1):
             cell_cfg = cell.config(cfg)
-            train_id, eval_id = done.get(train_hash(cell_cfg, digest), (None, None))
+            chash = train_hash(cell_cfg, digest)
+            train_id, eval_id = done.get(chash, (None, None))
             if train_id and eval_id:
                 progress(
                     f"[{i}/{len(cells)}] {cell.name}: reused (train {train_id}, evaluate {eval_id})"
                 )
                 result.reused.append(cell.name)
                 continue
-            todo.append(executors.CellTask(i, cell.name, cell_cfg, train_id))
-        ran = _run_cells(todo, len(cells), cfg, study_run, progress)
+            todo.append(executors.CellTask(i, cell.name, cell_cfg, train_id, chash))
+        ran = _run_cells(todo, len(cells), cfg, exp_id, study_run, progress)
         result.ran.extend(ran)
         grid = Grid(s.models, s.losses, s.train_splits, [str(x) for x in s.seeds])
         report = run_aggregate(cfg, grid=grid, parent_run_id=study_run)
@@ -238,14 +242,30 @@ def _unfinished_main(exp_id: str, shash: str) -> str | None:
 
 
 def _run_cells(
-    todo: list[executors.CellTask], total: int, cfg: Config, study_run: str, progress: Progress
+    todo: list[executors.CellTask],
+    total: int,
+    cfg: Config,
+    exp_id: str,
+    study_run: str,
+    progress: Progress,
 ) -> list[str]:
-    """Run the cells that are not reused: here, one after the other, or on an executor."""
+    """Run the cells that are not reused: here, one after the other, or on an executor; then
+    wait for those another process was training, and take over any whose process died."""
     if cfg.study.workers > 1 or cfg.study.executor != "local":
-        return executors.run_parallel(todo, total, cfg, study_run, progress)
-    ran = []
-    for task in todo:
-        started = time.perf_counter()
+        ran, elsewhere = executors.run_parallel(todo, total, cfg, study_run, progress)
+    else:
+        ran, elsewhere = [], []
+        for task in todo:
+            (ran if _run_one(task, total, study_run, progress) else elsewhere).append(task)
+        ran = [t.name for t in ran]
+    return ran + _wait_for(elsewhere, total, exp_id, study_run, progress)
+
+
+def _run_one(task: executors.CellTask, total: int, study_run: str, progress: Progress) -> bool:
+    """Train and evaluate one cell here (or only evaluate it); False when another live process
+    has it."""
+    started = time.perf_counter()
+    try:
         if task.finished_train:  # trained, but its evaluation is missing
             _, metrics = run_evaluate(
                 task.config, train_run_id=task.finished_train, parent_run_id=task.finished_train
@@ -255,11 +275,56 @@ def _run_cells(
             out = run_cell(task.config, parent_run_id=study_run)
             metrics = out.metrics
             what = f"trained, best val_acc1 {out.train.best_val_acc1:.4f}"
-        lt = metrics.get(schema.test_metric("lt"))
-        progress(
-            f"[{task.index}/{total}] {task.name}: {what}"
-            + (f", test_lt_acc1 {lt:.4f}" if lt is not None else "")
-            + f" ({time.perf_counter() - started:.1f}s)"
-        )
-        ran.append(task.name)
-    return ran
+    except claims.CellTaken as taken:
+        progress(f"[{task.index}/{total}] {task.name}: {taken}")
+        return False
+    lt = metrics.get(schema.test_metric("lt"))
+    progress(
+        f"[{task.index}/{total}] {task.name}: {what}"
+        + (f", test_lt_acc1 {lt:.4f}" if lt is not None else "")
+        + f" ({time.perf_counter() - started:.1f}s)"
+    )
+    return True
+
+
+POLL_SECONDS = 10.0  # how often a study looks at cells another process is training
+# a process that finished training a cell starts its evaluation within seconds; only after this
+# long without one is the evaluation taken over
+HANDOFF_SECONDS = 120.0
+
+
+def _evaluation_pending(exp_id: str, train_run_id: str) -> bool:
+    """Another process is evaluating the run, or will in a moment (it just finished training)."""
+    if claims.live_evaluation(exp_id, train_run_id):
+        return True
+    ended = (runs.client().get_run(train_run_id).info.end_time or 0) / 1000
+    return time.time() - ended < runs.env_seconds("LTEXP_HANDOFF_SECONDS", HANDOFF_SECONDS)
+
+
+def _wait_for(
+    tasks: list[executors.CellTask], total: int, exp_id: str, study_run: str, progress: Progress
+) -> list[str]:
+    """Wait until the cells other processes are training are finished and evaluated; a cell
+    whose process died (no heartbeat) is reaped and taken over here."""
+    pending, done_here = list(tasks), []
+    while pending:
+        claims.reap_dead_runs([exp_id])
+        finished = finished_cells(exp_id)
+        still = []
+        for task in pending:
+            train_id, eval_id = finished.get(task.config_hash, (None, None))
+            if train_id and eval_id:
+                progress(f"[{task.index}/{total}] {task.name}: done by another process")
+            elif claims.live_train_run(exp_id, task.config_hash) or (
+                train_id and _evaluation_pending(exp_id, train_id)
+            ):
+                still.append(task)
+            else:  # its process died, or it finished without an evaluation: do it here
+                retry = executors.CellTask(
+                    task.index, task.name, task.config, train_id, task.config_hash
+                )
+                (done_here if _run_one(retry, total, study_run, progress) else still).append(task)
+        pending = still
+        if pending:
+            time.sleep(runs.env_seconds("LTEXP_POLL_SECONDS", POLL_SECONDS))
+    return [t.name for t in done_here]

@@ -17,7 +17,15 @@ import mlflow
 import torch
 import yaml
 
-from ltexp.checkpoint import BEST, LAST, ResumeState, checkpoint_folder, exclusive, save_weights
+from ltexp.checkpoint import (
+    BEST,
+    LAST,
+    ResumeState,
+    checkpoint_folder,
+    ensure_folder,
+    exclusive,
+    save_weights,
+)
 from ltexp.config import Config
 from ltexp.data import PreparedData
 from ltexp.data.pipeline import CIFAR_MEAN, CIFAR_STD
@@ -27,11 +35,17 @@ from ltexp.distributed import init as init_distributed
 from ltexp.errors import ConfigError, TrackingError
 from ltexp.identity import train_hash
 from ltexp.models import count_parameters
-from ltexp.tracking import registered_models, runs, schema
+from ltexp.tracking import claims, registered_models, runs, schema
 from ltexp.tracking.datasets import find_prepared_run, load_prepared
 from ltexp.tracking.inputs import log_split_inputs
 from ltexp.training import TrainSpec, resolve_device, resolve_train
-from ltexp.training.session import ReplicaSetup, build_session, share_setup, train_replica
+from ltexp.training.session import (
+    ReplicaSetup,
+    build_seeded_model,
+    build_session,
+    share_setup,
+    train_replica,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +84,14 @@ def run_train(cfg: Config, parent_run_id: str | None = None) -> TrainResult:
             f"with the same data options first, or give data_run=<prepare_data run id>"
         )
     prepared = load_prepared(data_run, cfg.data.data_root, cfg.data.download)
+    # weights (missing, offline, not a state dict) and folders are refused before any run exists
+    model = build_seeded_model(cfg, spec, prepared.num_classes)
+    ensure_folder(cfg.runtime.checkpoint_dir)
     chash = train_hash(cfg, prepared.digest())
     exp_id = runs.resolve_experiment(
         cfg.experiment, default=runs.default_experiment(cfg.preset, cfg.data.dataset)
     )
-    runs.reap_dead_runs([exp_id])
+    claims.reap_dead_runs()
     resume_id = _run_to_resume(cfg, exp_id, chash)
     launched = None if parent_run_id else runs.launched_run_id()
     if resume_id and launched and launched != resume_id:
@@ -82,18 +99,29 @@ def run_train(cfg: Config, parent_run_id: str | None = None) -> TrainResult:
     name = schema.run_name(t.model, t.loss, t.train_split, t.seed)
     registered = schema.registered_model_name(prepared.dataset, t.model, t.loss, t.train_split)
     training_set = TRAINING_SETS[t.train_split]
+    tags = {
+        schema.CONFIG_HASH: chash,
+        schema.DATA_RUN: data_run,
+        schema.DATA_DIGEST: prepared.digest(),
+        schema.CELL: name,
+    }
+    run_id = resume_id or claims.claim_run(
+        exp_id,
+        chash,
+        run_name=name,
+        tags=tags,
+        parent_run_id=parent_run_id,
+        run_id=launched,
+        # a study's cell is trained once; a plain `ltexp train` may train a config again
+        finished_counts=parent_run_id is not None and not cfg.study.force,
+    )
     with runs.step_run(
         schema.Step.TRAIN,
         experiment_id=exp_id,
-        run_id=resume_id or launched,
+        run_id=run_id,
         run_name=name,
         parent_run_id=parent_run_id,
-        tags={
-            schema.CONFIG_HASH: chash,
-            schema.DATA_RUN: data_run,
-            schema.DATA_DIGEST: prepared.digest(),
-            schema.CELL: name,
-        },
+        tags=tags,
         description=(
             f"{t.model} fine-tuned with {t.loss} on {prepared.dataset} {training_set} "
             f"({len(prepared.splits[training_set]):,} images), seed {t.seed}, {t.epochs} "
@@ -106,7 +134,7 @@ def run_train(cfg: Config, parent_run_id: str | None = None) -> TrainResult:
         with exclusive(folder):
             if resume_id is None:
                 _log_run_inputs(cfg, spec, prepared, data_run)
-            return _train(cfg, spec, prepared, run_id, folder, chash, registered, ctx)
+            return _train(cfg, spec, prepared, model, run_id, folder, chash, registered, ctx)
 
 
 def _run_to_resume(cfg: Config, exp_id: str, chash: str) -> str | None:
@@ -171,6 +199,7 @@ def _train(
     cfg: Config,
     spec: TrainSpec,
     prepared: PreparedData,
+    model: torch.nn.Module,
     run_id: str,
     folder: Path,
     chash: str,
@@ -182,7 +211,7 @@ def _train(
     last = folder / LAST
     setup = ReplicaSetup(run_id, prepared.manifest, prepared.indices, spec, last, chash)
     share_setup(setup, ctx)  # the other ranks rebuild the same data, without MLflow
-    session = build_session(cfg, prepared, spec, ctx)
+    session = build_session(cfg, prepared, spec, ctx, model=model)
     if last.is_file():
         session.resume_from(ResumeState.load(last, config_hash=chash, epochs=t.epochs), last)
         runs.deliver_history(run_id, session.history)
@@ -210,7 +239,7 @@ def _train(
             result.metrics[schema.IMAGES_PER_S],
         )
     runs.ensure_delivered(run_id, session.history, str(last))
-    mlflow.log_metrics({schema.BEST_VAL_ACC1: best_acc, schema.BEST_EPOCH: best_epoch})
+    runs.log_once({schema.BEST_VAL_ACC1: best_acc, schema.BEST_EPOCH: best_epoch})
     info = registered_models.ModelInfo(
         t.model, prepared.num_classes, spec.head, spec.image_size, CIFAR_MEAN, CIFAR_STD
     )

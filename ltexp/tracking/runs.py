@@ -28,6 +28,59 @@ from ltexp.tracking import schema
 log = logging.getLogger(__name__)
 _ASYNC_PENDING = False  # metrics queued by log_epoch and not yet flushed
 
+# MLflow's own defaults retry a request for minutes (7 retries, backoff ×2, 120 s timeouts), and
+# then every queued request again: a command whose server is gone for good would not end.
+# ltexp bounds them (unless set): a request gives up after about 30 s of backoff (a few minutes
+# if the server hangs), and once one has given up, the rest fail fast (give_up_on_server).
+RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+FLUSH_SECONDS = 180.0  # the longest wait for queued metrics before the server counts as gone
+HEARTBEAT_SECONDS = 60.0  # a live process refreshes its runs' heartbeat this often
+STALE_SECONDS = 600.0  # a RUNNING run whose heartbeat is older belongs to a dead process
+
+
+def env_seconds(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def bounded_retries() -> None:
+    """Apply :data:`RETRY_DEFAULTS` where the environment sets nothing else; with credentials in
+    the tracking URI, keep MLflow from printing run URLs (they would carry the password)."""
+    for key, value in RETRY_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if redact(mlflow.get_tracking_uri()) != mlflow.get_tracking_uri():
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+
+
+def give_up_on_server() -> None:
+    """The server is gone: every later request of this process fails at once, so the command
+    ends with its one line instead of retrying each queued request for minutes."""
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
+
+
+def prepare_store() -> None:
+    """Create a local sqlite store's tables once, however many ltexp processes start on it at
+    the same moment (MLflow's schema migration is not safe to run twice at once)."""
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return
+    import fcntl
+    import hashlib
+    import tempfile
+
+    path = uri.removeprefix("sqlite:///")
+    key = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
+    with open(os.path.join(tempfile.gettempdir(), f"ltexp-store-{key}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client().search_experiments(max_results=1)  # creates or migrates the tables
+
 
 def client() -> MlflowClient:
     """A client for the current tracking URI."""
@@ -157,16 +210,14 @@ def get_run(run_id: str, step: schema.Step | None = None) -> Run:
     try:
         run = client().get_run(run_id)
     except mlflow.exceptions.MlflowException:
-        raise TrackingError(
-            f"run {run_id!r} does not exist on {mlflow.get_tracking_uri()}"
-        ) from None
+        raise TrackingError(f"run {run_id!r} does not exist on {safe_uri()}") from None
     if step is not None and run.data.tags.get(schema.STEP) != step.value:
         got = run.data.tags.get(schema.STEP, "not an ltexp run")
         raise TrackingError(f"run {run_id!r} is a {got} run, not a {step.value} run")
     return run
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -176,26 +227,34 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def reap_dead_runs(experiment_ids: list[str]) -> list[str]:
-    """Mark FAILED the ltexp runs left RUNNING by processes of this host that no longer exist."""
-    host = socket.gethostname()
-    reaped = []
-    for run in search_all(experiment_ids, "attributes.status = 'RUNNING'"):
-        tags = run.data.tags
-        if tags.get(schema.HOST) != host or not tags.get(schema.PID, "").isdigit():
-            continue
-        pid = int(tags[schema.PID])
-        if pid == os.getpid() or _pid_alive(pid):
-            continue
-        c = client()
-        c.set_tag(run.info.run_id, schema.ERROR, f"process {pid} on {host} died while running")
-        c.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
-        reaped.append(run.info.run_id)
-    return reaped
+_HEARTBEATS: dict[str, Any] = {}
+
+
+def _start_heartbeat(run_id: str) -> None:
+    """Refresh the run's heartbeat tag every ``LTEXP_HEARTBEAT_SECONDS`` while it is open, so
+    another host can tell a live run from a dead one."""
+    import threading
+
+    stop = threading.Event()
+    every = env_seconds("LTEXP_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS)
+
+    def beat() -> None:
+        while not stop.wait(every):
+            with contextlib.suppress(Exception):
+                client().set_tag(run_id, schema.HEARTBEAT, f"{time.time():.0f}")
+
+    threading.Thread(target=beat, daemon=True, name=f"heartbeat-{run_id[:8]}").start()
+    _HEARTBEATS[run_id] = stop
+
+
+def _stop_heartbeat(run_id: str) -> None:
+    stop = _HEARTBEATS.pop(run_id, None)
+    if stop is not None:
+        stop.set()
 
 
 def process_tags() -> dict[str, str]:
-    """Tags that tie a run to the live process writing it (for :func:`reap_dead_runs`)."""
+    """Tags that tie a run to the live process writing it (see :mod:`ltexp.tracking.claims`)."""
     return {
         schema.HOST: socket.gethostname(),
         schema.PID: str(os.getpid()),
@@ -205,8 +264,8 @@ def process_tags() -> dict[str, str]:
 
 
 def error_line(e: BaseException) -> str:
-    """One line describing an exception, for the ``ltexp.error`` tag."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    """One line describing an exception, for the ``ltexp.error`` tag (credentials removed)."""
+    text = redact(str(e).strip().splitlines()[0]) if str(e).strip() else ""
     if isinstance(e, LtexpError):
         return text[:500]
     return f"{type(e).__name__}: {text}"[:500]
@@ -255,6 +314,10 @@ def step_run(
             os.environ["MLFLOW_RUN_ID"] = unclaimed
     if reparent and run_id is None:
         mlflow.set_tag(schema.PARENT_RUN, reparent)
+    if run_id and not is_launched:  # alive again: a reaped run's reason no longer holds
+        with contextlib.suppress(Exception):
+            client().delete_tag(run.info.run_id, schema.ERROR)
+    _start_heartbeat(run.info.run_id)
     try:
         yield run
     except KeyboardInterrupt:
@@ -274,6 +337,7 @@ def _close(run_id: str, status: int, error: str | None) -> None:
     if _ASYNC_PENDING:
         with contextlib.suppress(Exception):
             flush()
+    _stop_heartbeat(run_id)
     active = mlflow.active_run()
     ours = active is not None and active.info.run_id == run_id
     try:
@@ -299,11 +363,35 @@ def log_epoch(metrics: dict[str, float], epoch: int) -> None:
     mlflow.set_tag(schema.HEARTBEAT, f"{time.time():.0f}", synchronous=False)
 
 
-def flush() -> None:
-    """Deliver metrics queued by :func:`log_epoch`."""
+def flush(deadline: float | None = None) -> None:
+    """Deliver metrics queued by :func:`log_epoch`, waiting at most ``deadline`` seconds
+    (default :data:`FLUSH_SECONDS`, ``LTEXP_FLUSH_SECONDS``).
+
+    Raises:
+        TrackingError: they were not delivered in time (the server counts as gone).
+    """
     global _ASYNC_PENDING
-    mlflow.flush_async_logging()
+    import threading
+
+    errors: list[BaseException] = []
+
+    def deliver() -> None:
+        try:
+            mlflow.flush_async_logging()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    worker = threading.Thread(target=deliver, daemon=True)
+    worker.start()
+    wait = env_seconds("LTEXP_FLUSH_SECONDS", FLUSH_SECONDS) if deadline is None else deadline
+    worker.join(wait)
+    if worker.is_alive():
+        give_up_on_server()
+        worker.join(60)  # what is left fails fast now
+        raise TrackingError(f"the tracking server {safe_uri()} did not take the queued metrics")
     _ASYNC_PENDING = False
+    if errors:
+        raise errors[0]
 
 
 def log_params(params: dict[str, Any]) -> None:
@@ -320,7 +408,7 @@ def log_params(params: dict[str, Any]) -> None:
         text = _param_text(value)
         if key not in existing:
             fresh[key] = text
-        elif existing[key] != text and not _same_value(existing[key], text):
+        elif existing[key] != text and not _same_value(existing[key], text, key):
             raise TrackingError(
                 f"param {key} is already {existing[key]!r} on this run; it cannot become {text!r}"
             )
@@ -336,11 +424,29 @@ def _param_text(value: Any) -> str:
     return str(value)
 
 
-def _same_value(a: str, b: str) -> bool:
+def _same_value(a: str, b: str, key: str = "") -> bool:
+    """Whether two param texts mean the same value (``-P deterministic=yes`` is ``True``,
+    ``-P betas=.9,.999`` is ``0.9,0.999``): through the config field's own converter."""
+    from ltexp.config import all_fields, convert
+    from ltexp.errors import ConfigError
+
+    spec = all_fields().get(key)
+    if spec is not None:
+        with contextlib.suppress(ConfigError):
+            return convert(spec, a) == convert(spec, b)
     try:
         return float(a) == float(b)
     except ValueError:
         return a.strip().lower() == b.strip().lower()
+
+
+def log_once(metrics: dict[str, float]) -> None:
+    """Log summary metrics on the active run unless a run resumed after a crash already did."""
+    run_id = mlflow.active_run().info.run_id
+    logged = client().get_run(run_id).data.metrics
+    fresh = {k: v for k, v in metrics.items() if logged.get(k) != v}
+    if fresh:
+        mlflow.log_metrics(fresh)
 
 
 def deliver_history(run_id: str, history: list[dict[str, float]]) -> None:
@@ -367,14 +473,15 @@ def ensure_delivered(run_id: str, history: list[dict[str, float]], kept_in: str)
         log.warning(
             "metrics queued during the run were not delivered (%s); sending them "
             "again from the checkpoint",
-            error_line(e)[:200],
+            redact(error_line(e))[:200],
         )
     try:
         deliver_history(run_id, history)
     except mlflow.exceptions.MlflowException as e:
+        give_up_on_server()
         raise TrackingError(
-            f"the tracking server {mlflow.get_tracking_uri()} is unreachable, "
+            f"the tracking server {safe_uri()} is unreachable, "
             f"so some epochs' metrics are not delivered; they are kept in "
             f"{kept_in!r} and sent when the same command is run again "
-            f"({error_line(e)[:160]})"
+            f"({redact(error_line(e))[:160]})"
         ) from None

@@ -100,16 +100,32 @@ class Session:
         )
 
 
+def build_seeded_model(cfg: Config, spec: TrainSpec, num_classes: int) -> torch.nn.Module:
+    """The model a run trains, on the CPU: weights loaded (or refused), the head drawn from the
+    run's seed, so building it early (to refuse bad weights before a run exists) changes
+    nothing."""
+    set_deterministic(cfg.train.deterministic)
+    seed_everything(cfg.train.seed)
+    return build_model(cfg.train.model, num_classes, pretrained=spec.pretrained, head=spec.head)
+
+
 def build_session(
-    cfg: Config, prepared: PreparedData, spec: TrainSpec, ctx: DistContext | None = None
+    cfg: Config,
+    prepared: PreparedData,
+    spec: TrainSpec,
+    ctx: DistContext | None = None,
+    model: torch.nn.Module | None = None,
 ) -> Session:
-    """Model, loss, optimizer, schedule and data on ``spec.device``, at epoch 1."""
+    """Model (``model``, else built here), loss, optimizer, schedule and data on
+    ``spec.device``, at epoch 1."""
     ctx = ctx or DistContext()
     t, rt = cfg.train, cfg.runtime
     device = spec.device
-    set_deterministic(t.deterministic)
-    seed_everything(t.seed)
-    model = build_model(t.model, prepared.num_classes, pretrained=spec.pretrained, head=spec.head)
+    if model is None:
+        model = build_seeded_model(cfg, spec, prepared.num_classes)
+    seed_everything(
+        t.seed
+    )  # training's randomness starts from the seed, however the model was built
     channels_last = rt.channels_last and device.type == "cuda"
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt)

@@ -21,6 +21,7 @@ from torch import nn
 
 from ltexp.config import Config
 from ltexp.errors import ConfigError, unknown_name_error
+from ltexp.resources import check_fits, image_batch_bytes
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,18 @@ def parse_pretrained(value: str) -> bool | Path:
     return path
 
 
+def check_weights(cfg: Config, spec: TrainSpec) -> None:
+    """Load the configured weights into a model on the meta device (no memory, no data needed):
+    a missing download, a file that is not a state dict, a model without weights are refused
+    before anything is prepared or created."""
+    import torch
+
+    from ltexp.models import build_model
+
+    with torch.device("meta"):
+        build_model(cfg.train.model, 2, pretrained=spec.pretrained, head=spec.head)
+
+
 def resolve_train(cfg: Config) -> TrainSpec:
     """Check every part of a train request that needs no data; resolve it.
 
@@ -93,6 +106,12 @@ def resolve_train(cfg: Config) -> TrainSpec:
             f"model {t.model} takes {spec.input_size}×{spec.input_size} images "
             f"only, got image_size={image_size}"
         )
+    check_fits(
+        image_batch_bytes(t.batch_size, image_size),
+        f"a training batch of {t.batch_size} images of {image_size}×{image_size}",
+        "lower image_size or batch_size",
+        device=str(device),
+    )
     if t.drw_epoch is not None and t.drw_epoch >= t.epochs:
         log.warning(
             "drw_epoch=%s >= epochs=%s: class weights never switch on", t.drw_epoch, t.epochs

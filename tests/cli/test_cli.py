@@ -204,3 +204,85 @@ def test_input_refused_under_mlflow_run_says_why_on_its_run(
     assert main(["evaluate", "--preset", "demo"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert "train_run=" in mlflow.get_run(run_id).data.tags["ltexp.error"]
+
+
+def test_a_password_in_the_tracking_uri_is_never_printed(
+    tracking: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import mlflow as _mlflow
+
+    uri = "http://alice:s3cret@127.0.0.1:9"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    _mlflow.set_tracking_uri(uri)
+    code = main(["evaluate", "--preset", "demo", "--train-run", "0" * 32])
+    out = capsys.readouterr()
+    assert code != 0 and "s3cret" not in out.err + out.out
+    assert "http://***@127.0.0.1:9" in out.err
+
+
+def _bad_file(tmp_path: Path, name: str) -> str:
+    """Files a careless user might hand over."""
+    path = tmp_path / name
+    if name == "notes.txt":
+        path.write_text("not weights\n")
+    elif name == "dup.yaml":
+        path.write_text("train:\n  lr: 0.1\n  lr: 0.2\n")
+    elif name == "latin1.yaml":
+        path.write_bytes("train:\n  model: caf\xe9\n".encode("latin-1"))
+    elif name == "deep.yaml":
+        path.write_text("a: " + "[" * 20000 + "]" * 20000 + "\n")
+    return str(path)
+
+
+ROUND_TWO = [
+    # (command, options, message)
+    ("train", {"betas": "1,1"}, "betas must be < 1"),
+    ("main", {"seeds": "-1"}, "seeds must be >= 0"),
+    ("train", {"image_size": "100000"}, "needs about"),
+    ("prepare-data", {"dataset": "synthetic", "synthetic_image_size": "100000"}, "needs about"),
+    ("evaluate", {"bootstrap_samples": "1000000000"}, "bootstrap_samples must be <= 100000"),
+    ("train", {"pretrained": "notes.txt"}, "is not a plain state dict of tensors"),
+    ("train", {"pretrained": "true"}, "have no pretrained weights"),
+    ("train", {"checkpoint_dir": "/etc/passwd/x"}, "cannot be a writable folder"),
+    ("train", {"preset": "dup.yaml"}, "key 'lr' is given twice"),
+    ("train", {"preset": "latin1.yaml"}, "is not UTF-8 text"),
+    ("train", {"preset": "deep.yaml"}, "nested too deeply"),
+    ("train", {"experiment": "   "}, "experiment is blank"),
+    ("train", {"experiment": "two\nlines"}, "must be one line"),
+    ("aggregate", {"output_dir": "/proc/x", "experiment": "e"}, "cannot be written"),
+]
+
+
+@pytest.mark.parametrize(
+    "command,options,message", ROUND_TWO, ids=[f"{c}-{next(iter(o))}" for c, o, _ in ROUND_TWO]
+)
+def test_careless_input_is_one_line_and_leaves_nothing(
+    command: str,
+    options: dict,
+    message: str,
+    tmp_path: Path,
+    tracking: str,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    if command == "aggregate":  # an experiment with a result, so only the folder is wrong
+        with mlflow.start_run(experiment_id=mlflow.create_experiment("e")):
+            mlflow.set_tag("ltexp.step", "evaluate")
+            mlflow.log_params(dict.fromkeys(("dataset", "model", "loss", "train_split"), "x"))
+            mlflow.log_params({"seed": 1, "tau": 0})
+    before = _count_runs()
+    capsys.readouterr()  # the store's creation
+    options = {
+        k: _bad_file(tmp_path, v) if "." in v and "/" not in v else v for k, v in options.items()
+    }
+    preset = options.pop("preset", "demo")
+    args = [command, "--preset", preset]
+    if command == "train":
+        args += tiny_args(tmp_path, epochs=1)[2:]
+    args += _args(options)
+    files = set(tmp_path.rglob("*"))
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[-1], err
+    assert _count_runs() == before
+    assert {p for p in set(tmp_path.rglob("*")) - files if p.name != "mlflow.db"} == set()

@@ -86,7 +86,7 @@ def test_study_with_workers_against_a_postgres_tracking_server(
     _check_study(result.run_id)
     # artifacts went through the server into its destination folder
     stored = {p.name for p in (tmp_path / "server" / "artifacts").rglob("*")}
-    assert {"manifest.json", "model.pt2", "report.md", "predictions.npz"} <= stored
+    assert {"manifest.json", "model.pth", "report.md", "predictions.npz"} <= stored
     model = mlflow.pytorch.load_model("models:/ltexp-digits-tiny_cnn-bs-lt@champion")
     import torch
 

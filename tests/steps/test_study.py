@@ -181,3 +181,14 @@ def test_mlflow_run_entry_points(tmp_path: Path) -> None:
         text=True,
     )
     assert bad.returncode != 0 and "lr must be > 0" in bad.stderr
+    # values as a user types them: MLflow logs them raw, ltexp normalised; both are one value
+    typed = ["-P", "deterministic=yes", "-P", "betas=.9,.999", "-P", "epochs=1"]
+    typed += ["-P", "preset=demo", "-P", f"checkpoint_dir={tmp_path / 'ckpt'}"]
+    ok = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train", *typed, *common],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0, ok.stderr[-2000:]

@@ -188,3 +188,20 @@ def test_registered_version_carries_weights_and_model_info(trained, tmp_path: Pa
     info = json.loads((local / "extra_files" / "ltexp_model.json").read_text())
     assert info["model"] == "tiny_cnn" and info["num_classes"] == 10 and info["head"] == "linear"
     assert (local / "data" / "model.pth").is_file()  # the TorchScript program
+
+
+def test_a_tampered_resume_checkpoint_is_refused_with_the_way_out(tiny_config) -> None:
+    import torch
+
+    cfg = tiny_config(epochs=2, evaluate_after="false")
+    done = run_cell(cfg).train
+    client = mlflow.MlflowClient()
+    client.set_terminated(done.run_id, "FAILED")  # as if it had died after its last epoch
+    folder = Path(cfg.runtime.checkpoint_dir) / done.run_id
+    state = torch.load(folder / "last.pt", weights_only=True)
+    state["epoch"] = 1_000_000
+    torch.save(state, folder / "last.pt")
+    with pytest.raises(TrainingError, match=r"epoch 1000000 is outside 1\.\.2.*resume=false"):
+        run_cell(cfg)
+    again = run_cell(cfg.replace(resume="false")).train  # the way out the message names
+    assert again.run_id != done.run_id and mlflow.get_run(again.run_id).info.status == "FINISHED"

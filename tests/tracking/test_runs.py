@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import mlflow
 import pytest
@@ -48,21 +47,6 @@ def test_log_params_keeps_equal_values_and_refuses_changes(tracking: str) -> Non
     assert params == {"lr": "1e-3", "betas": "0.9,0.999", "x": ""}
 
 
-def test_dead_runs_of_this_host_are_reaped(tracking: str) -> None:
-    exp = runs.experiment_id("e")
-    client = runs.client()
-    dead = client.create_run(
-        exp, tags={schema.HOST: socket.gethostname(), schema.PID: "999999999"}
-    ).info.run_id
-    alive = client.create_run(
-        exp, tags={schema.HOST: socket.gethostname(), schema.PID: str(os.getpid())}
-    ).info.run_id
-    elsewhere = client.create_run(exp, tags={schema.HOST: "other", schema.PID: "1"}).info.run_id
-    assert runs.reap_dead_runs([exp]) == [dead]
-    assert _run(dead).info.status == "FAILED" and "died" in _run(dead).data.tags[schema.ERROR]
-    assert _run(alive).info.status == "RUNNING" and _run(elsewhere).info.status == "RUNNING"
-
-
 def test_missing_epochs_are_delivered_once(tracking: str) -> None:
     history = [{"epoch": e, schema.VAL_ACC1: e / 10} for e in (1, 2, 3)]
     with runs.step_run(schema.Step.TRAIN, experiment_id=runs.experiment_id("e")) as run:
@@ -86,3 +70,20 @@ def test_experiment_names_creation_and_search(tracking: str) -> None:
     client.delete_experiment(exp)
     with pytest.raises(TrackingError, match="is deleted"):
         runs.experiment_id("e")
+
+
+def test_params_given_by_mlflow_run_as_typed_are_the_same_values(tracking: str) -> None:
+    with runs.step_run(schema.Step.TRAIN, experiment_id=runs.experiment_id("e")):
+        # what `mlflow run -P deterministic=yes -P betas=.9,.999` logs before ltexp starts
+        mlflow.log_params({"deterministic": "yes", "betas": ".9,.999", "lr": "1e-3"})
+        runs.log_params({"deterministic": True, "betas": (0.9, 0.999), "lr": 0.001})
+        with pytest.raises(TrackingError, match="param deterministic is already 'yes'"):
+            runs.log_params({"deterministic": False})
+
+
+def test_credentials_never_leave_the_uri() -> None:
+    assert runs.redact("http://alice:s3cret@host:5000/api") == "http://***@host:5000/api"
+    assert runs.redact("see postgresql://u:p@db/x and https://tok@h") == (
+        "see postgresql://***@db/x and https://***@h"
+    )
+    assert runs.error_line(ValueError("bad http://a:b@h")) == "ValueError: bad http://***@h"

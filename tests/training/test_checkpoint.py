@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ltexp.checkpoint import LAST, ResumeState, load_checkpoint, rng_state
-from ltexp.errors import TrainingError
+from ltexp.errors import HostError, TrainingError
 
 
 def _state(epoch: int = 2, **changes: object) -> ResumeState:
@@ -122,7 +122,7 @@ def test_full_disk_keeps_the_previous_checkpoint_and_says_so(
         raise failure
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(TrainingError, match=r"No space left.*previous checkpoint is intact"):
+    with pytest.raises(HostError, match=r"No space left.*previous checkpoint is intact"):
         _state(epoch=2).save(path)
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1

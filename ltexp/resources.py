@@ -1,0 +1,40 @@
+"""Memory checked before it is allocated: a request that cannot fit is refused with one line that
+states the estimate and the limit, instead of an out-of-memory crash minutes later."""
+
+from __future__ import annotations
+
+from ltexp.errors import ConfigError
+
+GIB = 1024**3
+
+
+def free_memory(device: str = "cpu") -> int:
+    """Bytes free on ``device`` now: host RAM for ``cpu``, the GPU's free memory for CUDA."""
+    if device.startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_fits(needed: float, what: str, advice: str, device: str = "cpu") -> None:
+    """Refuse ``what`` when its estimated ``needed`` bytes exceed what ``device`` has free.
+
+    Raises:
+        ConfigError: "<what> needs about X GiB, more than the Y GiB free on <device>; <advice>".
+    """
+    free = free_memory(device)
+    if needed > free:
+        raise ConfigError(
+            f"{what} needs about {needed / GIB:,.1f} GiB, more than the {free / GIB:,.1f} GiB "
+            f"free on {device}; {advice}"
+        )
+
+
+def image_batch_bytes(batch: int, side: int, copies: int = 4) -> float:
+    """A float32 batch of ``batch`` RGB images of ``side``², times the copies augmentation and
+    normalisation make of it (a lower bound: the model's activations come on top)."""
+    return float(batch) * 3 * side * side * 4 * copies
