@@ -40,6 +40,7 @@ RETRY_DEFAULTS = {
 FLUSH_SECONDS = 180.0  # the longest wait for queued metrics before the server counts as gone
 HEARTBEAT_SECONDS = 60.0  # a live process refreshes its runs' heartbeat this often
 STALE_SECONDS = 600.0  # a RUNNING run whose heartbeat is older belongs to a dead process
+ERROR_CHARS = 2000  # an ltexp.error tag holds the whole line (the way out is at its end)
 
 
 def env_seconds(name: str, default: float) -> float:
@@ -136,7 +137,7 @@ def tag_refusal(reason: str) -> None:
     launched = launched_run_id()
     if launched:
         with contextlib.suppress(Exception):
-            client().set_tag(launched, schema.ERROR, redact(reason)[:500])
+            client().set_tag(launched, schema.ERROR, redact(reason)[:ERROR_CHARS])
 
 
 def launched_experiment_id() -> str | None:
@@ -267,8 +268,8 @@ def error_line(e: BaseException) -> str:
     """One line describing an exception, for the ``ltexp.error`` tag (credentials removed)."""
     text = redact(str(e).strip().splitlines()[0]) if str(e).strip() else ""
     if isinstance(e, LtexpError):
-        return text[:500]
-    return f"{type(e).__name__}: {text}"[:500]
+        return text[:ERROR_CHARS]
+    return f"{type(e).__name__}: {text}"[:ERROR_CHARS]
 
 
 @contextlib.contextmanager
