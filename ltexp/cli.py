@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -27,13 +28,14 @@ from ltexp.config import (
 )
 from ltexp.errors import LtexpError
 
-COMMANDS = ("prepare-data", "train", "evaluate", "aggregate", "main")
+COMMANDS = ("prepare-data", "train", "evaluate", "aggregate", "main", "tune")
 COMMAND_HELP = {
     "prepare-data": "build the data splits of the protocol and record them (a prepare_data run)",
     "train": "fine-tune one model with one loss (a train run, then a child evaluate run)",
     "evaluate": "test a trained checkpoint on the balanced, long-tailed and group test sets",
     "aggregate": "build the report (Tables 4.1-4.11, Figures 4.1-4.6) from evaluate runs",
     "main": "run the whole study: prepare_data, every cell of the grid, aggregate",
+    "tune": "search one cell's hyper-parameters on the validation set (Optuna; trials are runs)",
     "bench": "measure training throughput: model-only ceiling vs ltexp's real training step",
 }
 
@@ -70,8 +72,11 @@ def _add_config_options(parser: argparse.ArgumentParser, command: str) -> None:
             flags.append(f"--{spec.key}")
         if command == "prepare-data" and spec.key == "split_seed":
             flags.append("--seed")
-        # a yes/no option alone means yes: `--percent` is `--percent true`
+        # a yes/no option alone means yes: `--percent` is `--percent true`; a list option may
+        # be repeated: `--space a=… --space b=…` is `--space a=…,b=…`
         flag_alone = {"nargs": "?", "const": "true"} if spec.type is bool else {}
+        if typing.get_origin(spec.type) is list:
+            flag_alone = {"action": "append"}
         parser.add_argument(
             *flags,
             dest=spec.key,
@@ -93,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         p = sub.add_parser(command, help=COMMAND_HELP[command], description=COMMAND_HELP[command])
         _add_config_options(p, command)
-        if command in ("train", "evaluate", "main"):
+        if command in ("train", "evaluate", "main", "tune"):
             p.add_argument(
                 "--parent-run-id",
                 "--parent_run_id",
@@ -101,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                 default=None,
                 help=argparse.SUPPRESS,
             )
+        if command == "train":  # a study's worker: the search whose values this cell uses
+            p.add_argument("--tuned-from", dest="tuned_from", default=None, help=argparse.SUPPRESS)
     bench = sub.add_parser("bench", help=COMMAND_HELP["bench"], description=COMMAND_HELP["bench"])
     from ltexp.bench import add_bench_arguments
 
@@ -109,8 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    skip = {"command", "preset", "parent_run_id"}
-    return {k: v for k, v in vars(args).items() if k not in skip and v != ""}
+    skip = {"command", "preset", "parent_run_id", "tuned_from"}
+    values = {k: ",".join(v) if isinstance(v, list) else v for k, v in vars(args).items()}
+    return {k: v for k, v in values.items() if k not in skip and v != ""}
 
 
 def default_preset(command: str) -> str:
@@ -133,7 +141,12 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
     def train(cfg: Config, args: argparse.Namespace) -> int:
         from ltexp.steps.study import run_cell
 
-        result = run_cell(cfg, parent_run_id=args.parent_run_id)
+        tuned_from = getattr(args, "tuned_from", None)
+        if tuned_from:
+            from ltexp.steps.study import best_values_of
+
+            cfg = cfg.replace(**best_values_of(tuned_from))
+        result = run_cell(cfg, parent_run_id=args.parent_run_id, tuned_from=tuned_from)
         train = result.train
         if not train.model_uri:  # a data-parallel rank other than 0: rank 0 reports
             return 0
@@ -170,12 +183,21 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
         print("browse the runs with `mlflow ui` (same folder, or MLFLOW_TRACKING_URI)")
         return 0
 
+    def tune(cfg: Config, args: argparse.Namespace) -> int:
+        from ltexp.steps.tune import run_tune
+
+        result = run_tune(cfg, parent_run_id=args.parent_run_id, progress=_print)
+        counts = ", ".join(f"{n} {s.lower()}" for s, n in result.states.items() if n)
+        print(f"tune run: {result.run_id}  study {result.study_name}  trials: {counts}")
+        return 0
+
     return {
         "prepare-data": prepare_data,
         "train": train,
         "evaluate": evaluate,
         "aggregate": aggregate,
         "main": main_,
+        "tune": tune,
     }
 
 

@@ -83,13 +83,13 @@ class DataConfig:
         "~/.cache/ltexp",
         "folder the dataset files are read from / downloaded to",
         runtime=True,
-        commands=("prepare-data", "train", "evaluate", "main"),
+        commands=("prepare-data", "train", "evaluate", "main", "tune"),
     )
     download: bool = _opt(
         True,
         "download the dataset when its files are missing",
         runtime=True,
-        commands=("prepare-data", "train", "evaluate", "main"),
+        commands=("prepare-data", "train", "evaluate", "main", "tune"),
     )
     profile: str = _opt("exp", "imbalance profile of the long-tailed splits", registry="profiles")
     imbalance_ratio: float = _opt(
@@ -175,6 +175,11 @@ class TrainConfig:
     evaluate_after: bool = _opt(
         True, "evaluate the best checkpoint at the end (a child run)", runtime=True
     )
+    register: bool = _opt(
+        True,
+        "register the best checkpoint in the Model Registry (a tuning trial is not registered)",
+        runtime=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -201,7 +206,7 @@ class RuntimeConfig:
         False,
         "torch.compile the model (slower start, faster steps on GPU)",
         runtime=True,
-        commands=("train", "main"),
+        commands=("train", "main", "tune"),
         also_under="train",
     )
     num_threads: int | None = _opt(
@@ -219,14 +224,14 @@ class RuntimeConfig:
         True,
         "log MLflow system metrics (CPU, memory, GPU)",
         runtime=True,
-        commands=("train", "main"),
+        commands=("train", "main", "tune"),
         also_under="train",
     )
     checkpoint_dir: str = _opt(
         "~/.cache/ltexp/checkpoints",
         "where per-epoch resume checkpoints are kept (one folder per run id)",
         runtime=True,
-        commands=("train", "main"),
+        commands=("train", "main", "tune"),
         also_under="train",
     )
 
@@ -287,6 +292,55 @@ class StudyConfig:
         runtime=True,
     )
     force: bool = _opt(False, "re-run cells that already finished", runtime=True)
+    tuned: bool = _opt(
+        False,
+        "train each (model, loss, training set) cell with the best hyper-parameters its latest "
+        "finished `ltexp tune` found (cells never tuned keep the configured ones)",
+    )
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """A hyper-parameter search on the validation set (``ltexp tune``, ltexp/tuning.py)."""
+
+    space: list[str] = _opt(
+        None,
+        "search space, key=distribution:arguments, comma-free entries repeated or in YAML: "
+        "uniform:LOW:HIGH, loguniform:LOW:HIGH, int:LOW:HIGH, logint:LOW:HIGH, choice:A|B|C "
+        "(e.g. lr=loguniform:1e-5:1e-2)",
+        factory=list,
+    )
+    trials: int = _opt(20, "trials of the search (finished or pruned), over all workers", low=1)
+    timeout: float | None = _opt(
+        None,
+        "stop starting trials after this many seconds (default: no limit)",
+        low=0.0,
+        low_open=True,
+    )
+    objective: str = _opt(
+        "val_acc1",
+        "the validation metric to maximise, best over epochs: val_acc1, val_balanced_acc1 or "
+        "val_<group>_acc1 (never a test split)",
+    )
+    sampler: str = _opt("tpe", "Optuna sampler (seeded)", choices=("tpe", "random"))
+    pruner: str = _opt(
+        "median",
+        "stop weak trials early on the per-epoch objective: median, asha (successive halving) "
+        "or none",
+        choices=("median", "asha", "none"),
+    )
+    tune_seed: int = _opt(0, "seed of the sampler", low=0)
+    study_name: str = _opt(
+        "",
+        "Optuna study name: workers with the same name and storage share one search (default: "
+        "derived from the cell, the space and the objective)",
+    )
+    tune_storage: str = _opt(
+        "",
+        "Optuna storage URL (default: the MLflow store's database where it is PostgreSQL or "
+        "sqlite; else sqlite:///optuna.db here)",
+        runtime=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -315,17 +369,19 @@ SECTIONS: dict[str, type] = {
     "evaluate": EvaluateConfig,
     "study": StudyConfig,
     "report": ReportConfig,
+    "tune": TuneConfig,
 }
 # The commands that take a section's fields (a field may name its own).
 SECTION_COMMANDS: dict[str, tuple[str, ...]] = {
-    "data": ("prepare-data", "train", "main"),
-    "datasets": ("prepare-data", "train", "main"),
-    "train": ("train", "main"),
-    "losses": ("train", "main"),
-    "runtime": ("train", "evaluate", "main"),
+    "data": ("prepare-data", "train", "main", "tune"),
+    "datasets": ("prepare-data", "train", "main", "tune"),
+    "train": ("train", "main", "tune"),
+    "losses": ("train", "main", "tune"),
+    "runtime": ("train", "evaluate", "main", "tune"),
     "evaluate": ("train", "evaluate", "main"),
     "study": ("main",),
     "report": ("aggregate", "main"),
+    "tune": ("tune",),
 }
 
 
@@ -342,6 +398,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     preset: str = DEFAULT_PRESET
 
     def loss_hparams(self, loss: str | None = None) -> dict[str, float]:

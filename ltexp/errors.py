@@ -52,6 +52,11 @@ def unknown_name_error(kind: str, name: object, valid: list[str] | tuple[str, ..
     )
 
 
+class RunStopped(LtexpError):
+    """A caller stopped a run on purpose (a search pruned a weak trial): the run ends KILLED
+    with this reason, and nothing is wrong."""
+
+
 class HostError(LtexpError):
     """The machine cannot do what was asked (a full disk, a folder that cannot be written)."""
 

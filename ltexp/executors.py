@@ -40,6 +40,7 @@ class CellTask:
     config: Config
     finished_train: str | None = None
     config_hash: str = ""
+    tuned_from: str | None = None  # the search whose best values the config holds
 
 
 @dataclass
@@ -69,6 +70,8 @@ def cell_jobs(todo: list[CellTask], study_run: str) -> list[CellJob]:
             args = ["train", "--model", t.model, "--loss", t.loss, "--train-split", t.train_split]
             args += ["--seed", str(t.seed), "--experiment", task.config.experiment]
             args += ["--data-run", t.data_run, "--parent-run-id", study_run]
+            if task.tuned_from:  # the cell's own values, over the study's config
+                args += ["--tuned-from", task.tuned_from]
         jobs.append(
             CellJob(task.index, task.name, [args[0], "--preset", CONFIG_PLACEHOLDER, *args[1:]])
         )

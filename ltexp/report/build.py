@@ -388,6 +388,10 @@ def build_report(
     what = "mean ± std over the backbones, long-tailed training"
     blocks.append(Figure(number("4.6"), f"{number('Table 4.11') or 'Per loss'}: {what}", stem))
 
+    # --- beyond the thesis: the values a search chose ------------------------------------
+    if "tuned_params" in results and (results["tuned_params"].fillna("") != "").any():
+        blocks.append(_tuned_table(results, number))
+
     # --- beyond the thesis: paired comparisons with the Softmax loss -----------------------
     if inputs.predictions is not None and BASELINE_LOSS in grid.losses:
         paired, unreadable = paired_frame(results, inputs.predictions, manifest, grid, options)
@@ -528,6 +532,34 @@ def paired_frame(
                 row[f"{column}_excludes_zero"] = diff.excludes_zero
             rows.append(row)
     return pd.DataFrame(rows), sum(p is None for p in loaded.values())
+
+
+def _tuned_table(results: pd.DataFrame, number: Callable) -> Table:
+    """Which hyper-parameters each cell used, when ``ltexp main --tuned`` took them from a
+    search (``ltexp tune``)."""
+    import json
+
+    rows = []
+    keys = ["model", "loss", "train_split"]
+    for (model, loss, split), part in results.groupby(keys, sort=False):
+        values = next((v for v in part["tuned_params"].fillna("") if v), "")
+        shown = (
+            ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in json.loads(values).items()
+            )
+            if values
+            else "as configured"
+        )
+        rows.append([model_title(model), loss_title(loss), SPLIT_TITLES.get(split, split), shown])
+    return Table(
+        number(""),
+        "Hyper-parameters of each cell, tuned on the validation set (ltexp tune)",
+        ["Backbone", "Loss", "Training set", "Values"],
+        rows,
+        ["Cells that were never tuned use the configured values."],
+        align="llll",
+    )
 
 
 def _paired_blocks(

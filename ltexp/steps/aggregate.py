@@ -46,6 +46,8 @@ def query_results(experiment_id: str, dataset: str = "") -> list[dict]:
         [experiment_id],
         f"{schema.search_step(schema.Step.EVALUATE)} and attributes.status = 'FINISHED'",
     )
+    trains = runs.search_all([experiment_id], schema.search_step(schema.Step.TRAIN))
+    tuned = {r.info.run_id: r.data.tags.get(schema.TUNED_PARAMS, "") for r in trains}
     records = []
     for run in found:
         p, m = run.data.params, run.data.metrics
@@ -59,6 +61,7 @@ def query_results(experiment_id: str, dataset: str = "") -> list[dict]:
             "run_id": run.info.run_id,
             "end_time": run.info.end_time or 0,
             "data_digest": run.data.tags.get(schema.DATA_DIGEST, ""),
+            "tuned_params": tuned.get(p.get(schema.TRAIN_RUN_ID, ""), ""),
             **{k: p[k] for k in schema.CELL_PARAMS},
         }
         for col, name in schema.REPORT_COLUMNS.items():

@@ -11,12 +11,15 @@ other step.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import mlflow
 
@@ -33,7 +36,7 @@ from ltexp.report.build import Grid
 from ltexp.steps.aggregate import run_aggregate
 from ltexp.steps.evaluate import run_evaluate
 from ltexp.steps.prepare_data import run_prepare_data
-from ltexp.steps.train import TrainResult, run_train
+from ltexp.steps.train import TrainHooks, TrainResult, run_train
 from ltexp.tracking import claims, runs, schema
 from ltexp.tracking.datasets import find_prepared_run, prepared_digest
 from ltexp.training.setup import check_weights, resolve_train
@@ -82,9 +85,14 @@ class StudyResult:
     ran: list[str] = field(default_factory=list)
 
 
-def run_cell(cfg: Config, parent_run_id: str | None = None) -> CellResult:
+def run_cell(
+    cfg: Config, parent_run_id: str | None = None, tuned_from: str | None = None
+) -> CellResult:
     """Train one cell on its prepared data (preparing it first if none matches), then evaluate
     the registered checkpoint as a child run of the train run (unless ``evaluate_after=false``).
+
+    Args:
+        tuned_from: the tune run whose best values ``cfg`` holds (recorded on the train run).
     """
     if DistContext.from_env().is_main and not cfg.train.data_run:
         # refuse a bad request before preparing anything
@@ -92,13 +100,43 @@ def run_cell(cfg: Config, parent_run_id: str | None = None) -> CellResult:
         ensure_folder(cfg.runtime.checkpoint_dir)
         data_run = find_prepared_run(cfg) or run_prepare_data(cfg, claim_launched=False)
         cfg = cfg.replace(data_run=data_run)
-    train = run_train(cfg, parent_run_id=parent_run_id)
+    tags = tuned_tags(tuned_from) if tuned_from else {}
+    train = run_train(cfg, parent_run_id=parent_run_id, hooks=TrainHooks(tags=tags))
     result = CellResult(train)
     if train.model_uri and cfg.train.evaluate_after:
         result.evaluate_run_id, result.metrics = run_evaluate(
             cfg, train_run_id=train.run_id, parent_run_id=train.run_id
         )
     return result
+
+
+def best_tuned(cfg: Config) -> tuple[str | None, dict[str, Any]]:
+    """The latest finished search of this cell (dataset, model, loss, training set): its tune
+    run and best values; ``(None, {})`` when it was never tuned."""
+    t = cfg.train
+    found = runs.search_all(
+        None,
+        f"{schema.search_step(schema.Step.TUNE)} and attributes.status = 'FINISHED' and "
+        f"tags.`{schema.TUNE_CELL}` = '{schema.tune_cell(t.model, t.loss, t.train_split)}' and "
+        f"params.dataset = '{cfg.data.dataset}'",
+        order_by=["attributes.end_time DESC"],
+    )
+    for run in found:
+        values = run.data.tags.get(schema.BEST_PARAMS)
+        if values:
+            return run.info.run_id, json.loads(values)
+    return None, {}
+
+
+def best_values_of(tune_run: str) -> dict[str, Any]:
+    """The best values a tune run found."""
+    return json.loads(runs.client().get_run(tune_run).data.tags.get(schema.BEST_PARAMS, "{}"))
+
+
+def tuned_tags(tune_run: str) -> dict[str, str]:
+    """What a train run records of the search whose values it uses."""
+    values = runs.client().get_run(tune_run).data.tags.get(schema.BEST_PARAMS, "{}")
+    return {schema.TUNED_FROM: tune_run, schema.TUNED_PARAMS: values}
 
 
 def grid_cells(cfg: Config) -> list[Cell]:
@@ -210,6 +248,9 @@ def run_study(
         todo, result = [], StudyResult(study_run, None)
         for i, cell in enumerate(cells, start=1):
             cell_cfg = cell.config(cfg)
+            tuned_from, values = best_tuned(cell_cfg) if s.tuned else (None, {})
+            if values:
+                cell_cfg = cell_cfg.replace(**values)
             chash = train_hash(cell_cfg, digest)
             train_id, eval_id = done.get(chash, (None, None))
             if train_id and eval_id:
@@ -218,7 +259,7 @@ def run_study(
                 )
                 result.reused.append(cell.name)
                 continue
-            todo.append(executors.CellTask(i, cell.name, cell_cfg, train_id, chash))
+            todo.append(executors.CellTask(i, cell.name, cell_cfg, train_id, chash, tuned_from))
         ran = _run_cells(todo, len(cells), cfg, exp_id, study_run, progress)
         result.ran.extend(ran)
         grid = Grid(s.models, s.losses, s.train_splits, [str(x) for x in s.seeds])
@@ -272,7 +313,7 @@ def _run_one(task: executors.CellTask, total: int, study_run: str, progress: Pro
             )
             what = f"evaluated (train {task.finished_train} reused)"
         else:
-            out = run_cell(task.config, parent_run_id=study_run)
+            out = run_cell(task.config, parent_run_id=study_run, tuned_from=task.tuned_from)
             metrics = out.metrics
             what = f"trained, best val_acc1 {out.train.best_val_acc1:.4f}"
     except claims.CellTaken as taken:
@@ -320,9 +361,7 @@ def _wait_for(
             ):
                 still.append(task)
             else:  # its process died, or it finished without an evaluation: do it here
-                retry = executors.CellTask(
-                    task.index, task.name, task.config, train_id, task.config_hash
-                )
+                retry = dataclasses.replace(task, finished_train=train_id)
                 (done_here if _run_one(retry, total, study_run, progress) else still).append(task)
         pending = still
         if pending:

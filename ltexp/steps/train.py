@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -50,6 +51,25 @@ from ltexp.training.session import (
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class TrainHooks:
+    """What a caller running many trainings of one cell (a search) adds to each.
+
+    Attributes:
+        run_name: the run's name instead of the cell's.
+        tags: more tags on the run.
+        on_epoch: called after each epoch is checkpointed and logged with ``(epoch, metrics)``;
+            may raise :class:`~ltexp.errors.RunStopped` to end the run early (KILLED).
+        trains_once: a FINISHED run of the same config already has the cell (default: within a
+            study, unless ``force``).
+    """
+
+    run_name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None
+    trains_once: bool | None = None
+
+
 @dataclass
 class TrainResult:
     """What a finished train step produced (``model_uri`` is empty on a replica rank)."""
@@ -60,11 +80,15 @@ class TrainResult:
     model_uri: str
 
 
-def run_train(cfg: Config, parent_run_id: str | None = None) -> TrainResult:
-    """Train (or resume) one model on prepared data; register its best checkpoint.
+def run_train(
+    cfg: Config, parent_run_id: str | None = None, hooks: TrainHooks | None = None
+) -> TrainResult:
+    """Train (or resume) one model on prepared data; register its best checkpoint (unless
+    ``register=false``).
 
     The prepared data is ``cfg.train.data_run``, else the latest matching prepare_data run.
     """
+    hooks = hooks or TrainHooks()
     if cfg.runtime.num_threads:
         torch.set_num_threads(cfg.runtime.num_threads)
     ctx = DistContext.from_env()
@@ -96,14 +120,16 @@ def run_train(cfg: Config, parent_run_id: str | None = None) -> TrainResult:
     launched = None if parent_run_id else runs.launched_run_id()
     if resume_id and launched and launched != resume_id:
         runs.client().set_tag(launched, schema.RESUMED_INTO, resume_id)
-    name = schema.run_name(t.model, t.loss, t.train_split, t.seed)
+    cell = schema.run_name(t.model, t.loss, t.train_split, t.seed)
+    name = hooks.run_name or cell
     registered = schema.registered_model_name(prepared.dataset, t.model, t.loss, t.train_split)
     training_set = TRAINING_SETS[t.train_split]
     tags = {
         schema.CONFIG_HASH: chash,
         schema.DATA_RUN: data_run,
         schema.DATA_DIGEST: prepared.digest(),
-        schema.CELL: name,
+        schema.CELL: cell,
+        **hooks.tags,
     }
     run_id = resume_id or claims.claim_run(
         exp_id,
@@ -113,7 +139,11 @@ def run_train(cfg: Config, parent_run_id: str | None = None) -> TrainResult:
         parent_run_id=parent_run_id,
         run_id=launched,
         # a study's cell is trained once; a plain `ltexp train` may train a config again
-        finished_counts=parent_run_id is not None and not cfg.study.force,
+        finished_counts=(
+            hooks.trains_once
+            if hooks.trains_once is not None
+            else parent_run_id is not None and not cfg.study.force
+        ),
     )
     with runs.step_run(
         schema.Step.TRAIN,
@@ -134,7 +164,7 @@ def run_train(cfg: Config, parent_run_id: str | None = None) -> TrainResult:
         with exclusive(folder):
             if resume_id is None:
                 _log_run_inputs(cfg, spec, prepared, data_run)
-            return _train(cfg, spec, prepared, model, run_id, folder, chash, registered, ctx)
+            return _train(cfg, spec, prepared, model, run_id, folder, chash, registered, ctx, hooks)
 
 
 def _run_to_resume(cfg: Config, exp_id: str, chash: str) -> str | None:
@@ -205,6 +235,7 @@ def _train(
     chash: str,
     registered: str,
     ctx: DistContext,
+    hooks: TrainHooks,
 ) -> TrainResult:
     """Rank 0's training: resume, epochs with checkpoint and logging, registration."""
     t = cfg.train
@@ -230,6 +261,8 @@ def _train(
         session.resume_state(result, chash).save(last)
         runs.log_epoch(result.metrics, result.epoch)
         best_acc, best_epoch = result.best_val_acc1, result.best_epoch
+        if hooks.on_epoch is not None:
+            hooks.on_epoch(result.epoch, result.metrics)
         log.info(
             "epoch %d/%d  train_loss %.4f  val_acc1 %.4f  (%.1f img/s)",
             result.epoch,
@@ -240,6 +273,8 @@ def _train(
         )
     runs.ensure_delivered(run_id, session.history, str(last))
     runs.log_once({schema.BEST_VAL_ACC1: best_acc, schema.BEST_EPOCH: best_epoch})
+    if not cfg.train.register:
+        return TrainResult(run_id, best_acc, best_epoch, "")
     info = registered_models.ModelInfo(
         t.model, prepared.num_classes, spec.head, spec.image_size, CIFAR_MEAN, CIFAR_STD
     )

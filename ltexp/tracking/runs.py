@@ -21,7 +21,7 @@ import mlflow
 from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
-from ltexp.errors import LtexpError, TrackingError
+from ltexp.errors import LtexpError, RunStopped, TrackingError
 from ltexp.identity import code_version
 from ltexp.tracking import schema
 
@@ -323,6 +323,9 @@ def step_run(
         yield run
     except KeyboardInterrupt:
         _close(run.info.run_id, RunStatus.KILLED, "interrupted (Ctrl-C)")
+        raise
+    except RunStopped as e:
+        _close(run.info.run_id, RunStatus.KILLED, error_line(e))
         raise
     except BaseException as e:
         _close(run.info.run_id, RunStatus.FAILED, error_line(e))

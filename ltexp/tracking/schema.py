@@ -28,6 +28,7 @@ class Step(StrEnum):
     EVALUATE = "evaluate"
     AGGREGATE = "aggregate"
     MAIN = "main"
+    TUNE = "tune"
 
 
 CONFIG_HASH = "ltexp.config_hash"  # sha256 of the resolved config that decides the results
@@ -42,9 +43,27 @@ HEARTBEAT = "ltexp.heartbeat"  # unix time of the last sign of life of the proce
 RESUMED_FROM_EPOCH = "ltexp.resumed_from_epoch"
 RESUMED_INTO = "ltexp.resumed_into"  # on an `mlflow run` run whose work went into another run
 CELL = "ltexp.cell"  # model-loss-split-seed of a study cell
+TUNE_CELL = "ltexp.tune_cell"  # model-loss-split a tune run searched (seeds share its result)
+TUNE_STUDY = "ltexp.tune_study"  # the Optuna study a tune run or trial belongs to
+TRIAL = "ltexp.trial"  # a trial's number in its Optuna study
+TRIAL_STATE = "ltexp.trial_state"  # COMPLETE, PRUNED or FAIL
+BEST_PARAMS = "ltexp.best_params"  # JSON of the best trial's values, on a tune run
+TUNED_FROM = "ltexp.tuned_from"  # on a study's train run: the tune run whose values it used
+TUNED_PARAMS = "ltexp.tuned_params"  # JSON of those values
 PARENT_RUN = "mlflow.parentRunId"
 # Tags only some runs carry: a failure, a resume, an `mlflow run` wrapper that continued a run.
-CONDITIONAL_TAGS = (ERROR, RESUMED_FROM_EPOCH, RESUMED_INTO)
+CONDITIONAL_TAGS = (
+    ERROR,
+    RESUMED_FROM_EPOCH,
+    RESUMED_INTO,
+    TUNE_CELL,
+    TUNE_STUDY,
+    TRIAL,
+    TRIAL_STATE,
+    BEST_PARAMS,
+    TUNED_FROM,
+    TUNED_PARAMS,
+)
 RUN_TAGS = (
     STEP,
     CONFIG_HASH,
@@ -59,6 +78,13 @@ RUN_TAGS = (
     RESUMED_FROM_EPOCH,
     RESUMED_INTO,
     CELL,
+    TUNE_CELL,
+    TUNE_STUDY,
+    TRIAL,
+    TRIAL_STATE,
+    BEST_PARAMS,
+    TUNED_FROM,
+    TUNED_PARAMS,
 )
 
 # --- inputs (mlflow.log_input) ---------------------------------------------------------------
@@ -135,12 +161,29 @@ STUDY_PARAMS = (
     "epochs",
 )
 AGGREGATE_PARAMS = ("experiment", "dataset", "n_evaluate_runs")
+TUNE_PARAMS = (
+    "dataset",
+    "model",
+    "loss",
+    "train_split",
+    "space",
+    "objective",
+    "trials",
+    "timeout",
+    "sampler",
+    "pruner",
+    "tune_seed",
+    "study_name",
+    "storage",
+)
+TUNE_METRICS = ("best_value", "trials_complete", "trials_pruned", "trials_failed")
 
 # --- metrics ---------------------------------------------------------------------------------
 TRAIN_LOSS = "train_loss"
 TRAIN_ACC1 = "train_acc1"
 VAL_LOSS = "val_loss"
 VAL_ACC1 = "val_acc1"
+VAL_BALANCED_ACC1 = "val_balanced_acc1"  # the mean of the per-class accuracies
 LR = "lr"
 EPOCH_SECONDS = "epoch_seconds"
 IMAGES_PER_S = "images_per_s"
@@ -176,6 +219,7 @@ EPOCH_METRICS = (
     TRAIN_ACC1,
     VAL_LOSS,
     VAL_ACC1,
+    VAL_BALANCED_ACC1,
     *(val_metric(g) for g in GROUPS),
     LR,
     EPOCH_SECONDS,
@@ -194,6 +238,10 @@ CONFIG_ARTIFACT = "config.yaml"
 MANIFEST_ARTIFACT = "manifest.json"
 SPLIT_INDICES_ARTIFACT = "splits.npz"
 CLASS_COUNTS_FIGURE = "class_counts.png"
+BEST_CONFIG_ARTIFACT = "best_config.yaml"
+TRIALS_ARTIFACT = "trials.csv"
+TUNE_HISTORY_FIGURE = "optimization_history.png"
+TUNE_IMPORTANCE_FIGURE = "param_importances.png"
 PER_CLASS_ARTIFACT = "per_class_accuracy.csv"
 PER_CLASS_FIGURE = "per_class_accuracy.png"
 CONFUSION_FIGURE = "confusion_matrix.png"
@@ -227,6 +275,21 @@ def registered_model_name(dataset: str, model: str, loss: str, train_split: str)
 def run_name(model: str, loss: str, train_split: str, seed: int | str) -> str:
     """What a train run is, at a glance: ``resnet50-bs-lt-s42``."""
     return f"{model.replace(':', '_')}-{loss}-{train_split}-s{seed}"
+
+
+def trial_run_name(cell_run_name: str, number: int) -> str:
+    """``<cell>-trial<N>``: one trial of a search."""
+    return f"{cell_run_name}-trial{number}"
+
+
+def tune_cell(model: str, loss: str, train_split: str) -> str:
+    """What a search tunes, for every seed: ``resnet50-ldam-lt``."""
+    return f"{model.replace(':', '_')}-{loss}-{train_split}"
+
+
+def tune_run_name(cell: str) -> str:
+    """``tune-<model>-<loss>-<split>``."""
+    return f"tune-{cell}"
 
 
 def evaluate_run_name(train_run_name: str) -> str:

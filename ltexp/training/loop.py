@@ -46,6 +46,7 @@ class ValidationResult:
     loss: float
     acc1: float
     group_acc1: dict[str, float] = field(default_factory=dict)
+    balanced_acc1: float = 0.0  # the mean of the per-class accuracies
 
 
 @torch.inference_mode()
@@ -89,12 +90,14 @@ def validate(
     stats = torch.stack([loss, correct.sum().float()]).tolist()  # the sync
     hits, totals = per_class_correct.tolist(), per_class_total.tolist()
     n = len(labels)
+    present = [c for c in range(num_classes) if totals[c]]
+    balanced = sum(hits[c] / totals[c] for c in present) / max(len(present), 1)
     group_acc = {}
     for name, classes in groups.items():
         total = sum(totals[c] for c in classes)
         if total:
             group_acc[name] = sum(hits[c] for c in classes) / total
-    return ValidationResult(stats[0] / n, stats[1] / n, group_acc)
+    return ValidationResult(stats[0] / n, stats[1] / n, group_acc, balanced)
 
 
 @dataclass
@@ -230,6 +233,7 @@ def fit(
             schema.TRAIN_ACC1: train.acc1,
             schema.VAL_LOSS: val.loss,
             schema.VAL_ACC1: val.acc1,
+            schema.VAL_BALANCED_ACC1: val.balanced_acc1,
             **{schema.val_metric(g): a for g, a in val.group_acc1.items()},
             schema.LR: lr,
             schema.EPOCH_SECONDS: time.perf_counter() - started,

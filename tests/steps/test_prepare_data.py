@@ -77,6 +77,7 @@ def test_latest_matching_prepared_run_is_found(tmp_path: Path, tracking: str) ->
     assert find_prepared_run(build_config("demo", {"imbalance_ratio": 10})) is None
 
 
+@pytest.mark.slow  # a full-size CIFAR-100 copy, prepared twice
 def test_tampered_source_files_are_refused(tmp_path: Path, tracking: str, cifar_root: Path) -> None:
     root = tmp_path / "cifar"
     shutil.copytree(cifar_root, root)

@@ -20,6 +20,7 @@ from tests.conftest import REPO, step_counts, tiny_overrides
 GRID = {"models": "tiny_cnn", "losses": "ce,bs", "train_splits": "balanced,lt", "epochs": 2}
 
 
+@pytest.mark.slow  # three studies of four cells
 def test_study_runs_every_cell_then_reuses_them(tiny_config, tmp_path: Path) -> None:
     cfg = tiny_config(**GRID)
     first = run_study(cfg)

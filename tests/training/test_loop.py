@@ -47,6 +47,7 @@ def test_fit_yields_every_epoch_with_the_schema_metrics_and_tracks_the_best() ->
             schema.TRAIN_ACC1,
             schema.VAL_LOSS,
             schema.VAL_ACC1,
+            schema.VAL_BALANCED_ACC1,
             schema.val_metric("head"),
             schema.val_metric("tail"),
             schema.LR,
@@ -94,6 +95,8 @@ def test_validate_matches_a_direct_computation() -> None:
     for name, classes in groups.items():
         mask = np.isin(labels, classes)
         assert result.group_acc1[name] == pytest.approx((pred[mask] == labels[mask]).mean())
+    per_class = [(pred[labels == c] == c).mean() for c in range(K)]
+    assert result.balanced_acc1 == pytest.approx(np.mean(per_class))
     expected_loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(labels)).item()
     assert result.loss == pytest.approx(expected_loss, rel=1e-5)
 

@@ -1,0 +1,323 @@
+"""The tune orchestrator: an Optuna search over one cell's hyper-parameters on the validation
+set, as one MLflow run whose trials are its child train runs.
+
+Each trial trains the cell with the values Optuna suggests (a child train run with every param
+and per-epoch metric; not registered, never tested); its value is the best validation metric over
+its epochs, reported every epoch, so that weak trials are pruned (their runs end KILLED with the
+reason). A trial that fails is recorded and the search goes on. The tune run logs the best config
+as ``best_config.yaml`` (``ltexp train --preset best_config.yaml`` trains it), the trials as
+``trials.csv``, and Optuna's optimisation history and parameter importances. The Optuna study
+lives in a database: workers on several machines running the same command against one
+PostgreSQL database share the search, and a killed search resumes with the same command.
+
+Like the study, this module chains steps (prepare_data, train); no step imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import yaml
+
+from ltexp.checkpoint import ensure_folder
+from ltexp.config import Config, runtime_keys
+from ltexp.errors import LtexpError, RunStopped
+from ltexp.steps.prepare_data import run_prepare_data
+from ltexp.steps.train import TrainHooks, run_train
+from ltexp.tracking import claims, runs, schema
+from ltexp.tracking.datasets import find_prepared_run
+from ltexp.training.setup import check_weights, resolve_train
+from ltexp.tuning import Dimension, check_objective, parse_space, study_name
+
+log = logging.getLogger(__name__)
+OPTUNA_SCHEMA = "ltexp_optuna"  # its tables beside MLflow's in one PostgreSQL database
+
+
+@dataclass
+class TuneResult:
+    """What a search found."""
+
+    run_id: str
+    study_name: str
+    best_value: float
+    best_params: dict[str, Any]
+    states: dict[str, int]
+
+
+def resolve_storage(given: str) -> str:
+    """Where the Optuna study lives: ``given``; else the MLflow store's own database (PostgreSQL:
+    the same database, in the schema ``ltexp_optuna`` — both use an ``alembic_version`` table;
+    sqlite: ``optuna.db`` beside it); else (a tracking server) ``sqlite:///optuna.db`` here."""
+    if given:
+        return given
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).with_name('optuna.db')}"
+    if uri.startswith("postgresql"):
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(uri)
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text(f"CREATE SCHEMA IF NOT EXISTS {OPTUNA_SCHEMA}"))
+        engine.dispose()
+        joiner = "&" if "?" in uri else "?"
+        return f"{uri}{joiner}options=-csearch_path%3D{OPTUNA_SCHEMA}"
+    log.warning(
+        "the tracking store is a server: the search is kept in sqlite:///optuna.db here; give "
+        "tune_storage=<database URL> to share it between machines"
+    )
+    return "sqlite:///optuna.db"
+
+
+def run_tune(
+    cfg: Config, parent_run_id: str | None = None, progress: Callable[[str], None] = log.info
+) -> TuneResult:
+    """Search the configured space for the cell's best validation score (see the module)."""
+    import optuna
+
+    t = cfg.tune
+    dims = parse_space(t.space)  # every bad input refused before anything exists
+    objective = check_objective(t.objective)
+    check_weights(cfg, resolve_train(cfg))
+    ensure_folder(cfg.runtime.checkpoint_dir)
+    name = t.study_name or study_name(cfg, dims, objective)
+    storage_url = resolve_storage(t.tune_storage)
+    study = _study(optuna, name, storage_url, t)
+    data_run = (
+        cfg.train.data_run or find_prepared_run(cfg) or run_prepare_data(cfg, claim_launched=False)
+    )
+    base = cfg.replace(data_run=data_run, evaluate_after=False, register=False, resume="false")
+    tr = cfg.train
+    cell = schema.tune_cell(tr.model, tr.loss, tr.train_split)
+    exp_id = runs.resolve_experiment(
+        cfg.experiment, default=runs.default_experiment(cfg.preset, cfg.data.dataset)
+    )
+    claims.reap_dead_runs()
+    launched = None if parent_run_id else runs.launched_run_id()
+    with runs.step_run(
+        schema.Step.TUNE,
+        experiment_id=exp_id,
+        run_id=launched or _unfinished_tune(exp_id, name),
+        run_name=schema.tune_run_name(cell),
+        parent_run_id=parent_run_id,
+        tags={schema.TUNE_CELL: cell, schema.TUNE_STUDY: name},
+        description=f"Search of {len(dims)} hyper-parameter(s) of {cell} on the validation set "
+        f"({objective}, {t.trials} trials, {t.sampler}, pruner {t.pruner}); Optuna study {name}.",
+    ) as run:
+        tune_run = run.info.run_id
+        runs.log_params(
+            {
+                "dataset": cfg.data.dataset,
+                "model": tr.model,
+                "loss": tr.loss,
+                "train_split": tr.train_split,
+                "space": " ".join(t.space),
+                "objective": objective,
+                "trials": t.trials,
+                "timeout": t.timeout,
+                "sampler": t.sampler,
+                "pruner": t.pruner,
+                "tune_seed": t.tune_seed,
+                "study_name": name,
+                "storage": runs.redact(storage_url),
+            }
+        )
+        trial_fn = _objective(base, dims, objective, tune_run, cell, name, progress)
+        budget = optuna.study.MaxTrialsCallback(
+            t.trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        )
+        if _counted(optuna, study) < t.trials:
+            study.optimize(
+                trial_fn, timeout=t.timeout, callbacks=[budget], catch=(LtexpError, ValueError)
+            )
+        return _log_outcome(optuna, study, base, tune_run, progress)
+
+
+def _study(optuna: Any, name: str, storage_url: str, t: Any) -> Any:
+    import warnings
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    storage = optuna.storages.RDBStorage(
+        storage_url,
+        heartbeat_interval=30,  # a killed worker's trial is failed, and the search goes on
+        grace_period=120,
+        engine_kwargs={"pool_pre_ping": True},
+    )
+    pruner = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+        "asha": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
+        "none": optuna.pruners.NopPruner,
+    }[t.pruner]()
+    study = optuna.create_study(
+        study_name=name, storage=storage, direction="maximize", load_if_exists=True
+    )
+    # the first worker draws from the seed; a worker that joins (or resumes) a search draws
+    # from another stream, so that two workers do not suggest the same values
+    joined = len(study.trials)
+    seed = t.tune_seed if joined == 0 else t.tune_seed + 1 + joined + os.getpid() % 100_000
+    sampler = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+    }[t.sampler]()
+    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+
+
+def _counted(optuna: Any, study: Any) -> int:
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=done))
+
+
+def _objective(
+    base: Config,
+    dims: list[Dimension],
+    objective: str,
+    tune_run: str,
+    cell: str,
+    name: str,
+    progress: Callable[[str], None],
+) -> Callable[[Any], float]:
+    """One trial: the cell trained with the suggested values, its best ``objective``."""
+    import optuna
+
+    def trial_fn(trial: Any) -> float:
+        values = {d.key: d.suggest(trial) for d in dims}
+        cfg = base.replace(**values)
+        best = float("-inf")
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            nonlocal best
+            value = metrics.get(objective, float("nan"))
+            best = max(best, value)
+            trial.report(value, epoch)
+            if trial.should_prune():
+                raise RunStopped(
+                    f"pruned at epoch {epoch}: {objective} {value:.4f} is below what the "
+                    f"search's other trials reached by then"
+                )
+
+        tags = {schema.TUNE_STUDY: name, schema.TRIAL: str(trial.number)}
+        run_name = schema.trial_run_name(cell, trial.number)
+        hooks = TrainHooks(run_name=run_name, tags=tags, on_epoch=on_epoch, trains_once=False)
+        try:
+            result = run_train(cfg, parent_run_id=tune_run, hooks=hooks)
+        except RunStopped as stopped:
+            progress(f"trial {trial.number} {_show(values)}: {stopped}")
+            _tag_trial(cell, trial.number, name, "PRUNED")
+            raise optuna.TrialPruned(str(stopped)) from None
+        except LtexpError as e:
+            progress(f"trial {trial.number} {_show(values)}: failed: {e}")
+            _tag_trial(cell, trial.number, name, "FAIL")
+            raise
+        _tag_trial(cell, trial.number, name, "COMPLETE", result.run_id)
+        progress(f"trial {trial.number} {_show(values)}: {objective} {best:.4f}")
+        trial.set_user_attr("run_id", result.run_id)
+        return best
+
+    return trial_fn
+
+
+def _show(values: dict[str, Any]) -> str:
+    return " ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()
+    )
+
+
+def _tag_trial(cell: str, number: int, study: str, state: str, run_id: str | None = None) -> None:
+    """The trial's run says how the trial ended (Optuna's state, in MLflow)."""
+    if run_id is None:
+        found = runs.search_all(
+            None,
+            f"tags.`{schema.TUNE_STUDY}` = '{study}' and tags.`{schema.TRIAL}` = '{number}' and "
+            f"{schema.search_step(schema.Step.TRAIN)}",
+        )
+        run_id = found[0].info.run_id if found else None
+    if run_id:
+        runs.client().set_tag(run_id, schema.TRIAL_STATE, state)
+
+
+def _unfinished_tune(exp_id: str, name: str) -> str | None:
+    found = runs.search_all(
+        [exp_id],
+        f"{schema.search_step(schema.Step.TUNE)} and tags.`{schema.TUNE_STUDY}` = '{name}' and "
+        f"attributes.status != 'FINISHED' and attributes.status != 'RUNNING'",
+    )
+    return found[0].info.run_id if found else None
+
+
+def best_config(cfg: Config, params: dict[str, Any]) -> dict[str, Any]:
+    """The best trial's config as a preset (what ``ltexp train --preset`` reads): the resolved
+    config with the best values, without the settings of where it ran."""
+    document = cfg.replace(**params).to_dict()
+    document.pop("preset")
+    skip = runtime_keys() | {"tune"}
+    for section in list(document):
+        if section in skip:
+            document.pop(section)
+        elif isinstance(document[section], dict) and section != "losses":
+            document[section] = {k: v for k, v in document[section].items() if k not in skip}
+    return document
+
+
+def _log_outcome(
+    optuna: Any, study: Any, base: Config, tune_run: str, progress: Callable[[str], None]
+) -> TuneResult:
+    """The best trial's config, the trials and the plots, on the tune run."""
+    states = {s.name: 0 for s in optuna.trial.TrialState}
+    for trial in study.get_trials(deepcopy=False):
+        states[trial.state.name] += 1
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise LtexpError(
+            f"no trial of the search finished ({states['FAIL']} failed, {states['PRUNED']} "
+            f"pruned); see the trial runs' ltexp.error"
+        ) from None
+    mlflow.log_metrics(
+        {
+            "best_value": best.value,
+            "trials_complete": states["COMPLETE"],
+            "trials_pruned": states["PRUNED"],
+            "trials_failed": states["FAIL"],
+        }
+    )
+    runs.client().set_tag(tune_run, schema.BEST_PARAMS, json.dumps(best.params, sort_keys=True))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        config = best_config(base.replace(data_run=""), best.params)
+        (out / schema.BEST_CONFIG_ARTIFACT).write_text(yaml.safe_dump(config, sort_keys=False))
+        study.trials_dataframe().to_csv(out / schema.TRIALS_ARTIFACT, index=False)
+        _plots(optuna, study, out)
+        mlflow.log_artifacts(str(out))
+    progress(f"best trial {best.number}: {_show(best.params)}, value {best.value:.4f}")
+    return TuneResult(tune_run, study.study_name, best.value, dict(best.params), states)
+
+
+def _plots(optuna: Any, study: Any, out: Path) -> None:
+    """Optuna's optimisation history and parameter importances (importances need at least two
+    finished trials whose values differ; left out otherwise, with a warning)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    for name, draw in (
+        (schema.TUNE_HISTORY_FIGURE, ovm.plot_optimization_history),
+        (schema.TUNE_IMPORTANCE_FIGURE, ovm.plot_param_importances),
+    ):
+        try:
+            ax = draw(study)
+            ax.figure.tight_layout()
+            ax.figure.savefig(out / name, dpi=120)
+            plt.close(ax.figure)
+        except (ValueError, RuntimeError, ZeroDivisionError) as e:
+            log.warning("%s left out: %s", name, str(e).splitlines()[0] if str(e) else e)
