@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ltexp.errors import ConfigError
-from ltexp.losses import LOSSES, adjust_logits, build_loss, list_losses
+from ltexp.losses import LOSSES, ClassAwareLoss, adjust_logits, build_loss, list_losses
 
 torch.set_default_dtype(torch.float32)
 COUNTS = {
@@ -237,7 +237,9 @@ def test_registry_has_display_names_and_documented_defaults() -> None:
         assert spec.display_name and spec.paper
         for hp in spec.hparams:
             assert hp.help
-    assert LOSSES["ldam"].builder is not None
+        # the builder takes its documented defaults and builds the loss for these counts
+        built = spec.builder([10, 5, 1], **{hp.name: hp.default for hp in spec.hparams})
+        assert isinstance(built, ClassAwareLoss) and built.num_classes == 3
     assert {hp.name: hp.default for hp in LOSSES["ldam"].hparams} == {
         "max_margin": 0.5,
         "scale": 30.0,
