@@ -161,6 +161,29 @@ class TrainConfig:
         high=1.0,
         high_open=True,
     )
+    sampler: str = _opt(
+        "instance",
+        "which images an epoch visits (Kang et al. 2020; ltexp/data/samplers.py)",
+        registry="samplers",
+    )
+    mixing: str = _opt("none", "batch mixing (ltexp/training/mixing.py)", registry="mixings")
+    mixing_alpha: float = _opt(
+        1.0,
+        "α of the Beta(α, α) mixing factor (mixup, CutMix, Remix papers: 1)",
+        low=0.0,
+        low_open=True,
+    )
+    remix_kappa: float = _opt(
+        3.0,
+        "Remix κ: the class-size ratio that favours the rarer class (Chou et al. 2020: 3)",
+        low=1.0,
+    )
+    remix_tau: float = _opt(
+        0.5,
+        "Remix τ: the mixing factor below which the rarer label wins (Chou et al. 2020: 0.5)",
+        low=0.0,
+        high=1.0,
+    )
     deterministic: bool = _opt(False, "deterministic kernels (bit-identical reruns and resumes)")
     data_run: str = _opt(
         "",
@@ -322,7 +345,7 @@ class TuneConfig:
         "the validation metric to maximise, best over epochs: val_acc1, val_balanced_acc1 or "
         "val_<group>_acc1 (never a test split)",
     )
-    sampler: str = _opt("tpe", "Optuna sampler (seeded)", choices=("tpe", "random"))
+    tune_sampler: str = _opt("tpe", "Optuna sampler (seeded)", choices=("tpe", "random"))
     pruner: str = _opt(
         "median",
         "stop weak trials early on the per-epoch objective: median, asha (successive halving) "
@@ -505,6 +528,14 @@ def registry_names(registry: str) -> list[str]:
         from ltexp.data import PROFILES
 
         return list(PROFILES)
+    if registry == "samplers":
+        from ltexp.data.samplers import SAMPLERS
+
+        return list(SAMPLERS)
+    if registry == "mixings":
+        from ltexp.training.mixing import MIXINGS
+
+        return list(MIXINGS)
     raise ValueError(f"unknown registry {registry!r}")  # pragma: no cover - a bug here
 
 
@@ -591,6 +622,8 @@ def all_fields() -> dict[str, FieldSpec]:
     out: dict[str, FieldSpec] = {}
     for section in SECTIONS:
         for spec in section_fields(section):
+            if spec.key in out:  # every value has one flat name (--key, -P key=…)
+                raise ValueError(f"config key {spec.key!r} is declared twice")  # pragma: no cover
             out[spec.key] = spec
     for spec in [*loss_fields(), *dataset_fields()]:
         if spec.key in out:  # a registry entry may not shadow a config key

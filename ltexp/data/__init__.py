@@ -14,7 +14,9 @@ from ltexp.data.splits import PROFILES, SPLITS, Protocol, build_splits, profile_
 from ltexp.discover import import_submodules
 
 # Registration happens on import: every module of this package (a dataset is one module).
-import_submodules(__name__, __path__, skip=("pipeline", "prepared", "sources", "splits"))
+import_submodules(
+    __name__, __path__, skip=("pipeline", "prepared", "samplers", "sources", "splits")
+)
 
 __all__ = [
     "DATASETS",

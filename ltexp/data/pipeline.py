@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ltexp.data.samplers import sample_order
+
 # CIFAR statistics, as in the thesis pipeline (docs/protocol.md).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -79,6 +81,8 @@ class TensorBatches:
         dtype: dtype of the output images (bf16 on a GPU saves autocast a cast).
         channels_last: output in channels_last layout.
         rank, world_size: data-parallel shard (each rank sees a disjoint 1/world_size).
+        sampler: which images a training epoch visits (:mod:`ltexp.data.samplers`).
+        epochs: the run's epochs (a progressive sampler moves over them).
     """
 
     def __init__(
@@ -97,10 +101,14 @@ class TensorBatches:
         std: tuple[float, ...] = CIFAR_STD,
         rank: int = 0,
         world_size: int = 1,
+        sampler: str = "instance",
+        epochs: int = 1,
     ) -> None:
         self.device = torch.device(device)
         self.images = to_tensor_images(images, self.device)
-        self.labels = torch.as_tensor(labels, dtype=torch.long).to(self.device)
+        self.cpu_labels = torch.as_tensor(labels, dtype=torch.long).cpu()
+        self.labels = self.cpu_labels.to(self.device)
+        self.sampler, self.epochs = sampler, epochs
         self.batch_size = batch_size
         self.image_size = image_size or int(self.images.shape[-1])
         self.train = train
@@ -132,7 +140,7 @@ class TensorBatches:
             order = torch.arange(n)
             return EpochPlan(order.to(self.device), torch.zeros(0), torch.zeros(0))
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(n, generator=g)
+        order = sample_order(self.cpu_labels, self.sampler, epoch, self.epochs, g)
         total = self.shard_size() * self.world_size  # n, or n padded to a multiple of ranks
         offsets = torch.randint(0, 2 * CROP_PADDING + 1, (total, 2), generator=g)
         flip = torch.rand(total, generator=g) < 0.5
@@ -145,6 +153,11 @@ class TensorBatches:
             offsets.to(self.device, non_blocking=True),
             flip.to(self.device, non_blocking=True),
         )
+
+    def visits(self, epoch: int) -> Tensor:
+        """Images per class that epoch ``epoch`` visits on this rank (CPU)."""
+        order = self.plan(epoch).order.cpu()
+        return torch.bincount(self.cpu_labels[order], minlength=int(self.cpu_labels.max()) + 1)
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield ``(images, labels)`` batches of ``epoch``."""

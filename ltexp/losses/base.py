@@ -120,8 +120,8 @@ class ClassAwareLoss(nn.Module):
                     f"targets must be in [0, {self.num_classes - 1}], got values in [{low}, {high}]"
                 )
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        """Mean over the batch of ``w_{y_i} · ℓ_i``, computed in float32 even under autocast."""
+    def sample_losses(self, logits: Tensor, target: Tensor) -> Tensor:
+        """``w_{y_i} · ℓ_i`` of each sample, ``[B]``, in float32 even under autocast."""
         self.check_inputs(logits, target)
         with torch.autocast(device_type=logits.device.type, enabled=False):
             target = target.long()
@@ -129,4 +129,14 @@ class ClassAwareLoss(nn.Module):
             weights = self.active_class_weights()
             if weights is not None:
                 losses = losses * weights[target]
-            return losses.mean()
+            return losses
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Mean over the batch of ``w_{y_i} · ℓ_i``, computed in float32 even under autocast."""
+        return self.sample_losses(logits, target).mean()
+
+    def mixed(self, logits: Tensor, y_a: Tensor, y_b: Tensor, weight_a: Tensor) -> Tensor:
+        """The loss of a mixed batch: mean of ``v_i·ℓ(y_a,i) + (1 − v_i)·ℓ(y_b,i)``
+        (:mod:`ltexp.training.mixing`)."""
+        a, b = self.sample_losses(logits, y_a), self.sample_losses(logits, y_b)
+        return (weight_a * a + (1.0 - weight_a) * b).mean()

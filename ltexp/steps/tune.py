@@ -110,7 +110,8 @@ def run_tune(
         parent_run_id=parent_run_id,
         tags={schema.TUNE_CELL: cell, schema.TUNE_STUDY: name},
         description=f"Search of {len(dims)} hyper-parameter(s) of {cell} on the validation set "
-        f"({objective}, {t.trials} trials, {t.sampler}, pruner {t.pruner}); Optuna study {name}.",
+        f"({objective}, {t.trials} trials, {t.tune_sampler}, pruner {t.pruner}); Optuna "
+        f"study {name}.",
     ) as run:
         tune_run = run.info.run_id
         runs.log_params(
@@ -123,7 +124,7 @@ def run_tune(
                 "objective": objective,
                 "trials": t.trials,
                 "timeout": t.timeout,
-                "sampler": t.sampler,
+                "tune_sampler": t.tune_sampler,
                 "pruner": t.pruner,
                 "tune_seed": t.tune_seed,
                 "study_name": name,
@@ -167,7 +168,7 @@ def _study(optuna: Any, name: str, storage_url: str, t: Any) -> Any:
     sampler = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-    }[t.sampler]()
+    }[t.tune_sampler]()
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
 
 

@@ -16,6 +16,8 @@ from pathlib import PurePath
 
 from ltexp.data.splits import FREQUENCY_GROUPS, GROUPS
 
+__all__ = ["FREQUENCY_GROUPS", "GROUPS"]  # re-exported: the groups metric names are built from
+
 # --- tags ------------------------------------------------------------------------------------
 STEP = "ltexp.step"
 
@@ -170,7 +172,7 @@ TUNE_PARAMS = (
     "objective",
     "trials",
     "timeout",
-    "sampler",
+    "tune_sampler",
     "pruner",
     "tune_seed",
     "study_name",
@@ -209,6 +211,11 @@ def test_metric(group: str, kind: str = "acc1") -> str:
     return f"test_{group}_{kind}"
 
 
+def sampled_metric(group: str) -> str:
+    """``sampled_<group>_images``: training images an epoch drew from a frequency group."""
+    return f"sampled_{group}_images"
+
+
 def val_metric(group: str) -> str:
     """``val_<group>_acc1`` for a class group on the validation set."""
     return f"val_{group}_acc1"
@@ -224,6 +231,7 @@ EPOCH_METRICS = (
     LR,
     EPOCH_SECONDS,
     IMAGES_PER_S,
+    *(sampled_metric(g) for g in FREQUENCY_GROUPS),
 )
 TEST_METRICS = tuple(test_metric(g, k) for g in TEST_GROUPS for k in TEST_KINDS)
 # the split each test metric was computed on

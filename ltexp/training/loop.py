@@ -23,6 +23,7 @@ from ltexp.errors import TrainingError
 from ltexp.losses.base import ClassAwareLoss
 from ltexp.progress import Progress
 from ltexp.tracking import schema
+from ltexp.training.mixing import Mixer
 from ltexp.training.setup import autocast
 
 PROGRESS_EVERY = 25  # steps between progress-bar refreshes (each one is a device sync)
@@ -121,6 +122,7 @@ def train_one_epoch(
     grad_scaler: torch.amp.GradScaler | None = None,
     show_progress: bool = False,
     epochs: int | None = None,
+    mixer: Mixer | None = None,
 ) -> EpochStats:
     """One pass over ``batches`` (epoch ``epoch``'s order and augmentation).
 
@@ -130,6 +132,9 @@ def train_one_epoch(
     device = batches.device
     model.train()
     loss_fn.set_epoch(epoch)
+    mixing = mixer is not None and mixer.active
+    if mixing:
+        mixer.start_epoch(batches.seed, epoch)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     first_bad = torch.full((), -1, device=device, dtype=torch.long)
@@ -137,9 +142,16 @@ def train_one_epoch(
     started = time.perf_counter()
     progress = Progress(len(batches), f"epoch {epoch}/{epochs or epoch}", enabled=show_progress)
     for step, (x, y) in enumerate(batches.epoch(epoch), start=1):
+        if mixing:
+            mixed = mixer(x, y)
+            x = mixed.images
         with autocast(device, amp):
             logits = model(x)
-        loss = loss_fn(logits, y)
+        loss = (
+            loss_fn.mixed(logits, mixed.y_a, mixed.y_b, mixed.weight_a)
+            if mixing
+            else loss_fn(logits, y)
+        )
         optimizer.zero_grad(set_to_none=True)
         if grad_scaler is not None:
             grad_scaler.scale(loss).backward()
@@ -194,6 +206,7 @@ def fit(
     progress: bool | None = None,
     is_main: bool = True,
     eval_model: nn.Module | None = None,
+    mixer: Mixer | None = None,
 ) -> Iterator[EpochResult]:
     """Train epochs ``start_epoch..epochs`` (1-based); yield a result after each.
 
@@ -214,6 +227,7 @@ def fit(
             grad_scaler=grad_scaler,
             show_progress=show,
             epochs=epochs,
+            mixer=mixer,
         )
         scheduler.step()
         # every rank validates the same set with its plain module: no collectives, same result
@@ -238,8 +252,19 @@ def fit(
             schema.LR: lr,
             schema.EPOCH_SECONDS: time.perf_counter() - started,
             schema.IMAGES_PER_S: train.images / train.seconds,
+            **_visits(train_batches, epoch, groups),
         }
         yield EpochResult(epoch, metrics, improved, best_val_acc1, best_epoch)
+
+
+def _visits(batches: TensorBatches, epoch: int, groups: dict[str, list[int]]) -> dict[str, float]:
+    """Training images the epoch drew from each frequency group (what a sampler changes)."""
+    per_class = batches.visits(epoch).tolist()
+    return {
+        schema.sampled_metric(g): float(sum(per_class[c] for c in groups[g] if c < len(per_class)))
+        for g in schema.FREQUENCY_GROUPS
+        if g in groups
+    }
 
 
 def _raise_if_nonfinite(first_bad: Tensor, epoch: int) -> None:

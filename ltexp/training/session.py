@@ -25,6 +25,7 @@ from ltexp.distributed import DistContext, broadcast
 from ltexp.losses import build_loss
 from ltexp.models import build_model
 from ltexp.training.loop import EpochResult, fit
+from ltexp.training.mixing import Mixer
 from ltexp.training.setup import (
     TrainSpec,
     make_optimizer,
@@ -51,6 +52,7 @@ class Session:
     epochs: int
     groups: dict[str, list[int]]
     is_main: bool = True
+    mixer: Mixer | None = None
     start_epoch: int = 1
     best_val_acc1: float = -1.0
     best_epoch: int = 0
@@ -81,6 +83,7 @@ class Session:
             grad_scaler=self.scaler,
             is_main=self.is_main,
             eval_model=self.model,
+            mixer=self.mixer,
         )
 
     def resume_state(self, result: EpochResult, config_hash: str) -> ResumeState:
@@ -161,7 +164,16 @@ def build_session(
         seed=t.seed,
         rank=ctx.rank,
         world_size=ctx.world_size,
+        sampler=t.sampler,
+        epochs=t.epochs,
         **batch,
+    )
+    mixer = Mixer(
+        t.mixing,
+        t.mixing_alpha,
+        prepared.class_counts(training_set),
+        t.remix_kappa,
+        t.remix_tau,
     )
     val_batches = TensorBatches(val.images, val.labels, rt.eval_batch_size, **batch)
     step_model = model
@@ -184,6 +196,7 @@ def build_session(
         epochs=t.epochs,
         groups=prepared.groups(),
         is_main=ctx.is_main,
+        mixer=mixer,
     )
 
 

@@ -91,13 +91,19 @@ def resolve_train(cfg: Config) -> TrainSpec:
         ConfigError: an unknown model or loss, a bad hyper-parameter, a device that is not
             here, an image size the model cannot take, a weights path that is not a file.
     """
+    from ltexp.data.samplers import SAMPLERS
     from ltexp.losses import LOSSES, build_loss
     from ltexp.models import model_spec
+    from ltexp.training.mixing import MIXINGS
 
     t = cfg.train
     spec = model_spec(t.model)
     if t.loss not in LOSSES:
         raise unknown_name_error("loss", t.loss, list(LOSSES))
+    if t.sampler not in SAMPLERS:
+        raise unknown_name_error("sampler", t.sampler, list(SAMPLERS))
+    if t.mixing not in MIXINGS:
+        raise unknown_name_error("mixing", t.mixing, MIXINGS)
     build_loss(t.loss, [2, 1], **cfg.loss_hparams())  # hyper-parameters, before any data
     device = resolve_device(cfg.runtime.device)
     image_size = resolve_image_size(cfg)

@@ -205,3 +205,45 @@ def test_a_tampered_resume_checkpoint_is_refused_with_the_way_out(tiny_config) -
         run_cell(cfg)
     again = run_cell(cfg.replace(resume="false")).train  # the way out the message names
     assert again.run_id != done.run_id and mlflow.get_run(again.run_id).info.status == "FINISHED"
+
+
+def test_a_resumed_run_replays_sampling_and_mixing_exactly(tiny_config) -> None:
+    """Class-balanced sampling and Remix, interrupted after epoch 2: resumed, the end state is
+    the uninterrupted run's, bit for bit (deterministic CPU)."""
+    import torch
+
+    from ltexp.steps.train import TrainHooks, run_train
+
+    extra = {"epochs": 3, "sampler": "class_balanced", "mixing": "remix", "register": "false"}
+    whole = run_train(run_cell_data(tiny_config(experiment="whole", **extra)))
+
+    def stop_after_two(epoch: int, metrics: dict) -> None:
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    cfg = run_cell_data(tiny_config(experiment="cut", **extra))
+    with pytest.raises(KeyboardInterrupt):
+        run_train(cfg, hooks=TrainHooks(on_epoch=stop_after_two))
+    resumed = run_train(cfg)
+    assert mlflow.get_run(resumed.run_id).data.tags[schema.RESUMED_FROM_EPOCH] == "2"
+    folder = Path(cfg.runtime.checkpoint_dir)
+    a = torch.load(folder / whole.run_id / "last.pt", weights_only=True)
+    b = torch.load(folder / resumed.run_id / "last.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    timing = {schema.EPOCH_SECONDS, schema.IMAGES_PER_S}
+
+    def measured(history: list[dict]) -> list[dict]:
+        return [{k: v for k, v in row.items() if k not in timing} for row in history]
+
+    # every epoch's metrics, the sampled counts included
+    assert measured(a["history"]) == measured(b["history"])
+    drawn = a["history"][0]
+    assert drawn[schema.sampled_metric("tail")] > 0
+
+
+def run_cell_data(cfg):
+    """``cfg`` with its data prepared (run_train trains on prepared data)."""
+    from ltexp.steps.prepare_data import run_prepare_data
+    from ltexp.tracking.datasets import find_prepared_run
+
+    return cfg.replace(data_run=find_prepared_run(cfg) or run_prepare_data(cfg))

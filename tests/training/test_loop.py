@@ -50,6 +50,8 @@ def test_fit_yields_every_epoch_with_the_schema_metrics_and_tracks_the_best() ->
             schema.VAL_BALANCED_ACC1,
             schema.val_metric("head"),
             schema.val_metric("tail"),
+            schema.sampled_metric("head"),
+            schema.sampled_metric("tail"),
             schema.LR,
             schema.EPOCH_SECONDS,
             schema.IMAGES_PER_S,
