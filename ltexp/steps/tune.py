@@ -15,11 +15,12 @@ Like the study, this module chains steps (prepare_data, train); no step imports 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,10 @@ def resolve_storage(given: str) -> str:
         import sqlalchemy
 
         engine = sqlalchemy.create_engine(uri)
-        with engine.begin() as connection:
+        with engine.begin() as connection:  # IF NOT EXISTS alone still races between workers
+            connection.execute(
+                sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY}
+            )
             connection.execute(sqlalchemy.text(f"CREATE SCHEMA IF NOT EXISTS {OPTUNA_SCHEMA}"))
         engine.dispose()
         joiner = "&" if "?" in uri else "?"
@@ -147,12 +151,13 @@ def _study(optuna: Any, name: str, storage_url: str, t: Any) -> Any:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    storage = optuna.storages.RDBStorage(
-        storage_url,
-        heartbeat_interval=30,  # a killed worker's trial is failed, and the search goes on
-        grace_period=120,
-        engine_kwargs={"pool_pre_ping": True},
-    )
+    with _schema_lock(storage_url):
+        storage = optuna.storages.RDBStorage(
+            storage_url,
+            heartbeat_interval=30,  # a killed worker's trial is failed, and the search goes on
+            grace_period=120,
+            engine_kwargs={"pool_pre_ping": True},
+        )
     pruner = {
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
         "asha": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
@@ -170,6 +175,32 @@ def _study(optuna: Any, name: str, storage_url: str, t: Any) -> Any:
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
     }[t.tune_sampler]()
     return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+
+
+@contextlib.contextmanager
+def _schema_lock(storage_url: str) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock while Optuna creates its tables: two workers starting on
+    a new database otherwise race in ``CREATE TYPE`` and one dies. sqlite serialises by itself."""
+    if not storage_url.startswith("postgresql"):
+        yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(storage_url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": _LOCK_KEY})
+            try:
+                yield
+            finally:
+                connection.execute(
+                    sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": _LOCK_KEY}
+                )
+    finally:
+        engine.dispose()
+
+
+_LOCK_KEY = 0x17E4_0971  # any fixed 64-bit number, the same in every ltexp worker
 
 
 def _counted(optuna: Any, study: Any) -> int:
