@@ -28,7 +28,7 @@ from ltexp.config import (
 )
 from ltexp.errors import LtexpError
 
-COMMANDS = ("prepare-data", "train", "evaluate", "aggregate", "main", "tune")
+COMMANDS = ("prepare-data", "train", "evaluate", "aggregate", "main", "tune", "decouple")
 COMMAND_HELP = {
     "prepare-data": "build the data splits of the protocol and record them (a prepare_data run)",
     "train": "fine-tune one model with one loss (a train run, then a child evaluate run)",
@@ -36,6 +36,8 @@ COMMAND_HELP = {
     "aggregate": "build the report (Tables 4.1-4.11, Figures 4.1-4.6) from evaluate runs",
     "main": "run the whole study: prepare_data, every cell of the grid, aggregate",
     "tune": "search one cell's hyper-parameters on the validation set (Optuna; trials are runs)",
+    "decouple": "re-balance a trained model's classifier: cRT, tau-normalisation or LWS "
+    "(Kang et al. 2020; a decouple run registered as stage 2, then a child evaluate run)",
     "bench": "measure training throughput: model-only ceiling vs ltexp's real training step",
 }
 
@@ -98,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         p = sub.add_parser(command, help=COMMAND_HELP[command], description=COMMAND_HELP[command])
         _add_config_options(p, command)
-        if command in ("train", "evaluate", "main", "tune"):
+        if command in ("train", "evaluate", "main", "tune", "decouple"):
             p.add_argument(
                 "--parent-run-id",
                 "--parent_run_id",
@@ -131,6 +133,15 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
+def _print_stage2(result: Any) -> None:
+    print(
+        f"decouple run: {result.train.run_id}  best val_acc1 {result.train.best_val_acc1:.4f}  "
+        f"model {result.train.model_uri}"
+    )
+    if result.evaluate_run_id:
+        print(f"evaluate run: {result.evaluate_run_id}")
+
+
 def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
     def prepare_data(cfg: Config, args: argparse.Namespace) -> int:
         from ltexp.steps.prepare_data import run_prepare_data
@@ -156,6 +167,8 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
         )
         if result.evaluate_run_id:
             print(f"evaluate run: {result.evaluate_run_id}")
+        if result.stage2 is not None:
+            _print_stage2(result.stage2)
         return 0
 
     def evaluate(cfg: Config, args: argparse.Namespace) -> int:
@@ -191,7 +204,14 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
         print(f"tune run: {result.run_id}  study {result.study_name}  trials: {counts}")
         return 0
 
+    def decouple(cfg: Config, args: argparse.Namespace) -> int:
+        from ltexp.steps.study import run_stage2
+
+        _print_stage2(run_stage2(cfg, parent_run_id=args.parent_run_id))
+        return 0
+
     return {
+        "decouple": decouple,
         "prepare-data": prepare_data,
         "train": train,
         "evaluate": evaluate,

@@ -47,6 +47,7 @@ def _opt(
     registry: str = "",
     commands: tuple[str, ...] = (),
     also_under: str = "",
+    key: str = "",
 ) -> Any:
     """A config field: default, one-line help, checks, and what the field is.
 
@@ -56,6 +57,8 @@ def _opt(
         registry: the registry whose names the value takes; the help lists them.
         commands: the commands that take the field (default: its section's commands).
         also_under: a YAML section where presets written before the field moved may still give it.
+        key: the flat name (``-P key=…``, ``--key``) when the field's own name is another
+            section's key (``study.mixing`` is ``study_mixing``; ``mixing`` is the cell's).
     """
     meta = {
         "help": help,
@@ -68,6 +71,7 @@ def _opt(
         "registry": registry,
         "commands": commands,
         "also_under": also_under,
+        "key": key,
     }
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -83,13 +87,13 @@ class DataConfig:
         "~/.cache/ltexp",
         "folder the dataset files are read from / downloaded to",
         runtime=True,
-        commands=("prepare-data", "train", "evaluate", "main", "tune"),
+        commands=("prepare-data", "train", "evaluate", "main", "tune", "decouple"),
     )
     download: bool = _opt(
         True,
         "download the dataset when its files are missing",
         runtime=True,
-        commands=("prepare-data", "train", "evaluate", "main", "tune"),
+        commands=("prepare-data", "train", "evaluate", "main", "tune", "decouple"),
     )
     profile: str = _opt("exp", "imbalance profile of the long-tailed splits", registry="profiles")
     imbalance_ratio: float = _opt(
@@ -196,7 +200,10 @@ class TrainConfig:
         runtime=True,
     )
     evaluate_after: bool = _opt(
-        True, "evaluate the best checkpoint at the end (a child run)", runtime=True
+        True,
+        "evaluate the best checkpoint at the end (a child run)",
+        runtime=True,
+        commands=("train", "main", "tune", "decouple"),
     )
     register: bool = _opt(
         True,
@@ -300,6 +307,23 @@ class StudyConfig:
         None, "training sets of the grid", factory=lambda: ["balanced", "lt"]
     )
     seeds: list[int] = _opt(None, "training seeds of the grid", factory=lambda: [42], low=0)
+    samplers: list[str] = _opt(
+        None, "samplers of the grid", factory=lambda: ["instance"], registry="samplers"
+    )
+    mixing: list[str] = _opt(
+        None,
+        "batch mixings of the grid",
+        factory=lambda: ["none"],
+        registry="mixings",
+        key="study_mixing",
+    )
+    stage2: list[str] = _opt(
+        None,
+        "second stages of the grid: none (the trained model) or a decoupling method (crt, "
+        "tau_norm, lws), applied to the cell's stage-1 model",
+        factory=lambda: ["none"],
+        key="study_stage2",
+    )
     workers: int = _opt(
         1, "cells run at once (one per GPU when there are GPUs)", low=1, runtime=True
     )
@@ -367,6 +391,35 @@ class TuneConfig:
 
 
 @dataclass(frozen=True)
+class DecoupleConfig:
+    """The second stage of Kang et al. 2020 (``ltexp decouple``, ltexp/training/decoupling.py).
+
+    Defaults are the paper's: 10 epochs of class-balanced classifier re-training with a cosine
+    schedule; τ chosen on the validation set.
+    """
+
+    stage2: str = _opt(
+        "none",
+        "decoupling method: none, crt (re-train the classifier), tau_norm (rescale its rows) "
+        "or lws (learn one scale per class)",
+        choices=("none", "crt", "tau_norm", "lws"),
+    )
+    stage2_epochs: int = _opt(10, "epochs of cRT and LWS (Kang et al. 2020: 10)", low=1)
+    stage2_lr: float | None = _opt(
+        None,
+        "learning rate of cRT and LWS (default: the stage-1 run's lr), cosine-annealed",
+        low=0.0,
+        low_open=True,
+    )
+    stage2_tau: float | None = _opt(
+        None,
+        "τ of tau_norm (default: the best of 0, 0.1, …, 1 on the validation set)",
+        low=0.0,
+        high=2.0,
+    )
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     """The aggregate step: tables and figures from the tracking server."""
 
@@ -393,6 +446,7 @@ SECTIONS: dict[str, type] = {
     "study": StudyConfig,
     "report": ReportConfig,
     "tune": TuneConfig,
+    "decouple": DecoupleConfig,
 }
 # The commands that take a section's fields (a field may name its own).
 SECTION_COMMANDS: dict[str, tuple[str, ...]] = {
@@ -400,11 +454,12 @@ SECTION_COMMANDS: dict[str, tuple[str, ...]] = {
     "datasets": ("prepare-data", "train", "main", "tune"),
     "train": ("train", "main", "tune"),
     "losses": ("train", "main", "tune"),
-    "runtime": ("train", "evaluate", "main", "tune"),
-    "evaluate": ("train", "evaluate", "main"),
+    "runtime": ("train", "evaluate", "main", "tune", "decouple"),
+    "evaluate": ("train", "evaluate", "main", "decouple"),
     "study": ("main",),
     "report": ("aggregate", "main"),
     "tune": ("tune",),
+    "decouple": ("train", "decouple", "main"),
 }
 
 
@@ -422,6 +477,7 @@ class Config:
     study: StudyConfig = field(default_factory=StudyConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    decouple: DecoupleConfig = field(default_factory=DecoupleConfig)
     preset: str = DEFAULT_PRESET
 
     def loss_hparams(self, loss: str | None = None) -> dict[str, float]:
@@ -463,8 +519,9 @@ class Config:
         """Flat ``{key: value}`` view, the names used for MLflow params and CLI options."""
         nested = self.to_dict(sections)
         out: dict[str, Any] = {"preset": nested["preset"], "experiment": nested["experiment"]}
+        keys = {(f.section, f.name): f.key for f in all_fields().values()}
         for name in SECTIONS:
-            out.update(nested.get(name, {}))
+            out.update({keys.get((name, k), k): v for k, v in nested.get(name, {}).items()})
         for loss, hp in nested.get("losses", {}).items():
             out.update({f"{loss}_{k}": v for k, v in hp.items()})
         return out
@@ -549,7 +606,7 @@ def section_fields(section: str) -> list[FieldSpec]:
         m = f.metadata
         specs.append(
             FieldSpec(
-                f.name,
+                m.get("key") or f.name,
                 section,
                 f.name,
                 hints[f.name],
@@ -842,20 +899,23 @@ def yaml_to_overrides(data: dict[str, Any], source: str) -> dict[str, Any]:
         if top == "losses":
             out.update(_loss_overrides(body, source))
             continue
-        valid = [
-            k
-            for k, f in fields.items()
-            if f.section == top
-            or f.also_under == top
-            or (top == "data" and f.section == "datasets")
-        ]
+        # a section's own fields by their name there, fields that moved and dataset options by
+        # their flat key
+        valid = {f.name: k for k, f in fields.items() if f.section == top}
+        valid.update(
+            {
+                k: k
+                for k, f in fields.items()
+                if f.also_under == top or (top == "data" and f.section == "datasets")
+            }
+        )
         for key, value in body.items():
             if key not in valid:
                 raise ConfigError(
                     f"{source}: unknown key {top}.{key}"
-                    f"{did_you_mean(str(key), valid)}; valid: {', '.join(valid)}"
+                    f"{did_you_mean(str(key), list(valid))}; valid: {', '.join(valid)}"
                 )
-            out[key] = value
+            out[valid[key]] = value
     return out
 
 

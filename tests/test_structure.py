@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 LTEXP = Path(__file__).resolve().parent.parent / "ltexp"
-STEPS = {"prepare_data", "train", "evaluate", "aggregate"}
+STEPS = {"prepare_data", "train", "evaluate", "aggregate", "decouple"}
 ORCHESTRATORS = {"study", "tune"}
 
 

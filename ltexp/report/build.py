@@ -25,6 +25,7 @@ import pandas as pd
 
 from ltexp.report.paired import PairedDifference, paired_bootstrap
 from ltexp.report.tables import (
+    AXIS_TITLES,
     BASELINE_LOSS,
     COLUMN_TITLES,
     COLUMNS,
@@ -32,20 +33,25 @@ from ltexp.report.tables import (
     MODEL_ORDER,
     SPLIT_ORDER,
     SPLIT_TITLES,
+    axis_table,
+    axis_values,
     backbones_table,
     benchmarks_table,
     cell_means,
+    is_plain,
     loss_title,
     lt_class_counts,
     model_title,
+    only_axis,
     ordered,
     reference_results,
     results_table,
     select_latest,
     split_sizes_table,
     summary,
+    with_axes,
 )
-from ltexp.tracking.schema import CELL_PARAMS, REPORT_COLUMNS
+from ltexp.tracking.schema import AXIS_PARAMS, CELL_PARAMS, REPORT_COLUMNS
 
 log = logging.getLogger(__name__)
 DASH = "—"
@@ -145,6 +151,7 @@ def results_frame(records: list[dict]) -> pd.DataFrame:
     for col in ("run_id", "end_time", *CELL_PARAMS, *COLUMNS, *bounds):
         if col not in frame:
             frame[col] = np.nan
+    frame = with_axes(frame)
     for col in (*COLUMNS, *bounds):
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
     frame["seed"] = frame["seed"].astype(str)
@@ -191,7 +198,9 @@ def build_report(
     output_dir.mkdir(parents=True, exist_ok=True)
     fmt = _Fmt(options.percent)
     selection = select_latest(inputs.results)
-    results = selection.results
+    # the thesis's tables hold the plain cells; the other axes get tables of their own
+    every_result = selection.results
+    results = every_result[is_plain(every_result)].reset_index(drop=True)
     if grid is None:
         grid = Grid(
             ordered(results["model"].unique().tolist(), MODEL_ORDER),
@@ -276,7 +285,9 @@ def build_report(
             )
 
     # --- Tables 4.1-4.8 ------------------------------------------------------------------
-    runs_out = results[["run_id", *CELL_PARAMS, *COLUMNS]].rename(columns=REPORT_COLUMNS)
+    runs_out = every_result[["run_id", *CELL_PARAMS, *AXIS_PARAMS, *COLUMNS]].rename(
+        columns=REPORT_COLUMNS
+    )
     write_csv(runs_out, "runs.csv")
     thesis_tables = [(m, s) for m in MODEL_ORDER for s in SPLIT_ORDER]
     tail_note = _tail_note(tail_n, fmt)
@@ -407,11 +418,130 @@ def build_report(
     elif inputs.predictions is not None:
         notes.append("the grid has no Softmax loss (ce): no paired comparisons")
 
-    files += _write_markdown(
-        output_dir, blocks, fmt, notes, missing, selection.duplicates, len(results)
-    )
+    # --- beyond the thesis: the grid's other axes, each against the plain cell --------------
+    for axis in AXIS_PARAMS:
+        if len(axis_values(every_result, axis)) < 2:
+            continue
+        table = axis_table(every_result, axis)
+        write_csv(table, f"by_{axis}.csv")
+        blocks.append(_axis_block(table, axis, fmt, number))
+    if inputs.predictions is not None and (~is_plain(every_result)).any():
+        paired = paired_vs_plain(every_result, inputs.predictions, manifest, options)
+        if len(paired):
+            write_csv(paired, "paired_vs_plain.csv")
+            blocks.append(_paired_plain_block(paired, fmt, tail_note, number))
+
+    n_runs = len(every_result)
+    files += _write_markdown(output_dir, blocks, fmt, notes, missing, selection.duplicates, n_runs)
     files += _write_latex(output_dir, blocks, fmt)
-    return Report(output_dir, files, missing, selection.duplicates, len(results), notes)
+    return Report(output_dir, files, missing, selection.duplicates, n_runs, notes)
+
+
+def _axis_block(table: pd.DataFrame, axis: str, fmt: _Fmt, number: Callable) -> Table:
+    """Loss × the axis's values: balanced-test top-1 (the long-tailed literature's measure)."""
+    values = axis_values(table, axis)
+    rows = []
+    for (model, split, loss), part in table.groupby(["model", "train_split", "loss"], sort=False):
+        by_value = part.set_index(axis)["balanced"]
+        rows.append(
+            [
+                model_title(model),
+                SPLIT_TITLES.get(split, split),
+                loss_title(loss),
+                *(fmt(by_value[v]) if v in by_value else DASH for v in values),
+            ]
+        )
+    title = AXIS_TITLES.get(axis, axis)
+    return Table(
+        number(""),
+        f"Loss × {title}: balanced-test top-1, the other axes plain (beyond the thesis)",
+        ["Backbone", "Training set", "Loss", *values],
+        rows,
+        [
+            f"Mean over seeds; by_{axis}.csv has every column. Plain: "
+            f"{AXIS_PARAMS[axis]}; the thesis's tables hold only plain cells."
+        ],
+        align="lll" + "r" * len(values),
+    )
+
+
+def paired_vs_plain(
+    results: pd.DataFrame,
+    predictions: Predictions,
+    manifest: dict[str, Any] | None,
+    options: ReportOptions,
+) -> pd.DataFrame:
+    """Every non-plain value of every axis against the plain cell of the same model, loss,
+    training set and seeds: the paired difference of top-1 on the same test images."""
+    groups = _thirds(manifest)
+    load = _OnceEach(predictions)
+    plain = results[is_plain(results)]
+    rows = []
+    for axis, plain_value in AXIS_PARAMS.items():
+        part = only_axis(results, axis)
+        for (model, split, loss, value), other in part.groupby(
+            ["model", "train_split", "loss", axis], sort=False
+        ):
+            if value == plain_value:
+                continue
+            base = plain[
+                (plain["model"] == model)
+                & (plain["train_split"] == split)
+                & (plain["loss"] == loss)
+            ]
+            row = _paired_row(
+                base.set_index("seed")["run_id"],
+                other.set_index("seed")["run_id"],
+                load,
+                groups,
+                options,
+                f"{model}/{split}/{loss}: {axis}={value} and the plain cell",
+            )
+            if row is not None:
+                rows.append(
+                    {
+                        "model": model,
+                        "train_split": split,
+                        "loss": loss,
+                        "axis": axis,
+                        "value": value,
+                        **row,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def _paired_plain_block(
+    paired: pd.DataFrame, fmt: _Fmt, tail_note: list[str], number: Callable
+) -> Table:
+    rows = []
+    for _, r in paired.iterrows():
+        cells = []
+        for c in COLUMNS:
+            text = fmt.interval(r[c], r[f"{c}_ci_low"], r[f"{c}_ci_high"], signed=True)
+            cells.append(f"{text} *" if r[f"{c}_excludes_zero"] else text)
+        rows.append(
+            [
+                model_title(r["model"]),
+                SPLIT_TITLES.get(r["train_split"], r["train_split"]),
+                loss_title(r["loss"]),
+                f"{AXIS_TITLES.get(r['axis'], r['axis'])} {r['value']}",
+                *cells,
+            ]
+        )
+    return Table(
+        number(""),
+        "Each method beyond the loss minus the plain cell (instance sampling, no mixing, no "
+        "second stage) on the same test images (beyond the thesis)",
+        ["Backbone", "Training set", "Loss", "Method", *(COLUMN_TITLES[c] for c in COLUMNS)],
+        rows,
+        [
+            "Difference of top-1 accuracy; in brackets its 95 % paired-bootstrap interval; * "
+            "where the interval excludes 0.",
+            *tail_note,
+        ],
+        align="llll" + "r" * len(COLUMNS),
+    )
 
 
 def _range(row: Any) -> str:
@@ -472,14 +602,8 @@ def paired_frame(
     """Every loss against the Softmax loss, per backbone, training set and column: the paired
     difference of top-1 on the same test images (see :mod:`ltexp.report.paired`); and how many
     runs had no predictions to compare."""
-    groups = {g: manifest["groups"][g] for g in ("head", "middle", "tail")} if manifest else {}
-    loaded: dict[str, Mapping[str, np.ndarray] | None] = {}
-
-    def load(run_id: str) -> Mapping[str, np.ndarray] | None:
-        if run_id not in loaded:
-            loaded[run_id] = predictions(run_id)
-        return loaded[run_id]
-
+    groups = _thirds(manifest)
+    load = _OnceEach(predictions)
     rows = []
     for model, split in itertools.product(grid.models, grid.train_splits):
         part = results[(results["model"] == model) & (results["train_split"] == split)]
@@ -488,50 +612,85 @@ def paired_frame(
             if loss == BASELINE_LOSS:
                 continue
             other = part[part["loss"] == loss].set_index("seed")["run_id"]
-            seeds = [
-                s
-                for s in sorted(set(base.index) & set(other.index))
-                if load(base[s]) is not None and load(other[s]) is not None
-            ]
-            if not seeds:
-                continue
-            row: dict[str, Any] = {"model": model, "train_split": split, "loss": loss}
-            row["n_seeds"] = len(seeds)
-            for column, test_split, group in (
-                ("balanced", "test_balanced", None),
-                ("long_tailed", "test_lt", None),
-                ("head", "test_lt", "head"),
-                ("middle", "test_lt", "middle"),
-                ("tail", "test_lt", "tail"),
-            ):
-                if group is not None and group not in groups:
-                    diff = PairedDifference(np.nan, np.nan, np.nan, 0)
-                else:
-                    a_rows, b_rows, labels = [], [], None
-                    for seed in seeds:
-                        labels, a = _correct(load(other[seed]), test_split)
-                        labels_b, b = _correct(load(base[seed]), test_split)
-                        if not np.array_equal(labels, labels_b):
-                            raise ValueError(
-                                f"{model}/{split}: {loss} and {BASELINE_LOSS} were tested on "
-                                f"different {test_split} images"
-                            )
-                        a_rows.append(a)
-                        b_rows.append(b)
-                    mask = np.isin(labels, groups[group]) if group else np.ones(len(labels), bool)
-                    diff = paired_bootstrap(
-                        np.stack(a_rows)[:, mask],
-                        np.stack(b_rows)[:, mask],
-                        options.bootstrap_samples,
-                        options.bootstrap_seed,
-                    )
-                row[column] = diff.diff
-                row[f"{column}_ci_low"] = diff.ci_low
-                row[f"{column}_ci_high"] = diff.ci_high
-                row[f"{column}_n"] = diff.n
-                row[f"{column}_excludes_zero"] = diff.excludes_zero
-            rows.append(row)
-    return pd.DataFrame(rows), sum(p is None for p in loaded.values())
+            row = _paired_row(
+                base, other, load, groups, options, f"{model}/{split}: {loss} and {BASELINE_LOSS}"
+            )
+            if row is not None:
+                rows.append({"model": model, "train_split": split, "loss": loss, **row})
+    return pd.DataFrame(rows), load.unreadable()
+
+
+class _OnceEach:
+    """An evaluate run's predictions by run id, each read from the store once."""
+
+    def __init__(self, predictions: Predictions) -> None:
+        self.predictions = predictions
+        self.loaded: dict[str, Mapping[str, np.ndarray] | None] = {}
+
+    def __call__(self, run_id: str) -> Mapping[str, np.ndarray] | None:
+        if run_id not in self.loaded:
+            self.loaded[run_id] = self.predictions(run_id)
+        return self.loaded[run_id]
+
+    def unreadable(self) -> int:
+        """Runs read that had no predictions."""
+        return sum(p is None for p in self.loaded.values())
+
+
+def _thirds(manifest: dict[str, Any] | None) -> dict[str, list[int]]:
+    """The head/middle/tail classes of the manifest (none without one)."""
+    return {g: manifest["groups"][g] for g in ("head", "middle", "tail")} if manifest else {}
+
+
+def _paired_row(
+    base: pd.Series,
+    other: pd.Series,
+    load: Predictions,
+    groups: dict[str, list[int]],
+    options: ReportOptions,
+    what: str,
+) -> dict[str, Any] | None:
+    """``other`` minus ``base`` (run ids by seed) on the seeds both have predictions for, per
+    column: the paired-bootstrap difference of top-1; None when no seed pairs up."""
+    seeds = [
+        s
+        for s in sorted(set(base.index) & set(other.index))
+        if load(base[s]) is not None and load(other[s]) is not None
+    ]
+    if not seeds:
+        return None
+    row: dict[str, Any] = {"n_seeds": len(seeds)}
+    for column, test_split, group in (
+        ("balanced", "test_balanced", None),
+        ("long_tailed", "test_lt", None),
+        ("head", "test_lt", "head"),
+        ("middle", "test_lt", "middle"),
+        ("tail", "test_lt", "tail"),
+    ):
+        if group is not None and group not in groups:
+            diff = PairedDifference(np.nan, np.nan, np.nan, 0)
+        else:
+            a_rows, b_rows, labels = [], [], None
+            for seed in seeds:
+                labels, a = _correct(load(other[seed]), test_split)
+                labels_b, b = _correct(load(base[seed]), test_split)
+                if not np.array_equal(labels, labels_b):
+                    raise ValueError(f"{what} were tested on different {test_split} images")
+                a_rows.append(a)
+                b_rows.append(b)
+            mask = np.isin(labels, groups[group]) if group else np.ones(len(labels), bool)
+            diff = paired_bootstrap(
+                np.stack(a_rows)[:, mask],
+                np.stack(b_rows)[:, mask],
+                options.bootstrap_samples,
+                options.bootstrap_seed,
+            )
+        row[column] = diff.diff
+        row[f"{column}_ci_low"] = diff.ci_low
+        row[f"{column}_ci_high"] = diff.ci_high
+        row[f"{column}_n"] = diff.n
+        row[f"{column}_excludes_zero"] = diff.excludes_zero
+    return row
 
 
 def _tuned_table(results: pd.DataFrame, number: Callable) -> Table:

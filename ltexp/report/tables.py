@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ltexp.tracking.schema import CELL_PARAMS, REPORT_COLUMNS
+from ltexp.tracking.schema import AXIS_PARAMS, CELL_PARAMS, REPORT_COLUMNS
 
 COLUMNS = tuple(REPORT_COLUMNS)  # balanced, long_tailed, head, middle, tail
 CI_SUFFIXES = ("_ci_low", "_ci_high")
@@ -35,6 +35,7 @@ MODEL_ORDER = ("resnet50", "mobilenet_v2", "vit_b16", "convnext_base")
 SPLIT_ORDER = ("balanced", "lt")
 SPLIT_TITLES = {"balanced": "balanced", "lt": "long-tailed"}
 BASELINE_LOSS = "ce"  # what the paired comparisons compare against (the Softmax loss)
+AXIS_TITLES = {"sampler": "sampler", "mixing": "batch mixing", "stage2": "second stage"}
 # Table 3.2: (row title, manifest split)
 DATA_SPLITS = (
     ("Balanced train", "train_balanced"),
@@ -76,20 +77,64 @@ class Selection:
     duplicates: list[str] = field(default_factory=list)
 
 
-def select_latest(frame: pd.DataFrame) -> Selection:
-    """One result per (dataset, model, loss, train_split, seed): the latest finished run.
+RESULT_KEYS = [*CELL_PARAMS, *AXIS_PARAMS]  # what makes two results the same cell
 
-    ``frame`` needs ``run_id``, ``end_time``, the cell params and the metric columns.
+
+def with_axes(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every grid axis as a column (results from before the axes were plain)."""
+    missing = {a: plain for a, plain in AXIS_PARAMS.items() if a not in frame}
+    out = frame.assign(**missing)
+    for axis, plain in AXIS_PARAMS.items():
+        out[axis] = out[axis].fillna(plain).astype(str)
+    return out
+
+
+def is_plain(frame: pd.DataFrame) -> pd.Series:
+    """Rows whose every grid axis beyond the thesis (sampler, mixing, stage2) is plain."""
+    mask = pd.Series(True, index=frame.index)
+    for axis, plain in AXIS_PARAMS.items():
+        mask &= frame[axis] == plain
+    return mask
+
+
+def select_latest(frame: pd.DataFrame) -> Selection:
+    """One result per (dataset, model, loss, train_split, seed, sampler, mixing, stage2): the
+    latest finished run.
+
+    ``frame`` needs ``run_id``, ``end_time``, the cell params, the axes and the metric columns.
     """
-    frame = frame.sort_values(["end_time", "run_id"])
-    dup_mask = frame.duplicated(list(CELL_PARAMS), keep="last")
+    frame = with_axes(frame).sort_values(["end_time", "run_id"])
+    dup_mask = frame.duplicated(RESULT_KEYS, keep="last")
     notes = []
-    for key, group in frame[frame.duplicated(list(CELL_PARAMS), keep=False)].groupby(
-        list(CELL_PARAMS)
-    ):
+    for key, group in frame[frame.duplicated(RESULT_KEYS, keep=False)].groupby(RESULT_KEYS):
         kept = group.iloc[-1]["run_id"]
-        notes.append(f"{'/'.join(map(str, key))}: {len(group)} runs, used the latest ({kept})")
+        shown = [str(k) for k, a in zip(key, RESULT_KEYS, strict=True) if AXIS_PARAMS.get(a) != k]
+        notes.append(f"{'/'.join(shown)}: {len(group)} runs, used the latest ({kept})")
     return Selection(frame[~dup_mask].reset_index(drop=True), notes)
+
+
+def axis_values(results: pd.DataFrame, axis: str) -> list[str]:
+    """The values of a grid axis in ``results``: the plain one first, then alphabetically."""
+    return ordered(set(results[axis]), (AXIS_PARAMS[axis],))
+
+
+def only_axis(results: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """The rows where every axis but ``axis`` is plain (what a loss × axis table compares)."""
+    mask = pd.Series(True, index=results.index)
+    for other, plain in AXIS_PARAMS.items():
+        if other != axis:
+            mask &= results[other] == plain
+    return results[mask]
+
+
+def axis_table(results: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """Per (model, train_split, loss, value of ``axis``), the other axes plain: the mean of
+    every column over seeds and ``n_seeds``."""
+    keys = ["model", "train_split", "loss", axis]
+    grouped = only_axis(results, axis).groupby(keys)
+    out = grouped[list(COLUMNS)].mean()
+    out["n_seeds"] = grouped.size()
+    return out.reset_index()
 
 
 def cell_means(results: pd.DataFrame) -> pd.DataFrame:

@@ -63,6 +63,7 @@ def query_results(experiment_id: str, dataset: str = "") -> list[dict]:
             "data_digest": run.data.tags.get(schema.DATA_DIGEST, ""),
             "tuned_params": tuned.get(p.get(schema.TRAIN_RUN_ID, ""), ""),
             **{k: p[k] for k in schema.CELL_PARAMS},
+            **{a: p.get(a, plain) for a, plain in schema.AXIS_PARAMS.items()},
         }
         for col, name in schema.REPORT_COLUMNS.items():
             record[col] = m.get(name)

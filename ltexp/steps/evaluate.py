@@ -1,7 +1,8 @@
 """The evaluate step: test a registered checkpoint on every test split, as one MLflow run.
 
-The run carries the params ``dataset, model, loss, train_split, seed`` (copied from the train
-run), ``train_run_id`` and ``model_uri``, and the metrics ``test_<group>_acc1`` (fractions) for
+The run carries the params ``dataset, model, loss, train_split, seed`` and the grid axes
+``sampler, mixing, stage2`` (copied from the model's train or decouple run), ``train_run_id`` and
+``model_uri``, and the metrics ``test_<group>_acc1`` (fractions) for
 groups balanced, lt, head, middle, tail, many, medium, few, with ``_acc5`` and 95% bootstrap
 bounds ``_acc1_ci_low`` / ``_acc1_ci_high``. The report reads exactly these names.
 """
@@ -21,7 +22,7 @@ from ltexp.config import Config
 from ltexp.data import PreparedData
 from ltexp.data.pipeline import TensorBatches
 from ltexp.data.splits import FREQUENCY_GROUPS, SHOT_GROUPS, TRAINING_SETS
-from ltexp.errors import ConfigError, TrackingError
+from ltexp.errors import TrackingError
 from ltexp.evaluation import (
     GroupScore,
     confusion_matrix,
@@ -42,28 +43,10 @@ log = logging.getLogger(__name__)
 
 
 def resolve_target(cfg: Config, train_run_id: str | None) -> tuple[mlflow.entities.Run, str]:
-    """The train run and the registered model version to evaluate."""
-    train_run_id = train_run_id or cfg.evaluate.train_run
-    if cfg.evaluate.model_uri and not train_run_id:
-        uri, source_run = registered_models.resolve_model_uri(cfg.evaluate.model_uri)
-        try:
-            return runs.get_run(source_run, schema.Step.TRAIN), uri
-        except TrackingError:
-            raise TrackingError(
-                f"model_uri {cfg.evaluate.model_uri!r} was not registered by ltexp (its run is "
-                f"not an ltexp train run, so its data and classes are unknown); registered "
-                f"ltexp models: {registered_models.ltexp_model_names()}"
-            ) from None
-    if not train_run_id:
-        raise ConfigError("evaluate needs train_run=<train run id> or model_uri=models:/...")
-    run = runs.get_run(train_run_id, schema.Step.TRAIN)
-    uri = run.data.tags.get(schema.MODEL_URI)
-    if not uri:
-        raise TrackingError(
-            f"train run {train_run_id} ({run.info.status}) has no registered "
-            f"checkpoint yet; finish or resume it first"
-        )
-    return run, uri
+    """The run of the model (a train or decouple run) and the registered version to evaluate."""
+    return registered_models.model_run(
+        train_run_id or cfg.evaluate.train_run, cfg.evaluate.model_uri, schema.MODEL_STEPS
+    )
 
 
 def run_evaluate(
@@ -132,6 +115,8 @@ def run_evaluate(
         # a child evaluation that a dead process left unfinished is done again in the same run
         launched = _unfinished_evaluation(train_run.info.run_id, tau)
     cell = {p: params[p] for p in schema.CELL_PARAMS}
+    # runs from before the axes existed were plain ones
+    axes = {a: params.get(a, plain) for a, plain in schema.AXIS_PARAMS.items()}
     with runs.step_run(
         schema.Step.EVALUATE,
         experiment_id=train_run.info.experiment_id,
@@ -152,6 +137,7 @@ def run_evaluate(
         runs.log_params(
             {
                 **cell,
+                **axes,
                 schema.TRAIN_RUN_ID: train_run.info.run_id,
                 schema.MODEL_URI_PARAM: model_uri,
                 schema.TAU: tau,

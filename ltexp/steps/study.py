@@ -34,11 +34,13 @@ from ltexp.losses import LOSSES
 from ltexp.models import list_models, model_spec
 from ltexp.report.build import Grid
 from ltexp.steps.aggregate import run_aggregate
+from ltexp.steps.decouple import decouple_hash, run_decouple
 from ltexp.steps.evaluate import run_evaluate
 from ltexp.steps.prepare_data import run_prepare_data
 from ltexp.steps.train import TrainHooks, TrainResult, run_train
 from ltexp.tracking import claims, runs, schema
 from ltexp.tracking.datasets import find_prepared_run, prepared_digest
+from ltexp.training.decoupling import METHODS
 from ltexp.training.setup import check_weights, resolve_train
 
 log = logging.getLogger(__name__)
@@ -47,32 +49,46 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Cell:
-    """One (model, loss, training set, seed) of the grid."""
+    """One (model, loss, training set, seed, sampler, mixing) of the grid: one train run."""
 
     model: str
     loss: str
     train_split: str
     seed: int
+    sampler: str = "instance"
+    mixing: str = "none"
 
     @property
     def name(self) -> str:
-        return schema.run_name(self.model, self.loss, self.train_split, self.seed)
+        return schema.run_name(
+            self.model,
+            self.loss,
+            self.train_split,
+            self.seed,
+            schema.variant(self.sampler, self.mixing),
+        )
 
     def config(self, base: Config) -> Config:
-        """``base`` with this cell's model, loss, training set and seed."""
+        """``base`` with this cell's model, loss, training set, seed, sampler and mixing."""
         return base.replace(
-            model=self.model, loss=self.loss, train_split=self.train_split, seed=self.seed
+            model=self.model,
+            loss=self.loss,
+            train_split=self.train_split,
+            seed=self.seed,
+            sampler=self.sampler,
+            mixing=self.mixing,
         )
 
 
 @dataclass
 class CellResult:
-    """A cell's train run (``train.model_uri`` is empty on a data-parallel replica) and its
-    evaluate run, if it ran."""
+    """A cell's train (or decouple) run (``train.model_uri`` is empty on a data-parallel
+    replica), its evaluate run if it ran, and its second stage if one was asked for."""
 
     train: TrainResult
     evaluate_run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    stage2: CellResult | None = None
 
 
 @dataclass
@@ -106,6 +122,22 @@ def run_cell(
     if train.model_uri and cfg.train.evaluate_after:
         result.evaluate_run_id, result.metrics = run_evaluate(
             cfg, train_run_id=train.run_id, parent_run_id=train.run_id
+        )
+    if train.model_uri and cfg.decouple.stage2 != "none":
+        result.stage2 = run_stage2(cfg, stage1_run_id=train.run_id, parent_run_id=train.run_id)
+    return result
+
+
+def run_stage2(
+    cfg: Config, stage1_run_id: str | None = None, parent_run_id: str | None = None
+) -> CellResult:
+    """Decouple a train run's model (``cfg.decouple.stage2``), then evaluate the new version as
+    a child of the decouple run (unless ``evaluate_after=false``)."""
+    stage2 = run_decouple(cfg, stage1_run_id, parent_run_id=parent_run_id)
+    result = CellResult(stage2)
+    if stage2.model_uri and cfg.train.evaluate_after:
+        result.evaluate_run_id, result.metrics = run_evaluate(
+            cfg, train_run_id=stage2.run_id, parent_run_id=stage2.run_id
         )
     return result
 
@@ -156,13 +188,20 @@ def grid_cells(cfg: Config) -> list[Cell]:
         for sp in s.train_splits
         if sp not in TRAINING_SETS
     ]
+    problems += [
+        str(unknown_name_error("study_stage2 method", m, ["none", *METHODS]))
+        for m in s.stage2
+        if m not in ("none", *METHODS)
+    ]
     if problems:
         raise ConfigError("; ".join(problems))
-    if not (s.models and s.losses and s.train_splits and s.seeds):
+    axes = (s.models, s.losses, s.train_splits, s.seeds, s.samplers, s.mixing, s.stage2)
+    if not all(axes):
         raise ConfigError(
-            "the grid is empty: models, losses, train_splits and seeds each need at least one value"
+            "the grid is empty: models, losses, train_splits, seeds, samplers, study_mixing and "
+            "study_stage2 each need at least one value"
         )
-    return [Cell(*c) for c in itertools.product(s.models, s.losses, s.train_splits, s.seeds)]
+    return [Cell(*c) for c in itertools.product(*axes[:-1])]
 
 
 def finished_cells(experiment_id: str) -> dict[str, tuple[str, str | None]]:
@@ -220,7 +259,8 @@ def run_study(
         tags={schema.CONFIG_HASH: shash},
         description=f"Study of {len(cells)} cells: {len(s.models)} models × "
         f"{len(s.losses)} losses × {len(s.train_splits)} training "
-        f"sets × {len(s.seeds)} seeds on {cfg.data.dataset}.",
+        f"sets × {len(s.seeds)} seeds × {len(s.samplers)} samplers × {len(s.mixing)} "
+        f"mixings on {cfg.data.dataset}; second stages: {', '.join(s.stage2)}.",
     ) as run:
         study_run = run.info.run_id
         if main_id is None:
@@ -234,6 +274,9 @@ def run_study(
                     "dataset": cfg.data.dataset,
                     "n_cells": len(cells),
                     "epochs": cfg.train.epochs,
+                    "samplers": ",".join(s.samplers),
+                    "study_mixing": ",".join(s.mixing),
+                    "study_stage2": ",".join(s.stage2),
                 }
             )
         # the data, once, before any cell (and before any fan-out to workers)
@@ -262,6 +305,7 @@ def run_study(
             todo.append(executors.CellTask(i, cell.name, cell_cfg, train_id, chash, tuned_from))
         ran = _run_cells(todo, len(cells), cfg, exp_id, study_run, progress)
         result.ran.extend(ran)
+        _second_stages(cells, cfg, digest, exp_id, result, progress)
         grid = Grid(s.models, s.losses, s.train_splits, [str(x) for x in s.seeds])
         report = run_aggregate(cfg, grid=grid, parent_run_id=study_run)
         result.report_dir = report.output_dir
@@ -269,6 +313,67 @@ def run_study(
             {schema.CELLS_REUSED: len(result.reused), schema.CELLS_RUN: len(result.ran)}
         )
         return result
+
+
+def _second_stages(
+    cells: list[Cell],
+    cfg: Config,
+    digest: str,
+    exp_id: str,
+    result: StudyResult,
+    progress: Progress,
+) -> None:
+    """Each ``study_stage2`` method on each cell's trained model, here, after every cell is
+    trained (a decouple run is short: the backbone is frozen). A finished, evaluated decouple
+    run of the same model and settings is reused."""
+    methods = [m for m in cfg.study.stage2 if m != "none"]
+    if not methods:
+        return
+    trained = finished_cells(exp_id)
+    total = len(cells) * len(methods)
+    for i, (cell, method) in enumerate(itertools.product(cells, methods), start=1):
+        cell_cfg = cell.config(cfg)
+        if cfg.study.tuned:
+            cell_cfg = cell_cfg.replace(**best_tuned(cell_cfg)[1])
+        stage1, _ = trained.get(train_hash(cell_cfg, digest), (None, None))
+        name = f"{cell.name}-{method}"
+        if stage1 is None:  # its training failed: reported as a missing cell
+            progress(f"[stage 2 {i}/{total}] {name}: skipped, the cell has no trained model")
+            continue
+        stage2_cfg = cell_cfg.replace(stage2=method)
+        done = None if cfg.study.force else _evaluated_stage2(exp_id, stage1, stage2_cfg)
+        if done:
+            progress(f"[stage 2 {i}/{total}] {name}: reused (decouple {done})")
+            result.reused.append(name)
+            continue
+        started = time.perf_counter()
+        try:
+            out = run_stage2(stage2_cfg, stage1_run_id=stage1, parent_run_id=stage1)
+        except claims.CellTaken as taken:  # finished without its evaluation: evaluate it
+            out = CellResult(TrainResult(taken.winner, -1.0, 0, ""))
+            out.evaluate_run_id, out.metrics = run_evaluate(
+                stage2_cfg, train_run_id=taken.winner, parent_run_id=taken.winner
+            )
+        lt = out.metrics.get(schema.test_metric("lt"))
+        progress(
+            f"[stage 2 {i}/{total}] {name}: decouple {out.train.run_id}"
+            + (f", test_lt_acc1 {lt:.4f}" if lt is not None else "")
+            + f" ({time.perf_counter() - started:.1f}s)"
+        )
+        result.ran.append(name)
+
+
+def _evaluated_stage2(exp_id: str, stage1_run_id: str, cfg: Config) -> str | None:
+    """A finished decouple run of these settings with a finished evaluation, if any."""
+    found = claims.finished_run(exp_id, decouple_hash(stage1_run_id, cfg), schema.Step.DECOUPLE)
+    if found is None:
+        return None
+    evals = runs.search_all(
+        [exp_id],
+        f"{schema.search_step(schema.Step.EVALUATE)} and attributes.status = 'FINISHED' and "
+        f"params.{schema.TRAIN_RUN_ID} = '{found}'",
+    )
+    return found if evals else None
 
 
 def _unfinished_main(exp_id: str, shash: str) -> str | None:

@@ -39,7 +39,7 @@ from ltexp.models import count_parameters
 from ltexp.tracking import claims, registered_models, runs, schema
 from ltexp.tracking.datasets import find_prepared_run, load_prepared
 from ltexp.tracking.inputs import log_split_inputs
-from ltexp.training import TrainSpec, resolve_device, resolve_train
+from ltexp.training import TrainResult, TrainSpec, resolve_device, resolve_train
 from ltexp.training.session import (
     ReplicaSetup,
     build_seeded_model,
@@ -68,16 +68,6 @@ class TrainHooks:
     tags: dict[str, str] = field(default_factory=dict)
     on_epoch: Callable[[int, dict[str, float]], None] | None = None
     trains_once: bool | None = None
-
-
-@dataclass
-class TrainResult:
-    """What a finished train step produced (``model_uri`` is empty on a replica rank)."""
-
-    run_id: str
-    best_val_acc1: float
-    best_epoch: int
-    model_uri: str
 
 
 def run_train(
@@ -120,7 +110,9 @@ def run_train(
     launched = None if parent_run_id else runs.launched_run_id()
     if resume_id and launched and launched != resume_id:
         runs.client().set_tag(launched, schema.RESUMED_INTO, resume_id)
-    cell = schema.run_name(t.model, t.loss, t.train_split, t.seed)
+    cell = schema.run_name(
+        t.model, t.loss, t.train_split, t.seed, schema.variant(t.sampler, t.mixing)
+    )
     name = hooks.run_name or cell
     registered = schema.registered_model_name(prepared.dataset, t.model, t.loss, t.train_split)
     training_set = TRAINING_SETS[t.train_split]
@@ -285,6 +277,7 @@ def _train(
         schema.VersionTag.VAL_ACC1: f"{best_acc:.6f}",
         schema.VersionTag.DATA_DIGEST: prepared.digest(),
         schema.VersionTag.CONFIG_HASH: chash,
+        schema.VersionTag.STAGE: "1",
     }
     # what the experiment's Models view shows beside each model: the cell and its loss settings
     model_params = {
@@ -300,7 +293,9 @@ def _train(
         info,
         registered,
         tags,
-        logged_name=schema.run_name(t.model, t.loss, t.train_split, t.seed),
+        logged_name=schema.run_name(
+            t.model, t.loss, t.train_split, t.seed, schema.variant(t.sampler, t.mixing)
+        ),
         params=model_params,
     )
     return TrainResult(run_id, best_acc, best_epoch, uri)

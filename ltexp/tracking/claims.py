@@ -81,6 +81,7 @@ def claim_run(
     parent_run_id: str | None = None,
     run_id: str | None = None,
     finished_counts: bool = False,
+    step: schema.Step = schema.Step.TRAIN,
 ) -> str:
     """Create (or take, with ``run_id``) the train run of a cell, then make sure no other live
     process trains the same cell: of the live train runs of that config, the one created first
@@ -89,6 +90,7 @@ def claim_run(
     Args:
         finished_counts: a FINISHED run of the config by this code also has the cell (a study's
             cells are trained once; a plain ``ltexp train`` may train a config again).
+        step: the step of the run (a decouple run is claimed the same way).
 
     Raises:
         CellTaken: another live run has the cell (it names the run and its host).
@@ -96,18 +98,18 @@ def claim_run(
     c = client()
     created = run_id is None
     if created:
-        all_tags = {schema.STEP: schema.Step.TRAIN.value, **process_tags(), **tags}
+        all_tags = {schema.STEP: step.value, **process_tags(), **tags}
         if parent_run_id:
             all_tags[schema.PARENT_RUN] = parent_run_id
         run_id = c.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
     rivals = search_all(
         [experiment_id],
-        f"{schema.search_step(schema.Step.TRAIN)} and tags.`{schema.CONFIG_HASH}` = "
+        f"{schema.search_step(step)} and tags.`{schema.CONFIG_HASH}` = "
         f"'{config_hash}' and attributes.status = 'RUNNING'",
     )
     live = [r for r in rivals if r.info.run_id == run_id or dead_reason(r) is None]
     first = min(live, key=lambda r: (r.info.start_time, r.info.run_id), default=None)
-    done = _finished_run(experiment_id, config_hash) if finished_counts else None
+    done = finished_run(experiment_id, config_hash, step) if finished_counts else None
     if done is None and (first is None or first.info.run_id == run_id):
         return run_id
     if created:
@@ -122,12 +124,15 @@ def claim_run(
     )
 
 
-def _finished_run(experiment_id: str, config_hash: str) -> str | None:
+def finished_run(
+    experiment_id: str, config_hash: str, step: schema.Step = schema.Step.TRAIN
+) -> str | None:
+    """The latest FINISHED run of ``step`` with this config hash, by this code."""
     from ltexp.identity import code_version
 
     found = search_all(
         [experiment_id],
-        f"{schema.search_step(schema.Step.TRAIN)} and tags.`{schema.CONFIG_HASH}` = "
+        f"{schema.search_step(step)} and tags.`{schema.CONFIG_HASH}` = "
         f"'{config_hash}' and attributes.status = 'FINISHED' and "
         f"tags.`{schema.CODE_VERSION}` = '{code_version()}'",
     )

@@ -37,7 +37,7 @@ from mlflow.types import Schema, TensorSpec
 from torch import nn
 
 from ltexp.checkpoint import load_weights, save_weights
-from ltexp.errors import TrackingError
+from ltexp.errors import ConfigError, TrackingError
 from ltexp.tracking import runs, schema
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -257,6 +257,48 @@ def resolve_model_uri(model_uri: str) -> tuple[str, str]:
             f"{', '.join(map(str, versions)) or 'none'}; its aliases: {aliases}"
         ) from None
     return f"models:/{mv.name}/{mv.version}", mv.run_id
+
+
+def model_run(
+    run_id: str | None, model_uri: str, steps: tuple[schema.Step, ...]
+) -> tuple[mlflow.entities.Run, str]:
+    """The run that registered a model (of one of ``steps``) and its ``models:/`` version URI,
+    from the run id or else from a ``models:/``/``runs:/`` URI.
+
+    Raises:
+        ConfigError: neither given.
+        TrackingError: the run or version does not exist, is not ltexp's, or registered nothing.
+    """
+    what = " or ".join(s.value for s in steps)
+    if model_uri and not run_id:
+        uri, source_run = resolve_model_uri(model_uri)
+        try:
+            run = runs.get_run(source_run)
+        except TrackingError:
+            run = None
+        step = run.data.tags.get(schema.STEP) if run else None
+        if run and step in {s.value for s in steps}:
+            return run, uri
+        if step:
+            raise TrackingError(
+                f"model_uri {model_uri!r} is the model of a {step} run; this needs the model of "
+                f"a {what} run"
+            )
+        raise TrackingError(
+            f"model_uri {model_uri!r} was not registered by ltexp (its run is not an ltexp "
+            f"{what} run, so its data and classes are unknown); registered ltexp models: "
+            f"{ltexp_model_names()}"
+        )
+    if not run_id:
+        raise ConfigError("give train_run=<train run id> or model_uri=models:/...")
+    run = runs.get_run(run_id, steps)
+    uri = run.data.tags.get(schema.MODEL_URI)
+    if not uri:
+        raise TrackingError(
+            f"{run.data.tags.get(schema.STEP)} run {run_id} ({run.info.status}) has no "
+            f"registered checkpoint yet; finish or resume it first"
+        )
+    return run, uri
 
 
 def logged_model_id(model_uri: str) -> str | None:

@@ -206,15 +206,18 @@ def search_all(
             return runs
 
 
-def get_run(run_id: str, step: schema.Step | None = None) -> Run:
-    """The run ``run_id``; with ``step``, refuse a run of another step."""
+def get_run(run_id: str, step: schema.Step | tuple[schema.Step, ...] | None = None) -> Run:
+    """The run ``run_id``; with ``step`` (one or several), refuse a run of another step."""
     try:
         run = client().get_run(run_id)
     except mlflow.exceptions.MlflowException:
         raise TrackingError(f"run {run_id!r} does not exist on {safe_uri()}") from None
-    if step is not None and run.data.tags.get(schema.STEP) != step.value:
+    steps = (step,) if isinstance(step, schema.Step) else step
+    if steps and run.data.tags.get(schema.STEP) not in {s.value for s in steps}:
         got = run.data.tags.get(schema.STEP, "not an ltexp run")
-        raise TrackingError(f"run {run_id!r} is a {got} run, not a {step.value} run")
+        wanted = " or ".join(s.value for s in steps)
+        article = "an" if got[0] in "aeiou" else "a"
+        raise TrackingError(f"run {run_id!r} is {article} {got} run, not a {wanted} run")
     return run
 
 

@@ -31,6 +31,11 @@ class Step(StrEnum):
     AGGREGATE = "aggregate"
     MAIN = "main"
     TUNE = "tune"
+    DECOUPLE = "decouple"
+
+
+# the steps whose runs hold a registered model that evaluate tests
+MODEL_STEPS = (Step.TRAIN, Step.DECOUPLE)
 
 
 CONFIG_HASH = "ltexp.config_hash"  # sha256 of the resolved config that decides the results
@@ -52,6 +57,7 @@ TRIAL_STATE = "ltexp.trial_state"  # COMPLETE, PRUNED or FAIL
 BEST_PARAMS = "ltexp.best_params"  # JSON of the best trial's values, on a tune run
 TUNED_FROM = "ltexp.tuned_from"  # on a study's train run: the tune run whose values it used
 TUNED_PARAMS = "ltexp.tuned_params"  # JSON of those values
+STAGE1_RUN = "ltexp.stage1_run"  # on a decouple run: the train run whose model it re-balanced
 PARENT_RUN = "mlflow.parentRunId"
 # Tags only some runs carry: a failure, a resume, an `mlflow run` wrapper that continued a run.
 CONDITIONAL_TAGS = (
@@ -87,6 +93,7 @@ RUN_TAGS = (
     BEST_PARAMS,
     TUNED_FROM,
     TUNED_PARAMS,
+    STAGE1_RUN,
 )
 
 # --- inputs (mlflow.log_input) ---------------------------------------------------------------
@@ -115,7 +122,10 @@ def input_name(dataset: str, split: str) -> str:
 # --- params ----------------------------------------------------------------------------------
 # The params every evaluate run carries; the report groups by them.
 CELL_PARAMS = ("dataset", "model", "loss", "train_split", "seed")
-TRAIN_RUN_ID = "train_run_id"
+# The grid's axes beyond the cell, and their plain value (the thesis's grid has only these): an
+# evaluate run carries each as a param; the thesis tables use the runs with every axis plain.
+AXIS_PARAMS = {"sampler": "instance", "mixing": "none", "stage2": "none"}
+TRAIN_RUN_ID = "train_run_id"  # the run of the tested model: a train or a decouple run
 MODEL_URI_PARAM = "model_uri"
 NUM_PARAMS = "num_params"
 WORLD_SIZE = "world_size"
@@ -134,6 +144,7 @@ TRAIN_RESOLVED_PARAMS = (
 )
 EVALUATE_PARAMS = (
     *CELL_PARAMS,
+    *AXIS_PARAMS,
     TRAIN_RUN_ID,
     MODEL_URI_PARAM,
     TAU,
@@ -161,6 +172,9 @@ STUDY_PARAMS = (
     "dataset",
     "n_cells",
     "epochs",
+    "samplers",
+    "study_mixing",
+    "study_stage2",
 )
 AGGREGATE_PARAMS = ("experiment", "dataset", "n_evaluate_runs")
 TUNE_PARAMS = (
@@ -178,6 +192,9 @@ TUNE_PARAMS = (
     "study_name",
     "storage",
 )
+# A decouple run copies its stage-1 run's params and adds these.
+DECOUPLE_PARAMS = ("stage2", "stage2_epochs", "stage2_lr", "stage2_tau", "stage1_run_id")
+TAU_SEARCH_ARTIFACT = "tau_search.csv"
 TUNE_METRICS = ("best_value", "trials_complete", "trials_pruned", "trials_failed")
 
 # --- metrics ---------------------------------------------------------------------------------
@@ -270,6 +287,8 @@ class VersionTag(StrEnum):
     VAL_ACC1 = "val_acc1"
     DATA_DIGEST = "data_digest"
     CONFIG_HASH = "config_hash"
+    STAGE = "stage"  # 1: trained; 2: a decoupled classifier (Kang et al. 2020)
+    METHOD = "method"  # the decoupling method of a stage-2 version: crt, tau_norm, lws
 
 
 def registered_model_name(dataset: str, model: str, loss: str, train_split: str) -> str:
@@ -280,9 +299,17 @@ def registered_model_name(dataset: str, model: str, loss: str, train_split: str)
 # --- run and experiment names ----------------------------------------------------------------
 
 
-def run_name(model: str, loss: str, train_split: str, seed: int | str) -> str:
-    """What a train run is, at a glance: ``resnet50-bs-lt-s42``."""
-    return f"{model.replace(':', '_')}-{loss}-{train_split}-s{seed}"
+def run_name(model: str, loss: str, train_split: str, seed: int | str, variant: str = "") -> str:
+    """What a train run is, at a glance: ``resnet50-bs-lt-s42``, with the cell's
+    :func:`variant` after it (``resnet50-bs-lt-s42-class_balanced+crt``)."""
+    name = f"{model.replace(':', '_')}-{loss}-{train_split}-s{seed}"
+    return f"{name}-{variant}" if variant else name
+
+
+def variant(sampler: str = "instance", mixing: str = "none", stage2: str = "none") -> str:
+    """The grid axes of a cell that are not plain, joined by ``+`` (empty for a plain cell)."""
+    values = {"sampler": sampler, "mixing": mixing, "stage2": stage2}
+    return "+".join(v for k, v in values.items() if v != AXIS_PARAMS[k])
 
 
 def trial_run_name(cell_run_name: str, number: int) -> str:

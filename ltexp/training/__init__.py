@@ -10,6 +10,7 @@
 from ltexp.training.loop import (
     EpochResult,
     EpochStats,
+    TrainResult,
     ValidationResult,
     fit,
     predict,
@@ -33,6 +34,7 @@ from ltexp.training.setup import (
 __all__ = [
     "EpochResult",
     "EpochStats",
+    "TrainResult",
     "TrainSpec",
     "ValidationResult",
     "autocast",

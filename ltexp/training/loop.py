@@ -41,6 +41,18 @@ class EpochResult:
 
 
 @dataclass
+class TrainResult:
+    """What a finished training (a train or decouple step) produced: its run, best validation
+    and registered version (``model_uri`` is empty when nothing was registered, e.g. on a
+    data-parallel replica)."""
+
+    run_id: str
+    best_val_acc1: float
+    best_epoch: int
+    model_uri: str
+
+
+@dataclass
 class ValidationResult:
     """Accuracy and loss on a labelled split, overall and per class group."""
 

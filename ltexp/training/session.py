@@ -28,8 +28,8 @@ from ltexp.training.loop import EpochResult, fit
 from ltexp.training.mixing import Mixer
 from ltexp.training.setup import (
     TrainSpec,
-    make_optimizer,
     make_scheduler,
+    optimizer_for,
     resolve_device,
     seed_everything,
     set_deterministic,
@@ -136,16 +136,7 @@ def build_session(
     loss_fn = build_loss(t.loss, prepared.class_counts(training_set), **cfg.loss_hparams()).to(
         device
     )
-    optimizer = make_optimizer(
-        t.optimizer,
-        model.parameters(),
-        lr=t.lr,
-        betas=t.betas,
-        eps=t.eps,
-        weight_decay=t.weight_decay,
-        momentum=t.momentum,
-        device=device,
-    )
+    optimizer = optimizer_for(cfg, model.parameters(), device)
     scheduler = make_scheduler(
         t.scheduler, optimizer, epochs=t.epochs, step_size=t.step_size, gamma=t.lr_gamma
     )

@@ -208,6 +208,23 @@ def make_optimizer(
     raise ConfigError(f"unknown optimizer {name!r}; valid: adam, adamw, sgd")
 
 
+def optimizer_for(
+    cfg: Config, params: Iterator[nn.Parameter], device: torch.device, lr: float | None = None
+) -> torch.optim.Optimizer:
+    """:func:`make_optimizer` with the config's optimizer settings (``lr`` instead of its lr)."""
+    t = cfg.train
+    return make_optimizer(
+        t.optimizer,
+        params,
+        lr=t.lr if lr is None else lr,
+        betas=t.betas,
+        eps=t.eps,
+        weight_decay=t.weight_decay,
+        momentum=t.momentum,
+        device=device,
+    )
+
+
 def make_scheduler(
     name: str, optimizer: torch.optim.Optimizer, *, epochs: int, step_size: int, gamma: float
 ) -> torch.optim.lr_scheduler.LRScheduler:

@@ -26,13 +26,16 @@ def _all_runs() -> dict[str, list]:
 
 @pytest.fixture
 def study(tiny_config):
-    cfg = tiny_config(models="tiny_cnn", losses="ldam", train_splits="lt", epochs=1)
+    cfg = tiny_config(
+        models="tiny_cnn", losses="ldam", train_splits="lt", epochs=1, study_stage2="none,tau_norm"
+    )
     return run_study(cfg)
 
 
 def test_every_logged_key_is_declared(study) -> None:
     runs = _all_runs()
     assert set(runs) == set(schema.Step) - {schema.Step.TUNE}  # tests/steps/test_tune.py
+    assert len(runs["evaluate"]) == 2  # of the train run and of its tau_norm second stage
     config_keys = set(all_fields())
     declared_tags = set(schema.RUN_TAGS)
     for step, step_runs in runs.items():
@@ -52,9 +55,25 @@ def test_every_logged_key_is_declared(study) -> None:
         *schema.HEADLINE_TEST_METRICS,
     }
     assert metrics <= train_metrics
-    (evaluate,) = runs["evaluate"]
-    assert set(evaluate.data.params) == set(schema.EVALUATE_PARAMS)
-    assert set(evaluate.data.metrics) <= set(schema.TEST_METRICS)
+    (decouple,) = runs["decouple"]
+    assert set(decouple.data.params) <= set(train.data.params) | set(schema.DECOUPLE_PARAMS)
+    assert {p for p in decouple.data.params if p not in train.data.params} == {
+        "stage2",
+        "stage2_tau",
+        "stage1_run_id",
+    }
+    # τ-norm trains no epoch; its evaluation writes the headline test metrics as for a train run
+    assert set(decouple.data.metrics) == {
+        schema.BEST_VAL_ACC1,
+        schema.BEST_EPOCH,
+        *schema.HEADLINE_TEST_METRICS,
+    }
+    evaluations = {r.data.params[schema.TRAIN_RUN_ID]: r for r in runs["evaluate"]}
+    assert set(evaluations) == {train.info.run_id, decouple.info.run_id}
+    for evaluation in evaluations.values():
+        assert set(evaluation.data.params) == set(schema.EVALUATE_PARAMS)
+        assert set(evaluation.data.metrics) == set(schema.TEST_METRICS)
+    evaluate = evaluations[train.info.run_id]
     assert evaluate.info.run_name == schema.evaluate_run_name(train.info.run_name)
     (prepare,) = runs["prepare_data"]
     extra = {p for p in prepare.data.params if p not in schema.PREPARE_DATA_PARAMS}
@@ -73,13 +92,16 @@ def test_every_logged_key_is_declared(study) -> None:
     logged_tags = {k for rs in runs.values() for r in rs for k in r.data.tags}
     assert set(schema.RUN_TAGS) - logged_tags == set(schema.CONDITIONAL_TAGS)
     assert metrics == train_metrics
-    assert set(evaluate.data.metrics) == set(schema.TEST_METRICS)
     assert set(schema.TRAIN_RESOLVED_PARAMS) <= set(train.data.params)
     client = mlflow.MlflowClient()
-    (version,) = client.search_model_versions(
-        f"name = '{schema.registered_model_name('digits', 'tiny_cnn', 'ldam', 'lt')}'"
+    stage1, stage2 = sorted(
+        client.search_model_versions(
+            f"name = '{schema.registered_model_name('digits', 'tiny_cnn', 'ldam', 'lt')}'"
+        ),
+        key=lambda v: int(v.version),
     )
-    assert set(version.tags) == {t.value for t in schema.VersionTag}
+    assert set(stage2.tags) == {t.value for t in schema.VersionTag}
+    assert set(stage1.tags) == {t.value for t in schema.VersionTag} - {schema.VersionTag.METHOD}
 
 
 def _schema_names() -> set[str]:
@@ -113,6 +135,7 @@ def test_every_declared_name_is_used_outside_the_schema() -> None:
         "TEST_GROUP_SPLIT",
         "TUNE_PARAMS",
         "TUNE_METRICS",
+        "DECOUPLE_PARAMS",
     }
     internal = {"INPUT_CONTEXT", "TEST_CONTEXT", "TEST_KINDS", "REGISTERED_PREFIX", *catalogs}
     unused = sorted(n for n in _schema_names() - internal if f"schema.{n}" not in sources)

@@ -1,0 +1,251 @@
+"""The decouple step: the second stage of Kang et al. 2020 on a registered model, as one run.
+
+From a train run's registered version (``train_run=`` or ``model_uri=``): cRT re-trains the
+classifier with class-balanced sampling, LWS learns one scale per class, τ-normalisation rescales
+the classifier's rows with τ chosen on the validation set (:mod:`ltexp.training.decoupling`). The
+run is a decouple run (``ltexp.stage1_run`` names the train run; it copies that run's params and
+adds ``stage2, stage2_epochs, stage2_lr, stage2_tau, stage1_run_id``), and its model is registered
+as a new version of the same registered model, tagged ``stage=2`` and ``method``. Evaluating it is
+the evaluate step's work, as for a train run.
+
+Stage 2 trains with the stage-1 run's optimizer, batch size and seed (``stage2_lr`` may set
+another learning rate) and a cosine schedule; the backbone runs in eval mode throughout.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import tempfile
+from pathlib import Path
+
+import mlflow
+import torch
+
+from ltexp.checkpoint import BEST, checkpoint_folder, ensure_folder, save_weights
+from ltexp.config import Config
+from ltexp.data.pipeline import TensorBatches
+from ltexp.data.splits import TRAINING_SETS
+from ltexp.errors import ConfigError
+from ltexp.identity import config_hash
+from ltexp.losses import build_loss
+from ltexp.models import model_spec
+from ltexp.tracking import claims, registered_models, runs, schema
+from ltexp.tracking.datasets import load_prepared
+from ltexp.tracking.inputs import log_split_inputs
+from ltexp.training import (
+    TrainResult,
+    autocast_dtype,
+    fit,
+    make_scheduler,
+    predict,
+    resolve_device,
+    seed_everything,
+)
+from ltexp.training.decoupling import (
+    TAU_GRID,
+    FrozenBackbone,
+    apply_tau,
+    best_tau,
+    check_method,
+    head_inputs,
+    linear_head,
+    plain_state,
+    prepare_stage2,
+    tau_scores,
+)
+from ltexp.training.setup import optimizer_for
+
+log = logging.getLogger(__name__)
+
+# what stage 2 takes from the stage-1 run (everything else of training is stage 2's own)
+STAGE1_OPTIONS = ("seed", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "eps")
+
+
+def decouple_hash(stage1_run_id: str, cfg: Config) -> str:
+    """The ``ltexp.config_hash`` of a decouple run: its stage-1 run and stage-2 settings."""
+    return config_hash({"stage1_run": stage1_run_id, **cfg.to_dict(("decouple",))["decouple"]})
+
+
+def run_decouple(
+    cfg: Config, stage1_run_id: str | None = None, parent_run_id: str | None = None
+) -> TrainResult:
+    """Decouple a train run's registered model (``cfg.decouple.stage2``); register the result.
+
+    Args:
+        stage1_run_id: the train run (default: ``train_run=``, else ``model_uri=``'s run).
+        parent_run_id: the run to nest under (a study nests it under the stage-1 run).
+    """
+    d = cfg.decouple
+    if d.stage2 == "none":
+        raise ConfigError("decouple needs stage2=crt, stage2=tau_norm or stage2=lws")
+    method = check_method(d.stage2)
+    stage1, uri = registered_models.model_run(
+        stage1_run_id or cfg.evaluate.train_run, cfg.evaluate.model_uri, (schema.Step.TRAIN,)
+    )
+    params = stage1.data.params
+    if cfg.runtime.num_threads:
+        torch.set_num_threads(cfg.runtime.num_threads)
+    device = resolve_device(cfg.runtime.device)
+    prepared = load_prepared(
+        stage1.data.tags[schema.DATA_RUN], cfg.data.data_root, cfg.data.download
+    )
+    model, info = registered_models.load_classifier(uri, device)
+    path = model_spec(info.model).classifier
+    linear_head(model, path)  # a cosine head is refused before a run exists
+    ensure_folder(cfg.runtime.checkpoint_dir)
+    base = cfg.replace(**{k: params[k] for k in STAGE1_OPTIONS if k in params})
+    t = base.train
+    lr = d.stage2_lr or t.lr
+    chash = decouple_hash(stage1.info.run_id, cfg)
+    exp_id = stage1.info.experiment_id
+    claims.reap_dead_runs()
+    launched, wrapper = (None, None) if parent_run_id else runs.launched_run_for(exp_id)
+    name = f"{stage1.info.run_name}-{method}"
+    tags = {
+        schema.CONFIG_HASH: chash,
+        schema.STAGE1_RUN: stage1.info.run_id,
+        schema.DATA_RUN: stage1.data.tags[schema.DATA_RUN],
+        schema.DATA_DIGEST: prepared.digest(),
+        schema.CELL: name,
+    }
+    run_id = claims.claim_run(
+        exp_id,
+        chash,
+        run_name=name,
+        tags=tags,
+        parent_run_id=parent_run_id,
+        run_id=launched,
+        finished_counts=parent_run_id is not None and not cfg.study.force,
+        step=schema.Step.DECOUPLE,
+    )
+    training_set = TRAINING_SETS[params["train_split"]]
+    with runs.step_run(
+        schema.Step.DECOUPLE,
+        experiment_id=exp_id,
+        run_id=run_id,
+        run_name=name,
+        parent_run_id=parent_run_id,
+        tags=tags,
+        description=f"Stage 2 ({method}, Kang et al. 2020) of train run {stage1.info.run_id} "
+        f"({uri}) on {prepared.dataset} {training_set}; registered as a new version, stage=2.",
+    ) as run:
+        runs.link_wrapper(wrapper, run.info.run_id)
+        log_split_inputs(prepared, splits=(training_set, "val"))
+        amp = autocast_dtype(cfg.runtime.precision, device)
+        batch = {
+            "device": device,
+            "image_size": info.image_size,
+            "dtype": amp or torch.float32,
+            "mean": info.mean,
+            "std": info.std,
+        }
+        val = prepared.splits["val"]
+        val_batches = TensorBatches(val.images, val.labels, cfg.runtime.eval_batch_size, **batch)
+        folder = checkpoint_folder(cfg.runtime.checkpoint_dir, run.info.run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        tau = None
+        if method == "tau_norm":
+            tau, best_acc = _tau_norm(model, path, val_batches, amp, d.stage2_tau)
+            best_epoch = 0
+            save_weights(plain_state(model, path), folder / BEST)
+        else:
+            seed_everything(t.seed)
+            train = prepared.splits[training_set]
+            train_batches = TensorBatches(
+                train.images,
+                train.labels,
+                t.batch_size,
+                train=True,
+                seed=t.seed,
+                sampler="class_balanced",  # cRT and LWS re-balance by sampling
+                epochs=d.stage2_epochs,
+                **batch,
+            )
+            trainable = prepare_stage2(model, path, method, t.seed)
+            optimizer = optimizer_for(base, iter(trainable), device, lr=lr)
+            scheduler = make_scheduler(
+                "cosine", optimizer, epochs=d.stage2_epochs, step_size=1, gamma=1.0
+            )
+            loss_fn = build_loss("ce", prepared.class_counts(training_set)).to(device)
+            best_acc, best_epoch = -1.0, 0
+            for result in fit(
+                FrozenBackbone(model),
+                loss_fn,
+                train_batches,
+                val_batches,
+                optimizer,
+                scheduler,
+                epochs=d.stage2_epochs,
+                groups=prepared.groups(),
+                amp=amp,
+            ):
+                if result.improved:
+                    save_weights(plain_state(model, path), folder / BEST)
+                runs.log_epoch(result.metrics, result.epoch)
+                best_acc, best_epoch = result.best_val_acc1, result.best_epoch
+                log.info(
+                    "%s epoch %d/%d  val_acc1 %.4f",
+                    method,
+                    result.epoch,
+                    d.stage2_epochs,
+                    result.metrics[schema.VAL_ACC1],
+                )
+        settings = (
+            {"stage2_tau": tau}
+            if tau is not None
+            else {"stage2_epochs": d.stage2_epochs, "stage2_lr": lr}
+        )
+        runs.log_params(
+            {**params, "stage2": method, **settings, "stage1_run_id": stage1.info.run_id}
+        )
+        runs.log_once({schema.BEST_VAL_ACC1: best_acc, schema.BEST_EPOCH: best_epoch})
+        if not cfg.train.register:
+            return TrainResult(run.info.run_id, best_acc, best_epoch, "")
+        registered = uri.removeprefix("models:/").rpartition("/")[0]
+        version_tags = {
+            schema.VersionTag.RUN_ID: run.info.run_id,
+            schema.VersionTag.SEED: params.get("seed", ""),
+            schema.VersionTag.EPOCH: str(best_epoch),
+            schema.VersionTag.VAL_ACC1: f"{best_acc:.6f}",
+            schema.VersionTag.DATA_DIGEST: prepared.digest(),
+            schema.VersionTag.CONFIG_HASH: chash,
+            schema.VersionTag.STAGE: "2",
+            schema.VersionTag.METHOD: method,
+        }
+        model_params = {p: params[p] for p in schema.CELL_PARAMS if p in params}
+        new_uri = registered_models.register_best(
+            folder / BEST,
+            info,
+            registered,
+            version_tags,
+            logged_name=name,
+            params={**model_params, "stage2": method},
+        )
+        return TrainResult(run.info.run_id, best_acc, best_epoch, new_uri)
+
+
+def _tau_norm(
+    model: torch.nn.Module,
+    path: str,
+    val_batches: TensorBatches,
+    amp: torch.dtype | None,
+    given: float | None,
+) -> tuple[float, float]:
+    """τ-normalise the head with ``given`` or the best τ on the validation set; log the search."""
+    features = head_inputs(model, path, lambda m: predict(m, val_batches, amp))
+    head = linear_head(model, path)
+    scores = tau_scores(
+        features, val_batches.labels, head, (given,) if given is not None else TAU_GRID
+    )
+    tau = best_tau(scores)
+    apply_tau(head, tau)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / schema.TAU_SEARCH_ARTIFACT
+        with open(out, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["tau", schema.VAL_ACC1])
+            w.writerows([[f"{k:g}", f"{v:.6f}"] for k, v in scores.items()])
+        mlflow.log_artifact(str(out))
+    log.info("tau_norm: tau %g, val_acc1 %.4f", tau, scores[tau])
+    return tau, scores[tau]

@@ -1,0 +1,184 @@
+"""Two-stage decoupling: the representation of a trained model kept, its classifier re-balanced.
+
+Kang et al., "Decoupling Representation and Classifier for Long-Tailed Recognition", ICLR 2020:
+after ordinary (instance-balanced) training, only the classifier is adjusted:
+
+- **cRT** (classifier re-training): the classifier is re-initialised and trained again with
+  class-balanced sampling while the backbone stays frozen (its weights are left bit-identical).
+- **τ-normalisation**: each class's weight vector is rescaled, ``w_k ← w_k / ‖w_k‖^τ``; the
+  bias is kept. τ = 0 is the identity, τ = 1 gives unit-norm rows; τ is chosen on the
+  validation set (a grid 0, 0.1, …, 1).
+- **LWS** (learnable weight scaling): ``logit_k = f_k · (w_k·x + b_k)`` with one learned scale per
+  class (initialised to 1), trained with class-balanced sampling, backbone and classifier frozen.
+
+Each result is again a plain backbone with a linear head (τ and the scales are folded into the
+head's weights), so it registers, loads and serves like any ltexp model. Methods need the linear
+head: a cosine classifier normalises its rows away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from ltexp.errors import ConfigError, unknown_name_error
+
+METHODS = ("crt", "tau_norm", "lws")
+TAU_GRID = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+def linear_head(model: nn.Module, path: str) -> nn.Linear:
+    """The model's classifier at ``path``, which decoupling needs to be linear."""
+    head = model.get_submodule(path)
+    if not isinstance(head, nn.Linear):
+        raise ConfigError(
+            f"decoupling needs the linear head; this model's classifier is "
+            f"{type(head).__name__} (head=cosine normalises the rows that decoupling rescales)"
+        )
+    return head
+
+
+def tau_normalised(weight: Tensor, tau: float) -> Tensor:
+    """``w_k / ‖w_k‖^τ`` for each row ``w_k`` (τ = 0: unchanged, τ = 1: unit norm)."""
+    norms = weight.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return weight / norms.pow(tau)
+
+
+def freeze_all_but(model: nn.Module, path: str) -> list[nn.Parameter]:
+    """Freeze every parameter outside the submodule ``path``; return that submodule's."""
+    trainable = set(id(p) for p in model.get_submodule(path).parameters())
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def reset_classifier(head: nn.Linear, seed: int) -> None:
+    """cRT's fresh start: the head re-initialised from ``seed`` (PyTorch's default init)."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    head.reset_parameters()
+    torch.random.set_rng_state(state)
+
+
+class ScaledHead(nn.Module):
+    """LWS: a frozen linear head whose logits are scaled by a learned ``f_k`` per class."""
+
+    def __init__(self, head: nn.Linear) -> None:
+        super().__init__()
+        self.head = head
+        for p in head.parameters():
+            p.requires_grad_(False)
+        self.scales = nn.Parameter(torch.ones(head.out_features, device=head.weight.device))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(x) * self.scales
+
+
+def check_method(method: str) -> str:
+    """A known decoupling method."""
+    if method not in METHODS:
+        raise unknown_name_error("stage2 method", method, METHODS)
+    return method
+
+
+def swap(model: nn.Module, path: str, module: nn.Module) -> None:
+    """Put ``module`` at ``path`` in ``model``."""
+    parent_path, _, child = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, child, module)
+
+
+def backbone_state(model: nn.Module, path: str) -> Iterator[tuple[str, Tensor]]:
+    """Every tensor of the model outside the classifier (what cRT and LWS must not change)."""
+    prefix = path + "."
+    for name, value in model.state_dict().items():
+        if not name.startswith(prefix):
+            yield name, value
+
+
+class FrozenBackbone(nn.Module):
+    """A model whose every layer but the trainable head stays in eval mode while training: batch
+    norm statistics and dropout are those of stage 1, so the backbone computes exactly what it
+    did (and its buffers stay bit-identical)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def train(self, mode: bool = True) -> FrozenBackbone:
+        self.training = mode
+        self.model.eval()
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+
+def prepare_stage2(model: nn.Module, path: str, method: str, seed: int) -> list[nn.Parameter]:
+    """Set ``model`` up for cRT or LWS; return the parameters stage 2 trains.
+
+    cRT: the head re-initialised from ``seed``, only it trainable. LWS: the head wrapped in a
+    :class:`ScaledHead`, only the scales trainable.
+    """
+    head = linear_head(model, path)
+    if method == "crt":
+        reset_classifier(head, seed)
+        return freeze_all_but(model, path)
+    if method == "lws":
+        for p in model.parameters():
+            p.requires_grad_(False)
+        scaled = ScaledHead(head)
+        swap(model, path, scaled)
+        return [scaled.scales]
+    raise ValueError(f"{method} trains no parameters")  # pragma: no cover
+
+
+def plain_state(model: nn.Module, path: str) -> dict[str, Tensor]:
+    """The state dict of ``model`` as the plain linear-head model it stands for (LWS's scales
+    folded into the head), detached copies: what a checkpoint stores and the registry loads."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    head = model.get_submodule(path)
+    if isinstance(head, ScaledHead):
+        scales = state.pop(f"{path}.scales")
+        for name in ("weight", "bias"):
+            value = state.pop(f"{path}.head.{name}", None)
+            if value is not None:
+                state[f"{path}.{name}"] = value * (scales[:, None] if name == "weight" else scales)
+    return state
+
+
+@torch.inference_mode()
+def head_inputs(model: nn.Module, path: str, predict: Callable[[nn.Module], Tensor]) -> Tensor:
+    """What the head sees for a split (``predict(model)`` with the head replaced by identity)."""
+    head = model.get_submodule(path)
+    swap(model, path, nn.Identity())
+    try:
+        return predict(model).float()
+    finally:
+        swap(model, path, head)
+
+
+def tau_scores(
+    features: Tensor, labels: Tensor, head: nn.Linear, taus: tuple[float, ...] = TAU_GRID
+) -> dict[float, float]:
+    """Top-1 accuracy of the τ-normalised head for each τ, from the head's inputs."""
+    weight = head.weight.detach().float()
+    bias = None if head.bias is None else head.bias.detach().float()
+    out = {}
+    for tau in taus:
+        logits = nn.functional.linear(features, tau_normalised(weight, tau), bias)
+        out[tau] = (logits.argmax(1) == labels).float().mean().item()
+    return out
+
+
+def best_tau(scores: dict[float, float]) -> float:
+    """The τ with the best score; on a tie the smaller τ (the smaller change to the model)."""
+    return min(scores, key=lambda tau: (-scores[tau], tau))
+
+
+def apply_tau(head: nn.Linear, tau: float) -> None:
+    """Rescale the head's rows in place: ``w_k ← w_k / ‖w_k‖^τ``."""
+    with torch.no_grad():
+        head.weight.copy_(tau_normalised(head.weight.float(), tau).to(head.weight.dtype))
