@@ -403,6 +403,7 @@ class DecoupleConfig:
         "decoupling method: none, crt (re-train the classifier), tau_norm (rescale its rows) "
         "or lws (learn one scale per class)",
         choices=("none", "crt", "tau_norm", "lws"),
+        commands=("train", "decouple"),  # a study's second stages are study_stage2
     )
     stage2_epochs: int = _opt(10, "epochs of cRT and LWS (Kang et al. 2020: 10)", low=1)
     stage2_lr: float | None = _opt(

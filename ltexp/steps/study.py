@@ -26,6 +26,7 @@ import mlflow
 from ltexp import executors
 from ltexp.checkpoint import ensure_folder
 from ltexp.config import Config
+from ltexp.data.samplers import SAMPLERS
 from ltexp.data.splits import TRAINING_SETS
 from ltexp.distributed import DistContext
 from ltexp.errors import ConfigError, unknown_name_error
@@ -41,6 +42,7 @@ from ltexp.steps.train import TrainHooks, TrainResult, run_train
 from ltexp.tracking import claims, runs, schema
 from ltexp.tracking.datasets import find_prepared_run, prepared_digest
 from ltexp.training.decoupling import METHODS
+from ltexp.training.mixing import MIXINGS
 from ltexp.training.setup import check_weights, resolve_train
 
 log = logging.getLogger(__name__)
@@ -187,6 +189,14 @@ def grid_cells(cfg: Config) -> list[Cell]:
         str(unknown_name_error("train_split", sp, list(TRAINING_SETS)))
         for sp in s.train_splits
         if sp not in TRAINING_SETS
+    ]
+    problems += [
+        str(unknown_name_error("sampler", name, list(SAMPLERS)))
+        for name in s.samplers
+        if name not in SAMPLERS
+    ]
+    problems += [
+        str(unknown_name_error("mixing", name, MIXINGS)) for name in s.mixing if name not in MIXINGS
     ]
     problems += [
         str(unknown_name_error("study_stage2 method", m, ["none", *METHODS]))

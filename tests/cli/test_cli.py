@@ -74,6 +74,9 @@ BAD_TRAIN = [
     ({"data_run": "0123456789abcdef0123456789abcdef"}, "does not exist"),
     ({"imbalance_ratio": "0.2"}, "imbalance_ratio must be >= 1"),
     ({"dataset": "cifar10"}, "unknown dataset 'cifar10'"),
+    ({"sampler": "balanced"}, "unknown sampler 'balanced'"),
+    ({"mixing": "cutmx"}, "unknown mixing 'cutmx'"),
+    ({"stage2": "crtt"}, "unknown stage2 value 'crtt'"),
 ]
 
 
@@ -145,12 +148,13 @@ def test_aggregate_of_an_empty_experiment(
 def test_study_lists_every_unknown_name_before_running(
     tmp_path: Path, tracking: str, capsys: pytest.CaptureFixture
 ) -> None:
-    code = main(
-        ["main", "--models", "tiny_cnn,resnet5", "--losses", "ce,foo", "--train-splits", "lt,tail"]
-    )
+    grid = ["--models", "tiny_cnn,resnet5", "--losses", "ce,foo", "--train-splits", "lt,tail"]
+    axes = ["--samplers", "instance,balanced", "--study-mixing", "none,cutmx"]
+    code = main(["main", *grid, *axes, "--study-stage2", "none,crtt"])
     err = capsys.readouterr().err
     assert code == 2
     assert "'resnet5'" in err and "'foo'" in err and "'tail'" in err
+    assert "'balanced'" in err and "'cutmx'" in err and "'crtt'" in err
     assert _count_runs() == 0
 
 

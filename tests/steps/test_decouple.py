@@ -100,6 +100,30 @@ def test_tau_norm_searches_the_grid_on_validation(in_store) -> None:
     assert out.train.best_val_acc1 == pytest.approx(best)
 
 
+def test_train_with_stage2_runs_both_stages_and_prints_both(
+    in_store, capsys: pytest.CaptureFixture
+) -> None:
+    cfg, _cell = in_store
+    args = ["train", "--preset", "demo", "--stage2", "tau_norm", "--stage2-tau", "0.5"]
+    for key, value in tiny_overrides(Path(cfg.runtime.checkpoint_dir).parent, epochs=1).items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    assert cli_main(args) == 0
+    out = capsys.readouterr().out
+    assert "train run:" in out and "decouple run:" in out
+    decouple_id = out.split("decouple run: ")[1].split()[0]
+    run = mlflow.get_run(decouple_id)
+    train_id = out.split("train run: ")[1].split()[0]
+    assert run.data.tags[schema.STAGE1_RUN] == train_id
+    assert run.data.tags[schema.PARENT_RUN] == train_id  # nested under its stage 1 in the UI
+    assert run.data.params["stage2_tau"] == "0.5"
+
+
+def test_main_offers_study_stage2_not_stage2(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        cli_main(["main", "--preset", "demo", "--stage2", "crt"])
+    assert stopped.value.code == 2 and "--stage2" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
