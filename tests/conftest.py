@@ -134,27 +134,42 @@ def write_cifar100(
     root: Path, train_per_class: int = 500, test_per_class: int = 100, seed: int = 0
 ) -> Path:
     """Write torchvision's ``cifar-100-python/`` format with random pixels; return the folder."""
+    from ltexp.data.cifar import CIFAR100
+
+    return write_cifar(root, CIFAR100, train_per_class, test_per_class, seed)
+
+
+def write_cifar(
+    root: Path, release: Any, train_per_class: int, test_per_class: int, seed: int = 0
+) -> Path:
+    """Write a CIFAR release's on-disk format (its batch files, label and names keys) with random
+    pixels, the train set spread over its train files; return the folder."""
     rng = np.random.default_rng(seed)
-    folder = root / "cifar-100-python"
+    folder = root / release.folder
     folder.mkdir(parents=True, exist_ok=True)
-    for name, per_class in (("train", train_per_class), ("test", test_per_class)):
-        labels = np.repeat(np.arange(100), per_class)
+    k = 100 if release.name == "cifar100" else 10
+    for files, per_class in (
+        (release.train_files, train_per_class),
+        (release.test_files, test_per_class),
+    ):
+        labels = np.repeat(np.arange(k), per_class)
         rng.shuffle(labels)
         data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
-        batch = {
-            b"filenames": [f"{i}.png".encode() for i in range(len(labels))],
-            b"batch_label": name.encode(),
-            b"fine_labels": labels.tolist(),
-            b"coarse_labels": (labels // 5).tolist(),
-            b"data": data,
-        }
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-    meta = {
-        b"fine_label_names": [f"class{i}".encode() for i in range(100)],
-        b"coarse_label_names": [f"super{i}".encode() for i in range(20)],
-    }
-    with open(folder / "meta", "wb") as f:
+        for name, part in zip(
+            files, np.array_split(np.arange(len(labels)), len(files)), strict=True
+        ):
+            batch = {
+                b"filenames": [f"{i}.png".encode() for i in part],
+                b"batch_label": name.encode(),
+                release.label_key.encode(): labels[part].tolist(),
+                b"data": data[part],
+            }
+            if release.name == "cifar100":
+                batch[b"coarse_labels"] = (labels[part] // 5).tolist()
+            with open(folder / name, "wb") as f:
+                pickle.dump(batch, f, protocol=2)
+    meta = {release.names_key.encode(): [f"class{i}".encode() for i in range(k)]}
+    with open(folder / release.meta_file[0], "wb") as f:
         pickle.dump(meta, f, protocol=2)
     return folder
 

@@ -1,9 +1,15 @@
-"""CIFAR-100 (Krizhevsky 2009): 60,000 32×32 RGB images, 100 classes, 500 train + 100 test each.
+"""CIFAR-100 and CIFAR-10 (Krizhevsky 2009): 60,000 32×32 RGB images each, 100 classes (500 train
++ 100 test per class) or 10 classes (5,000 + 1,000).
 
-Files are fetched by ``torchvision.datasets.CIFAR100(root, download=True)`` into
-``root/cifar-100-python/``. They are then read here with a restricted unpickler that only admits
-the NumPy types the format uses, so a tampered file cannot run code; the md5 sums torchvision
-publishes for the official release are checked and recorded with each file's sha256.
+Files are fetched by torchvision (``datasets.CIFAR100`` / ``CIFAR10``, ``download=True``) into
+``root/cifar-100-python/`` or ``root/cifar-10-batches-py/``. They are then read here with a
+restricted unpickler that only admits the NumPy types the format uses, so a tampered file cannot
+run code; the md5 sums torchvision publishes for the official releases are checked and recorded
+with each file's sha256. Both releases share this reader: a :class:`Release` says where each
+one keeps its batches, labels and names.
+
+CIFAR-10-LT (Cao et al. 2019) is CIFAR-10 with the protocol's long-tailed splits: the exp profile
+with ``imbalance_ratio`` 10, 50 or 100 (the three ratios the literature reports).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +26,64 @@ import numpy as np
 from ltexp.data.sources import SourceData, register_dataset, sha256_file
 from ltexp.errors import OFFLINE_ALTERNATIVE, DataError
 
-FOLDER = "cifar-100-python"
-URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
-# md5 of the official release's files, as published by torchvision.datasets.CIFAR100.
-OFFICIAL_MD5 = {
-    "train": "16019d7e3df5f24257cddd939b257f8d",
-    "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
-    "meta": "7973b15100ade9c7d40fb424638fde48",
-}
+
+@dataclass(frozen=True)
+class Release:
+    """Where a CIFAR release keeps its data, and the protocol's sizes for it."""
+
+    name: str  # the registry name
+    title: str
+    folder: str
+    url: str
+    train_files: dict[str, str]  # file name → official md5 (torchvision's)
+    test_files: dict[str, str]
+    meta_file: tuple[str, str]
+    label_key: str
+    names_key: str
+    torchvision_class: str
+    n_train_per_class: int  # train_balanced per class (the rest of a class's 500/5,000 is
+    n_test_per_class: int  # test_balanced); the official test set is the validation set
+
+    @property
+    def files(self) -> dict[str, str]:
+        """Every file of the release → its official md5."""
+        return {**self.train_files, **self.test_files, self.meta_file[0]: self.meta_file[1]}
+
+
+CIFAR100 = Release(
+    "cifar100",
+    "CIFAR-100",
+    "cifar-100-python",
+    "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    {"train": "16019d7e3df5f24257cddd939b257f8d"},
+    {"test": "f0ef6b0ae62326f3e7ffdfab6717acfc"},
+    ("meta", "7973b15100ade9c7d40fb424638fde48"),
+    label_key="fine_labels",
+    names_key="fine_label_names",
+    torchvision_class="CIFAR100",
+    n_train_per_class=450,
+    n_test_per_class=50,
+)
+CIFAR10 = Release(
+    "cifar10",
+    "CIFAR-10",
+    "cifar-10-batches-py",
+    "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    {
+        "data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "data_batch_4": "634d18415352ddfa80567beed471001a",
+        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    },
+    {"test_batch": "40351d587109b95175f43aff81a1287e"},
+    ("batches.meta", "5ff9c542aee3614f3951f8cda6e48888"),
+    label_key="labels",
+    names_key="label_names",
+    torchvision_class="CIFAR10",
+    n_train_per_class=4500,
+    n_test_per_class=500,
+)
 # numpy's pickled-array reconstruction (old and new module names), and the codec that
 # protocol-2 pickles use for bytes: data constructors only, nothing that runs code.
 _ALLOWED_GLOBALS = {
@@ -71,13 +128,15 @@ def read_batch(path: Path) -> dict[str, Any]:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in data.items()}
 
 
-def _images_labels(batch: dict[str, Any], path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _images_labels(
+    batch: dict[str, Any], path: Path, label_key: str
+) -> tuple[np.ndarray, np.ndarray]:
     try:
         data = np.asarray(batch["data"], dtype=np.uint8)
-        labels = np.asarray(batch["fine_labels"], dtype=np.int64)
+        labels = np.asarray(batch[label_key], dtype=np.int64)
         images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     except (KeyError, ValueError) as e:
-        raise DataError(f"{str(path)!r} is not a CIFAR-100 file ({e})") from None
+        raise DataError(f"{str(path)!r} is not a CIFAR file of this release ({e})") from None
     if len(images) != len(labels):
         raise DataError(f"{str(path)!r} is corrupt: {len(images)} images, {len(labels)} labels")
     return np.ascontiguousarray(images), labels
@@ -91,57 +150,78 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
-def _download(root: Path, missing: list[str]) -> None:
+def _download(release: Release, root: Path, missing: list[str]) -> None:
     import torchvision
 
     try:
-        torchvision.datasets.CIFAR100(str(root), train=True, download=True)
+        getattr(torchvision.datasets, release.torchvision_class)(str(root), download=True)
     except Exception as e:  # noqa: BLE001 - offline: turned into one clear line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(
-            f"CIFAR-100 is not in {str(root / FOLDER)!r} (missing: {', '.join(missing)}) and the "
-            f"download failed ({first}). On a networked machine run `ltexp prepare-data "
-            f"--dataset cifar100 --data-root DIR`, or download {URL} and extract it into "
-            f"{str(root)!r}; {OFFLINE_ALTERNATIVE}"
+            f"{release.title} is not in {str(root / release.folder)!r} (missing: "
+            f"{', '.join(missing)}) and the download failed ({first}). On a networked machine "
+            f"run `ltexp prepare-data --dataset {release.name} --data-root DIR`, or download "
+            f"{release.url} and extract it into {str(root)!r}; {OFFLINE_ALTERNATIVE}"
         ) from None
 
 
-@register_dataset("cifar100", "CIFAR-100, 100 classes, read from torchvision's on-disk format")
-def load_cifar100(root: Path, download: bool = True) -> SourceData:
-    """Load CIFAR-100 from ``root/cifar-100-python``, downloading it first if allowed."""
-    folder = root / FOLDER
-    missing = [n for n in OFFICIAL_MD5 if not (folder / n).is_file()]
+def _read_set(release: Release, folder: Path, files: dict[str, str]) -> tuple[np.ndarray, ...]:
+    parts = [
+        _images_labels(read_batch(folder / name), folder / name, release.label_key)
+        for name in files
+    ]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def load_release(release: Release, root: Path, download: bool = True) -> SourceData:
+    """Load a CIFAR release from ``root/<its folder>``, downloading it first if allowed."""
+    folder = root / release.folder
+    missing = [n for n in release.files if not (folder / n).is_file()]
     if missing:
         if not download:
             raise DataError(
-                f"CIFAR-100 files {missing} are missing in {str(folder)!r}; set "
-                f"download=true, or download {URL} and extract it into {str(root)!r}"
+                f"{release.title} files {missing} are missing in {str(folder)!r}; set "
+                f"download=true, or download {release.url} and extract it into {str(root)!r}"
             )
-        _download(root, missing)
-    checksums = {}
-    for name in OFFICIAL_MD5:
-        path = folder / name
-        checksums[f"{FOLDER}/{name}"] = {
-            "sha256": sha256_file(path),
-            "official": _md5(path) == OFFICIAL_MD5[name],
+        _download(release, root, missing)
+    checksums = {
+        f"{release.folder}/{name}": {
+            "sha256": sha256_file(folder / name),
+            "official": _md5(folder / name) == md5,
         }
-    train_images, train_labels = _images_labels(read_batch(folder / "train"), folder / "train")
-    test_images, test_labels = _images_labels(read_batch(folder / "test"), folder / "test")
-    meta = read_batch(folder / "meta")
+        for name, md5 in release.files.items()
+    }
+    train_images, train_labels = _read_set(release, folder, release.train_files)
+    test_images, test_labels = _read_set(release, folder, release.test_files)
+    meta = read_batch(folder / release.meta_file[0])
     names = [
-        n.decode() if isinstance(n, bytes) else str(n) for n in meta.get("fine_label_names", [])
+        n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(release.names_key, [])
     ]
     k = int(max(train_labels.max(), test_labels.max())) + 1
     if len(names) != k:
         names = [f"class_{i}" for i in range(k)]
     return SourceData(
-        "cifar100",
+        release.name,
         train_images,
         train_labels,
         test_images,
         test_labels,
         names,
         checksums,
-        n_train_per_class=450,
-        n_test_per_class=50,
+        n_train_per_class=release.n_train_per_class,
+        n_test_per_class=release.n_test_per_class,
     )
+
+
+@register_dataset("cifar100", "CIFAR-100, 100 classes, read from torchvision's on-disk format")
+def load_cifar100(root: Path, download: bool = True) -> SourceData:
+    """Load CIFAR-100 from ``root/cifar-100-python``, downloading it first if allowed."""
+    return load_release(CIFAR100, root, download)
+
+
+@register_dataset(
+    "cifar10", "CIFAR-10 (CIFAR-10-LT with the protocol's splits), read like CIFAR-100"
+)
+def load_cifar10(root: Path, download: bool = True) -> SourceData:
+    """Load CIFAR-10 from ``root/cifar-10-batches-py``, downloading it first if allowed."""
+    return load_release(CIFAR10, root, download)

@@ -73,7 +73,7 @@ BAD_TRAIN = [
     ({"device": "cuda"}, "no CUDA GPU"),
     ({"data_run": "0123456789abcdef0123456789abcdef"}, "does not exist"),
     ({"imbalance_ratio": "0.2"}, "imbalance_ratio must be >= 1"),
-    ({"dataset": "cifar10"}, "unknown dataset 'cifar10'"),
+    ({"dataset": "cifar1000"}, "unknown dataset 'cifar1000'"),
     ({"sampler": "balanced"}, "unknown sampler 'balanced'"),
     ({"mixing": "cutmx"}, "unknown mixing 'cutmx'"),
     ({"stage2": "crtt"}, "unknown stage2 value 'crtt'"),

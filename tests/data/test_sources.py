@@ -1,4 +1,5 @@
-"""Datasets: CIFAR-100's on-disk format, digits, synthetic; checksums; files that are wrong."""
+"""Datasets: the CIFAR-100 and CIFAR-10 on-disk formats, digits, synthetic; checksums; files that
+are wrong."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from ltexp.data import load_source, prepare
 from ltexp.data.splits import Protocol
 from ltexp.errors import ConfigError, DataError
-from tests.conftest import write_cifar100
+from tests.conftest import write_cifar, write_cifar100
 from tests.data.test_splits import SPEC_COUNTS
 
 
@@ -97,8 +98,37 @@ def test_pickle_carrying_code_is_refused(tmp_path: Path) -> None:
 
 
 def test_unknown_dataset_lists_valid_names() -> None:
-    with pytest.raises(ConfigError, match=r"unknown dataset 'cifar10'.*cifar100, digits"):
-        load_source("cifar10")
+    with pytest.raises(
+        ConfigError, match=r"unknown dataset 'cifar1000'.*cifar100, cifar10, digits"
+    ):
+        load_source("cifar1000")
+
+
+def test_cifar10_reads_five_train_batches_and_gives_cifar10_lt(tmp_path: Path) -> None:
+    from ltexp.data.cifar import CIFAR10
+
+    folder = write_cifar(tmp_path, CIFAR10, train_per_class=60, test_per_class=20)
+    src = load_source("cifar10", tmp_path, download=False)
+    assert src.train_images.shape == (600, 32, 32, 3) and src.test_images.shape == (200, 32, 32, 3)
+    assert np.bincount(src.train_labels).tolist() == [60] * 10
+    assert src.class_names == [f"class{i}" for i in range(10)]
+    assert set(src.checksums) == {f"cifar-10-batches-py/{n}" for n in CIFAR10.files}
+    assert not any(c["official"] for c in src.checksums.values())  # random pixels
+    # the batches are read in order: the first image is data_batch_1's first
+    with open(folder / "data_batch_1", "rb") as f:
+        first = pickle.load(f, encoding="bytes")[b"data"][0]
+    assert np.array_equal(src.train_images[0], first.reshape(3, 32, 32).transpose(1, 2, 0))
+    assert (src.n_train_per_class, src.n_test_per_class) == (4500, 500)  # of 5,000 per class
+    # CIFAR-10-LT at IR 10: the exp profile over 10 classes
+    prepared, _ = prepare(src, Protocol(imbalance_ratio=10, n_train=50, n_test=10))
+    counts = prepared.class_counts("train_lt")
+    assert counts[0] == 50 and counts[-1] == 5
+    assert counts == [int(50 * 10 ** (-i / 9) + 1e-9) for i in range(10)]
+
+
+def test_cifar10_offline_names_its_files_and_the_demo(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"CIFAR-10 files .*data_batch_1.* are missing"):
+        load_source("cifar10", tmp_path, download=False)
 
 
 def test_digits_is_cifar_shaped_and_split() -> None:

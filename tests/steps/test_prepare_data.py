@@ -92,3 +92,33 @@ def test_tampered_source_files_are_refused(tmp_path: Path, tracking: str, cifar_
     with pytest.raises(DataError, match="does not match its manifest"):
         load_prepared(run_id, str(root), False)
     load_prepared.cache_clear()
+
+
+@pytest.mark.slow  # a whole cell on generated CIFAR-10 files
+def test_cifar10_lt_is_prepared_trained_and_evaluated_from_its_files(
+    tmp_path: Path, tracking: str
+) -> None:
+    from ltexp.data.cifar import CIFAR10
+    from ltexp.steps.study import run_cell
+    from tests.conftest import tiny_overrides, write_cifar
+
+    write_cifar(tmp_path / "data", CIFAR10, train_per_class=60, test_per_class=10)
+    cfg = build_config(
+        "demo",
+        tiny_overrides(
+            tmp_path,
+            dataset="cifar10",
+            download="false",
+            n_max_train=50,
+            n_max_test=10,
+            imbalance_ratio=10,
+            epochs=1,
+        ),
+    )
+    cell = run_cell(cfg)
+    train = mlflow.get_run(cell.train.run_id)
+    prepared = load_prepared(train.data.tags[schema.DATA_RUN], str(tmp_path / "data"), False)
+    assert prepared.dataset == "cifar10" and prepared.num_classes == 10
+    assert prepared.class_counts("train_lt") == [int(50 * 10 ** (-i / 9) + 1e-9) for i in range(10)]
+    assert cell.train.model_uri.startswith("models:/ltexp-cifar10-tiny_cnn-")
+    assert mlflow.get_run(cell.evaluate_run_id).data.params["dataset"] == "cifar10"
