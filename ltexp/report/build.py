@@ -285,7 +285,9 @@ def build_report(
             )
 
     # --- Tables 4.1-4.8 ------------------------------------------------------------------
-    runs_out = every_result[["run_id", *CELL_PARAMS, *AXIS_PARAMS, *COLUMNS]].rename(
+    # the axes appear only when the grid has them: a thesis grid's runs.csv stays as it was
+    axes = [a for a, plain in AXIS_PARAMS.items() if (every_result[a] != plain).any()]
+    runs_out = every_result[["run_id", *CELL_PARAMS, *axes, *COLUMNS]].rename(
         columns=REPORT_COLUMNS
     )
     write_csv(runs_out, "runs.csv")

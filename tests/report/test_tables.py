@@ -99,3 +99,57 @@ def test_build_report_writes_every_table_without_a_store(tmp_path) -> None:
     assert len(report.missing) == len(MODELS) * len(SPLITS) * 2  # focal, both seeds
     written = pd.read_csv(tmp_path / "runs.csv")
     assert len(written) == len(frame)
+
+
+def test_a_grid_without_axes_writes_the_thesis_report_and_no_axis_table(tmp_path) -> None:
+    report = build_report(results_frame(_records()), tmp_path)
+    written = pd.read_csv(tmp_path / "runs.csv")
+    assert list(written.columns) == [
+        "run_id",
+        "dataset",
+        "model",
+        "loss",
+        "train_split",
+        "seed",
+        "test_balanced_acc1",
+        "test_lt_acc1",
+        "test_head_acc1",
+        "test_middle_acc1",
+        "test_tail_acc1",
+    ]
+    assert not [p for p in report.files if p.name.startswith(("by_", "paired_vs_plain"))]
+    assert "Loss ×" not in (tmp_path / "report.md").read_text()
+
+
+def test_a_sampler_axis_gets_its_table_and_leaves_the_thesis_tables_to_plain_cells(
+    tmp_path,
+) -> None:
+    plain = _records(seeds=(1,))
+    balanced = [
+        {**r, "run_id": f"cb{i}", "sampler": "class_balanced", "balanced": r["balanced"] / 2}
+        for i, r in enumerate(plain)
+    ]
+    report = build_report(results_frame([*plain, *balanced]), tmp_path)
+    assert report.n_runs == 2 * len(plain) and report.duplicates == []
+    by_sampler = pd.read_csv(tmp_path / "by_sampler.csv")
+    assert set(by_sampler["sampler"]) == {"instance", "class_balanced"}
+    for r in plain:
+        row = by_sampler[
+            (by_sampler["model"] == r["model"])
+            & (by_sampler["loss"] == r["loss"])
+            & (by_sampler["train_split"] == r["train_split"])
+        ].set_index("sampler")
+        # the CSVs hold six decimals
+        assert row.loc["instance", "balanced"] == pytest.approx(r["balanced"], abs=1e-6)
+        assert row.loc["class_balanced", "balanced"] == pytest.approx(r["balanced"] / 2, abs=1e-6)
+    # Tables 4.1-4.8 hold the plain runs only
+    table = pd.read_csv(tmp_path / "results_resnet50_lt.csv").set_index("loss")
+    want = {
+        r["loss"]: r["balanced"]
+        for r in plain
+        if (r["model"], r["train_split"]) == ("resnet50", "lt")
+    }
+    assert table["balanced"].to_dict() == pytest.approx(want, abs=1e-6)
+    md = (tmp_path / "report.md").read_text()
+    assert "| Backbone | Training set | Loss | instance | class_balanced |" in md
+    assert "sampler" in pd.read_csv(tmp_path / "runs.csv").columns
