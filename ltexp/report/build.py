@@ -513,22 +513,27 @@ def paired_vs_plain(
     return pd.DataFrame(rows)
 
 
+def _paired_cells(row: Any, fmt: _Fmt) -> list[str]:
+    """A paired difference per column with its interval; ``*`` where it excludes 0."""
+    cells = []
+    for c in COLUMNS:
+        text = fmt.interval(row[c], row[f"{c}_ci_low"], row[f"{c}_ci_high"], signed=True)
+        cells.append(f"{text} *" if row[f"{c}_excludes_zero"] else text)
+    return cells
+
+
 def _paired_plain_block(
     paired: pd.DataFrame, fmt: _Fmt, tail_note: list[str], number: Callable
 ) -> Table:
     rows = []
     for _, r in paired.iterrows():
-        cells = []
-        for c in COLUMNS:
-            text = fmt.interval(r[c], r[f"{c}_ci_low"], r[f"{c}_ci_high"], signed=True)
-            cells.append(f"{text} *" if r[f"{c}_excludes_zero"] else text)
         rows.append(
             [
                 model_title(r["model"]),
                 SPLIT_TITLES.get(r["train_split"], r["train_split"]),
                 loss_title(r["loss"]),
                 f"{AXIS_TITLES.get(r['axis'], r['axis'])} {r['value']}",
-                *cells,
+                *_paired_cells(r, fmt),
             ]
         )
     return Table(
@@ -733,11 +738,7 @@ def _paired_blocks(
             continue
         rows = []
         for _, r in part.iterrows():
-            cells = []
-            for c in COLUMNS:
-                text = fmt.interval(r[c], r[f"{c}_ci_low"], r[f"{c}_ci_high"], signed=True)
-                cells.append(f"{text} *" if r[f"{c}_excludes_zero"] else text)
-            rows.append([model_title(r["model"]), loss_title(r["loss"]), *cells])
+            rows.append([model_title(r["model"]), loss_title(r["loss"]), *_paired_cells(r, fmt)])
         blocks.append(
             Table(
                 number(f"4.{12 + SPLIT_ORDER.index(split)}" if split in SPLIT_ORDER else ""),

@@ -1,2 +1,3 @@
-"""The steps of the study, each one MLflow run: prepare_data, train, evaluate, aggregate, and the
-study (main) that chains them. Entry points and the CLI call these and nothing else."""
+"""The steps of the study, each one MLflow run: prepare_data, train, decouple, evaluate,
+aggregate, and the study (main) that chains them. Entry points and the CLI call these and nothing
+else."""

@@ -359,7 +359,11 @@ def _second_stages(
         started = time.perf_counter()
         try:
             out = run_stage2(stage2_cfg, stage1_run_id=stage1, parent_run_id=stage1)
-        except claims.CellTaken as taken:  # finished without its evaluation: evaluate it
+        except claims.CellTaken as taken:
+            if runs.client().get_run(taken.winner).info.status != "FINISHED":
+                progress(f"[stage 2 {i}/{total}] {name}: {taken}")  # another process has it
+                continue
+            # finished without its evaluation: evaluate it here
             out = CellResult(TrainResult(taken.winner, -1.0, 0, ""))
             out.evaluate_run_id, out.metrics = run_evaluate(
                 stage2_cfg, train_run_id=taken.winner, parent_run_id=taken.winner

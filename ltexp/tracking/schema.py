@@ -42,14 +42,14 @@ CONFIG_HASH = "ltexp.config_hash"  # sha256 of the resolved config that decides 
 CODE_VERSION = "ltexp.code_version"  # sha256 of the ltexp sources that ran
 DATA_DIGEST = "ltexp.data_digest"  # digest of the prepared dataset used
 DATA_RUN = "ltexp.data_run_id"  # the prepare_data run a train run used
-MODEL_URI = "ltexp.model_uri"  # registered version of a train run's best checkpoint
+MODEL_URI = "ltexp.model_uri"  # registered version of a train or decouple run's model
 ERROR = "ltexp.error"  # one-line reason a run FAILED
 HOST = "ltexp.host"
 PID = "ltexp.pid"
 HEARTBEAT = "ltexp.heartbeat"  # unix time of the last sign of life of the process writing it
 RESUMED_FROM_EPOCH = "ltexp.resumed_from_epoch"
 RESUMED_INTO = "ltexp.resumed_into"  # on an `mlflow run` run whose work went into another run
-CELL = "ltexp.cell"  # model-loss-split-seed of a study cell
+CELL = "ltexp.cell"  # model-loss-split-seed[-variant] of a study cell
 TUNE_CELL = "ltexp.tune_cell"  # model-loss-split a tune run searched (seeds share its result)
 TUNE_STUDY = "ltexp.tune_study"  # the Optuna study a tune run or trial belongs to
 TRIAL = "ltexp.trial"  # a trial's number in its Optuna study
@@ -79,21 +79,12 @@ RUN_TAGS = (
     DATA_DIGEST,
     DATA_RUN,
     MODEL_URI,
-    ERROR,
     HOST,
     PID,
     HEARTBEAT,
-    RESUMED_FROM_EPOCH,
-    RESUMED_INTO,
     CELL,
-    TUNE_CELL,
-    TUNE_STUDY,
-    TRIAL,
-    TRIAL_STATE,
-    BEST_PARAMS,
-    TUNED_FROM,
-    TUNED_PARAMS,
     STAGE1_RUN,
+    *CONDITIONAL_TAGS,
 )
 
 # --- inputs (mlflow.log_input) ---------------------------------------------------------------
