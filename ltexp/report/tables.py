@@ -129,12 +129,26 @@ def only_axis(results: pd.DataFrame, axis: str) -> pd.DataFrame:
 
 def axis_table(results: pd.DataFrame, axis: str) -> pd.DataFrame:
     """Per (model, train_split, loss, value of ``axis``), the other axes plain: the mean of
-    every column over seeds and ``n_seeds``."""
-    keys = ["model", "train_split", "loss", axis]
-    grouped = only_axis(results, axis).groupby(keys)
+    every column over seeds and ``n_seeds``. Only the cells the axis varies in, in the thesis's
+    order of backbones, training sets and losses, the plain value first."""
+    part = only_axis(results, axis)
+    cell = ["model", "train_split", "loss"]
+    varied = part[part[axis] != AXIS_PARAMS[axis]][cell].drop_duplicates()
+    part = part.merge(varied, on=cell)
+    grouped = part.groupby([*cell, axis])
     out = grouped[list(COLUMNS)].mean()
     out["n_seeds"] = grouped.size()
-    return out.reset_index()
+    out = out.reset_index()
+    orders = {
+        "model": ordered(set(out["model"]), MODEL_ORDER),
+        "train_split": ordered(set(out["train_split"]), SPLIT_ORDER),
+        "loss": ordered(set(out["loss"]), LOSS_ORDER),
+        axis: axis_values(out, axis) if len(out) else [],
+    }
+    rank = {key: {v: i for i, v in enumerate(values)} for key, values in orders.items()}
+    return out.sort_values(
+        [*cell, axis], key=lambda col: col.map(rank[col.name]), ignore_index=True
+    )
 
 
 def cell_means(results: pd.DataFrame) -> pd.DataFrame:

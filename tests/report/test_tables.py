@@ -153,3 +153,21 @@ def test_a_sampler_axis_gets_its_table_and_leaves_the_thesis_tables_to_plain_cel
     md = (tmp_path / "report.md").read_text()
     assert "| Backbone | Training set | Loss | instance | class_balanced |" in md
     assert "sampler" in pd.read_csv(tmp_path / "runs.csv").columns
+
+
+def test_an_axis_table_lists_only_the_cells_the_axis_varies_in_thesis_order(tmp_path) -> None:
+    plain = _records(seeds=(1,))
+    varied = [
+        {**r, "run_id": f"v{r['run_id']}", "sampler": "sqrt"}
+        for r in plain
+        if r["train_split"] == "lt" and r["model"] == "vit_b16"
+    ]
+    build_report(results_frame([*reversed(varied), *plain]), tmp_path)
+    by_sampler = pd.read_csv(tmp_path / "by_sampler.csv")
+    rows = list(by_sampler[["model", "train_split", "loss", "sampler"]].itertuples(index=False))
+    assert [tuple(r) for r in rows] == [
+        ("vit_b16", "lt", "ce", "instance"),
+        ("vit_b16", "lt", "ce", "sqrt"),
+        ("vit_b16", "lt", "bs", "instance"),
+        ("vit_b16", "lt", "bs", "sqrt"),
+    ]
