@@ -398,7 +398,7 @@ def _two_studies(tmp_path: Path, uri: str) -> None:
         for _ in range(2)
     ]
     outs = [p.communicate(timeout=600) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [o[1][-1500:].decode() for o in outs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-1500:] for o in outs]
     mlflow.set_tracking_uri(uri)
     counts = step_counts(uri)
     assert counts["train"] == 2 and counts["evaluate"] == 2

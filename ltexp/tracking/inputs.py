@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import mlflow
 
 from ltexp.data import PreparedData
@@ -30,10 +32,28 @@ def log_split_inputs(
             name=schema.input_name(prepared.dataset, name),
             digest=digest[: schema.INPUT_DIGEST_CHARS],
         )
-        mlflow.log_input(
+        _log_input(
             dataset,
             context=context or schema.input_context(name),
             tags={schema.INPUT_SHA256: digest, schema.INPUT_SPLIT: name},
         )
         datasets[name] = dataset
     return datasets
+
+
+# what a store answers when two runs insert the same dataset at once (sqlite, PostgreSQL, MySQL)
+_DUPLICATE_DATASET = ("dataset_pk", "UNIQUE constraint failed: datasets", "Duplicate entry")
+
+
+def _log_input(dataset: mlflow.data.Dataset, **kwargs: object) -> None:
+    """``mlflow.log_input``, tried again when another run inserted the same dataset at the same
+    moment: the store refuses the second insert of a (experiment, name, digest) row, and on the
+    next try MLflow finds the row and links this run to it."""
+    for attempt in range(3):
+        try:
+            mlflow.log_input(dataset, **kwargs)
+            return
+        except mlflow.exceptions.MlflowException as e:
+            if attempt == 2 or not any(m in str(e) for m in _DUPLICATE_DATASET):
+                raise
+            time.sleep(0.5 * (attempt + 1))
