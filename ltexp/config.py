@@ -114,6 +114,31 @@ class DataConfig:
         "frequent), random (seeded), or a comma list of labels",
     )
     split_seed: int = _opt(42, "seed of every split choice (thesis: 42)", low=0)
+    split_mode: str = _opt(
+        "auto",
+        "protocol (long-tailed splits drawn from a balanced source, CIFAR), given (the set is "
+        "long-tailed as given: its train set is train_lt, ImageNet-LT and own folders), or auto "
+        "(the dataset's kind)",
+        choices=("auto", "protocol", "given"),
+    )
+    holdout_fraction: float = _opt(
+        0.1,
+        "given splits: share of each class carved from train for a val or test set the data lacks",
+        low=0.0,
+        low_open=True,
+        high=0.5,
+    )
+    storage_size: int = _opt(
+        256,
+        "image files (imagefolder, filelist): shorter side they are resized to, then centre-"
+        "cropped square, in the decoded uint8 cache",
+        low=8,
+    )
+    skip_bad_images: bool = _opt(
+        False,
+        "image files: skip an unreadable image (counted, listed in skipped_images.txt) instead "
+        "of stopping at it",
+    )
     log_scale_counts: bool = _opt(True, "draw the class-count charts on a log scale", runtime=True)
 
 
@@ -169,6 +194,13 @@ class TrainConfig:
         "instance",
         "which images an epoch visits (Kang et al. 2020; ltexp/data/samplers.py)",
         registry="samplers",
+    )
+    augment: str = _opt(
+        "auto",
+        "training augmentation: crop (resize, 4 px padded crop, flip: the CIFAR protocol), rrc "
+        "(random-resized crop to image_size and flip: the ImageNet-LT recipe), or auto (rrc for "
+        "image-file sets, crop otherwise)",
+        choices=("auto", "crop", "rrc"),
     )
     mixing: str = _opt("none", "batch mixing (ltexp/training/mixing.py)", registry="mixings")
     mixing_alpha: float = _opt(
@@ -241,6 +273,14 @@ class RuntimeConfig:
     )
     num_threads: int | None = _opt(
         None, "torch CPU threads (default: torch's)", low=1, runtime=True, also_under="train"
+    )
+    data_on_device_gb: float | None = _opt(
+        None,
+        "GiB of device memory a training split may take; a larger one is streamed from pinned "
+        "host memory (default: half the GPU's free memory; 0 always streams)",
+        low=0.0,
+        runtime=True,
+        commands=("train", "main", "tune", "decouple"),
     )
     eval_batch_size: int = _opt(
         512,
@@ -490,8 +530,14 @@ class Config:
         return hparams
 
     def dataset_options(self, dataset: str | None = None) -> dict[str, Any]:
-        """Keyword arguments of the dataset's loader (the options its registry entry declares)."""
-        return dict(self.datasets.get(dataset or self.data.dataset, {}))
+        """Keyword arguments of the dataset's loader: the options its registry entry declares,
+        and the ``data`` keys it shares with its kind (``storage_size`` for image files)."""
+        from ltexp.data import DATASETS
+
+        name = dataset or self.data.dataset
+        spec = DATASETS.get(name)
+        shared = {k: getattr(self.data, k) for k in (spec.settings if spec else ())}
+        return {**shared, **self.datasets.get(name, {})}
 
     def replace(self, **flat: Any) -> Config:
         """A copy with flat keys changed (``cfg.replace(model="vit_b16", seed=1)``), checked."""

@@ -94,24 +94,29 @@ def score_test_sets(
     groups: dict[str, Sequence[int]],
     samples: int,
     seed: int,
+    group_split: str = "test_lt",
 ) -> dict[str, GroupScore]:
-    """Scores of the protocol's test sets: ``balanced``, ``lt`` and each class group of test_lt.
+    """Scores of the test sets: ``balanced``, ``lt`` and each class group of ``group_split``.
 
     Args:
-        test_balanced, test_lt: ``(labels, logits)`` of each test split.
+        test_balanced, test_lt: ``(labels, logits)`` of each test split (either may be empty).
         groups: group name → its classes (head, middle, tail, many, medium, few).
         samples, seed: the bootstrap's resamples and seed.
+        group_split: the split the groups are scored on: test_lt, or test_balanced for a set
+            long-tailed as given whose only test set is balanced (ImageNet-LT's many/medium/few).
 
     Returns:
-        group → score; a group with no test_lt image is left out.
+        group → score; a set or group with no image is left out.
     """
-    labels_bal, logits_bal = test_balanced
-    labels_lt, logits_lt = test_lt
-    top5_lt = topk(logits_lt, 5)
-    scores = {
-        "balanced": score(labels_bal, topk(logits_bal, 5), None, samples, seed),
-        "lt": score(labels_lt, top5_lt, None, samples, seed),
+    top5 = {
+        "test_balanced": (test_balanced[0], topk(test_balanced[1], 5)),
+        "test_lt": (test_lt[0], topk(test_lt[1], 5)),
     }
+    scores = {
+        "balanced": score(*top5["test_balanced"], None, samples, seed),
+        "lt": score(*top5["test_lt"], None, samples, seed),
+    }
+    labels, top5_groups = top5[group_split]
     for name, classes in groups.items():
-        scores[name] = score(labels_lt, top5_lt, in_classes(labels_lt, classes), samples, seed)
+        scores[name] = score(labels, top5_groups, in_classes(labels, classes), samples, seed)
     return {g: s for g, s in scores.items() if s is not None}

@@ -38,3 +38,14 @@ def image_batch_bytes(batch: int, side: int, copies: int = 4) -> float:
     """A float32 batch of ``batch`` RGB images of ``side``², times the copies augmentation and
     normalisation make of it (a lower bound: the model's activations come on top)."""
     return float(batch) * 3 * side * side * 4 * copies
+
+
+def resident_budget(gib: float | None, device: object) -> int | None:
+    """Bytes of device memory a split may take before it is streamed from host memory: ``gib``
+    when given; on a GPU, half its free memory (the model, activations and optimizer need the
+    rest); on the CPU no limit (host and device are the same memory)."""
+    if gib is not None:
+        return int(gib * GIB)
+    if getattr(device, "type", str(device)) != "cuda":
+        return None
+    return free_memory(str(device)) // 2

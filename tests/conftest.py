@@ -326,3 +326,49 @@ def postgres_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     finally:
         server.stop()
         _pg_admin(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+# Formats and modes the image-file datasets must read: (extension, PIL format, PIL mode).
+IMAGE_KINDS = (
+    (".png", "PNG", "RGB"),
+    (".jpg", "JPEG", "RGB"),
+    (".png", "PNG", "L"),  # grey
+    (".png", "PNG", "RGBA"),
+    (".webp", "WEBP", "RGB"),
+    (".bmp", "BMP", "RGB"),
+    (".JPEG", "JPEG", "L"),
+)
+
+
+def write_image(path: Path, label: int, index: int, seed: int = 0) -> None:
+    """One small image of class ``label``: its class colour plus noise, in a format, mode and
+    size that vary with ``index`` (24–56 px, not square), so a model can tell classes apart."""
+    from PIL import Image
+
+    ext, fmt, mode = IMAGE_KINDS[index % len(IMAGE_KINDS)]
+    rng = np.random.default_rng([seed, label, index])
+    h, w = 24 + 8 * (index % 5), 24 + 8 * ((index + 2) % 5)
+    colour = np.random.default_rng([seed, label]).uniform(30, 225, 3)
+    pixels = np.clip(colour + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB").convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path.with_suffix(ext), fmt)
+
+
+def write_image_folder(
+    root: Path,
+    train_counts: list[int],
+    test_per_class: int = 0,
+    val_per_class: int = 0,
+    seed: int = 0,
+) -> Path:
+    """An ImageFolder tree: ``train/<class>/`` with ``train_counts[i]`` images of class i, and
+    ``val/``, ``test/`` with a fixed number per class when asked."""
+    for c, n in enumerate(train_counts):
+        for i in range(n):
+            write_image(root / "train" / f"class_{c:02d}" / f"img_{i:04d}", c, i, seed)
+    for name, per_class in (("val", val_per_class), ("test", test_per_class)):
+        for c in range(len(train_counts) if per_class else 0):
+            for i in range(per_class):
+                write_image(root / name / f"class_{c:02d}" / f"img_{i:04d}", c, 1000 + i, seed)
+    return root

@@ -15,7 +15,9 @@ from ltexp.discover import import_submodules
 
 # Registration happens on import: every module of this package (a dataset is one module).
 import_submodules(
-    __name__, __path__, skip=("pipeline", "prepared", "samplers", "sources", "splits")
+    __name__,
+    __path__,
+    skip=("files", "pipeline", "prepared", "samplers", "sources", "splits"),
 )
 
 __all__ = [

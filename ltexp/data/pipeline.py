@@ -1,11 +1,17 @@
 """The input pipeline: a split held as a uint8 tensor (on the GPU when training there), augmented
 a whole batch at a time with tensor ops. No PIL, no DataLoader workers, no per-image Python.
 
-Train (docs/protocol.md): resize to ``image_size`` (bilinear), random crop with 4 px zero padding,
-horizontal flip with p = 0.5, normalise. Eval: resize, normalise. Randomness for an epoch (order,
-crop offsets, flips) comes from a CPU generator seeded by ``(seed, epoch)``: the same seed gives the
-same batches on any device, and a resumed run replays an epoch exactly without saving any loader
-state.
+Train (docs/protocol.md), ``augment="crop"``: resize to ``image_size`` (bilinear), random crop with
+4 px zero padding, horizontal flip with p = 0.5, normalise. ``augment="rrc"`` (the ImageNet-LT
+recipe, for image-file sets): a random-resized crop (scale 0.08–1, aspect 3/4–4/3, as torchvision's
+RandomResizedCrop) resampled to ``image_size`` with ``roi_align``, and the flip. Eval: resize,
+normalise. Randomness for an epoch (order, crop offsets or boxes, flips) comes from a CPU generator
+seeded by ``(seed, epoch)``: the same seed gives the same batches on any device, and a resumed run
+replays an epoch exactly without saving any loader state.
+
+A split larger than ``max_resident_bytes`` stays in host memory (pinned when the device is a GPU):
+each batch is gathered there and copied while the previous batch trains, on a side CUDA stream. The
+batches are the same as the resident path's; only where the gather happens differs.
 """
 
 from __future__ import annotations
@@ -58,13 +64,65 @@ def crop_flip(x: Tensor, offsets: Tensor, flip: Tensor, padding: int) -> Tensor:
     return out.permute(0, 3, 1, 2)
 
 
+# RandomResizedCrop's defaults (torchvision), the ImageNet recipe
+RRC_SCALE = (0.08, 1.0)
+RRC_RATIO = (3 / 4, 4 / 3)
+RRC_TRIES = 10
+AUGMENTATIONS = ("crop", "rrc")
+
+
+def random_resized_boxes(n: int, h: int, w: int, g: torch.Generator) -> Tensor:
+    """``(n, 4)`` float boxes ``x1, y1, x2, y2`` drawn as torchvision's RandomResizedCrop draws
+    them: up to 10 tries of an area share and a log-uniform aspect ratio; a sample whose tries
+    all fail gets the centre crop of the clamped ratio."""
+    area = h * w
+    share = torch.empty(n, RRC_TRIES).uniform_(*RRC_SCALE, generator=g)
+    log_ratio = torch.empty(n, RRC_TRIES).uniform_(
+        float(np.log(RRC_RATIO[0])), float(np.log(RRC_RATIO[1])), generator=g
+    )
+    ratio = log_ratio.exp()
+    cw = (share * area * ratio).sqrt().round()
+    ch = (share * area / ratio).sqrt().round()
+    ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1))
+    u = torch.rand(n, 2, generator=g)
+    rows = torch.arange(n)
+    pick = first.clamp(min=0)
+    cw, ch = cw[rows, pick], ch[rows, pick]
+    # the fallback: the whole image cropped to the nearest allowed ratio, centred
+    fw = torch.full((n,), float(w))
+    fh = torch.full((n,), float(h))
+    if w / h < RRC_RATIO[0]:
+        fh = torch.full((n,), float(round(w / RRC_RATIO[0])))
+    elif w / h > RRC_RATIO[1]:
+        fw = torch.full((n,), float(round(h * RRC_RATIO[1])))
+    failed = first < 0
+    cw, ch = torch.where(failed, fw, cw), torch.where(failed, fh, ch)
+    x1 = torch.where(failed, (w - cw) / 2, (u[:, 0] * (w - cw + 1)).floor())
+    y1 = torch.where(failed, (h - ch) / 2, (u[:, 1] * (h - ch + 1)).floor())
+    return torch.stack([x1, y1, x1 + cw, y1 + ch], 1)
+
+
+def resized_crop_flip(x: Tensor, boxes: Tensor, flip: Tensor, size: int) -> Tensor:
+    """Each image's box resampled (bilinear) to ``size``², then flipped where ``flip``."""
+    from torchvision.ops import roi_align
+
+    index = torch.arange(len(x), device=x.device, dtype=x.dtype)[:, None]
+    # sampling_ratio 0: ceil(box / size) samples per output pixel, averaged; one sample (exact)
+    # where the crop is not shrunk, an area average (an antialiased resize) where it is
+    out = roi_align(x, torch.cat([index, boxes.to(x.dtype)], 1), size, 1.0, 0, aligned=True)
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)
+
+
 @dataclass
 class EpochPlan:
-    """An epoch's randomness: sample order, crop offsets, flips (all on the data's device)."""
+    """An epoch's randomness: sample order, crop offsets or boxes, flips (on the data's device;
+    ``cpu_order`` on the host, where a streamed split is gathered)."""
 
     order: Tensor
     offsets: Tensor
     flip: Tensor
+    cpu_order: Tensor | None = None
 
 
 class TensorBatches:
@@ -83,6 +141,9 @@ class TensorBatches:
         rank, world_size: data-parallel shard (each rank sees a disjoint 1/world_size).
         sampler: which images a training epoch visits (:mod:`ltexp.data.samplers`).
         epochs: the run's epochs (a progressive sampler moves over them).
+        augment: ``crop`` (the CIFAR protocol) or ``rrc`` (random-resized crop); training only.
+        max_resident_bytes: a split larger than this stays in host memory and is streamed
+            (None: always resident).
     """
 
     def __init__(
@@ -103,14 +164,28 @@ class TensorBatches:
         world_size: int = 1,
         sampler: str = "instance",
         epochs: int = 1,
+        augment: str = "crop",
+        max_resident_bytes: int | None = None,
     ) -> None:
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
         self.device = torch.device(device)
-        self.images = to_tensor_images(images, self.device)
+        self.augment = augment
+        nbytes = int(np.prod(images.shape)) * 1  # uint8
+        self.streamed = max_resident_bytes is not None and nbytes > max_resident_bytes
+        if self.streamed:
+            self.images = _host_images(images, pin=self.device.type == "cuda")
+            self.copy_stream = (
+                torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+            )
+        else:
+            self.images = to_tensor_images(images, self.device)
         self.cpu_labels = torch.as_tensor(labels, dtype=torch.long).cpu()
         self.labels = self.cpu_labels.to(self.device)
         self.sampler, self.epochs = sampler, epochs
         self.batch_size = batch_size
-        self.image_size = image_size or int(self.images.shape[-1])
+        self.source_size = int(images.shape[2])  # width of the stored images
+        self.image_size = image_size or self.source_size
         self.train = train
         self.seed = seed
         self.dtype = dtype
@@ -142,7 +217,11 @@ class TensorBatches:
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = sample_order(self.cpu_labels, self.sampler, epoch, self.epochs, g)
         total = self.shard_size() * self.world_size  # n, or n padded to a multiple of ranks
-        offsets = torch.randint(0, 2 * CROP_PADDING + 1, (total, 2), generator=g)
+        if self.augment == "rrc":  # boxes in the stored image's pixels
+            side = self.source_size
+            offsets = random_resized_boxes(total, side, side, g)
+        else:
+            offsets = torch.randint(0, 2 * CROP_PADDING + 1, (total, 2), generator=g)
         flip = torch.rand(total, generator=g) < 0.5
         if self.world_size > 1:  # pad by wrapping so every rank gets as many batches
             shard = slice(self.rank, None, self.world_size)
@@ -152,6 +231,7 @@ class TensorBatches:
             order.to(self.device, non_blocking=True),
             offsets.to(self.device, non_blocking=True),
             flip.to(self.device, non_blocking=True),
+            order,
         )
 
     def visits(self, epoch: int) -> Tensor:
@@ -162,23 +242,60 @@ class TensorBatches:
     def epoch(self, epoch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield ``(images, labels)`` batches of ``epoch``."""
         plan = self.plan(epoch)
+        images = self._streamed(plan) if self.streamed else None
         for start in range(0, len(plan.order), self.batch_size):
             idx = plan.order[start : start + self.batch_size]
-            x = self.images[idx].to(torch.float32) * self.scale
-            if self.image_size != x.shape[-1]:
-                x = F.interpolate(
-                    x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
-                )
-            if self.train:
-                x = crop_flip(
-                    x,
-                    plan.offsets[start : start + self.batch_size],
-                    plan.flip[start : start + self.batch_size],
-                    CROP_PADDING,
-                )
+            stored = next(images) if images is not None else self.images[idx]
+            x = stored.to(torch.float32) * self.scale
+            batch = slice(start, start + self.batch_size)
+            if self.train and self.augment == "rrc":
+                x = resized_crop_flip(x, plan.offsets[batch], plan.flip[batch], self.image_size)
+            else:
+                if self.image_size != x.shape[-1]:
+                    x = F.interpolate(
+                        x,
+                        size=(self.image_size, self.image_size),
+                        mode="bilinear",
+                        align_corners=False,
+                    )
+                if self.train:
+                    x = crop_flip(x, plan.offsets[batch], plan.flip[batch], CROP_PADDING)
             x = x - self.shift
             fmt = torch.channels_last if self.channels_last else torch.contiguous_format
             yield x.to(self.dtype, memory_format=fmt), self.labels[idx]
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         return self.epoch(0)
+
+    def _streamed(self, plan: EpochPlan) -> Iterator[Tensor]:
+        """``(B, 3, H, W)`` uint8 batches on the device, gathered on the host; on a GPU the next
+        batch is copied on a side stream while the current one trains."""
+        order = plan.cpu_order if plan.cpu_order is not None else plan.order.cpu()
+        starts = range(0, len(order), self.batch_size)
+        if self.copy_stream is None:
+            for start in starts:
+                yield self.images[order[start : start + self.batch_size]].permute(0, 3, 1, 2)
+            return
+        pending = None
+        for start in [*starts, None]:
+            ready = pending
+            if start is not None:
+                host = self.images[order[start : start + self.batch_size]].pin_memory()
+                with torch.cuda.stream(self.copy_stream):
+                    copied = host.to(self.device, non_blocking=True)
+                    done = torch.cuda.Event()
+                    done.record(self.copy_stream)
+                pending = (copied, done, host)
+            if ready is not None:
+                copied, done, _host = ready  # the pinned source lives until its copy is done
+                torch.cuda.current_stream(self.device).wait_event(done)
+                copied.record_stream(torch.cuda.current_stream(self.device))
+                yield copied.permute(0, 3, 1, 2)
+
+
+def _host_images(images: np.ndarray | Tensor, pin: bool) -> Tensor:
+    """``(N, H, W, 3)`` uint8 kept on the host (pinned for fast copies to a GPU)."""
+    x = torch.as_tensor(np.ascontiguousarray(images) if isinstance(images, np.ndarray) else images)
+    if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
+        raise ValueError(f"images must be uint8 (N, H, W, 3), got {x.dtype} {list(x.shape)}")
+    return x.pin_memory() if pin else x

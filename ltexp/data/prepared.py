@@ -20,8 +20,15 @@ from typing import Any
 import numpy as np
 
 from ltexp.data.sources import SourceData, sha256_arrays
-from ltexp.data.splits import LOADED_SPLITS, SPLIT_SOURCE, SPLITS, Protocol, SplitPlan
-from ltexp.errors import DataError
+from ltexp.data.splits import (
+    LOADED_SPLITS,
+    SPLIT_SOURCE,
+    SPLITS,
+    TRAINING_SETS,
+    Protocol,
+    SplitPlan,
+)
+from ltexp.errors import ConfigError, DataError
 
 MANIFEST_VERSION = 1
 
@@ -61,6 +68,25 @@ class PreparedData:
         """Images per class of ``split``, indexed by label."""
         return list(self.manifest["splits"][split]["per_class"])
 
+    def has(self, split: str) -> bool:
+        """Whether the set has images in ``split`` (a set long-tailed as given lacks some)."""
+        return int(self.manifest["splits"][split]["n"]) > 0
+
+    def training_split(self, train_split: str) -> str:
+        """The split ``train_split`` (lt, balanced) trains on; refused when the set lacks it."""
+        split = TRAINING_SETS[train_split]
+        if not self.has(split):
+            raise ConfigError(
+                f"{self.dataset} is long-tailed as given and has no {split}: use train_split=lt, "
+                f"or prepare it with n_max_train=N to draw N images of every class for one"
+            )
+        return split
+
+    @property
+    def group_split(self) -> str:
+        """The test split the class-group metrics are computed on."""
+        return str(self.manifest.get("group_split", "test_lt"))
+
     def groups(self) -> dict[str, list[int]]:
         """Class groups (head, middle, tail, many, medium, few) → labels."""
         return {k: list(v) for k, v in self.manifest["groups"].items()}
@@ -78,8 +104,8 @@ def materialise(source: SourceData, plan: SplitPlan) -> dict[str, Split]:
     """The split arrays selected by ``plan`` from ``source``."""
     return {
         s: Split(
-            np.ascontiguousarray(source.images(SPLIT_SOURCE[s])[plan.indices[s]]),
-            source.labels(SPLIT_SOURCE[s])[plan.indices[s]],
+            np.ascontiguousarray(source.images(plan.sources[s])[plan.indices[s]]),
+            source.labels(plan.sources[s])[plan.indices[s]],
         )
         for s in SPLITS
     }
@@ -97,11 +123,12 @@ def build_manifest(source: SourceData, plan: SplitPlan, splits: dict[str, Split]
         "protocol": dataclasses.asdict(plan.protocol),
         "class_rank": [int(c) for c in plan.class_rank],
         "groups": plan.groups,
+        "group_split": plan.group_split,
         "splits": {
             s: {
-                "source": SPLIT_SOURCE[s],
+                "source": plan.sources[s],
                 "n": len(splits[s]),
-                "per_class": plan.per_class(s, source.labels(SPLIT_SOURCE[s])),
+                "per_class": plan.per_class(s, source.labels(plan.sources[s])),
                 "digest": splits[s].digest(),
             }
             for s in SPLITS
@@ -135,7 +162,7 @@ def rebuild(
     mismatch. The group splits are not materialised: they are test_lt restricted by class."""
     splits = {}
     for s in LOADED_SPLITS:
-        src = SPLIT_SOURCE[s]
+        src = manifest["splits"][s].get("source", SPLIT_SOURCE[s])
         idx = indices[s]
         n_src = len(source.labels(src))
         if idx.dtype.kind not in "iu" or (len(idx) and (idx.min() < 0 or idx.max() >= n_src)):
@@ -157,9 +184,14 @@ def rebuild(
 
 def prepare(source: SourceData, protocol: Protocol) -> tuple[PreparedData, SplitPlan]:
     """Build, materialise and describe every split of ``protocol`` on ``source``."""
-    from ltexp.data.splits import build_splits
+    from ltexp.data.splits import build_given_splits, build_splits
 
-    plan = build_splits(source.train_labels, source.test_labels, protocol)
+    if protocol.mode == "given":
+        plan = build_given_splits(
+            {s: source.labels(s) for s in source.sets}, source.num_classes, protocol
+        )
+    else:
+        plan = build_splits(source.train_labels, source.test_labels, protocol)
     splits = materialise(source, plan)
     return PreparedData(build_manifest(source, plan, splits), splits, plan.indices), plan
 

@@ -31,6 +31,11 @@ class SourceData:
         n_train_per_class, n_test_per_class: the protocol's default sizes of train_balanced and
             test_balanced for this dataset (CIFAR-100: 450 and 50).
         options: the options it was loaded with (recorded, so it can be loaded again).
+        val_images, val_labels: the set's own validation set, where it has one.
+        long_tailed: the train set is long-tailed as given (``split_mode=auto`` keeps it:
+            ``ltexp.data.splits.build_given_splits``), rather than a balanced source the
+            protocol draws long-tailed splits from.
+        skipped: images that could not be read and were skipped (``skip_bad_images``).
     """
 
     name: str
@@ -43,18 +48,36 @@ class SourceData:
     n_train_per_class: int
     n_test_per_class: int
     options: dict[str, Any] = field(default_factory=dict)
+    val_images: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
+    long_tailed: bool = False
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def sets(self) -> tuple[str, ...]:
+        """The source sets it has: ``train``, then ``val`` and ``test`` where present."""
+        has_val = self.val_labels is not None and len(self.val_labels) > 0
+        return (
+            "train",
+            *(("val",) if has_val else ()),
+            *(("test",) if len(self.test_labels) else ()),
+        )
+
     def images(self, source: str) -> np.ndarray:
-        """``train`` or ``test`` images."""
-        return self.train_images if source == "train" else self.test_images
+        """``train``, ``val`` or ``test`` images."""
+        return {"train": self.train_images, "test": self.test_images, "val": self.val_images}[
+            source
+        ]
 
     def labels(self, source: str) -> np.ndarray:
-        """``train`` or ``test`` labels."""
-        return self.train_labels if source == "train" else self.test_labels
+        """``train``, ``val`` or ``test`` labels."""
+        return {"train": self.train_labels, "test": self.test_labels, "val": self.val_labels}[
+            source
+        ]
 
 
 @dataclass(frozen=True)
@@ -85,32 +108,42 @@ class DatasetOption:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """A registered dataset: ``load(root, download, **options) -> SourceData``."""
+    """A registered dataset: ``load(root, download, **options) -> SourceData``.
+
+    ``settings`` names the ``data`` config keys shared by a kind of dataset (the image-file sets
+    take ``storage_size`` and ``skip_bad_images``) that reach the loader beside its own options.
+    """
 
     name: str
     load: Callable[..., SourceData]
     description: str
     options: tuple[DatasetOption, ...] = ()
+    settings: tuple[str, ...] = ()
 
     @property
     def option_names(self) -> tuple[str, ...]:
-        return tuple(o.name for o in self.options)
+        return tuple(o.name for o in self.options) + self.settings
 
 
 DATASETS: dict[str, DatasetSpec] = {}
 
 
-def register_dataset(name: str, description: str, options: tuple[DatasetOption, ...] = ()):
+def register_dataset(
+    name: str,
+    description: str,
+    options: tuple[DatasetOption, ...] = (),
+    settings: tuple[str, ...] = (),
+):
     """Decorator registering a loader ``load(root: Path, download: bool, **options)``.
 
     Each option in ``options`` becomes a config key (``<name>_<option>`` unless it names its own)
-    that reaches the loader as a keyword argument.
+    that reaches the loader as a keyword argument, as does each ``data`` key in ``settings``.
     """
 
     def decorate(load: Callable[..., SourceData]) -> Callable[..., SourceData]:
         if name in DATASETS:
             raise ValueError(f"dataset {name!r} is already registered")
-        DATASETS[name] = DatasetSpec(name, load, description, tuple(options))
+        DATASETS[name] = DatasetSpec(name, load, description, tuple(options), tuple(settings))
         return load
 
     return decorate
@@ -169,5 +202,6 @@ def sha256_arrays(*arrays: np.ndarray) -> str:
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
         h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(memoryview(a).cast("B"))
+        if a.size:  # an empty split (a set long-tailed as given lacks some) adds only its shape
+            h.update(memoryview(a).cast("B"))
     return h.hexdigest()

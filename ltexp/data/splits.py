@@ -11,6 +11,18 @@ From a source train set and a source test set (``ltexp.data.sources``):
   of the frequency ranking (33 / 33 / 34 of 100).
 - The literature's shot groups by train_lt count: many (> 100), medium (20–100), few (< 20).
 
+Sets that are long-tailed as given (``mode="given"``: ImageNet-LT, iNaturalist, most users' own
+folders) keep their training set: ``train_lt`` is the given train set, less what is carved from it.
+
+- ``val``: the set's own validation set, or carved per class from train (``holdout_fraction``).
+- The test set: the set's own, or carved per class from train. A test set with the same number of
+  images in every class is ``test_balanced`` (ImageNet-LT, Places-LT); any other is ``test_lt``.
+  The split the set lacks is empty, and evaluation and the report follow what the set has.
+- ``train_balanced``: empty (balanced training is refused), unless ``n_max_train`` asks for it: a
+  seeded ``n_max_train`` images of every class of train_lt.
+- The frequency ranking is the given train counts (most first, ties by label); the class groups
+  and the group test splits come from the test split the set has (``group_split``).
+
 Every random choice uses its own generator seeded by ``(seed, stage, class)``, so a split can be
 rebuilt bit for bit from the seed, and changing one class never moves another.
 """
@@ -56,7 +68,8 @@ GROUPS = FREQUENCY_GROUPS + SHOT_GROUPS
 MANY_SHOT_MIN = 101
 FEW_SHOT_MAX = 19
 
-_STAGE_BALANCED, _STAGE_TRAIN_LT, _STAGE_TEST_LT, _STAGE_ORDER = 1, 2, 3, 4
+SPLIT_MODES = ("protocol", "given")
+_STAGE_BALANCED, _STAGE_TRAIN_LT, _STAGE_TEST_LT, _STAGE_ORDER, _STAGE_CARVE = 1, 2, 3, 4, 5
 
 # --------------------------------------------------------------------------------------------
 # Imbalance profiles: ``profile(n_max, num_classes, imbalance_ratio, **options) -> float sizes``
@@ -132,6 +145,8 @@ class Protocol:
     n_test: int = 50
     seed: int = 42
     class_order: str = "label"
+    mode: str = "protocol"  # or "given": the set is long-tailed as given (module docstring)
+    holdout_fraction: float = 0.1  # given mode: share of each class carved for a missing val/test
 
 
 @dataclass
@@ -139,9 +154,11 @@ class SplitPlan:
     """The splits as index arrays into the source sets, and the class groups.
 
     Attributes:
-        indices: split name → sorted int64 indices into its source set (``SPLIT_SOURCE``).
+        indices: split name → sorted int64 indices into its source set (``sources``).
         class_rank: class_rank[r] = label of the class with frequency rank r.
         groups: group name (head, middle, tail, many, medium, few) → sorted labels.
+        sources: split name → the source set (``train``, ``val``, ``test``) it indexes.
+        group_split: the test split the class-group metrics are computed on.
     """
 
     protocol: Protocol
@@ -149,6 +166,8 @@ class SplitPlan:
     indices: dict[str, np.ndarray]
     class_rank: np.ndarray
     groups: dict[str, list[int]] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=lambda: dict(SPLIT_SOURCE))
+    group_split: str = "test_lt"
 
     def per_class(self, split: str, labels: np.ndarray) -> list[int]:
         """Images per class (indexed by label) of ``split``, given its source labels."""
@@ -238,6 +257,108 @@ def build_splits(
     for g in FREQUENCY_GROUPS:
         indices[f"test_{g}"] = indices["test_lt"][np.isin(test_lt_labels, groups[g])]
     return SplitPlan(protocol, num_classes, {s: indices[s] for s in SPLITS}, rank, groups)
+
+
+def _carve(n: int, fraction: float, parts: int) -> int:
+    """Images a class gives to each carved split: a ``fraction`` of its ``n``, at least one
+    while the class keeps one for training, none when it cannot spare one per part."""
+    if parts == 0 or n <= parts:
+        return 0
+    return min(max(1, int(np.floor(fraction * n + 1e-9))), (n - 1) // parts)
+
+
+def build_given_splits(
+    labels: dict[str, np.ndarray], num_classes: int, protocol: Protocol
+) -> SplitPlan:
+    """The splits of a set that is long-tailed as given (see the module docstring).
+
+    Args:
+        labels: ``train`` and, where the set has them, ``val`` and ``test`` labels.
+        num_classes: classes of the set (labels ``0..K-1``).
+
+    Raises:
+        DataError: a class without training images, a val/test class train lacks, fewer than
+            two classes, a class too small for the requested balanced set.
+        ConfigError: a holdout fraction outside (0, 0.5].
+    """
+    train = labels["train"]
+    counts = np.bincount(train, minlength=num_classes)
+    if num_classes < 2:
+        raise DataError(f"the set has {num_classes} class; classification needs at least 2")
+    empty = np.flatnonzero(counts == 0).tolist()
+    if empty:
+        raise DataError(
+            f"classes {empty[:10]} have no training images; every class needs at least one"
+        )
+    if not 0 < protocol.holdout_fraction <= 0.5:
+        raise ConfigError(
+            f"holdout_fraction must be in (0, 0.5], got {protocol.holdout_fraction:g}"
+        )
+    carved = [s for s in ("val", "test") if len(labels.get(s, ())) == 0]
+    parts: dict[str, list[np.ndarray]] = {"train_lt": [], **{s: [] for s in carved}}
+    for c in range(num_classes):
+        own = _rng(protocol.seed, _STAGE_CARVE, c).permutation(np.flatnonzero(train == c))
+        k = _carve(len(own), protocol.holdout_fraction, len(carved))
+        for i, s in enumerate(carved):
+            parts[s].append(own[i * k : (i + 1) * k])
+        parts["train_lt"].append(own[len(carved) * k :])
+    indices = {s: np.sort(np.concatenate(p)).astype(np.int64) for s, p in parts.items()}
+    sources = {"train_lt": "train", "train_balanced": "train"}
+    for s in ("val", "test"):
+        if s in carved:
+            sources[s] = "train"
+        else:
+            indices[s] = np.arange(len(labels[s]), dtype=np.int64)
+            sources[s] = s
+    test_labels = labels[sources["test"]][indices["test"]]
+    test_counts = np.bincount(test_labels, minlength=num_classes)
+    train_counts = np.bincount(train[indices["train_lt"]], minlength=num_classes)
+    for s in ("val", "test"):
+        own = np.bincount(labels[sources[s]][indices[s]], minlength=num_classes)
+        unknown = np.flatnonzero((own > 0) & (train_counts == 0)).tolist()
+        if unknown:
+            raise DataError(f"{s} has classes {unknown[:10]} that train does not have")
+    balanced_test = "test" not in carved and (test_counts == test_counts[0]).all()
+    test_split = "test_balanced" if balanced_test else "test_lt"
+    other = "test_lt" if balanced_test else "test_balanced"
+    indices[test_split], sources[test_split] = indices.pop("test"), sources.pop("test")
+    indices[other], sources[other] = np.zeros(0, dtype=np.int64), sources[test_split]
+
+    indices["train_balanced"] = np.zeros(0, dtype=np.int64)
+    if protocol.n_train:  # asked for: the same number of images from every class
+        if train_counts.min() < protocol.n_train:
+            raise DataError(
+                f"n_max_train={protocol.n_train} asks for a balanced training set, but class "
+                f"{int(train_counts.argmin())} has {int(train_counts.min())} training images;"
+                f" lower n_max_train to at most {int(train_counts.min())}"
+            )
+        lt_idx = indices["train_lt"]
+        indices["train_balanced"] = np.sort(
+            np.concatenate(
+                [
+                    _rng(protocol.seed, _STAGE_BALANCED, c).permutation(lt_idx[train[lt_idx] == c])[
+                        : protocol.n_train
+                    ]
+                    for c in range(num_classes)
+                ]
+            )
+        ).astype(np.int64)
+
+    rank = np.array(sorted(range(num_classes), key=lambda c: (-int(train_counts[c]), c)))
+    groups = class_groups(train_counts, rank)
+    for g in FREQUENCY_GROUPS:
+        keep = np.isin(test_labels, groups[g])
+        indices[f"test_{g}"] = indices[test_split][keep]
+        sources[f"test_{g}"] = sources[test_split]
+    return SplitPlan(
+        protocol,
+        num_classes,
+        {s: indices[s] for s in SPLITS},
+        rank,
+        groups,
+        {s: sources[s] for s in SPLITS},
+        test_split,
+    )
 
 
 def class_groups(train_counts: np.ndarray, rank: np.ndarray) -> dict[str, list[int]]:

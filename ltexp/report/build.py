@@ -272,16 +272,34 @@ def build_report(
         )
     )
     if manifest is not None:
-        for num, split, what in (("3.3", "train_lt", "training"), ("3.4", "test_lt", "test")):
+        # a set long-tailed as given may have a balanced test set only: its class groups' set
+        test_split = manifest.get("group_split", "test_lt")
+        for num, split, what in (("3.3", "train_lt", "training"), ("3.4", test_split, "test")):
             stem = f"fig_{split}_class_counts"
             files += _class_count_figure(lt_class_counts(manifest, split), output_dir / stem, what)
+            kind = "balanced" if split == "test_balanced" else "long-tailed"
             blocks.append(
                 Figure(
                     number(num),
-                    f"Images per class of the long-tailed {what} set, classes from most to "
+                    f"Images per class of the {kind} {what} set, classes from most to "
                     f"least frequent",
                     stem,
                 )
+            )
+        lacking = [
+            title
+            for title, split in (("balanced", "test_balanced"), ("long-tailed", "test_lt"))
+            if not manifest["splits"][split]["n"]
+        ]
+        if lacking and test_split != "test_lt":
+            notes.append(
+                f"{manifest['dataset']} has no {' or '.join(lacking)} test set: that column is "
+                f"empty (—); head/middle/tail are measured on its balanced test set"
+            )
+        elif lacking:
+            notes.append(
+                f"{manifest['dataset']} has no {' or '.join(lacking)} test set: that column is "
+                f"empty (—)"
             )
 
     # --- Tables 4.1-4.8 ------------------------------------------------------------------

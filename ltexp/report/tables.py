@@ -283,12 +283,18 @@ def benchmarks_table(
 
 
 def split_sizes_table(manifest: dict[str, Any]) -> pd.DataFrame:
-    """Table 3.2: images of every split, classes present, and images per class (min-max)."""
+    """Table 3.2: images of every split, classes present, and images per class (min-max).
+
+    A set long-tailed as given lists only the splits it has, and names the test set its class
+    groups come from."""
     rows = []
+    group_split = manifest.get("group_split", "test_lt")
     for title, split in DATA_SPLITS:
         info = manifest["splits"].get(split)
-        if info is None:
+        if info is None or (group_split != "test_lt" and not info["n"]):
             continue
+        if split in ("test_head", "test_middle", "test_tail") and group_split != "test_lt":
+            title = title.replace("long-tailed test", "balanced test")
         counts = [c for c in info["per_class"] if c > 0]
         rows.append(
             {

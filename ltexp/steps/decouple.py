@@ -30,6 +30,7 @@ from ltexp.errors import ConfigError
 from ltexp.identity import config_hash
 from ltexp.losses import build_loss
 from ltexp.models import model_spec
+from ltexp.resources import resident_budget
 from ltexp.tracking import claims, registered_models, runs, schema
 from ltexp.tracking.datasets import load_prepared
 from ltexp.tracking.inputs import log_split_inputs
@@ -54,6 +55,7 @@ from ltexp.training.decoupling import (
     prepare_stage2,
     tau_scores,
 )
+from ltexp.training.session import resolve_augment
 from ltexp.training.setup import optimizer_for
 
 log = logging.getLogger(__name__)
@@ -160,6 +162,8 @@ def run_decouple(
                 seed=t.seed,
                 sampler="class_balanced",  # cRT and LWS re-balance by sampling
                 epochs=d.stage2_epochs,
+                augment=resolve_augment(t.augment, prepared),
+                max_resident_bytes=resident_budget(cfg.runtime.data_on_device_gb, device),
                 **batch,
             )
             trainable = prepare_stage2(model, path, method, t.seed)

@@ -82,6 +82,9 @@ def run_evaluate(
     outputs = {}
     for split in schema.EVALUATED_SPLITS:
         data = prepared.splits[split]
+        if not prepared.has(split):  # a set long-tailed as given has one of the two
+            outputs[split] = (data.labels, np.zeros((0, prepared.num_classes), np.float32))
+            continue
         batches = TensorBatches(
             data.images,
             data.labels,
@@ -102,10 +105,15 @@ def run_evaluate(
         prepared.groups(),
         cfg.evaluate.bootstrap_samples,
         cfg.evaluate.bootstrap_seed,
+        group_split=prepared.group_split,
     )
     for group in schema.TEST_GROUPS:
         if group not in scores:
-            log.warning("no test_lt image is in group %s: its metrics are not logged", group)
+            where = schema.test_metric_split(schema.test_metric(group), prepared.group_split)
+            if prepared.has(where):
+                log.warning("no %s image is in group %s: its metrics are not logged", where, group)
+            elif group in ("balanced", "lt"):
+                log.info("%s has no %s: test_%s_* is not logged", prepared.dataset, where, group)
     metrics = score_metrics(scores)
     launched, wrapper = None, None
     if not parent_run_id and not mlflow.active_run():
@@ -131,7 +139,11 @@ def run_evaluate(
         + (f", post-hoc logit adjustment tau={tau:g}" if tau else ""),
     ) as run:
         runs.link_wrapper(wrapper, run.info.run_id)
-        datasets = log_split_inputs(prepared, schema.EVALUATED_SPLITS, schema.EVALUATE_CONTEXT)
+        datasets = log_split_inputs(
+            prepared,
+            tuple(s for s in schema.EVALUATED_SPLITS if prepared.has(s)),
+            schema.EVALUATE_CONTEXT,
+        )
         model_id = registered_models.logged_model_id(model_uri)
         log_model_input(model_id)
         runs.log_params(
@@ -152,6 +164,7 @@ def run_evaluate(
             train_run_id=None if tau else train_run.info.run_id,
             model_id=model_id,
             datasets=datasets,
+            group_split=prepared.group_split,
         )
         with tempfile.TemporaryDirectory() as tmp:
             _write_artifacts(
@@ -239,17 +252,19 @@ def _write_artifacts(
                     _fmt(al),
                 ]
             )
+    # the balanced test set where the set has one (every class equally weighted)
+    shown = "test_balanced" if prepared.has("test_balanced") else "test_lt"
     per_class_accuracy_figure(
         train_counts,
-        per_split["test_balanced"][1],
+        per_split[shown][1],
         out / schema.PER_CLASS_FIGURE,
-        f"{title}: test_balanced",
+        f"{title}: {shown}",
     )
-    labels_bal, logits_bal = outputs["test_balanced"]
+    labels_shown, logits_shown = outputs[shown]
     confusion_figure(
-        confusion_matrix(labels_bal, logits_bal.argmax(1), k),
+        confusion_matrix(labels_shown, logits_shown.argmax(1), k),
         out / schema.CONFUSION_FIGURE,
-        f"{title}: test_balanced",
+        f"{title}: {shown}",
     )
     np.savez_compressed(
         out / schema.PREDICTIONS_ARTIFACT,

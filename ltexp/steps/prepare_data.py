@@ -11,6 +11,7 @@ import yaml
 from ltexp.config import Config
 from ltexp.data import SPLITS, Protocol, SourceData, load_source, prepare
 from ltexp.data.prepared import manifest_bytes, save_indices
+from ltexp.errors import ConfigError
 from ltexp.identity import data_key
 from ltexp.report.plots import class_counts_figure
 from ltexp.tracking import runs, schema
@@ -18,16 +19,29 @@ from ltexp.tracking.inputs import log_split_inputs
 
 
 def protocol(cfg: Config, source: SourceData) -> Protocol:
-    """The split protocol: configured values, the dataset's defaults for the sizes left unset."""
+    """The split protocol: configured values, the dataset's defaults for the sizes left unset.
+
+    ``split_mode=auto`` keeps a set that is long-tailed as given (``source.long_tailed``) as it
+    is; there, a balanced training set exists only when ``n_max_train`` asks for one.
+    """
     d = cfg.data
+    mode = d.split_mode if d.split_mode != "auto" else "given" if source.long_tailed else "protocol"
+    if mode == "protocol" and not len(source.test_labels):
+        raise ConfigError(
+            f"split_mode=protocol needs a source test set (it becomes the validation split) and "
+            f"{source.name} has none under {d.data_root!r}; use split_mode=given"
+        )
+    given = mode == "given"
     return Protocol(
         profile=d.profile,
         imbalance_ratio=d.imbalance_ratio,
         pareto_alpha=d.pareto_alpha,
-        n_train=d.n_max_train or source.n_train_per_class,
-        n_test=d.n_max_test or source.n_test_per_class,
+        n_train=(d.n_max_train or 0) if given else d.n_max_train or source.n_train_per_class,
+        n_test=0 if given else d.n_max_test or source.n_test_per_class,
         seed=d.split_seed,
         class_order=d.class_order,
+        mode=mode,
+        holdout_fraction=d.holdout_fraction,
     )
 
 
@@ -49,10 +63,13 @@ def run_prepare_data(
     proto = protocol(cfg, source)
     prepared, plan = prepare(source, proto)
     exp_id = runs.resolve_experiment(cfg.experiment, default=d.dataset)
-    description = (
-        f"Splits of {source.name} ({proto.profile} profile, imbalance ratio "
-        f"{proto.imbalance_ratio:g}, seed {proto.seed}): "
-        + ", ".join(f"{s} {len(prepared.splits[s]):,}" for s in SPLITS)
+    shape = (
+        f"{proto.profile} profile, imbalance ratio {proto.imbalance_ratio:g}"
+        if proto.mode == "protocol"
+        else "long-tailed as given"
+    )
+    description = f"Splits of {source.name} ({shape}, seed {proto.seed}): " + ", ".join(
+        f"{s} {len(prepared.splits[s]):,}" for s in SPLITS if prepared.has(s)
     )
     tags = {schema.CONFIG_HASH: data_key(cfg), schema.DATA_DIGEST: prepared.digest()}
     run_id = runs.launched_run_id() if claim_launched and not parent_run_id else None
@@ -77,8 +94,15 @@ def run_prepare_data(
                 "n_max_test": proto.n_test,
                 "seed": proto.seed,
                 "class_order": proto.class_order,
+                "split_mode": proto.mode,
+                "holdout_fraction": proto.holdout_fraction,
                 "num_classes": source.num_classes,
                 **{f"{schema.DATASET_OPTION_PREFIX}{k}": v for k, v in source.options.items()},
+                **(
+                    {schema.IMAGE_CACHE_DIGEST: source.checksums["image_cache"]["sha256"]}
+                    if "image_cache" in source.checksums
+                    else {}
+                ),
             }
         )
         with tempfile.TemporaryDirectory() as tmp:
@@ -88,12 +112,16 @@ def run_prepare_data(
             )
             (out / schema.MANIFEST_ARTIFACT).write_bytes(manifest_bytes(prepared.manifest))
             save_indices(plan, out / schema.SPLIT_INDICES_ARTIFACT)
+            if source.skipped:
+                (out / schema.SKIPPED_IMAGES_ARTIFACT).write_text("\n".join(source.skipped) + "\n")
             class_counts_figure(
-                {s: prepared.class_counts(s) for s in ("train_lt", "test_lt")},
+                {s: prepared.class_counts(s) for s in ("train_lt", plan.group_split)},
                 plan.class_rank,
                 out / schema.CLASS_COUNTS_FIGURE,
                 d.log_scale_counts,
             )
             mlflow.log_artifacts(str(out))
-        log_split_inputs(prepared, SPLITS)
+        if "skip_bad_images" in source.options:
+            mlflow.log_metric(schema.SKIPPED_IMAGES, len(source.skipped))
+        log_split_inputs(prepared, tuple(s for s in SPLITS if prepared.has(s)))
         return run.info.run_id

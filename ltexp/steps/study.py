@@ -40,7 +40,7 @@ from ltexp.steps.evaluate import run_evaluate
 from ltexp.steps.prepare_data import run_prepare_data
 from ltexp.steps.train import TrainHooks, TrainResult, run_train
 from ltexp.tracking import claims, runs, schema
-from ltexp.tracking.datasets import find_prepared_run, prepared_digest
+from ltexp.tracking.datasets import find_prepared_run, load_prepared, prepared_digest
 from ltexp.training.decoupling import METHODS
 from ltexp.training.mixing import MIXINGS
 from ltexp.training.setup import check_weights, resolve_train
@@ -297,6 +297,10 @@ def run_study(
         )
         cfg = cfg.replace(data_run=data_run)
         digest = prepared_digest(data_run)
+        if "balanced" in s.train_splits:  # a set long-tailed as given may have none: say so now
+            load_prepared(data_run, cfg.data.data_root, cfg.data.download).training_split(
+                "balanced"
+            )
         done = {} if s.force else finished_cells(exp_id)
         todo, result = [], StudyResult(study_run, None)
         for i, cell in enumerate(cells, start=1):

@@ -98,6 +98,7 @@ def run_train(
             f"with the same data options first, or give data_run=<prepare_data run id>"
         )
     prepared = load_prepared(data_run, cfg.data.data_root, cfg.data.download)
+    prepared.training_split(t.train_split)
     # weights (missing, offline, not a state dict) and folders are refused before any run exists
     model = build_seeded_model(cfg, spec, prepared.num_classes)
     ensure_folder(cfg.runtime.checkpoint_dir)

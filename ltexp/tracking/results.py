@@ -28,6 +28,7 @@ def log_test_results(
     train_run_id: str | None,
     model_id: str | None,
     datasets: dict[str, mlflow.data.Dataset],
+    group_split: str = "test_lt",
 ) -> None:
     """Log an evaluation's metrics (see the module docstring).
 
@@ -37,10 +38,11 @@ def log_test_results(
             post-hoc adjusted evaluation is not the checkpoint's own result).
         model_id: the logged model of the tested version, if known.
         datasets: the test splits as logged inputs (``test_balanced``, ``test_lt``).
+        group_split: the split the class-group metrics were computed on.
     """
     by_split: dict[str, dict[str, float]] = {}
     for name, value in metrics.items():
-        by_split.setdefault(schema.TEST_METRIC_SPLIT[name], {})[name] = value
+        by_split.setdefault(schema.test_metric_split(name, group_split), {})[name] = value
     for split, values in by_split.items():
         linked = {"model_id": model_id, "dataset": datasets.get(split)}
         mlflow.log_metrics(values, run_id=evaluate_run_id, **linked)

@@ -151,8 +151,12 @@ PREPARE_DATA_PARAMS = (
     "n_max_test",
     "seed",
     "class_order",
+    "split_mode",
+    "holdout_fraction",
     "num_classes",
 )
+# prepare_data of an image-file set: the sha256 of its decoded cache (pixels and labels)
+IMAGE_CACHE_DIGEST = "image_cache_sha256"
 DATASET_OPTION_PREFIX = "dataset_"  # prepare_data: dataset_<option> for each loader option
 STUDY_PARAMS = (
     "models",
@@ -187,6 +191,7 @@ TUNE_PARAMS = (
 DECOUPLE_PARAMS = ("stage2", "stage2_epochs", "stage2_lr", "stage2_tau", "stage1_run_id")
 TAU_SEARCH_ARTIFACT = "tau_search.csv"
 TUNE_METRICS = ("best_value", "trials_complete", "trials_pruned", "trials_failed")
+SKIPPED_IMAGES = "skipped_images"  # prepare_data with skip_bad_images: images left out
 
 # --- metrics ---------------------------------------------------------------------------------
 TRAIN_LOSS = "train_loss"
@@ -242,10 +247,20 @@ EPOCH_METRICS = (
     *(sampled_metric(g) for g in FREQUENCY_GROUPS),
 )
 TEST_METRICS = tuple(test_metric(g, k) for g in TEST_GROUPS for k in TEST_KINDS)
-# the split each test metric was computed on
+# the split each test metric was computed on (for the protocol's splits)
 TEST_METRIC_SPLIT = {
     test_metric(g, k): TEST_GROUP_SPLIT[g] for g in TEST_GROUPS for k in TEST_KINDS
 }
+
+
+def test_metric_split(metric: str, group_split: str = "test_lt") -> str:
+    """The split a test metric was computed on: a set long-tailed as given whose only test set
+    is balanced computes its class-group metrics there (``group_split``)."""
+    split = TEST_METRIC_SPLIT[metric]
+    is_group = metric.startswith(tuple(f"test_{g}_" for g in GROUPS))
+    return group_split if is_group else split
+
+
 # what a train run carries of its checkpoint's evaluation: the report's five columns
 HEADLINE_TEST_METRICS = tuple(REPORT_COLUMNS.values())
 
@@ -254,6 +269,7 @@ CONFIG_ARTIFACT = "config.yaml"
 MANIFEST_ARTIFACT = "manifest.json"
 SPLIT_INDICES_ARTIFACT = "splits.npz"
 CLASS_COUNTS_FIGURE = "class_counts.png"
+SKIPPED_IMAGES_ARTIFACT = "skipped_images.txt"  # prepare_data: unreadable images left out
 BEST_CONFIG_ARTIFACT = "best_config.yaml"
 TRIALS_ARTIFACT = "trials.csv"
 TUNE_HISTORY_FIGURE = "optimization_history.png"

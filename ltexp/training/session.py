@@ -9,6 +9,7 @@ the same steps, without MLflow and without writing files.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +19,13 @@ import torch
 
 from ltexp.checkpoint import ResumeState
 from ltexp.config import Config
-from ltexp.data import PreparedData, load_source, rebuild
+from ltexp.data import PreparedData, dataset_spec, load_source, rebuild
 from ltexp.data.pipeline import TensorBatches
 from ltexp.data.splits import TRAINING_SETS
 from ltexp.distributed import DistContext, broadcast
 from ltexp.losses import build_loss
 from ltexp.models import build_model
+from ltexp.resources import GIB, resident_budget
 from ltexp.training.loop import EpochResult, fit
 from ltexp.training.mixing import Mixer
 from ltexp.training.setup import (
@@ -34,6 +36,8 @@ from ltexp.training.setup import (
     seed_everything,
     set_deterministic,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -147,6 +151,7 @@ def build_session(
         "channels_last": channels_last,
     }
     split, val = prepared.splits[training_set], prepared.splits["val"]
+    resident = resident_budget(rt.data_on_device_gb, device)
     train_batches = TensorBatches(
         split.images,
         split.labels,
@@ -157,8 +162,20 @@ def build_session(
         world_size=ctx.world_size,
         sampler=t.sampler,
         epochs=t.epochs,
+        augment=resolve_augment(t.augment, prepared),
+        max_resident_bytes=resident,
         **batch,
     )
+    if ctx.is_main:
+        log.info(
+            "%s: %d images, %.2f GiB of uint8, %s",
+            training_set,
+            len(split),
+            split.images.nbytes / GIB,
+            "streamed from host memory (larger than the device budget)"
+            if train_batches.streamed
+            else f"held on {device}",
+        )
     mixer = Mixer(
         t.mixing,
         t.mixing_alpha,
@@ -166,7 +183,9 @@ def build_session(
         t.remix_kappa,
         t.remix_tau,
     )
-    val_batches = TensorBatches(val.images, val.labels, rt.eval_batch_size, **batch)
+    val_batches = TensorBatches(
+        val.images, val.labels, rt.eval_batch_size, max_resident_bytes=resident, **batch
+    )
     step_model = model
     if ctx.enabled:
         step_model = torch.nn.parallel.DistributedDataParallel(
@@ -189,6 +208,14 @@ def build_session(
         is_main=ctx.is_main,
         mixer=mixer,
     )
+
+
+def resolve_augment(augment: str, prepared: PreparedData) -> str:
+    """``auto``: the random-resized crop for image-file sets (ImageNet-LT's recipe), the
+    protocol's padded crop for CIFAR-style arrays."""
+    if augment != "auto":
+        return augment
+    return "rrc" if "storage_size" in dataset_spec(prepared.dataset).settings else "crop"
 
 
 @dataclass(frozen=True)

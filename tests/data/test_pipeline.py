@@ -90,3 +90,48 @@ def test_channels_last_and_dtype() -> None:
     )
     x, _ = next(iter(b.epoch(0)))
     assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("augment", ["crop", "rrc"])
+@pytest.mark.parametrize("train", [True, False])
+def test_streamed_batches_equal_the_resident_ones(augment: str, train: bool) -> None:
+    images, labels = _images(n=37, size=12)
+    kw = {"batch_size": 8, "image_size": 10, "train": train, "seed": 3, "augment": augment}
+    resident = TensorBatches(images, labels, **kw)
+    streamed = TensorBatches(images, labels, max_resident_bytes=images.nbytes - 1, **kw)
+    assert streamed.streamed and not resident.streamed
+    assert TensorBatches(images, labels, max_resident_bytes=images.nbytes, **kw).streamed is False
+    for epoch in (0, 1):
+        pairs = list(zip(resident.epoch(epoch), streamed.epoch(epoch), strict=True))
+        assert len(pairs) == 5
+        for (xr, yr), (xs, ys) in pairs:
+            assert torch.equal(xr, xs) and torch.equal(yr, ys)
+
+
+def test_random_resized_boxes_follow_torchvision_ranges() -> None:
+    from ltexp.data.pipeline import RRC_RATIO, RRC_SCALE, random_resized_boxes
+
+    boxes = random_resized_boxes(4000, 64, 64, torch.Generator().manual_seed(0))
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 64).all() and (boxes[:, 3] <= 64).all()
+    share = w * h / 64**2
+    # rounding the sides to whole pixels moves the share and ratio a little off their ranges
+    assert share.min() >= RRC_SCALE[0] * 0.8 and share.max() <= RRC_SCALE[1]
+    assert (w / h).min() >= RRC_RATIO[0] * 0.9 and (w / h).max() <= RRC_RATIO[1] * 1.1
+    assert share.std() > 0.2  # spread over the range, not one size
+    again = random_resized_boxes(4000, 64, 64, torch.Generator().manual_seed(0))
+    assert torch.equal(boxes, again)
+
+
+def test_resized_crop_of_the_whole_image_is_a_resize() -> None:
+    from ltexp.data.pipeline import resized_crop_flip
+
+    x = torch.rand(2, 3, 16, 16)
+    whole = torch.tensor([[0.0, 0.0, 16.0, 16.0]] * 2)
+    out = resized_crop_flip(x, whole, torch.tensor([False, True]), 16)
+    assert torch.allclose(out[0], x[0], atol=1e-5)
+    assert torch.allclose(out[1], x[1].flip(-1), atol=1e-5)
+    half = resized_crop_flip(
+        x, torch.tensor([[0.0, 0.0, 8.0, 8.0]] * 2), torch.tensor([False] * 2), 8
+    )
+    assert torch.allclose(half[0], x[0, :, :8, :8], atol=1e-5)

@@ -247,3 +247,21 @@ def run_cell_data(cfg):
     from ltexp.tracking.datasets import find_prepared_run
 
     return cfg.replace(data_run=find_prepared_run(cfg) or run_prepare_data(cfg))
+
+
+def test_a_streamed_training_set_trains_the_same_model_as_a_resident_one(tiny_config) -> None:
+    """data_on_device_gb=0 streams every batch from host memory: same weights, same metrics."""
+    import torch
+
+    from ltexp.steps.train import run_train
+
+    extra = {"epochs": 2, "register": "false"}
+    resident = run_train(run_cell_data(tiny_config(experiment="resident", **extra)))
+    streamed = run_train(
+        run_cell_data(tiny_config(experiment="streamed", data_on_device_gb=0, **extra))
+    )
+    folder = Path(tiny_config(experiment="x").runtime.checkpoint_dir)
+    a = torch.load(folder / resident.run_id / "last.pt", weights_only=True)
+    b = torch.load(folder / streamed.run_id / "last.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert resident.best_val_acc1 == streamed.best_val_acc1

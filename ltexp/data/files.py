@@ -1,0 +1,414 @@
+"""Image files on disk, decoded once into a uint8 cache that every later step memory-maps.
+
+A dataset of image files (``imagefolder``, ``filelist``) first lists its files as a
+:class:`FileListing`: per set (``train``, and ``val``/``test`` where the data has them) the paths
+and labels, and the class names. :func:`check_listing` refuses what cannot be a dataset (a missing
+file, a path listed twice, a label outside the class list, a class without training images, one
+class) before anything is decoded.
+
+:func:`load_images` then decodes each image once (torchvision.io, PIL as the fallback for what it
+cannot read, such as BMP; grey, palette and RGBA converted to RGB), resizes its shorter side to
+``storage_size`` (bilinear, antialiased) and crops the centre square, and writes it into
+``<cache root>/<key>/images.u8``: one ``(N, S, S, 3)`` uint8 array with an ``index.json`` beside
+it. The key is the sha256 of the file list (paths, labels, sizes, modification times) and the
+storage settings, so a changed image or list builds a new cache. The cache's own digest (sha256 of
+its pixels and labels) is what prepare_data records.
+
+The build writes into ``<key>.partial`` and records its progress every few hundred images: an
+interrupted build resumes where it stopped; a build stopped by bad input removes its partial
+folder, so nothing half-written is left behind. The cache root is ``$LTEXP_CACHE_DIR``, else
+``~/.cache/ltexp/images``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ltexp.data.sources import SourceData
+from ltexp.errors import DataError
+from ltexp.progress import Progress
+from ltexp.resources import GIB, check_fits
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+CACHE_ENV = "LTEXP_CACHE_DIR"
+CACHE_FORMAT = 1
+SETS = ("train", "val", "test")
+_CHECKPOINT_EVERY = 256  # images between progress records of a build
+
+
+@dataclass
+class FileListing:
+    """The image files of a dataset: per set, absolute paths and labels; the class names."""
+
+    root: Path
+    class_names: list[str]
+    paths: dict[str, list[Path]]
+    labels: dict[str, np.ndarray]
+
+    @property
+    def num_files(self) -> int:
+        return sum(len(p) for p in self.paths.values())
+
+
+def check_listing(listing: FileListing) -> None:
+    """Refuse a listing that cannot be a dataset, with one line naming the first problem.
+
+    Raises:
+        DataError: a label outside the class list, fewer than two classes, a class without
+            training images, a path listed twice, a file that does not exist.
+    """
+    k = len(listing.class_names)
+    if k < 2:
+        raise DataError(
+            f"{str(listing.root)!r} has {k} class; classification needs at least two classes"
+        )
+    for name, labels in listing.labels.items():
+        bad = labels[(labels < 0) | (labels >= k)]
+        if len(bad):
+            raise DataError(
+                f"{name} has label {int(bad[0])}, outside the {k} classes (labels 0..{k - 1}); "
+                f"fix the list or give the class names"
+            )
+    counts = np.bincount(listing.labels["train"], minlength=k)
+    empty = [listing.class_names[c] for c in np.flatnonzero(counts == 0)]
+    if empty:
+        raise DataError(
+            f"class {empty[0]!r} has no training images ({len(empty)} such classes); add "
+            f"images or remove the class"
+        )
+    seen: dict[Path, str] = {}
+    for name, paths in listing.paths.items():
+        for p in paths:
+            if p in seen:
+                raise DataError(
+                    f"{str(p)!r} is listed twice (in {seen[p]} and {name}); list it once"
+                )
+            seen[p] = name
+    for name, paths in listing.paths.items():
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise DataError(
+                f"{len(missing)} files of {name} do not exist, the first {str(missing[0])!r}; "
+                f"check the list and data_root"
+            )
+
+
+def cache_root() -> Path:
+    """Where decoded caches live: ``$LTEXP_CACHE_DIR``, else ``~/.cache/ltexp/images``."""
+    return Path(os.environ.get(CACHE_ENV) or "~/.cache/ltexp/images").expanduser()
+
+
+def cache_key(listing: FileListing, storage_size: int) -> str:
+    """sha256 of the storage settings and of every file's path, label, size and mtime."""
+    h = hashlib.sha256(f"ltexp-images/{CACHE_FORMAT}/{storage_size}".encode())
+    for name in SETS:
+        for path, label in zip(
+            listing.paths.get(name, ()), listing.labels.get(name, ()), strict=True
+        ):
+            st = path.stat()
+            h.update(f"\n{name}\t{path}\t{int(label)}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def decode_image(path: Path, size: int) -> np.ndarray:
+    """One image file → ``(size, size, 3)`` uint8: shorter side resized, centre crop.
+
+    Raises:
+        OSError/ValueError/RuntimeError: the file is not an image either reader can decode.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    x = _read_rgb(path)  # (3, H, W) uint8
+    h, w = x.shape[1:]
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    if (nh, nw) != (h, w):
+        y = F.interpolate(
+            x[None].float(), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False
+        )[0]
+        x = y.round_().clamp_(0, 255).to(torch.uint8)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return x[:, top : top + size, left : left + size].permute(1, 2, 0).numpy()
+
+
+def _read_rgb(path: Path):  # -> torch.Tensor
+    import torch
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        return decode_image(str(path), mode=ImageReadMode.RGB)
+    except (RuntimeError, ValueError):
+        from PIL import Image  # BMP and what libjpeg/libpng refuse
+
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"))
+        return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+
+
+@dataclass
+class CachedImages:
+    """A decoded cache: images memory-mapped, per set a row range and labels."""
+
+    folder: Path
+    images: np.ndarray  # (N, S, S, 3) uint8, memory-mapped
+    sets: dict[str, tuple[int, int]]  # set → (first row, rows)
+    labels: dict[str, np.ndarray]
+    skipped: list[str]
+    sha256: str
+    images_per_s: float
+
+    def set_images(self, name: str) -> np.ndarray:
+        start, n = self.sets[name]
+        return self.images[start : start + n]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.images.nbytes)
+
+
+def load_images(listing: FileListing, storage_size: int, skip_bad_images: bool) -> CachedImages:
+    """The decoded cache of ``listing`` at ``storage_size``: opened if built, else built (or its
+    interrupted build resumed). See the module docstring.
+
+    Raises:
+        DataError: an unreadable image (unless ``skip_bad_images``: then it is left out and
+            listed), not enough disk for the cache, a set left with no image.
+    """
+    check_listing(listing)
+    key = cache_key(listing, storage_size)
+    folder = cache_root() / key[:32]
+    if not (folder / "index.json").is_file():
+        _build(listing, storage_size, skip_bad_images, folder)
+    cached = _open(folder)
+    if cached.skipped and not skip_bad_images:
+        raise DataError(
+            f"{len(cached.skipped)} images cannot be decoded, the first {cached.skipped[0]!r}; "
+            f"fix or remove them, or set skip_bad_images=true to leave them out"
+        )
+    log.info(
+        "image cache %s: %d images of %d×%d, %.2f GiB",
+        folder,
+        len(cached.images),
+        storage_size,
+        storage_size,
+        cached.nbytes / GIB,
+    )
+    return cached
+
+
+def _open(folder: Path) -> CachedImages:
+    try:
+        index = json.loads((folder / "index.json").read_text())
+        s = int(index["storage_size"])
+        n = int(index["rows"])
+        images = np.memmap(folder / "images.u8", np.uint8, mode="r", shape=(n, s, s, 3))
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(
+            f"the image cache {str(folder)!r} is corrupt ({e}); delete it and run again"
+        ) from None
+    sets = {k: (int(v["start"]), int(v["rows"])) for k, v in index["sets"].items()}
+    labels = {k: np.asarray(v["labels"], dtype=np.int64) for k, v in index["sets"].items()}
+    return CachedImages(
+        folder,
+        images,
+        sets,
+        labels,
+        list(index["skipped"]),
+        str(index["sha256"]),
+        float(index.get("images_per_s", 0.0)),
+    )
+
+
+@contextmanager
+def _removed_on_bad_input(folder: Path) -> Iterator[None]:
+    """Bad input removes the partial build; an interruption keeps it for the next run."""
+    try:
+        yield
+    except DataError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _build(listing: FileListing, size: int, skip_bad: bool, folder: Path) -> None:
+    files = [
+        (name, p, int(lab))
+        for name in SETS
+        for p, lab in zip(listing.paths.get(name, ()), listing.labels.get(name, ()), strict=True)
+    ]
+    row_bytes = size * size * 3
+    need = len(files) * row_bytes
+    partial = folder.with_name(folder.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    progress_file = partial / "progress.json"
+    state = json.loads(progress_file.read_text()) if progress_file.is_file() else None
+    if state is None:
+        free = shutil.disk_usage(partial).free
+        if need > free:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise DataError(
+                f"the image cache needs {need / GIB:,.2f} GiB ({len(files):,} images at "
+                f"{size}×{size}) and {str(partial.parent)!r} has {free / GIB:,.2f} GiB free; set "
+                f"{CACHE_ENV} to a larger disk or lower storage_size"
+            )
+        np.memmap(
+            partial / "images.u8", np.uint8, mode="w+", shape=(max(len(files), 1), row_bytes)
+        ).flush()
+        state = {"next": 0, "skipped": []}
+    else:
+        log.info("resuming the image cache build at image %d of %d", state["next"], len(files))
+    rows = np.memmap(
+        partial / "images.u8", np.uint8, mode="r+", shape=(max(len(files), 1), row_bytes)
+    )
+    skipped: list[int] = state["skipped"]
+    bar = Progress(len(files) - state["next"], f"decode {len(files):,} images to {size}px")
+    started = time.perf_counter()
+    with _removed_on_bad_input(partial), ThreadPoolExecutor(decode_threads()) as pool:
+        for first in range(state["next"], len(files), _CHECKPOINT_EVERY):
+            chunk = range(first, min(first + _CHECKPOINT_EVERY, len(files)))
+            # decoders and resizes run in C++ without the GIL: threads decode in parallel
+            decoded = pool.map(lambda i: _try_decode(files[i][1], size), chunk)
+            for i, image in zip(chunk, decoded, strict=True):
+                if isinstance(image, Exception):
+                    if not skip_bad:
+                        raise DataError(
+                            f"{str(files[i][1])!r} cannot be decoded as an image "
+                            f"({_first_line(image)}); fix or remove it, or set "
+                            f"skip_bad_images=true to leave it out"
+                        )
+                    skipped.append(i)
+                else:
+                    rows[i - len(skipped)] = image.reshape(-1)
+                bar.update(1)
+            rows.flush()
+            _write_json(progress_file, {"next": chunk.stop, "skipped": skipped})
+        rows.flush()
+        bar.close()
+        decoded = len(files) - state["next"]
+        rate = decoded / max(time.perf_counter() - started, 1e-9)
+        index = _index(files, skipped, size, rows, rate)
+        for name, entry in index["sets"].items():
+            if entry["rows"] == 0:
+                raise DataError(f"no image of {name} could be decoded; check the files")
+    del rows
+    os.truncate(partial / "images.u8", index["rows"] * row_bytes)
+    _write_json(partial / "index.json", index)
+    progress_file.unlink(missing_ok=True)
+    if folder.exists():  # another process finished the same cache first
+        shutil.rmtree(partial, ignore_errors=True)
+        return
+    partial.rename(folder)
+
+
+def decode_threads() -> int:
+    """Threads that decode images: ``$LTEXP_DECODE_THREADS``, else one per CPU core (at most
+    32)."""
+    value = os.environ.get("LTEXP_DECODE_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else min(32, os.cpu_count() or 1)
+
+
+def _try_decode(path: Path, size: int) -> np.ndarray | Exception:
+    try:
+        return decode_image(path, size)
+    except (OSError, ValueError, RuntimeError) as e:
+        return e
+
+
+def _index(
+    files: list[tuple[str, Path, int]], skipped: list[int], size: int, rows: np.ndarray, rate: float
+) -> dict[str, Any]:
+    bad = set(skipped)
+    kept = [f for i, f in enumerate(files) if i not in bad]
+    sets: dict[str, Any] = {}
+    for row, (name, _, label) in enumerate(kept):
+        entry = sets.setdefault(name, {"start": row, "rows": 0, "labels": []})
+        entry["rows"] += 1
+        entry["labels"].append(label)
+    for name in {f[0] for f in files} - set(sets):
+        sets[name] = {"start": len(kept), "rows": 0, "labels": []}
+    h = hashlib.sha256(f"{len(kept)}x{size}x{size}x3".encode())
+    for start in range(0, len(kept), 1024):
+        h.update(memoryview(np.ascontiguousarray(rows[start : min(start + 1024, len(kept))])))
+    h.update(np.asarray([f[2] for f in kept], dtype="<i8").tobytes())
+    return {
+        "format": CACHE_FORMAT,
+        "storage_size": size,
+        "rows": len(kept),
+        "sets": sets,
+        "skipped": [str(files[i][1]) for i in skipped],
+        "sha256": h.hexdigest(),
+        "images_per_s": round(rate, 1),
+    }
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def source_from_files(
+    name: str, listing: FileListing, storage_size: int, skip_bad_images: bool
+) -> SourceData:
+    """A :class:`SourceData` over the decoded cache of ``listing``, long-tailed as given.
+
+    The sets stay memory-mapped; the splits copy what they select, so the host must be able to
+    hold the cache (refused with one line before anything is copied).
+    """
+    cached = load_images(listing, storage_size, skip_bad_images)
+    check_fits(
+        cached.nbytes,
+        f"{name}'s {len(cached.images):,} decoded images at {storage_size}×{storage_size}",
+        "lower storage_size, or free host memory",
+    )
+    empty = np.zeros((0, storage_size, storage_size, 3), np.uint8)
+    has = {s: s in cached.sets for s in SETS}
+    return SourceData(
+        name,
+        cached.set_images("train"),
+        cached.labels["train"],
+        cached.set_images("test") if has["test"] else empty,
+        cached.labels["test"] if has["test"] else np.zeros(0, np.int64),
+        listing.class_names,
+        {
+            "image_cache": {
+                "sha256": cached.sha256,
+                "images": len(cached.images),
+                "storage_size": storage_size,
+                "bytes": cached.nbytes,
+            }
+        },
+        n_train_per_class=0,
+        n_test_per_class=0,
+        val_images=cached.set_images("val") if has["val"] else None,
+        val_labels=cached.labels["val"] if has["val"] else None,
+        long_tailed=True,
+        skipped=[_relative(p, listing.root) for p in cached.skipped],
+    )
+
+
+def _relative(path: str, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return path
