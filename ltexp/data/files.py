@@ -22,6 +22,7 @@ folder, so nothing half-written is left behind. The cache root is ``$LTEXP_CACHE
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -194,7 +195,23 @@ def load_images(listing: FileListing, storage_size: int, skip_bad_images: bool) 
     key = cache_key(listing, storage_size)
     folder = cache_root() / key[:32]
     if not (folder / "index.json").is_file():
-        _build(listing, storage_size, skip_bad_images, folder)
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(folder.with_name(folder.name + ".lock"), "w")  # noqa: SIM115
+        except OSError as e:
+            raise DataError(
+                f"cannot write the image cache under {str(folder.parent)!r} ({e.strerror or e});"
+                f" set {CACHE_ENV} to a writable folder"
+            ) from None
+        with lock:
+            # a second process asking for the same cache waits for the first, then opens it
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (folder / "index.json").is_file():
+                try:
+                    _build(listing, storage_size, skip_bad_images, folder)
+                except DataError:  # bad input leaves nothing behind, not even the lock file
+                    Path(lock.name).unlink(missing_ok=True)
+                    raise
     cached = _open(folder)
     if cached.skipped and not skip_bad_images:
         raise DataError(
@@ -254,6 +271,14 @@ def _build(listing: FileListing, size: int, skip_bad: bool, folder: Path) -> Non
     row_bytes = size * size * 3
     need = len(files) * row_bytes
     partial = folder.with_name(folder.name + ".partial")
+    log.info(
+        "building the image cache %s: %d images at %d×%d, %.2f GiB",
+        folder,
+        len(files),
+        size,
+        size,
+        need / GIB,
+    )
     partial.mkdir(parents=True, exist_ok=True)
     progress_file = partial / "progress.json"
     state = json.loads(progress_file.read_text()) if progress_file.is_file() else None
@@ -309,9 +334,8 @@ def _build(listing: FileListing, size: int, skip_bad: bool, folder: Path) -> Non
     os.truncate(partial / "images.u8", index["rows"] * row_bytes)
     _write_json(partial / "index.json", index)
     progress_file.unlink(missing_ok=True)
-    if folder.exists():  # another process finished the same cache first
-        shutil.rmtree(partial, ignore_errors=True)
-        return
+    if folder.exists():  # a cache folder left without its index is not a cache
+        shutil.rmtree(folder)
     partial.rename(folder)
 
 
@@ -375,12 +399,14 @@ def source_from_files(
     The sets stay memory-mapped; the splits copy what they select, so the host must be able to
     hold the cache (refused with one line before anything is copied).
     """
-    cached = load_images(listing, storage_size, skip_bad_images)
+    check_listing(listing)
+    # refused before anything is decoded or written: the splits copy what the cache holds
     check_fits(
-        cached.nbytes,
-        f"{name}'s {len(cached.images):,} decoded images at {storage_size}×{storage_size}",
+        listing.num_files * storage_size * storage_size * 3,
+        f"{name}'s {listing.num_files:,} decoded images at {storage_size}×{storage_size}",
         "lower storage_size, or free host memory",
     )
+    cached = load_images(listing, storage_size, skip_bad_images)
     empty = np.zeros((0, storage_size, storage_size, 3), np.uint8)
     has = {s: s in cached.sets for s in SETS}
     return SourceData(

@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from ltexp.data.splits import FEW_SHOT_MAX, MANY_SHOT_MIN
 from ltexp.report.paired import PairedDifference, paired_bootstrap
 from ltexp.report.tables import (
     AXIS_TITLES,
@@ -51,7 +52,7 @@ from ltexp.report.tables import (
     summary,
     with_axes,
 )
-from ltexp.tracking.schema import AXIS_PARAMS, CELL_PARAMS, REPORT_COLUMNS
+from ltexp.tracking.schema import AXIS_PARAMS, CELL_PARAMS, REPORT_COLUMNS, SHOT_COLUMNS
 
 log = logging.getLogger(__name__)
 DASH = "—"
@@ -355,26 +356,31 @@ def build_report(
 
     # --- Tables 4.9-4.11 -----------------------------------------------------------------
     bench = benchmarks_table(cells, grid.models, references)
-    write_csv(bench, "benchmarks.csv")
-    blocks.append(
-        Table(
-            number("4.9"),
-            "Best balanced-test top-1 over the losses (balanced training) beside a published "
-            "CIFAR-100 result",
-            ["Backbone", "This study", "Best loss", "Published", "Source"],
-            [
+    # the published results are CIFAR-100's: a set long-tailed as given is not compared to them
+    given = manifest is not None and manifest["protocol"].get("mode") == "given"
+    if not given:
+        write_csv(bench, "benchmarks.csv")
+        blocks.append(
+            Table(
+                number("4.9"),
+                "Best balanced-test top-1 over the losses (balanced training) beside a published "
+                "CIFAR-100 result",
+                ["Backbone", "This study", "Best loss", "Published", "Source"],
                 [
-                    model_title(r.model),
-                    fmt(r.result),
-                    loss_title(r.best_loss) if r.best_loss else DASH,
-                    fmt(r.benchmark),
-                    r.benchmark_source,
-                ]
-                for r in bench.itertuples()
-            ],
-            align="lrlrl",
+                    [
+                        model_title(r.model),
+                        fmt(r.result),
+                        loss_title(r.best_loss) if r.best_loss else DASH,
+                        fmt(r.benchmark),
+                        r.benchmark_source,
+                    ]
+                    for r in bench.itertuples()
+                ],
+                align="lrlrl",
+            )
         )
-    )
+    if given:
+        blocks += _shot_tables(results, grid, manifest, fmt, write_csv)
     by_model = summary(cells, "model", MODEL_ORDER)
     by_loss = summary(cells, "loss", LOSS_ORDER)
     write_csv(by_model.drop(columns="n"), "summary_by_model.csv")
@@ -455,6 +461,49 @@ def build_report(
     files += _write_markdown(output_dir, blocks, fmt, notes, missing, selection.duplicates, n_runs)
     files += _write_latex(output_dir, blocks, fmt)
     return Report(output_dir, files, missing, selection.duplicates, n_runs, notes)
+
+
+def _shot_tables(
+    results: pd.DataFrame,
+    grid: Grid,
+    manifest: dict[str, Any],
+    fmt: _Fmt,
+    write_csv: Callable[[pd.DataFrame, str], None],
+) -> list[Table]:
+    """Many/medium/few-shot top-1 per loss (the ImageNet-LT papers' columns), mean over seeds:
+    the table a set long-tailed as given is compared by (``shot_groups.csv``)."""
+    shots = [g for g in SHOT_COLUMNS if g in results and results[g].notna().any()]
+    if not shots:
+        return []
+    frame = results.copy()
+    frame[shots] = frame[shots].apply(pd.to_numeric, errors="coerce")
+    means = frame.groupby(["model", "train_split", "loss"], sort=False)[shots].mean()
+    means = means.reset_index()
+    write_csv(means, "shot_groups.csv")
+    sizes = {g: len(manifest["groups"].get(g, [])) for g in shots}
+    measured_on = "balanced" if manifest.get("group_split") == "test_balanced" else "long-tailed"
+    blocks = []
+    for model, split in itertools.product(grid.models, grid.train_splits):
+        part = means[(means["model"] == model) & (means["train_split"] == split)]
+        if part.empty:
+            continue
+        order = ordered(part["loss"].tolist(), LOSS_ORDER)
+        part = part.set_index("loss").loc[order]
+        blocks.append(
+            Table(
+                "",
+                f"{model_title(model)} trained on the {SPLIT_TITLES.get(split, split)} set: "
+                f"many/medium/few-shot top-1",
+                ["Loss", *(f"{g.title()} ({sizes[g]} classes)" for g in shots)],
+                [[loss_title(loss), *(fmt(r[g]) for g in shots)] for loss, r in part.iterrows()],
+                [
+                    f"Classes by training images: many > {MANY_SHOT_MIN - 1}, medium "
+                    f"{FEW_SHOT_MAX + 1}–{MANY_SHOT_MIN - 1}, few < {FEW_SHOT_MAX + 1} (Liu et al. "
+                    f"2019); measured on the {measured_on} test set; mean over seeds."
+                ],
+            )
+        )
+    return blocks
 
 
 def _axis_block(table: pd.DataFrame, axis: str, fmt: _Fmt, number: Callable) -> Table:

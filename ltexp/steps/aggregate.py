@@ -65,7 +65,7 @@ def query_results(experiment_id: str, dataset: str = "") -> list[dict]:
             **{k: p[k] for k in schema.CELL_PARAMS},
             **{a: p.get(a, plain) for a, plain in schema.AXIS_PARAMS.items()},
         }
-        for col, name in schema.REPORT_COLUMNS.items():
+        for col, name in {**schema.REPORT_COLUMNS, **schema.SHOT_COLUMNS}.items():
             record[col] = m.get(name)
             record[f"{col}_ci_low"] = m.get(name + "_ci_low")
             record[f"{col}_ci_high"] = m.get(name + "_ci_high")

@@ -34,7 +34,10 @@ def _folder(tmp_path: Path, **kw) -> Path:
 
 
 def _caches(cache_dir: Path) -> list[str]:
-    return sorted(p.name for p in cache_dir.iterdir()) if cache_dir.exists() else []
+    """The caches and partial builds in ``cache_dir`` (a built cache keeps its lock file)."""
+    if not cache_dir.exists():
+        return []
+    return sorted(p.name for p in cache_dir.iterdir() if not p.name.endswith(".lock"))
 
 
 def test_decode_resizes_the_shorter_side_and_crops_the_centre(tmp_path: Path) -> None:
@@ -126,7 +129,7 @@ def test_an_interrupted_build_resumes_to_the_same_cache(
     monkeypatch.setattr(image_files, "decode_image", killed_after_25)
     with pytest.raises(KeyboardInterrupt):
         load_source("imagefolder", root, storage_size=16)
-    (partial,) = cache_dir.iterdir()
+    (partial,) = [p for p in cache_dir.iterdir() if p.name.endswith(".partial")]
     assert partial.name.endswith(".partial")
     assert json.loads((partial / "progress.json").read_text())["next"] == 20
     calls["n"] = -1000  # the rest decodes
@@ -140,6 +143,34 @@ def test_an_interrupted_build_resumes_to_the_same_cache(
     assert not [p for p in cache_dir.iterdir() if p.name.endswith(".partial")]
 
 
+def test_two_loads_of_the_same_new_cache_decode_it_once(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _folder(tmp_path)
+    real, lock, calls = image_files.decode_image, threading.Lock(), {"n": 0}
+
+    def counted(path: Path, size: int) -> np.ndarray:
+        with lock:
+            calls["n"] += 1
+        return real(path, size)
+
+    monkeypatch.setattr(image_files, "decode_image", counted)
+    results: list = []
+    loaders = [
+        threading.Thread(
+            target=lambda: results.append(load_source("imagefolder", root, storage_size=16))
+        )
+        for _ in range(2)
+    ]
+    for t in loaders:
+        t.start()
+    for t in loaders:
+        t.join()
+    assert len(results) == 2 and results[0].checksums == results[1].checksums
+    assert calls["n"] == sum(COUNTS)  # the second waited for the first, then opened its cache
+    assert len(_caches(cache_dir)) == 1
+
+
 def test_a_corrupt_image_names_its_path_and_leaves_no_cache(
     tmp_path: Path, cache_dir: Path
 ) -> None:
@@ -148,7 +179,7 @@ def test_a_corrupt_image_names_its_path_and_leaves_no_cache(
     bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     with pytest.raises(DataError, match=r"broken\.png.*cannot be decoded.*skip_bad_images=true"):
         load_source("imagefolder", root, storage_size=16)
-    assert _caches(cache_dir) == []
+    assert list(cache_dir.iterdir()) == []  # no partial cache, no lock file
     src = load_source("imagefolder", root, storage_size=16, skip_bad_images=True)
     assert src.skipped == ["train/class_02/broken.png"]
     assert np.bincount(src.train_labels).tolist() == COUNTS
@@ -332,3 +363,28 @@ def _array_source(counts: list[int]):
         0,
         long_tailed=True,
     )
+
+
+def test_too_little_host_memory_or_disk_is_refused_before_anything_is_written(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    from collections import namedtuple
+
+    from ltexp import resources
+
+    root = _folder(tmp_path)
+    need = sum(COUNTS) * 64 * 64 * 3
+    monkeypatch.setattr(resources, "free_memory", lambda device="cpu": need - 1)
+    with pytest.raises(
+        ConfigError, match=r"decoded images at 64×64 needs about .* lower storage_size"
+    ):
+        load_source("imagefolder", root, storage_size=64)
+    assert not cache_dir.exists() or list(cache_dir.iterdir()) == []
+    monkeypatch.undo()
+    monkeypatch.setenv(image_files.CACHE_ENV, str(cache_dir))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(need, need, need - 1))
+    with pytest.raises(DataError, match=r"the image cache needs .* GiB .* lower storage_size"):
+        load_source("imagefolder", root, storage_size=64)
+    assert list(cache_dir.iterdir()) == []

@@ -109,6 +109,11 @@ def test_own_images_prepare_train_evaluate_aggregate(tmp_path: Path, layout: str
     assert f"| Validation | {sum(carved)} | 6 | 1–8 |" in md
     assert "Head (balanced test)" in md and "has no long-tailed test set" in md
     assert "Balanced train" not in md  # the set has none
+    assert "published CIFAR-100 result" not in md  # nor is it compared with CIFAR-100's
+    # the ImageNet-LT papers' columns: classes by train_lt images, medium 20-100, few < 20
+    lt_counts = [n - k for n, k in zip(COUNTS, carved, strict=True)]
+    medium, few = sum(20 <= n <= 100 for n in lt_counts), sum(n < 20 for n in lt_counts)
+    assert f"| Loss | Medium ({medium} classes) | Few ({few} classes) |" in md
 
 
 @pytest.mark.slow
