@@ -99,10 +99,11 @@ def run_evaluate(
             logits = adjust_logits(logits, train_counts, tau)
         outputs[split] = (data.labels, logits.float().cpu().numpy())
 
+    groups = prepared.groups()
     scores = score_test_sets(
         outputs["test_balanced"],
         outputs["test_lt"],
-        prepared.groups(),
+        groups,
         cfg.evaluate.bootstrap_samples,
         cfg.evaluate.bootstrap_seed,
         group_split=prepared.group_split,
@@ -110,10 +111,16 @@ def run_evaluate(
     for group in schema.TEST_GROUPS:
         if group not in scores:
             where = schema.test_metric_split(schema.test_metric(group), prepared.group_split)
-            if prepared.has(where):
-                log.warning("no %s image is in group %s: its metrics are not logged", where, group)
-            elif group in ("balanced", "lt"):
+            if not prepared.has(where):
                 log.info("%s has no %s: test_%s_* is not logged", prepared.dataset, where, group)
+            elif group in groups and not groups[group]:
+                log.info(
+                    "no class is %s-shot by its training images: test_%s_* is not logged",
+                    group,
+                    group,
+                )
+            else:
+                log.warning("no %s image is in group %s: its metrics are not logged", where, group)
     metrics = score_metrics(scores)
     launched, wrapper = None, None
     if not parent_run_id and not mlflow.active_run():

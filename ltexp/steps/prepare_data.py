@@ -78,7 +78,7 @@ def run_prepare_data(
         experiment_id=exp_id,
         run_id=run_id,
         run_name=schema.prepare_run_name(
-            source.name, proto.profile, proto.imbalance_ratio, proto.seed
+            source.name, proto.profile, proto.imbalance_ratio, proto.seed, proto.mode == "given"
         ),
         parent_run_id=parent_run_id,
         tags=tags,

@@ -342,9 +342,13 @@ def evaluate_run_name(train_run_name: str) -> str:
     return f"{train_run_name}-eval"
 
 
-def prepare_run_name(dataset: str, profile: str, imbalance_ratio: float, seed: int) -> str:
-    """``prepare-digits-exp-ir100-s42``."""
-    return f"prepare-{dataset}-{profile}-ir{imbalance_ratio:g}-s{seed}"
+def prepare_run_name(
+    dataset: str, profile: str, imbalance_ratio: float, seed: int, given: bool = False
+) -> str:
+    """``prepare-digits-exp-ir100-s42``; ``prepare-imagefolder-given-s42`` for a set that is
+    long-tailed as given (no profile shapes it)."""
+    shape = "given" if given else f"{profile}-ir{imbalance_ratio:g}"
+    return f"prepare-{dataset}-{shape}-s{seed}"
 
 
 def study_run_name(experiment: str) -> str:

@@ -87,6 +87,7 @@ def test_own_images_prepare_train_evaluate_aggregate(tmp_path: Path, layout: str
         output_format="list",
     )
     assert prepare.data.params["split_mode"] == "given"
+    assert prepare.info.run_name == f"prepare-{source['dataset']}-given-s42"
     assert len(prepare.data.params["image_cache_sha256"]) == 64  # the decoded cache's digest
     assert prepare.data.params["dataset"] == source["dataset"]
     (evaluate,) = mlflow.search_runs(
