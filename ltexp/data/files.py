@@ -188,10 +188,19 @@ def load_images(listing: FileListing, storage_size: int, skip_bad_images: bool) 
     interrupted build resumed). See the module docstring.
 
     Raises:
-        DataError: an unreadable image (unless ``skip_bad_images``: then it is left out and
-            listed), not enough disk for the cache, a set left with no image.
+        DataError: a listing that cannot be a dataset (:func:`check_listing`), an unreadable
+            image (unless ``skip_bad_images``: then it is left out and listed), not enough disk
+            for the cache, a set left with no image.
+        ConfigError: the host cannot hold the decoded images the splits copy.
     """
     check_listing(listing)
+    # refused before anything is decoded or written: the splits copy what the cache holds
+    check_fits(
+        listing.num_files * storage_size * storage_size * 3,
+        f"holding the {listing.num_files:,} decoded images of {str(listing.root)!r} at "
+        f"{storage_size}×{storage_size}",
+        "lower storage_size, or free host memory",
+    )
     key = cache_key(listing, storage_size)
     folder = cache_root() / key[:32]
     if not (folder / "index.json").is_file():
@@ -394,18 +403,8 @@ def _first_line(e: BaseException) -> str:
 def source_from_files(
     name: str, listing: FileListing, storage_size: int, skip_bad_images: bool
 ) -> SourceData:
-    """A :class:`SourceData` over the decoded cache of ``listing``, long-tailed as given.
-
-    The sets stay memory-mapped; the splits copy what they select, so the host must be able to
-    hold the cache (refused with one line before anything is copied).
-    """
-    check_listing(listing)
-    # refused before anything is decoded or written: the splits copy what the cache holds
-    check_fits(
-        listing.num_files * storage_size * storage_size * 3,
-        f"{name}'s {listing.num_files:,} decoded images at {storage_size}×{storage_size}",
-        "lower storage_size, or free host memory",
-    )
+    """A :class:`SourceData` over the decoded cache of ``listing`` (:func:`load_images`),
+    long-tailed as given. The sets stay memory-mapped; the splits copy what they select."""
     cached = load_images(listing, storage_size, skip_bad_images)
     empty = np.zeros((0, storage_size, storage_size, 3), np.uint8)
     has = {s: s in cached.sets for s in SETS}

@@ -171,7 +171,7 @@ class TensorBatches:
             raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
         self.device = torch.device(device)
         self.augment = augment
-        nbytes = int(np.prod(images.shape)) * 1  # uint8
+        nbytes = int(np.prod(images.shape))  # uint8: a byte per value
         self.streamed = max_resident_bytes is not None and nbytes > max_resident_bytes
         if self.streamed:
             self.images = _host_images(images, pin=self.device.type == "cuda")

@@ -377,7 +377,8 @@ def test_too_little_host_memory_or_disk_is_refused_before_anything_is_written(
     need = sum(COUNTS) * 64 * 64 * 3
     monkeypatch.setattr(resources, "free_memory", lambda device="cpu": need - 1)
     with pytest.raises(
-        ConfigError, match=r"decoded images at 64×64 needs about .* lower storage_size"
+        ConfigError,
+        match=r"holding the 65 decoded images of .* at 64×64 needs about .* lower storage_size",
     ):
         load_source("imagefolder", root, storage_size=64)
     assert not cache_dir.exists() or list(cache_dir.iterdir()) == []
