@@ -277,8 +277,9 @@ def build_report(
         test_split = manifest.get("group_split", "test_lt")
         for num, split, what in (("3.3", "train_lt", "training"), ("3.4", test_split, "test")):
             stem = f"fig_{split}_class_counts"
-            files += _class_count_figure(lt_class_counts(manifest, split), output_dir / stem, what)
             kind = "balanced" if split == "test_balanced" else "long-tailed"
+            counts = lt_class_counts(manifest, split)
+            files += _class_count_figure(counts, output_dir / stem, f"{kind} {what}")
             blocks.append(
                 Figure(
                     number(num),
@@ -980,11 +981,12 @@ def _lines_figure(cells: pd.DataFrame, model: str, losses: list[str], stem: Path
 
 
 def _class_count_figure(counts: np.ndarray, stem: Path, what: str) -> list[Path]:
+    """Images per class of the ``what`` set (``long-tailed training``), most frequent first."""
     fig, ax = plt.subplots(figsize=(7, 3.2))
     ax.bar(np.arange(len(counts)), counts, width=1.0, color="#4472c4")
     ax.set_xlabel("class, from most to least frequent")
     ax.set_ylabel("images")
-    ax.set_title(f"Long-tailed {what} set: {int(counts.sum()):,} images")
+    ax.set_title(f"{what[0].upper()}{what[1:]} set: {int(counts.sum()):,} images")
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, stem)
 
