@@ -183,8 +183,12 @@ def build_session(
         t.remix_kappa,
         t.remix_tau,
     )
+    # the validation split gets what the training split left of the budget
+    left = resident
+    if resident is not None and not train_batches.streamed:
+        left = max(resident - split.images.nbytes, 0)
     val_batches = TensorBatches(
-        val.images, val.labels, rt.eval_batch_size, max_resident_bytes=resident, **batch
+        val.images, val.labels, rt.eval_batch_size, max_resident_bytes=left, **batch
     )
     step_model = model
     if ctx.enabled:
