@@ -123,6 +123,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k not in skip and v != ""}
 
 
+def command_config(args: argparse.Namespace) -> Config:
+    """The resolved config of a parsed command line: its preset, then its options (what a
+    worker process builds from the job a study hands it)."""
+    return build_config(args.preset or default_preset(args.command), _overrides(args))
+
+
 def default_preset(command: str) -> str:
     """``main`` runs the embedded demo (no download, a CPU is enough); every other command runs
     the protocol (CIFAR-100, the pretrained backbones) unless a preset says otherwise."""
@@ -255,7 +261,7 @@ def _main(argv: Sequence[str] | None) -> int:
             from ltexp.bench import run_bench
 
             return run_bench(args)
-        cfg = build_config(args.preset or default_preset(args.command), _overrides(args))
+        cfg = command_config(args)
         from ltexp.tracking.runs import bounded_retries, prepare_store
 
         bounded_retries()

@@ -1,11 +1,13 @@
 """Running cells of a study in parallel, on existing engines: local processes, or a Ray cluster.
 
 Each cell runs as its own ``ltexp train`` process (its own CUDA context, its own crash domain),
-given the study's resolved config as a YAML file, the prepared data run, and the study run as its
-parent. ``local`` runs up to ``workers`` such processes here, one GPU each when there are GPUs;
-``ray`` submits them as Ray tasks (one GPU each when the cluster has GPUs), so a grid spreads over
-every node. The tracking store and the experiment already exist before any fan-out: several
-processes creating one sqlite store at once would race in MLflow's schema migration.
+given the whole cell: its resolved config as a YAML file (every axis's value, every option, the
+prepared data run), and the study run as its parent. Nothing of the cell is passed any other way,
+so a worker trains exactly the cell the study planned. ``local`` runs up to ``workers`` such
+processes here, one GPU each when there are GPUs; ``ray`` submits them as Ray tasks (one GPU
+each when the cluster has GPUs), so a grid spreads over every node. The tracking store and the
+experiment already exist before any fan-out: several processes creating one sqlite store at
+once would race in MLflow's schema migration.
 """
 
 from __future__ import annotations
@@ -45,11 +47,12 @@ class CellTask:
 
 @dataclass
 class CellJob:
-    """One cell to run: its position, name and ``ltexp`` arguments."""
+    """One cell to run: its position, name, ``ltexp`` arguments, and its config (YAML)."""
 
     index: int
     name: str
     args: list[str]
+    config: str
 
 
 def check_available(cfg: Config) -> None:
@@ -59,27 +62,24 @@ def check_available(cfg: Config) -> None:
 
 
 def cell_jobs(todo: list[CellTask], study_run: str) -> list[CellJob]:
-    """The ``ltexp`` command line of every cell (train, or evaluate for a trained cell)."""
+    """The ``ltexp`` command line of every cell (train, or evaluate for a trained cell), each
+    with the cell's whole config."""
     jobs = []
     for task in todo:
-        t = task.config.train
         if task.finished_train:
             args = ["evaluate", "--train-run", task.finished_train]
             args += ["--parent-run-id", task.finished_train]
         else:
-            args = ["train", "--model", t.model, "--loss", t.loss, "--train-split", t.train_split]
-            args += ["--seed", str(t.seed), "--experiment", task.config.experiment]
-            args += ["--data-run", t.data_run, "--parent-run-id", study_run]
-            if task.tuned_from:  # the cell's own values, over the study's config
+            args = ["train", "--parent-run-id", study_run]
+            if task.tuned_from:  # recorded on the run: its config holds that search's values
                 args += ["--tuned-from", task.tuned_from]
-        jobs.append(
-            CellJob(task.index, task.name, [args[0], "--preset", CONFIG_PLACEHOLDER, *args[1:]])
-        )
+        args = [args[0], "--preset", CONFIG_PLACEHOLDER, *args[1:]]
+        jobs.append(CellJob(task.index, task.name, args, config_text(task.config)))
     return jobs
 
 
 def config_text(cfg: Config) -> str:
-    """The study's resolved config as a preset YAML that every worker loads."""
+    """A resolved config as a preset YAML that a worker loads."""
     values = cfg.to_dict()
     values.pop("preset")
     return yaml.safe_dump(values, sort_keys=False)
@@ -138,7 +138,7 @@ def run_parallel(
             last = tail.splitlines()[-1] if tail else ""
             progress(f"[{job.index}/{total}] {job.name}: FAILED (exit {code}): {last}")
 
-    runner(jobs, config_text(cfg), cfg, report)
+    runner(jobs, cfg, report)
     if failed:
         raise TrainingError(
             f"{len(failed)} cell(s) failed: {', '.join(failed)}; re-run the "
@@ -155,7 +155,6 @@ def _gpu_count() -> int:
 
 def run_local(
     jobs: list[CellJob],
-    config: str,
     cfg: Config,
     report: Callable[[CellJob, int, str, float], None],
 ) -> None:
@@ -174,7 +173,7 @@ def run_local(
         if slot is None and args[0] == "train":
             args += ["--num-threads", str(threads)]
         started = time.perf_counter()
-        code, tail = run_cell_process(args, config, worker_env(extra))
+        code, tail = run_cell_process(args, job.config, worker_env(extra))
         return code, tail, time.perf_counter() - started
 
     pending = list(jobs)
@@ -194,7 +193,6 @@ def run_local(
 
 def run_ray(
     jobs: list[CellJob],
-    config: str,
     cfg: Config,
     report: Callable[[CellJob, int, str, float], None],
 ) -> None:
@@ -216,7 +214,7 @@ def run_ray(
     started = {}
     futures = {}
     for job in jobs:
-        futures[task.remote(job.args, config, env)] = job
+        futures[task.remote(job.args, job.config, env)] = job
         started[job.name] = time.perf_counter()
     while futures:
         done, _ = ray.wait(list(futures), num_returns=1)

@@ -156,10 +156,10 @@ def check_objective(objective: str) -> str:
 
 def study_name(cfg: Config, dims: list[Dimension], objective: str) -> str:
     """A stable name for the search of this config, space and objective (a re-run resumes it)."""
-    from ltexp.identity import config_hash, train_identity
+    from ltexp.cells import config_hash, settings
 
     identity = {
-        "base": train_identity(cfg, data_digest=""),
+        "base": settings(cfg),
         "data": cfg.data.dataset,
         "space": [vars(d) for d in dims],
         "objective": objective,

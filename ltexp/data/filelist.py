@@ -102,6 +102,7 @@ def list_files(
     "images named by list files (ImageNet-LT, Places-LT, iNaturalist 2018 splits, or a CSV)",
     options=OPTIONS,
     settings=("storage_size", "skip_bad_images"),
+    files_are_data=True,
 )
 def load_filelist(
     root: Path,

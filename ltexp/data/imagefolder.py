@@ -70,6 +70,7 @@ def list_imagefolder(root: Path) -> FileListing:
     "imagefolder",
     "your own images: data_root/train/<class>/* (val/, test/ optional), long-tailed as given",
     settings=("storage_size", "skip_bad_images"),
+    files_are_data=True,
 )
 def load_imagefolder(
     root: Path, download: bool = True, storage_size: int = 256, skip_bad_images: bool = False

@@ -112,6 +112,8 @@ class DatasetSpec:
 
     ``settings`` names the ``data`` config keys shared by a kind of dataset (the image-file sets
     take ``storage_size`` and ``skip_bad_images``) that reach the loader beside its own options.
+    ``files_are_data``: the files under ``data_root`` are the dataset (your own images), so two
+    roots are two datasets; for a published set the root is only where its files are kept.
     """
 
     name: str
@@ -119,6 +121,7 @@ class DatasetSpec:
     description: str
     options: tuple[DatasetOption, ...] = ()
     settings: tuple[str, ...] = ()
+    files_are_data: bool = False
 
     @property
     def option_names(self) -> tuple[str, ...]:
@@ -133,17 +136,21 @@ def register_dataset(
     description: str,
     options: tuple[DatasetOption, ...] = (),
     settings: tuple[str, ...] = (),
+    files_are_data: bool = False,
 ):
     """Decorator registering a loader ``load(root: Path, download: bool, **options)``.
 
     Each option in ``options`` becomes a config key (``<name>_<option>`` unless it names its own)
     that reaches the loader as a keyword argument, as does each ``data`` key in ``settings``.
+    ``files_are_data``: see :class:`DatasetSpec`.
     """
 
     def decorate(load: Callable[..., SourceData]) -> Callable[..., SourceData]:
         if name in DATASETS:
             raise ValueError(f"dataset {name!r} is already registered")
-        DATASETS[name] = DatasetSpec(name, load, description, tuple(options), tuple(settings))
+        DATASETS[name] = DatasetSpec(
+            name, load, description, tuple(options), tuple(settings), files_are_data
+        )
         return load
 
     return decorate

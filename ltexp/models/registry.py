@@ -84,6 +84,11 @@ def model_spec(name: str) -> ModelSpec:
     raise unknown_name_error("model", name, [*MODELS, *(f"{p}<name>" for p in PREFIXES)])
 
 
+def input_size(name: str, configured: int | None = None) -> int:
+    """The image side a cell trains at: the configured one, else the model's own."""
+    return configured or model_spec(name).input_size
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters (trainable or not)."""
     return sum(p.numel() for p in model.parameters())

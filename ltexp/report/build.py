@@ -26,7 +26,6 @@ import pandas as pd
 from ltexp.data.splits import FEW_SHOT_MAX, MANY_SHOT_MIN
 from ltexp.report.paired import PairedDifference, paired_bootstrap
 from ltexp.report.tables import (
-    AXIS_TITLES,
     BASELINE_LOSS,
     COLUMN_TITLES,
     COLUMNS,
@@ -34,16 +33,16 @@ from ltexp.report.tables import (
     MODEL_ORDER,
     SPLIT_ORDER,
     SPLIT_TITLES,
+    axis_params,
     axis_table,
+    axis_title,
     axis_values,
     backbones_table,
     benchmarks_table,
     cell_means,
-    is_plain,
     loss_title,
     lt_class_counts,
     model_title,
-    only_axis,
     ordered,
     reference_results,
     results_table,
@@ -52,7 +51,8 @@ from ltexp.report.tables import (
     summary,
     with_axes,
 )
-from ltexp.tracking.schema import AXIS_PARAMS, CELL_PARAMS, REPORT_COLUMNS, SHOT_COLUMNS
+from ltexp.report.variants import axes_of, choose
+from ltexp.tracking.schema import CELL_PARAMS, REPORT_COLUMNS, SHOT_COLUMNS
 
 log = logging.getLogger(__name__)
 DASH = "—"
@@ -69,6 +69,8 @@ class Grid:
     losses: list[str]
     train_splits: list[str]
     seeds: list[str] = field(default_factory=list)
+    # the cells a study ran (ltexp.cells.cell_key): what its thesis tables hold
+    cell_keys: set[str] | None = None
 
 
 @dataclass
@@ -81,6 +83,8 @@ class ReportOptions:
             report.md.
         bootstrap_samples, bootstrap_seed: the paired bootstrap's resamples and seed.
         references: a CSV of published results (default: the thesis's, shipped with ltexp).
+        variant: the variant of each cell the thesis tables hold (default: the plain one;
+            :mod:`ltexp.report.variants`).
     """
 
     percent: bool = False
@@ -88,6 +92,7 @@ class ReportOptions:
     bootstrap_samples: int = 1000
     bootstrap_seed: int = 0
     references: str = ""
+    variant: str = ""
 
 
 @dataclass
@@ -199,9 +204,11 @@ def build_report(
     output_dir.mkdir(parents=True, exist_ok=True)
     fmt = _Fmt(options.percent)
     selection = select_latest(inputs.results)
-    # the thesis's tables hold the plain cells; the other axes get tables of their own
-    every_result = selection.results
-    results = every_result[is_plain(every_result)].reset_index(drop=True)
+    # the thesis's tables hold one variant of each cell; every other result is in tables of its
+    # own, labelled with what differs
+    choice = choose(selection.results, grid.cell_keys if grid else None, options.variant)
+    every_result = choice.results
+    results = choice.thesis
     if grid is None:
         grid = Grid(
             ordered(results["model"].unique().tolist(), MODEL_ORDER),
@@ -210,7 +217,7 @@ def build_report(
             sorted(results["seed"].astype(str).unique().tolist()),
         )
     missing = _missing_cells(results, grid)
-    notes = list(inputs.notes)
+    notes = [*inputs.notes, *choice.notes]
     for line in missing:
         log.warning("missing result: %s", line)
     for line in selection.duplicates:
@@ -306,9 +313,11 @@ def build_report(
 
     # --- Tables 4.1-4.8 ------------------------------------------------------------------
     # the axes appear only when the grid has them: a thesis grid's runs.csv stays as it was
-    axes = [a for a, plain in AXIS_PARAMS.items() if (every_result[a] != plain).any()]
+    axes = [a for a, plain in axis_params().items() if (every_result[a] != plain).any()]
+    if (every_result["label"] != "").any():
+        axes.append("label")
     runs_out = every_result[["run_id", *CELL_PARAMS, *axes, *COLUMNS]].rename(
-        columns=REPORT_COLUMNS
+        columns={**REPORT_COLUMNS, "label": "variant"}
     )
     write_csv(runs_out, "runs.csv")
     thesis_tables = [(m, s) for m in MODEL_ORDER for s in SPLIT_ORDER]
@@ -446,13 +455,19 @@ def build_report(
         notes.append("the grid has no Softmax loss (ce): no paired comparisons")
 
     # --- beyond the thesis: the grid's other axes, each against the plain cell --------------
-    for axis in AXIS_PARAMS:
+    for axis in axis_params():
         if len(axis_values(every_result, axis)) < 2:
             continue
         table = axis_table(every_result, axis)
         write_csv(table, f"by_{axis}.csv")
         blocks.append(_axis_block(table, axis, fmt, number))
-    if inputs.predictions is not None and (~is_plain(every_result)).any():
+    # --- beyond the thesis: every other variant, so that no result is left out --------------
+    others = choice.others
+    if len(others):
+        table = variants_table(others)
+        write_csv(table, "variants.csv")
+        blocks.append(_variants_block(table, fmt, number))
+    if inputs.predictions is not None and len(others):
         paired = paired_vs_plain(every_result, inputs.predictions, manifest, options)
         if len(paired):
             write_csv(paired, "paired_vs_plain.csv")
@@ -521,7 +536,7 @@ def _axis_block(table: pd.DataFrame, axis: str, fmt: _Fmt, number: Callable) -> 
                 *(fmt(by_value[v]) if v in by_value else DASH for v in values),
             ]
         )
-    title = AXIS_TITLES.get(axis, axis)
+    title = axis_title(axis)
     return Table(
         number(""),
         f"Loss × {title}: balanced-test top-1, the other axes plain (beyond the thesis)",
@@ -529,7 +544,7 @@ def _axis_block(table: pd.DataFrame, axis: str, fmt: _Fmt, number: Callable) -> 
         rows,
         [
             f"Mean over seeds; by_{axis}.csv has every column. Plain: "
-            f"{AXIS_PARAMS[axis]}; the thesis's tables hold only plain cells."
+            f"{axis_params()[axis]}; the thesis's tables hold only plain cells."
         ],
         align="lll" + "r" * len(values),
     )
@@ -541,44 +556,97 @@ def paired_vs_plain(
     manifest: dict[str, Any] | None,
     options: ReportOptions,
 ) -> pd.DataFrame:
-    """Every non-plain value of every axis against the plain cell of the same model, loss,
-    training set and seeds: the paired difference of top-1 on the same test images."""
+    """Every result outside the thesis tables against the thesis tables' cell of the same model,
+    loss and training set, on the seeds both have: the paired difference of top-1 on the same
+    test images. ``axis`` names what differs (``sampler``, ``sampler+mixing``, ``settings``),
+    ``value`` the variant's label."""
     groups = _thirds(manifest)
     load = _OnceEach(predictions)
-    plain = results[is_plain(results)]
+    plain = results[results["thesis"]]
     rows = []
-    for axis, plain_value in AXIS_PARAMS.items():
-        part = only_axis(results, axis)
-        for (model, split, loss, value), other in part.groupby(
-            ["model", "train_split", "loss", axis], sort=False
-        ):
-            if value == plain_value:
-                continue
-            base = plain[
-                (plain["model"] == model)
-                & (plain["train_split"] == split)
-                & (plain["loss"] == loss)
-            ]
-            row = _paired_row(
-                base.set_index("seed")["run_id"],
-                other.set_index("seed")["run_id"],
-                load,
-                groups,
-                options,
-                f"{model}/{split}/{loss}: {axis}={value} and the plain cell",
+    keys = ["model", "train_split", "loss", "label"]
+    for (model, split, loss, label), other in results[~results["thesis"]].groupby(keys, sort=False):
+        base = plain[
+            (plain["model"] == model) & (plain["train_split"] == split) & (plain["loss"] == loss)
+        ]
+        row = _paired_row(
+            base.set_index("seed")["run_id"],
+            other.set_index("seed")["run_id"],
+            load,
+            groups,
+            options,
+            f"{model}/{split}/{loss}: {label} and the thesis tables' cell",
+        )
+        if row is not None:
+            first = other.iloc[0]
+            rows.append(
+                {
+                    "model": model,
+                    "train_split": split,
+                    "loss": loss,
+                    "axis": _what_differs(first),
+                    "value": label,
+                    **row,
+                }
             )
-            if row is not None:
-                rows.append(
-                    {
-                        "model": model,
-                        "train_split": split,
-                        "loss": loss,
-                        "axis": axis,
-                        "value": value,
-                        **row,
-                    }
-                )
     return pd.DataFrame(rows)
+
+
+def _what_differs(row: Any) -> str:
+    """The axes off their plain value, ``+settings`` when other options differ too."""
+    only = axes_of(str(row["label"]), row["identity"])
+    if only:
+        return "+".join(only)
+    off = [a for a, plain in axis_params().items() if row[a] != plain]
+    return "+".join([*off, "settings"])
+
+
+def variants_table(others: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, training set, loss, variant) outside the thesis tables: the mean of every
+    column over seeds and ``n_seeds``, in the thesis's order."""
+    keys = ["model", "train_split", "loss", "label"]
+    grouped = others.groupby(keys, sort=False)
+    out = grouped[list(COLUMNS)].mean()
+    out["n_seeds"] = grouped.size()
+    out = out.reset_index().rename(columns={"label": "variant"})
+    orders = {
+        "model": ordered(set(out["model"]), MODEL_ORDER),
+        "train_split": ordered(set(out["train_split"]), SPLIT_ORDER),
+        "loss": ordered(set(out["loss"]), LOSS_ORDER),
+        "variant": sorted(set(out["variant"])),
+    }
+    rank = {key: {v: i for i, v in enumerate(values)} for key, values in orders.items()}
+    return out.sort_values(
+        ["model", "train_split", "loss", "variant"],
+        key=lambda col: col.map(rank[col.name]),
+        ignore_index=True,
+    )
+
+
+def _variants_block(table: pd.DataFrame, fmt: _Fmt, number: Callable) -> Table:
+    rows = [
+        [
+            model_title(r["model"]),
+            SPLIT_TITLES.get(r["train_split"], r["train_split"]),
+            loss_title(r["loss"]),
+            r["variant"] or "plain",
+            *(fmt(r[c]) for c in COLUMNS),
+            str(int(r["n_seeds"])),
+        ]
+        for _, r in table.iterrows()
+    ]
+    return Table(
+        number(""),
+        "Every other variant of a cell: the results the tables above do not hold (beyond the "
+        "thesis)",
+        ["Backbone", "Training set", "Loss", "Variant", *(COLUMN_TITLES[c] for c in COLUMNS), "n"],
+        rows,
+        [
+            "Variant: the axes off their plain value, tuned, and each option off its default or "
+            "off the setting of the tables above (variants.csv). Mean over n seeds."
+        ],
+        align="llll" + "r" * (len(COLUMNS) + 1),
+    )
 
 
 def _paired_cells(row: Any, fmt: _Fmt) -> list[str]:
@@ -600,14 +668,16 @@ def _paired_plain_block(
                 model_title(r["model"]),
                 SPLIT_TITLES.get(r["train_split"], r["train_split"]),
                 loss_title(r["loss"]),
-                f"{AXIS_TITLES.get(r['axis'], r['axis'])} {r['value']}",
+                f"{axis_title(r['axis'])} {r['value']}"
+                if r["axis"] in axis_params()
+                else r["value"],
                 *_paired_cells(r, fmt),
             ]
         )
     return Table(
         number(""),
-        "Each method beyond the loss minus the plain cell (instance sampling, no mixing, no "
-        "second stage) on the same test images (beyond the thesis)",
+        "Each variant minus the thesis tables' cell of the same backbone, loss and training set "
+        "on the same test images (beyond the thesis)",
         ["Backbone", "Training set", "Loss", "Method", *(COLUMN_TITLES[c] for c in COLUMNS)],
         rows,
         [

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ltexp.tracking.schema import AXIS_PARAMS, CELL_PARAMS, REPORT_COLUMNS
+from ltexp.config import grid as config_grid
+from ltexp.tracking.schema import CELL_PARAMS, REPORT_COLUMNS
 
 COLUMNS = tuple(REPORT_COLUMNS)  # balanced, long_tailed, head, middle, tail
 CI_SUFFIXES = ("_ci_low", "_ci_high")
@@ -35,7 +36,6 @@ MODEL_ORDER = ("resnet50", "mobilenet_v2", "vit_b16", "convnext_base")
 SPLIT_ORDER = ("balanced", "lt")
 SPLIT_TITLES = {"balanced": "balanced", "lt": "long-tailed"}
 BASELINE_LOSS = "ce"  # what the paired comparisons compare against (the Softmax loss)
-AXIS_TITLES = {"sampler": "sampler", "mixing": "batch mixing", "stage2": "second stage"}
 # Table 3.2: (row title, manifest split)
 DATA_SPLITS = (
     ("Balanced train", "train_balanced"),
@@ -77,14 +77,22 @@ class Selection:
     duplicates: list[str] = field(default_factory=list)
 
 
-RESULT_KEYS = [*CELL_PARAMS, *AXIS_PARAMS]  # what makes two results the same cell
+def axis_params() -> dict[str, Any]:
+    """The grid's axes with a plain value (sampler, mixing, stage2, and any registered one),
+    and that value (:mod:`ltexp.config.grid`)."""
+    return {a.key: a.plain for a in config_grid.variant_axes()}
+
+
+def axis_title(key: str) -> str:
+    """What the report calls an axis (``batch mixing``)."""
+    return config_grid.axis(key).title
 
 
 def with_axes(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with every grid axis as a column (results from before the axes were plain)."""
-    missing = {a: plain for a, plain in AXIS_PARAMS.items() if a not in frame}
+    missing = {a: plain for a, plain in axis_params().items() if a not in frame}
     out = frame.assign(**missing)
-    for axis, plain in AXIS_PARAMS.items():
+    for axis, plain in axis_params().items():
         out[axis] = out[axis].fillna(plain).astype(str)
     return out
 
@@ -92,39 +100,51 @@ def with_axes(frame: pd.DataFrame) -> pd.DataFrame:
 def is_plain(frame: pd.DataFrame) -> pd.Series:
     """Rows whose every grid axis beyond the thesis (sampler, mixing, stage2) is plain."""
     mask = pd.Series(True, index=frame.index)
-    for axis, plain in AXIS_PARAMS.items():
+    for axis, plain in axis_params().items():
         mask &= frame[axis] == plain
     return mask
 
 
 def select_latest(frame: pd.DataFrame) -> Selection:
-    """One result per (dataset, model, loss, train_split, seed, sampler, mixing, stage2): the
-    latest finished run.
+    """One result per identity (the same cell and seed): the latest finished run. Results of
+    different identities are all kept, however alike their params (:mod:`ltexp.report.variants`).
 
     ``frame`` needs ``run_id``, ``end_time``, the cell params, the axes and the metric columns.
     """
-    frame = with_axes(frame).sort_values(["end_time", "run_id"])
-    dup_mask = frame.duplicated(RESULT_KEYS, keep="last")
+    from ltexp.report.variants import with_identities
+
+    frame = with_identities(with_axes(frame)).sort_values(["end_time", "run_id"])
+    dup_mask = frame.duplicated("result_key", keep="last")
     notes = []
-    for key, group in frame[frame.duplicated(RESULT_KEYS, keep=False)].groupby(RESULT_KEYS):
-        kept = group.iloc[-1]["run_id"]
-        shown = [str(k) for k, a in zip(key, RESULT_KEYS, strict=True) if AXIS_PARAMS.get(a) != k]
-        notes.append(f"{'/'.join(shown)}: {len(group)} runs, used the latest ({kept})")
+    for _, group in frame[frame.duplicated("result_key", keep=False)].groupby("result_key"):
+        last = group.iloc[-1]
+        plain = axis_params()
+        keys = [*CELL_PARAMS, *plain]
+        shown = [str(last[k]) for k in keys if plain.get(k) != last[k]]
+        if last["variant"]:
+            shown.append(last["variant"])
+        notes.append(f"{'/'.join(shown)}: {len(group)} runs, used the latest ({last['run_id']})")
     return Selection(frame[~dup_mask].reset_index(drop=True), notes)
 
 
 def axis_values(results: pd.DataFrame, axis: str) -> list[str]:
     """The values of a grid axis in ``results``: the plain one first, then alphabetically."""
-    return ordered(set(results[axis]), (AXIS_PARAMS[axis],))
+    return ordered(set(results[axis]), (axis_params()[axis],))
 
 
 def only_axis(results: pd.DataFrame, axis: str) -> pd.DataFrame:
-    """The rows where every axis but ``axis`` is plain (what a loss × axis table compares)."""
-    mask = pd.Series(True, index=results.index)
-    for other, plain in AXIS_PARAMS.items():
-        if other != axis:
-            mask &= results[other] == plain
-    return results[mask]
+    """The thesis tables' rows and the rows that differ from them in ``axis`` only (what a loss
+    × axis table compares); without labels, the rows where every other axis is plain."""
+    if "label" not in results:
+        mask = pd.Series(True, index=results.index)
+        for other, plain in axis_params().items():
+            if other != axis:
+                mask &= results[other] == plain
+        return results[mask]
+    from ltexp.report.variants import axes_of
+
+    differs = results.apply(lambda r: axes_of(r["label"], r["identity"]) == [axis], axis=1)
+    return results[results["thesis"] | differs]
 
 
 def axis_table(results: pd.DataFrame, axis: str) -> pd.DataFrame:
@@ -133,7 +153,7 @@ def axis_table(results: pd.DataFrame, axis: str) -> pd.DataFrame:
     order of backbones, training sets and losses, the plain value first."""
     part = only_axis(results, axis)
     cell = ["model", "train_split", "loss"]
-    varied = part[part[axis] != AXIS_PARAMS[axis]][cell].drop_duplicates()
+    varied = part[part[axis] != axis_params()[axis]][cell].drop_duplicates()
     part = part.merge(varied, on=cell)
     grouped = part.groupby([*cell, axis])
     out = grouped[list(COLUMNS)].mean()

@@ -15,7 +15,8 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from ltexp.config import Config
+from ltexp import cells
+from ltexp.config import Config, variant_axes
 from ltexp.errors import ConfigError, TrackingError
 from ltexp.report.build import (
     Grid,
@@ -46,8 +47,13 @@ def query_results(experiment_id: str, dataset: str = "") -> list[dict]:
         [experiment_id],
         f"{schema.search_step(schema.Step.EVALUATE)} and attributes.status = 'FINISHED'",
     )
-    trains = runs.search_all([experiment_id], schema.search_step(schema.Step.TRAIN))
-    tuned = {r.info.run_id: r.data.tags.get(schema.TUNED_PARAMS, "") for r in trains}
+    models = [
+        run
+        for step in schema.MODEL_STEPS
+        for run in runs.search_all([experiment_id], schema.search_step(step))
+    ]
+    tuned = {r.info.run_id: r.data.tags.get(schema.TUNED_PARAMS, "") for r in models}
+    identity = {r.info.run_id: _identity(r) for r in models}
     records = []
     for run in found:
         p, m = run.data.params, run.data.metrics
@@ -62,8 +68,9 @@ def query_results(experiment_id: str, dataset: str = "") -> list[dict]:
             "end_time": run.info.end_time or 0,
             "data_digest": run.data.tags.get(schema.DATA_DIGEST, ""),
             "tuned_params": tuned.get(p.get(schema.TRAIN_RUN_ID, ""), ""),
+            "identity": identity.get(p.get(schema.TRAIN_RUN_ID, "")),
             **{k: p[k] for k in schema.CELL_PARAMS},
-            **{a: p.get(a, plain) for a, plain in schema.AXIS_PARAMS.items()},
+            **{a.key: p.get(a.key, a.plain) for a in variant_axes()},
         }
         for col, name in {**schema.REPORT_COLUMNS, **schema.SHOT_COLUMNS}.items():
             record[col] = m.get(name)
@@ -71,6 +78,21 @@ def query_results(experiment_id: str, dataset: str = "") -> list[dict]:
             record[f"{col}_ci_high"] = m.get(name + "_ci_high")
         records.append(record)
     return records
+
+
+def _identity(run: mlflow.entities.Run) -> dict | None:
+    """The identity a train or decouple run recorded; read back from its params when it
+    predates the tag; None when it has neither (a run another tool logged)."""
+    text = run.data.tags.get(schema.IDENTITY)
+    if text:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if isinstance(value, dict):
+            return value
+    ident = cells.identity_from_params(run.data.params)
+    return ident or None
 
 
 def _number(text: str) -> float:
@@ -218,6 +240,7 @@ def run_aggregate(
         bootstrap_samples=cfg.evaluate.bootstrap_samples,
         bootstrap_seed=cfg.evaluate.bootstrap_seed,
         references=cfg.report.references,
+        variant=cfg.report.variant,
     )
     launched, wrapper = None, None
     if not parent_run_id and not mlflow.active_run():

@@ -15,6 +15,7 @@ another learning rate) and a cosine schedule; the backbone runs in eval mode thr
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -22,12 +23,12 @@ from pathlib import Path
 import mlflow
 import torch
 
+from ltexp import cells
 from ltexp.checkpoint import BEST, checkpoint_folder, ensure_folder, save_weights
 from ltexp.config import Config
 from ltexp.data.pipeline import TensorBatches
 from ltexp.data.splits import TRAINING_SETS
 from ltexp.errors import ConfigError
-from ltexp.identity import config_hash
 from ltexp.losses import build_loss
 from ltexp.models import model_spec
 from ltexp.resources import resident_budget
@@ -64,9 +65,18 @@ log = logging.getLogger(__name__)
 STAGE1_OPTIONS = ("seed", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "eps")
 
 
-def decouple_hash(stage1_run_id: str, cfg: Config) -> str:
-    """The ``ltexp.config_hash`` of a decouple run: its stage-1 run and stage-2 settings."""
-    return config_hash({"stage1_run": stage1_run_id, **cfg.to_dict(("decouple",))["decouple"]})
+def stage1_identity(stage1: mlflow.entities.Run) -> dict:
+    """The identity a train run recorded (read back from its params if it predates the tag)."""
+    recorded = stage1.data.tags.get(schema.IDENTITY)
+    if recorded:
+        return json.loads(recorded)
+    return cells.identity_from_params(stage1.data.params)
+
+
+def decouple_hash(stage1_run_id: str, identity: dict) -> str:
+    """The ``ltexp.config_hash`` of a decouple run: its identity and its stage-1 run (a stage 1
+    trained again is decoupled again)."""
+    return cells.identity_hash({**identity, "stage1_run": stage1_run_id})
 
 
 def run_decouple(
@@ -99,13 +109,15 @@ def run_decouple(
     base = cfg.replace(**{k: params[k] for k in STAGE1_OPTIONS if k in params})
     t = base.train
     lr = d.stage2_lr or t.lr
-    chash = decouple_hash(stage1.info.run_id, cfg)
+    identity = cells.stage2_identity(stage1_identity(stage1), cfg)
+    chash = decouple_hash(stage1.info.run_id, identity)
     exp_id = stage1.info.experiment_id
     claims.reap_dead_runs()
     launched, wrapper = (None, None) if parent_run_id else runs.launched_run_for(exp_id)
-    name = f"{stage1.info.run_name}-{method}"
+    name = cells.run_name(identity) if "model" in identity else f"{stage1.info.run_name}-{method}"
     tags = {
         schema.CONFIG_HASH: chash,
+        schema.IDENTITY: json.dumps(identity, sort_keys=True, default=str),
         schema.STAGE1_RUN: stage1.info.run_id,
         schema.DATA_RUN: stage1.data.tags[schema.DATA_RUN],
         schema.DATA_DIGEST: prepared.digest(),
@@ -206,7 +218,13 @@ def run_decouple(
         runs.log_once({schema.BEST_VAL_ACC1: best_acc, schema.BEST_EPOCH: best_epoch})
         if not cfg.train.register:
             return TrainResult(run.info.run_id, best_acc, best_epoch, "")
-        registered = uri.removeprefix("models:/").rpartition("/")[0]
+        registered = schema.registered_model_name(
+            params["dataset"],
+            params["model"],
+            params["loss"],
+            params["train_split"],
+            cells.variant(identity),
+        )
         version_tags = {
             schema.VersionTag.RUN_ID: run.info.run_id,
             schema.VersionTag.SEED: params.get("seed", ""),
@@ -214,6 +232,7 @@ def run_decouple(
             schema.VersionTag.VAL_ACC1: f"{best_acc:.6f}",
             schema.VersionTag.DATA_DIGEST: prepared.digest(),
             schema.VersionTag.CONFIG_HASH: chash,
+            schema.VersionTag.CELL: cells.cell_key(identity),
             schema.VersionTag.STAGE: "2",
             schema.VersionTag.METHOD: method,
         }
@@ -223,7 +242,7 @@ def run_decouple(
             info,
             registered,
             version_tags,
-            logged_name=name,
+            logged_name=schema.logged_model_name(name),
             params={**model_params, "stage2": method},
         )
         return TrainResult(run.info.run_id, best_acc, best_epoch, new_uri)

@@ -18,7 +18,7 @@ import mlflow
 import numpy as np
 import torch
 
-from ltexp.config import Config
+from ltexp.config import Config, variant_axes
 from ltexp.data import PreparedData
 from ltexp.data.pipeline import TensorBatches
 from ltexp.data.splits import FREQUENCY_GROUPS, SHOT_GROUPS, TRAINING_SETS
@@ -131,7 +131,7 @@ def run_evaluate(
         launched = _unfinished_evaluation(train_run.info.run_id, tau)
     cell = {p: params[p] for p in schema.CELL_PARAMS}
     # runs from before the axes existed were plain ones
-    axes = {a: params.get(a, plain) for a, plain in schema.AXIS_PARAMS.items()}
+    axes = {a.key: params.get(a.key, a.plain) for a in variant_axes()}
     with runs.step_run(
         schema.Step.EVALUATE,
         experiment_id=train_run.info.experiment_id,

@@ -8,11 +8,11 @@ from pathlib import Path
 import mlflow
 import yaml
 
+from ltexp.cells import data_key
 from ltexp.config import Config
 from ltexp.data import SPLITS, Protocol, SourceData, load_source, prepare
 from ltexp.data.prepared import manifest_bytes, save_indices
 from ltexp.errors import ConfigError
-from ltexp.identity import data_key
 from ltexp.report.plots import class_counts_figure
 from ltexp.tracking import runs, schema
 from ltexp.tracking.inputs import log_split_inputs

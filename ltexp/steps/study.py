@@ -12,7 +12,6 @@ other step.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import logging
 import time
@@ -23,16 +22,11 @@ from typing import Any
 
 import mlflow
 
-from ltexp import executors
+from ltexp import cells, executors
+from ltexp.cells import Cell, code_version, grid_cells, study_hash
 from ltexp.checkpoint import ensure_folder
-from ltexp.config import Config
-from ltexp.data.samplers import SAMPLERS
-from ltexp.data.splits import TRAINING_SETS
+from ltexp.config import Config, axes
 from ltexp.distributed import DistContext
-from ltexp.errors import ConfigError, unknown_name_error
-from ltexp.identity import code_version, study_hash, train_hash
-from ltexp.losses import LOSSES
-from ltexp.models import list_models, model_spec
 from ltexp.report.build import Grid
 from ltexp.steps.aggregate import run_aggregate
 from ltexp.steps.decouple import decouple_hash, run_decouple
@@ -41,45 +35,10 @@ from ltexp.steps.prepare_data import run_prepare_data
 from ltexp.steps.train import TrainHooks, TrainResult, run_train
 from ltexp.tracking import claims, runs, schema
 from ltexp.tracking.datasets import find_prepared_run, load_prepared, prepared_digest
-from ltexp.training.decoupling import METHODS
-from ltexp.training.mixing import MIXINGS
 from ltexp.training.setup import check_weights, resolve_train
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One (model, loss, training set, seed, sampler, mixing) of the grid: one train run."""
-
-    model: str
-    loss: str
-    train_split: str
-    seed: int
-    sampler: str = "instance"
-    mixing: str = "none"
-
-    @property
-    def name(self) -> str:
-        return schema.run_name(
-            self.model,
-            self.loss,
-            self.train_split,
-            self.seed,
-            schema.variant(self.sampler, self.mixing),
-        )
-
-    def config(self, base: Config) -> Config:
-        """``base`` with this cell's model, loss, training set, seed, sampler and mixing."""
-        return base.replace(
-            model=self.model,
-            loss=self.loss,
-            train_split=self.train_split,
-            seed=self.seed,
-            sampler=self.sampler,
-            mixing=self.mixing,
-        )
 
 
 @dataclass
@@ -118,8 +77,8 @@ def run_cell(
         ensure_folder(cfg.runtime.checkpoint_dir)
         data_run = find_prepared_run(cfg) or run_prepare_data(cfg, claim_launched=False)
         cfg = cfg.replace(data_run=data_run)
-    tags = tuned_tags(tuned_from) if tuned_from else {}
-    train = run_train(cfg, parent_run_id=parent_run_id, hooks=TrainHooks(tags=tags))
+    hooks = TrainHooks(tags=tuned_tags(tuned_from), tuned=True) if tuned_from else TrainHooks()
+    train = run_train(cfg, parent_run_id=parent_run_id, hooks=hooks)
     result = CellResult(train)
     if train.model_uri and cfg.train.evaluate_after:
         result.evaluate_run_id, result.metrics = run_evaluate(
@@ -173,47 +132,6 @@ def tuned_tags(tune_run: str) -> dict[str, str]:
     return {schema.TUNED_FROM: tune_run, schema.TUNED_PARAMS: values}
 
 
-def grid_cells(cfg: Config) -> list[Cell]:
-    """Every cell of the configured grid; all unknown names are reported at once."""
-    s = cfg.study
-    problems = []
-    for m in s.models:
-        try:
-            model_spec(m)
-        except ConfigError:
-            problems.append(str(unknown_name_error("model", m, [*list_models(), "timm:<name>"])))
-    problems += [
-        str(unknown_name_error("loss", lo, list(LOSSES))) for lo in s.losses if lo not in LOSSES
-    ]
-    problems += [
-        str(unknown_name_error("train_split", sp, list(TRAINING_SETS)))
-        for sp in s.train_splits
-        if sp not in TRAINING_SETS
-    ]
-    problems += [
-        str(unknown_name_error("sampler", name, list(SAMPLERS)))
-        for name in s.samplers
-        if name not in SAMPLERS
-    ]
-    problems += [
-        str(unknown_name_error("mixing", name, MIXINGS)) for name in s.mixing if name not in MIXINGS
-    ]
-    problems += [
-        str(unknown_name_error("study_stage2 method", m, ["none", *METHODS]))
-        for m in s.stage2
-        if m not in ("none", *METHODS)
-    ]
-    if problems:
-        raise ConfigError("; ".join(problems))
-    axes = (s.models, s.losses, s.train_splits, s.seeds, s.samplers, s.mixing, s.stage2)
-    if not all(axes):
-        raise ConfigError(
-            "the grid is empty: models, losses, train_splits, seeds, samplers, study_mixing and "
-            "study_stage2 each need at least one value"
-        )
-    return [Cell(*c) for c in itertools.product(*axes[:-1])]
-
-
 def finished_cells(experiment_id: str) -> dict[str, tuple[str, str | None]]:
     """config hash → (finished train run, its finished evaluate run or None), this code only."""
     trains = runs.search_all(
@@ -239,6 +157,58 @@ def finished_cells(experiment_id: str) -> dict[str, tuple[str, str | None]]:
     return out
 
 
+@dataclass(frozen=True)
+class PlannedCell:
+    """A grid cell as the study runs it: its config (with a search's best values when tuned),
+    its identity (:mod:`ltexp.cells`), and the search it took them from."""
+
+    cell: Cell
+    config: Config
+    identity: dict[str, Any]
+    tuned_from: str | None = None
+
+    @property
+    def name(self) -> str:
+        return cells.run_name(self.identity)
+
+    @property
+    def config_hash(self) -> str:
+        return cells.identity_hash(self.identity)
+
+
+def plan_cells(cfg: Config, digest: str) -> tuple[list[PlannedCell], list[PlannedCell]]:
+    """The grid's cells as they will run on data ``digest``: the cells to train (every cell's
+    stage 1, once), and the second stages to apply to them afterwards."""
+    grid = grid_cells(cfg)
+    stage1: dict[Cell, PlannedCell] = {}
+    for cell in dict.fromkeys(c.stage1() for c in grid):
+        cell_cfg = cell.config(cfg)
+        tuned_from, values = best_tuned(cell_cfg) if cfg.study.tuned else (None, {})
+        cell_cfg = cell.config(cfg, values)
+        identity = cells.identity(cell_cfg, digest, tuned=tuned_from is not None)
+        stage1[cell] = PlannedCell(cell, cell_cfg, identity, tuned_from)
+    stage2 = []
+    for cell in grid:
+        if cell.stage == 2:
+            first = stage1[cell.stage1()]
+            cell_cfg = cell.config(first.config)
+            identity = cells.stage2_identity(first.identity, cell_cfg)
+            stage2.append(PlannedCell(cell, cell_cfg, identity, first.tuned_from))
+    return list(stage1.values()), stage2
+
+
+def _grid_params(cfg: Config, n_cells: int) -> dict[str, Any]:
+    """The study run's params: each axis's values (``models``, ``samplers``, …) and the rest."""
+    values = {a.grid_key: ",".join(map(str, cfg.grid_values(a.key))) for a in axes()}
+    return {
+        **values,
+        "preset": cfg.preset,
+        "dataset": cfg.data.dataset,
+        "n_cells": n_cells,
+        "epochs": cfg.train.epochs,
+    }
+
+
 def run_study(
     cfg: Config, parent_run_id: str | None = None, progress: Progress = log.info
 ) -> StudyResult:
@@ -247,7 +217,7 @@ def run_study(
     Args:
         progress: receives one line per cell (the CLI prints them).
     """
-    cells = grid_cells(cfg)
+    n_cells = len({c.stage1() for c in grid_cells(cfg)})  # every unknown value refused first
     executors.check_available(cfg)
     cfg = cfg.replace(
         experiment=runs.experiment_name(
@@ -259,7 +229,12 @@ def run_study(
     shash = study_hash(cfg)
     launched = None if parent_run_id else runs.launched_run_id()
     main_id = launched or _unfinished_main(exp_id, shash)
-    s = cfg.study
+    sizes = " × ".join(
+        f"{len(cfg.grid_values(a.key))} {a.grid_key.removeprefix('study_')}"
+        for a in axes()
+        if a.stage == 1
+    )
+    stages = ", ".join(map(str, cfg.grid_values("stage2")))
     with runs.step_run(
         schema.Step.MAIN,
         experiment_id=exp_id,
@@ -267,28 +242,12 @@ def run_study(
         run_name=schema.study_run_name(cfg.experiment),
         parent_run_id=parent_run_id,
         tags={schema.CONFIG_HASH: shash},
-        description=f"Study of {len(cells)} cells: {len(s.models)} models × "
-        f"{len(s.losses)} losses × {len(s.train_splits)} training "
-        f"sets × {len(s.seeds)} seeds × {len(s.samplers)} samplers × {len(s.mixing)} "
-        f"mixings on {cfg.data.dataset}; second stages: {', '.join(s.stage2)}.",
+        description=f"Study of {n_cells} cells: {sizes} on {cfg.data.dataset}; second "
+        f"stages: {stages}.",
     ) as run:
         study_run = run.info.run_id
         if main_id is None:
-            runs.log_params(
-                {
-                    "models": ",".join(s.models),
-                    "losses": ",".join(s.losses),
-                    "train_splits": ",".join(s.train_splits),
-                    "seeds": ",".join(map(str, s.seeds)),
-                    "preset": cfg.preset,
-                    "dataset": cfg.data.dataset,
-                    "n_cells": len(cells),
-                    "epochs": cfg.train.epochs,
-                    "samplers": ",".join(s.samplers),
-                    "study_mixing": ",".join(s.mixing),
-                    "study_stage2": ",".join(s.stage2),
-                }
-            )
+            runs.log_params(_grid_params(cfg, n_cells))
         # the data, once, before any cell (and before any fan-out to workers)
         data_run = (
             cfg.train.data_run
@@ -297,30 +256,40 @@ def run_study(
         )
         cfg = cfg.replace(data_run=data_run)
         digest = prepared_digest(data_run)
-        if "balanced" in s.train_splits:  # a set long-tailed as given may have none: say so now
+        if "balanced" in cfg.grid_values("train_split"):  # a set long-tailed as given may
             load_prepared(data_run, cfg.data.data_root, cfg.data.download).training_split(
-                "balanced"
+                "balanced"  # have none: say so now
             )
-        done = {} if s.force else finished_cells(exp_id)
+        trained, decoupled = plan_cells(cfg, digest)
+        done = {} if cfg.study.force else finished_cells(exp_id)
         todo, result = [], StudyResult(study_run, None)
-        for i, cell in enumerate(cells, start=1):
-            cell_cfg = cell.config(cfg)
-            tuned_from, values = best_tuned(cell_cfg) if s.tuned else (None, {})
-            if values:
-                cell_cfg = cell_cfg.replace(**values)
-            chash = train_hash(cell_cfg, digest)
-            train_id, eval_id = done.get(chash, (None, None))
+        for i, planned in enumerate(trained, start=1):
+            train_id, eval_id = done.get(planned.config_hash, (None, None))
             if train_id and eval_id:
                 progress(
-                    f"[{i}/{len(cells)}] {cell.name}: reused (train {train_id}, evaluate {eval_id})"
+                    f"[{i}/{len(trained)}] {planned.name}: reused (train {train_id}, "
+                    f"evaluate {eval_id})"
                 )
-                result.reused.append(cell.name)
+                result.reused.append(planned.name)
                 continue
-            todo.append(executors.CellTask(i, cell.name, cell_cfg, train_id, chash, tuned_from))
-        ran = _run_cells(todo, len(cells), cfg, exp_id, study_run, progress)
+            todo.append(
+                executors.CellTask(
+                    i,
+                    planned.name,
+                    planned.config,
+                    train_id,
+                    planned.config_hash,
+                    planned.tuned_from,
+                )
+            )
+        ran = _run_cells(todo, len(trained), cfg, exp_id, study_run, progress)
         result.ran.extend(ran)
-        _second_stages(cells, cfg, digest, exp_id, result, progress)
-        grid = Grid(s.models, s.losses, s.train_splits, [str(x) for x in s.seeds])
+        _second_stages(trained, decoupled, cfg, exp_id, result, progress)
+        grid = Grid(
+            *(list(map(str, cfg.grid_values(k))) for k in ("model", "loss", "train_split")),
+            [str(x) for x in cfg.grid_values("seed")],
+            cell_keys={cells.cell_key(p.identity) for p in [*trained, *decoupled]},
+        )
         report = run_aggregate(cfg, grid=grid, parent_run_id=study_run)
         result.report_dir = report.output_dir
         mlflow.log_metrics(
@@ -330,39 +299,35 @@ def run_study(
 
 
 def _second_stages(
-    cells: list[Cell],
+    trained: list[PlannedCell],
+    decoupled: list[PlannedCell],
     cfg: Config,
-    digest: str,
     exp_id: str,
     result: StudyResult,
     progress: Progress,
 ) -> None:
-    """Each ``study_stage2`` method on each cell's trained model, here, after every cell is
+    """Each second stage of the grid on its cell's trained model, here, after every cell is
     trained (a decouple run is short: the backbone is frozen). A finished, evaluated decouple
     run of the same model and settings is reused."""
-    methods = [m for m in cfg.study.stage2 if m != "none"]
-    if not methods:
+    if not decoupled:
         return
-    trained = finished_cells(exp_id)
-    total = len(cells) * len(methods)
-    for i, (cell, method) in enumerate(itertools.product(cells, methods), start=1):
-        cell_cfg = cell.config(cfg)
-        if cfg.study.tuned:
-            cell_cfg = cell_cfg.replace(**best_tuned(cell_cfg)[1])
-        stage1, _ = trained.get(train_hash(cell_cfg, digest), (None, None))
-        name = f"{cell.name}-{method}"
+    finished = finished_cells(exp_id)
+    stage1_of = {p.cell: p for p in trained}
+    total = len(decoupled)
+    for i, planned in enumerate(decoupled, start=1):
+        stage1, _ = finished.get(stage1_of[planned.cell.stage1()].config_hash, (None, None))
+        name = planned.name
         if stage1 is None:  # its training failed: reported as a missing cell
             progress(f"[stage 2 {i}/{total}] {name}: skipped, the cell has no trained model")
             continue
-        stage2_cfg = cell_cfg.replace(stage2=method)
-        done = None if cfg.study.force else _evaluated_stage2(exp_id, stage1, stage2_cfg)
+        done = None if cfg.study.force else _evaluated_stage2(exp_id, stage1, planned.identity)
         if done:
             progress(f"[stage 2 {i}/{total}] {name}: reused (decouple {done})")
             result.reused.append(name)
             continue
         started = time.perf_counter()
         try:
-            out = run_stage2(stage2_cfg, stage1_run_id=stage1, parent_run_id=stage1)
+            out = run_stage2(planned.config, stage1_run_id=stage1, parent_run_id=stage1)
         except claims.CellTaken as taken:
             if runs.client().get_run(taken.winner).info.status != "FINISHED":
                 progress(f"[stage 2 {i}/{total}] {name}: {taken}")  # another process has it
@@ -370,7 +335,7 @@ def _second_stages(
             # finished without its evaluation: evaluate it here
             out = CellResult(TrainResult(taken.winner, -1.0, 0, ""))
             out.evaluate_run_id, out.metrics = run_evaluate(
-                stage2_cfg, train_run_id=taken.winner, parent_run_id=taken.winner
+                planned.config, train_run_id=taken.winner, parent_run_id=taken.winner
             )
         lt = out.metrics.get(schema.test_metric("lt"))
         progress(
@@ -381,9 +346,11 @@ def _second_stages(
         result.ran.append(name)
 
 
-def _evaluated_stage2(exp_id: str, stage1_run_id: str, cfg: Config) -> str | None:
-    """A finished decouple run of these settings with a finished evaluation, if any."""
-    found = claims.finished_run(exp_id, decouple_hash(stage1_run_id, cfg), schema.Step.DECOUPLE)
+def _evaluated_stage2(exp_id: str, stage1_run_id: str, identity: dict[str, Any]) -> str | None:
+    """A finished decouple run of this identity with a finished evaluation, if any."""
+    found = claims.finished_run(
+        exp_id, decouple_hash(stage1_run_id, identity), schema.Step.DECOUPLE
+    )
     if found is None:
         return None
     evals = runs.search_all(

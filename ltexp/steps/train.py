@@ -8,6 +8,7 @@ evaluate step's work (the study, and ``ltexp train``, run it next).
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import mlflow
 import torch
 import yaml
 
+from ltexp import cells
 from ltexp.checkpoint import (
     BEST,
     LAST,
@@ -34,7 +36,6 @@ from ltexp.data.splits import TRAINING_SETS
 from ltexp.distributed import DistContext, device_for
 from ltexp.distributed import init as init_distributed
 from ltexp.errors import ConfigError, TrackingError
-from ltexp.identity import train_hash
 from ltexp.models import count_parameters
 from ltexp.tracking import claims, registered_models, runs, schema
 from ltexp.tracking.datasets import find_prepared_run, load_prepared
@@ -62,12 +63,16 @@ class TrainHooks:
             may raise :class:`~ltexp.errors.RunStopped` to end the run early (KILLED).
         trains_once: a FINISHED run of the same config already has the cell (default: within a
             study, unless ``force``).
+        trial: ``<search>/<number>`` of a search's trial: a run of its own kind, never a cell.
+        tuned: the config holds a search's best values (``main --tuned``).
     """
 
     run_name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     on_epoch: Callable[[int, dict[str, float]], None] | None = None
     trains_once: bool | None = None
+    trial: str = ""
+    tuned: bool = False
 
 
 def run_train(
@@ -102,7 +107,9 @@ def run_train(
     # weights (missing, offline, not a state dict) and folders are refused before any run exists
     model = build_seeded_model(cfg, spec, prepared.num_classes)
     ensure_folder(cfg.runtime.checkpoint_dir)
-    chash = train_hash(cfg, prepared.digest())
+    kind = cells.RunKind.TRIAL if hooks.trial else cells.RunKind.CELL
+    identity = cells.identity(cfg, prepared.digest(), kind, trial=hooks.trial, tuned=hooks.tuned)
+    chash = cells.identity_hash(identity)
     exp_id = runs.resolve_experiment(
         cfg.experiment, default=runs.default_experiment(cfg.preset, cfg.data.dataset)
     )
@@ -111,14 +118,15 @@ def run_train(
     launched = None if parent_run_id else runs.launched_run_id()
     if resume_id and launched and launched != resume_id:
         runs.client().set_tag(launched, schema.RESUMED_INTO, resume_id)
-    cell = schema.run_name(
-        t.model, t.loss, t.train_split, t.seed, schema.variant(t.sampler, t.mixing)
-    )
+    cell = cells.run_name(identity)
     name = hooks.run_name or cell
-    registered = schema.registered_model_name(prepared.dataset, t.model, t.loss, t.train_split)
+    registered = schema.registered_model_name(
+        prepared.dataset, t.model, t.loss, t.train_split, cells.variant(identity)
+    )
     training_set = TRAINING_SETS[t.train_split]
     tags = {
         schema.CONFIG_HASH: chash,
+        schema.IDENTITY: json.dumps(identity, sort_keys=True, default=str),
         schema.DATA_RUN: data_run,
         schema.DATA_DIGEST: prepared.digest(),
         schema.CELL: cell,
@@ -157,7 +165,9 @@ def run_train(
         with exclusive(folder):
             if resume_id is None:
                 _log_run_inputs(cfg, spec, prepared, data_run)
-            return _train(cfg, spec, prepared, model, run_id, folder, chash, registered, ctx, hooks)
+            return _train(
+                cfg, spec, prepared, model, run_id, folder, identity, registered, ctx, hooks
+            )
 
 
 def _run_to_resume(cfg: Config, exp_id: str, chash: str) -> str | None:
@@ -225,13 +235,14 @@ def _train(
     model: torch.nn.Module,
     run_id: str,
     folder: Path,
-    chash: str,
+    identity: dict,
     registered: str,
     ctx: DistContext,
     hooks: TrainHooks,
 ) -> TrainResult:
     """Rank 0's training: resume, epochs with checkpoint and logging, registration."""
     t = cfg.train
+    chash = cells.identity_hash(identity)
     last = folder / LAST
     setup = ReplicaSetup(run_id, prepared.manifest, prepared.indices, spec, last, chash)
     share_setup(setup, ctx)  # the other ranks rebuild the same data, without MLflow
@@ -278,6 +289,7 @@ def _train(
         schema.VersionTag.VAL_ACC1: f"{best_acc:.6f}",
         schema.VersionTag.DATA_DIGEST: prepared.digest(),
         schema.VersionTag.CONFIG_HASH: chash,
+        schema.VersionTag.CELL: cells.cell_key(identity),
         schema.VersionTag.STAGE: "1",
     }
     # what the experiment's Models view shows beside each model: the cell and its loss settings
@@ -294,9 +306,7 @@ def _train(
         info,
         registered,
         tags,
-        logged_name=schema.run_name(
-            t.model, t.loss, t.train_split, t.seed, schema.variant(t.sampler, t.mixing)
-        ),
+        logged_name=schema.logged_model_name(cells.run_name(identity)),
         params=model_params,
     )
     return TrainResult(run_id, best_acc, best_epoch, uri)

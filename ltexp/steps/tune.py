@@ -238,7 +238,13 @@ def _objective(
 
         tags = {schema.TUNE_STUDY: name, schema.TRIAL: str(trial.number)}
         run_name = schema.trial_run_name(cell, trial.number)
-        hooks = TrainHooks(run_name=run_name, tags=tags, on_epoch=on_epoch, trains_once=False)
+        hooks = TrainHooks(
+            run_name=run_name,
+            tags=tags,
+            on_epoch=on_epoch,
+            trains_once=False,
+            trial=f"{name}/{trial.number}",
+        )
         try:
             result = run_train(cfg, parent_run_id=tune_run, hooks=hooks)
         except RunStopped as stopped:

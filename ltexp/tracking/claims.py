@@ -128,7 +128,7 @@ def finished_run(
     experiment_id: str, config_hash: str, step: schema.Step = schema.Step.TRAIN
 ) -> str | None:
     """The latest FINISHED run of ``step`` with this config hash, by this code."""
-    from ltexp.identity import code_version
+    from ltexp.cells import code_version
 
     found = search_all(
         [experiment_id],

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import mlflow
 
+from ltexp.cells import data_key
 from ltexp.config import Config
 from ltexp.data import PreparedData, load_source, rebuild
 from ltexp.data.prepared import load_indices
 from ltexp.errors import DataError, TrackingError
-from ltexp.identity import data_key
 from ltexp.tracking import runs, schema
 
 

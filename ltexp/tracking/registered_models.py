@@ -40,6 +40,7 @@ from ltexp.checkpoint import load_weights, save_weights
 from ltexp.errors import ConfigError, TrackingError
 from ltexp.tracking import runs, schema
 
+log = logging.getLogger(__name__)
 WEIGHTS_FILE = "weights.safetensors"
 MODEL_INFO_FILE = "ltexp_model.json"
 EXTRA_FILES_DIR = "extra_files"
@@ -159,7 +160,7 @@ def register_best(
             model, info, registered_name, version_tags, logged_name=logged_name, params=params
         )
     mlflow.set_tag(schema.MODEL_URI, uri)
-    update_champion(registered_name)
+    update_champion(registered_name, version_tags.get(schema.VersionTag.CELL))
     return uri
 
 
@@ -175,11 +176,14 @@ def version_of_run(registered_name: str, run_id: str) -> str | None:
     return f"models:/{registered_name}/{min(int(v.version) for v in versions)}"
 
 
-def update_champion(registered_name: str) -> str:
-    """Point ``champion`` at the version with the best ``val_acc1`` tag; return it.
+def update_champion(registered_name: str, cell: str | None = None) -> str:
+    """Point ``champion`` at the best ``val_acc1`` version of one cell; return it.
 
-    The alias moves only to a strictly better version: on a tie the current champion stays (a
-    re-run with other, equally scoring settings does not silently replace it).
+    Only versions of the same cell (version tag ``cell``: the same options but the seed) are
+    compared: ``cell`` (default: the newest version's). When the champion is a version of
+    another cell (the name's cell was trained with other settings before: other epochs, another
+    learning rate), it moves to this cell's best, and a warning says so. Within a cell the
+    alias moves only to a strictly better version: on a tie the current champion stays.
     """
     c = runs.client()
     versions = c.search_model_versions(f"name = '{registered_name}'")
@@ -192,10 +196,27 @@ def update_champion(registered_name: str) -> str:
         except ValueError:
             return -1.0
 
-    best = max(versions, key=lambda v: (score(v), -int(v.version)))  # first of the best
+    def cell_of(v: Any) -> str:
+        return v.tags.get(schema.VersionTag.CELL, "")
+
+    if cell is None:
+        cell = cell_of(max(versions, key=lambda v: int(v.version)))
+    same = [v for v in versions if cell_of(v) == cell]
+    best = max(same, key=lambda v: (score(v), -int(v.version)))  # first of the best
     current = next((v for v in versions if schema.CHAMPION_ALIAS in (v.aliases or [])), None)
-    if current is not None and score(current) >= score(best):
+    if current is not None and cell_of(current) == cell and score(current) >= score(best):
         return str(current.version)
+    if current is not None and cell_of(current) != cell:
+        log.warning(
+            "%s@%s moves from version %s to version %s: they were trained with different "
+            "settings (cell %s, then %s); versions of one cell only are compared",
+            registered_name,
+            schema.CHAMPION_ALIAS,
+            current.version,
+            best.version,
+            cell_of(current) or "unrecorded",
+            cell,
+        )
     c.set_registered_model_alias(registered_name, schema.CHAMPION_ALIAS, str(best.version))
     return str(best.version)
 

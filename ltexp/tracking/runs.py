@@ -21,8 +21,8 @@ import mlflow
 from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
+from ltexp.cells import code_version
 from ltexp.errors import LtexpError, RunStopped, TrackingError
-from ltexp.identity import code_version
 from ltexp.tracking import schema
 
 log = logging.getLogger(__name__)

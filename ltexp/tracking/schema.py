@@ -14,6 +14,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import PurePath
 
+from ltexp.config.grid import axes, variant_axes
 from ltexp.data.splits import FREQUENCY_GROUPS, GROUPS, SHOT_GROUPS
 
 __all__ = ["FREQUENCY_GROUPS", "GROUPS"]  # re-exported: the groups metric names are built from
@@ -38,7 +39,8 @@ class Step(StrEnum):
 MODEL_STEPS = (Step.TRAIN, Step.DECOUPLE)
 
 
-CONFIG_HASH = "ltexp.config_hash"  # sha256 of the resolved config that decides the results
+CONFIG_HASH = "ltexp.config_hash"  # sha256 of the run's identity (ltexp.cells)
+IDENTITY = "ltexp.identity"  # JSON of the run's identity: every option that decides its result
 CODE_VERSION = "ltexp.code_version"  # sha256 of the ltexp sources that ran
 DATA_DIGEST = "ltexp.data_digest"  # digest of the prepared dataset used
 DATA_RUN = "ltexp.data_run_id"  # the prepare_data run a train run used
@@ -75,6 +77,7 @@ CONDITIONAL_TAGS = (
 RUN_TAGS = (
     STEP,
     CONFIG_HASH,
+    IDENTITY,
     CODE_VERSION,
     DATA_DIGEST,
     DATA_RUN,
@@ -111,11 +114,9 @@ def input_name(dataset: str, split: str) -> str:
 
 
 # --- params ----------------------------------------------------------------------------------
-# The params every evaluate run carries; the report groups by them.
-CELL_PARAMS = ("dataset", "model", "loss", "train_split", "seed")
-# The grid's axes beyond the cell, and their plain value (the thesis's grid has only these): an
-# evaluate run carries each as a param; the thesis tables use the runs with every axis plain.
-AXIS_PARAMS = {"sampler": "instance", "mixing": "none", "stage2": "none"}
+# The params every evaluate run carries: the dataset and the axes every cell names (model, loss,
+# train_split, seed), from the axes' declaration (ltexp/config/grid.py).
+CELL_PARAMS = ("dataset", *(a.key for a in axes() if a.plain is None))
 TRAIN_RUN_ID = "train_run_id"  # the run of the tested model: a train or a decouple run
 MODEL_URI_PARAM = "model_uri"
 NUM_PARAMS = "num_params"
@@ -135,7 +136,8 @@ TRAIN_RESOLVED_PARAMS = (
 )
 EVALUATE_PARAMS = (
     *CELL_PARAMS,
-    *AXIS_PARAMS,
+    # the grid's axes with a plain value (sampler, mixing, stage2): the report's grouping
+    *(a.key for a in variant_axes()),
     TRAIN_RUN_ID,
     MODEL_URI_PARAM,
     TAU,
@@ -297,29 +299,38 @@ class VersionTag(StrEnum):
     VAL_ACC1 = "val_acc1"
     DATA_DIGEST = "data_digest"
     CONFIG_HASH = "config_hash"
+    CELL = "cell"  # ltexp.cells.cell_key: the champion is chosen among versions of one cell
     STAGE = "stage"  # 1: trained; 2: a decoupled classifier (Kang et al. 2020)
     METHOD = "method"  # the decoupling method of a stage-2 version: crt, tau_norm, lws
 
 
-def registered_model_name(dataset: str, model: str, loss: str, train_split: str) -> str:
-    """``ltexp-<dataset>-<model>-<loss>-<train_split>`` (``timm:x`` becomes ``timm_x``)."""
-    return f"{REGISTERED_PREFIX}{dataset}-{model.replace(':', '_')}-{loss}-{train_split}"
+def logged_model_name(run_name: str) -> str:
+    """The name a run's model is logged under in the experiment's Models view: the run's name,
+    with what MLflow refuses there replaced (``focal_gamma=0.5`` becomes ``focal_gamma=0p5``)."""
+    out = run_name.replace(".", "p")
+    for c in "/:%\"'":
+        out = out.replace(c, "_")
+    return out
+
+
+def registered_model_name(
+    dataset: str, model: str, loss: str, train_split: str, variant: str = ""
+) -> str:
+    """``ltexp-<dataset>-<model>-<loss>-<train_split>`` (``timm:x`` becomes ``timm_x``), with
+    the cell's variant after it (``ltexp-cifar100-resnet50-ce-lt-class_balanced+crt``): each
+    variant is its own registered model, and its champion is its own."""
+    name = f"{REGISTERED_PREFIX}{dataset}-{model.replace(':', '_')}-{loss}-{train_split}"
+    return f"{name}-{variant}" if variant else name
 
 
 # --- run and experiment names ----------------------------------------------------------------
 
 
 def run_name(model: str, loss: str, train_split: str, seed: int | str, variant: str = "") -> str:
-    """What a train run is, at a glance: ``resnet50-bs-lt-s42``, with the cell's
-    :func:`variant` after it (``resnet50-bs-lt-s42-class_balanced+crt``)."""
+    """What a train run is, at a glance: ``resnet50-bs-lt-s42``, with the cell's variant
+    (``ltexp.cells.variant``) after it (``resnet50-bs-lt-s42-class_balanced+crt``)."""
     name = f"{model.replace(':', '_')}-{loss}-{train_split}-s{seed}"
     return f"{name}-{variant}" if variant else name
-
-
-def variant(sampler: str = "instance", mixing: str = "none", stage2: str = "none") -> str:
-    """The grid axes of a cell that are not plain, joined by ``+`` (empty for a plain cell)."""
-    values = {"sampler": sampler, "mixing": mixing, "stage2": stage2}
-    return "+".join(v for k, v in values.items() if v != AXIS_PARAMS[k])
 
 
 def trial_run_name(cell_run_name: str, number: int) -> str:

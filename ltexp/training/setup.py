@@ -52,9 +52,9 @@ class TrainSpec:
 
 def resolve_image_size(cfg: Config) -> int:
     """The input side: the configured one, else the model's."""
-    from ltexp.models import model_spec
+    from ltexp.models import input_size
 
-    return cfg.train.image_size or model_spec(cfg.train.model).input_size
+    return input_size(cfg.train.model, cfg.train.image_size)
 
 
 def parse_pretrained(value: str) -> bool | Path:

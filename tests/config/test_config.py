@@ -33,8 +33,8 @@ def test_defaults_are_the_spec_protocol() -> None:
         42,
     )
     assert cfg.data.dataset == "cifar100" and cfg.data.imbalance_ratio == 100.0
-    assert cfg.study.models == ["resnet50", "mobilenet_v2", "vit_b16", "convnext_base"]
-    assert cfg.study.losses == ["ce", "focal", "wce", "cb", "bs", "seql", "ldam"]
+    assert cfg.grid_values("model") == ["resnet50", "mobilenet_v2", "vit_b16", "convnext_base"]
+    assert cfg.grid_values("loss") == ["ce", "focal", "wce", "cb", "bs", "seql", "ldam"]
     assert cfg.losses["ldam"] == {"max_margin": 0.5, "scale": 30.0}
 
 
@@ -57,7 +57,7 @@ def test_overrides_from_strings() -> None:
         },
     )
     assert cfg.train.lr == 0.01 and cfg.train.betas == (0.8, 0.99)
-    assert cfg.study.seeds == [1, 2, 3] and cfg.train.deterministic is True
+    assert cfg.grid_values("seed") == [1, 2, 3] and cfg.train.deterministic is True
     assert cfg.losses["focal"]["gamma"] == 1.5 and cfg.data.n_max_train is None
 
 
@@ -174,8 +174,11 @@ def test_fuzz_yaml_loader_only_raises_config_errors(tmp_path_factory, data: obje
 
 
 def test_runtime_fields_are_declared_once_and_left_out_of_identities() -> None:
+    from ltexp.cells import identity, identity_hash, study_hash
     from ltexp.config import runtime_keys
-    from ltexp.identity import study_hash, train_hash
+
+    def train_hash(cfg, digest):
+        return identity_hash(identity(cfg, digest))
 
     keys = runtime_keys()
     for key in ("device", "checkpoint_dir", "num_threads", "data_root", "workers", "resume"):
@@ -205,6 +208,7 @@ def test_commands_take_the_fields_they_use_and_help_lists_the_registries() -> No
         "percent",
         "intervals",
         "references",
+        "variant",
     }
     model = next(f for f in command_fields("train") if f.key == "model")
     assert "resnet50" in model.help_text() and "timm:<name>" in model.help_text()

@@ -53,7 +53,11 @@ def test_crt_registers_a_stage_2_version_with_the_backbone_bit_identical(in_stor
     assert run.data.params["stage2"] == "crt" and run.data.params["stage2_epochs"] == "2"
     assert [m.step for m in c.get_metric_history(run.info.run_id, schema.VAL_ACC1)] == [1, 2]
     new, old = _version(out.train.model_uri), _version(cell.train.model_uri)
-    assert new.name == old.name and int(new.version) > int(old.version)
+    # a variant is its own registered model: the plain cell's champion stays the plain cell's
+    assert new.name == f"{old.name}-crt+stage2_epochs=2"
+    assert run.info.run_name == "tiny_cnn-ce-lt-s42-crt+stage2_epochs=2"
+    champion = mlflow.MlflowClient().get_model_version_by_alias(old.name, "champion")
+    assert champion.version == old.version
     assert new.tags[schema.VersionTag.STAGE] == "2" and new.tags[schema.VersionTag.METHOD] == "crt"
     assert old.tags[schema.VersionTag.STAGE] == "1"
     path = model_spec(cfg.train.model).classifier
@@ -179,9 +183,9 @@ def test_study_axes_in_yaml_map_to_their_flat_keys(tmp_path: Path) -> None:
         "  stage2: [none, crt]\ntrain:\n  mixing: cutmix\n"
     )
     cfg = build_config(str(preset))
-    assert cfg.study.samplers == ["instance", "class_balanced"]
-    assert cfg.study.mixing == ["none", "mixup"] and cfg.train.mixing == "cutmix"
-    assert cfg.study.stage2 == ["none", "crt"]
+    assert cfg.grid_values("sampler") == ["instance", "class_balanced"]
+    assert cfg.grid_values("mixing") == ["none", "mixup"] and cfg.train.mixing == "cutmix"
+    assert cfg.grid_values("stage2") == ["none", "crt"]
     flat = cfg.flat()
     assert flat["study_mixing"] == ["none", "mixup"] and flat["mixing"] == "cutmix"
     assert flat["study_stage2"] == ["none", "crt"]

@@ -94,11 +94,11 @@ def test_every_logged_key_is_declared(study) -> None:
     assert metrics == train_metrics
     assert set(schema.TRAIN_RESOLVED_PARAMS) <= set(train.data.params)
     client = mlflow.MlflowClient()
-    stage1, stage2 = sorted(
-        client.search_model_versions(
-            f"name = '{schema.registered_model_name('digits', 'tiny_cnn', 'ldam', 'lt')}'"
-        ),
-        key=lambda v: int(v.version),
+    (stage1,) = client.search_model_versions(
+        f"name = '{schema.registered_model_name('digits', 'tiny_cnn', 'ldam', 'lt')}'"
+    )
+    (stage2,) = client.search_model_versions(
+        f"name = '{schema.registered_model_name('digits', 'tiny_cnn', 'ldam', 'lt', 'tau_norm')}'"
     )
     assert set(stage2.tags) == {t.value for t in schema.VersionTag}
     assert set(stage1.tags) == {t.value for t in schema.VersionTag} - {schema.VersionTag.METHOD}
