@@ -1,5 +1,7 @@
-"""CONTRIBUTING.md's two recipes, done in a test: a loss with one hyper-parameter and a dataset
-with one option, each one registration, reach the config, the CLI, the runs and the manifest."""
+"""CONTRIBUTING.md's recipes, done in a test: a loss with one hyper-parameter and a dataset with
+one option, each one registration, reach the config, the CLI, the runs and the manifest; a grid
+axis, one declaration, reaches the study's options, its cells, their names, runs, registered
+models and the report."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import pytest
 import torch.nn.functional as F
 
 from ltexp.cli import build_parser, main
+from ltexp.config import Axis, register_axis, unregister_axis
 from ltexp.data import DATASETS, DatasetOption, SourceData, register_dataset
 from ltexp.losses import LOSSES, ClassAwareLoss, HParam, register_loss
 from ltexp.tracking import schema
@@ -96,3 +99,37 @@ def test_a_new_dataset_option_reaches_the_loader_the_manifest_and_the_runs(
     assert main(args) == 0, capsys.readouterr().err
     assert main(["prepare-data", "--dataset", "blobs", "--blobs-classes", "9"]) == 2
     assert "blobs_classes must be <= 8" in capsys.readouterr().err
+
+
+@pytest.fixture
+def optimizer_axis() -> Iterator[None]:
+    register_axis(
+        Axis("optimizer", "optimizers", "optimiser", "optimisers of the grid", ("adam",), "adam")
+    )
+    yield
+    unregister_axis("optimizer")
+
+
+def test_a_new_grid_axis_is_one_declaration(
+    optimizer_axis, tmp_path: Path, tracking: str, capsys: pytest.CaptureFixture
+) -> None:
+    help_text = build_parser()._subparsers._group_actions[0].choices["main"].format_help()
+    assert "--optimizers" in help_text and "optimisers of the grid" in help_text
+    grid = ["--models", "tiny_cnn", "--losses", "ce", "--train-splits", "lt"]
+    args = ["main", *grid, "--optimizers", "adam,sgd", *tiny_args(tmp_path, epochs=1)]
+    assert main(args) == 0, capsys.readouterr().err
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    trains = {r.info.run_name: r for r in runs if r.data.tags[schema.STEP] == "train"}
+    assert set(trains) == {"tiny_cnn-ce-lt-s42", "tiny_cnn-ce-lt-s42-sgd"}
+    assert trains["tiny_cnn-ce-lt-s42-sgd"].data.params["optimizer"] == "sgd"
+    assert trains["tiny_cnn-ce-lt-s42"].data.params["optimizer"] == "adam"
+    evals = [r for r in runs if r.data.tags[schema.STEP] == "evaluate"]
+    assert sorted(r.data.params["optimizer"] for r in evals) == ["adam", "sgd"]
+    (study,) = [r for r in runs if r.data.tags[schema.STEP] == "main"]
+    assert study.data.params["optimizers"] == "adam,sgd"
+    models = {m.name for m in mlflow.MlflowClient().search_registered_models()}
+    assert models == {"ltexp-digits-tiny_cnn-ce-lt", "ltexp-digits-tiny_cnn-ce-lt-sgd"}
+    report = tmp_path / "reports" / "demo-digits"
+    table = (report / "by_optimizer.csv").read_text().splitlines()
+    assert table[0].startswith("model,train_split,loss,optimizer,") and len(table) == 3
+    assert "Loss × optimiser" in (report / "report.md").read_text()

@@ -117,19 +117,7 @@ def choose(frame: pd.DataFrame, cell_keys: set[str] | None = None, wanted: str =
     if cell_keys is not None:
         thesis = plain_axes & own_keys.isin(cell_keys)
     else:
-        thesis = plain_axes & out["variant"].map(lambda v: _matches(v, wanted))
-        base = _most_common_settings(out[thesis])
-        if base is not None:
-            thesis &= out["identity"].map(lambda i: _frozen(_settings(i)) == base)
-        # a cell with no run of the variant asked for: its only variant, if it has one
-        for position, rows in out[plain_axes].groupby(POSITION):
-            if thesis[rows.index].any() or rows["cell_key"].nunique() != 1:
-                continue
-            thesis[rows.index] = True
-            notes.append(
-                f"{'/'.join(position)} has no {wanted or 'plain'} run: the thesis tables show "
-                f"its only variant, {rows['variant'].iloc[0] or 'plain'}"
-            )
+        thesis = _chosen(out, plain_axes, wanted, notes)
     out["thesis"] = thesis
     out["label"] = _labels(out)
     # results that are not the grid's axes at work: other settings of a cell, searches, …
@@ -146,6 +134,35 @@ def choose(frame: pd.DataFrame, cell_keys: set[str] | None = None, wanted: str =
             f"); choose another with variant=<label>"
         )
     return Choice(out.reset_index(drop=True), notes)
+
+
+def _chosen(out: pd.DataFrame, plain_axes: pd.Series, wanted: str, notes: list[str]) -> pd.Series:
+    """Per (model, loss, training set), the rows the thesis tables hold: the variant asked for
+    where the cell has it, else the plain one, else the cell's only variant; the plain rows
+    with the settings most of them share."""
+    asked = plain_axes & out["variant"].map(lambda v: _matches(v, wanted))
+    plain = plain_axes & (out["variant"] == "")
+    base = _most_common_settings(out[plain])
+    if base is not None:
+        same = out["identity"].map(lambda i: _frozen(_settings(i)) == base)
+        asked &= same | ~plain  # a search's values may differ in any setting
+        plain &= same
+    thesis = pd.Series(False, index=out.index)
+    for position, rows in out[plain_axes].groupby(POSITION):
+        where = "/".join(position)
+        if asked[rows.index].any():
+            thesis[rows.index] = asked[rows.index]
+        elif wanted and plain[rows.index].any():
+            thesis[rows.index] = plain[rows.index]
+            notes.append(f"{where} has no {wanted} run: the thesis tables show its plain run")
+        elif rows["cell_key"].nunique() == 1:
+            thesis[rows.index] = True
+            only = rows["variant"].iloc[0] or "plain, with other settings"
+            notes.append(
+                f"{where} has no {wanted or 'plain'} run: the thesis tables show its only "
+                f"variant, {only}"
+            )
+    return thesis
 
 
 def axes_of(label: str, ident: Mapping[str, Any]) -> list[str]:

@@ -122,3 +122,27 @@ def test_cifar10_lt_is_prepared_trained_and_evaluated_from_its_files(
     assert prepared.class_counts("train_lt") == [int(50 * 10 ** (-i / 9) + 1e-9) for i in range(10)]
     assert cell.train.model_uri.startswith("models:/ltexp-cifar10-tiny_cnn-")
     assert mlflow.get_run(cell.evaluate_run_id).data.params["dataset"] == "cifar10"
+
+
+def test_two_image_folders_in_one_store_are_two_datasets(
+    tmp_path: Path, tiny_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 23: the second folder was taken for the first one's prepared data (an index
+    error); a folder's files are its content, so its root is part of the data's identity."""
+    from ltexp.data import files as image_files
+    from ltexp.steps.study import run_cell
+    from tests.conftest import write_image_folder
+
+    monkeypatch.setenv(image_files.CACHE_ENV, str(tmp_path / "cache"))
+    small = write_image_folder(tmp_path / "small", [12, 6, 3, 2], test_per_class=2)
+    large = write_image_folder(tmp_path / "large", [14, 9, 5, 4, 3, 2], test_per_class=2)
+    common = {"dataset": "imagefolder", "storage_size": 16, "image_size": 16, "epochs": 1}
+    first = tiny_config(**common, data_root=str(small))
+    second = tiny_config(**common, data_root=str(large))
+    run_small = run_prepare_data(first)
+    assert find_prepared_run(second) is None
+    cell = run_cell(second)
+    run_large = mlflow.get_run(cell.train.run_id).data.tags[schema.DATA_RUN]
+    assert run_large != run_small
+    assert find_prepared_run(first) == run_small and find_prepared_run(second) == run_large
+    assert load_prepared(run_large, str(large)).num_classes == 6

@@ -37,6 +37,66 @@ def _check_study(study_run: str, epochs: int = 2) -> None:
                 assert len(client.get_metric_history(run.info.run_id, metric)) == epochs
 
 
+# every axis off its plain value somewhere: 4 trained cells, each also τ-normalised (no training)
+EVERY_AXIS = {
+    "models": "tiny_cnn",
+    "losses": "ce",
+    "train_splits": "lt",
+    "samplers": "instance,sqrt",
+    "study_mixing": "none,cutmix",
+    "study_stage2": "none,tau_norm",
+    "epochs": 1,
+}
+
+
+def _check_every_cell_once_as_itself(cfg, result) -> None:
+    """Each cell of the grid has exactly one finished run whose params are the cell's values
+    (a train run; a decouple run for a second stage), and one row in the report."""
+    import pandas as pd
+
+    from ltexp.cells import grid_cells
+
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert all(r.info.status == "FINISHED" for r in runs)
+    grid = grid_cells(cfg)
+    assert len(grid) == 8
+    for cell in grid:
+        step = "decouple" if cell.stage == 2 else "train"
+        mine = [
+            r
+            for r in runs
+            if r.data.tags[schema.STEP] == step
+            and all(r.data.params.get(k) == str(v) for k, v in cell.values if k != "stage2")
+            and r.data.params.get("stage2", "none") == cell["stage2"]
+        ]
+        assert len(mine) == 1, cell
+    table = pd.read_csv(result.report_dir / "runs.csv")
+    assert len(table) == 8
+    assert len(table[["sampler", "mixing", "stage2"]].drop_duplicates()) == 8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [{"workers": 1}, {"workers": 2}, {"executor": "ray"}])
+def test_every_cell_of_a_grid_over_every_axis_is_trained_once_as_itself(
+    tiny_config, how: dict
+) -> None:
+    """Workers and Ray tasks receive the whole cell (issue 23: a parallel grid dropped its
+    sampler and mixing, and trained or reused the plain cell in their place)."""
+    cfg = tiny_config(**EVERY_AXIS, **how)
+    if how.get("executor") == "ray":
+        ray = pytest.importorskip("ray", reason="the optional ray extra: pip install 'ltexp[ray]'")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            result = run_study(cfg)
+        finally:
+            ray.shutdown()
+    else:
+        result = run_study(cfg)
+    _check_every_cell_once_as_itself(cfg, result)
+    again = run_study(cfg)  # and the same command trains nothing again
+    assert again.ran == [] and len(again.reused) == 8
+
+
 @pytest.mark.slow
 def test_local_workers_run_cells_in_parallel_processes(tiny_config) -> None:
     result = run_study(tiny_config(**GRID, workers=2))

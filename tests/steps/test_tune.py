@@ -22,7 +22,7 @@ from ltexp.cli import main
 from ltexp.config import build_config
 from ltexp.steps.study import run_study
 from ltexp.steps.tune import TuneResult, run_tune
-from ltexp.tracking import schema
+from ltexp.tracking import runs, schema
 from tests.conftest import PG, postgres_reachable, store_in, tiny_overrides
 
 SPACE = "lr=loguniform:1e-4:1e-2,focal_gamma=uniform:0:4"
@@ -138,6 +138,52 @@ def test_a_tuned_study_trains_each_cell_with_its_best_values(search: Search) -> 
     assert "tuned on the validation set" in md and "focal_gamma=" in md and "as configured" in md
 
 
+def test_a_tuned_study_in_the_search_s_own_experiment_trains_the_tuned_cell(
+    search: Search,
+) -> None:
+    """The README's sequence in one experiment: ``ltexp tune``, then ``ltexp main --tuned``. The
+    tuned cell has exactly the best trial's config, and a trial is still not taken for it."""
+    cfg = build_config(
+        "demo",
+        tiny_overrides(
+            search.folder,
+            models="tiny_cnn",
+            losses="focal",
+            train_splits="lt",
+            epochs=SEARCH["epochs"],
+            tuned="true",
+        ),
+    )
+    assert cfg.experiment == "" and mlflow.get_experiment(
+        mlflow.get_run(search.result.run_id).info.experiment_id
+    ).name == runs.default_experiment("demo", "digits")
+    gamma = search.result.best_params["focal_gamma"]
+    result = run_study(cfg)
+    assert result.ran == [f"tiny_cnn-focal-lt-s42-tuned+focal_gamma={gamma:.4g}"]
+    (cell,) = [
+        r
+        for r in mlflow.search_runs(
+            search_all_experiments=True,
+            filter_string=f"{TRAIN_RUNS} and tags.`{schema.PARENT_RUN}` = '{result.run_id}'",
+            output_format="list",
+        )
+    ]
+    assert cell.data.tags[schema.TUNED_FROM] == search.result.run_id
+    assert json.loads(cell.data.tags[schema.IDENTITY])["kind"] == "cell"
+    name = f"ltexp-digits-tiny_cnn-focal-lt-tuned+focal_gamma={gamma:.4g}"
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions(f"name = '{name}'")
+    assert cell.info.run_id in {v.run_id for v in versions}
+    # the champion is a tuned cell's model (another test's study trained the same cell too)
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert client.get_run(champion.run_id).data.tags[schema.TUNED_FROM] == search.result.run_id
+    # the search's trials are still only trials: unregistered, untested
+    for trial in _trial_runs(search.result.run_id):
+        assert schema.MODEL_URI not in trial.data.tags
+    md = (result.report_dir / "report.md").read_text()
+    assert "tuned on the validation set" in md
+
+
 BAD = [
     ({"space": "lrr=uniform:0:1"}, "unknown key 'lrr'"),
     ({"space": "lr=gauss:0:1"}, "unknown distribution 'gauss'"),
@@ -241,6 +287,8 @@ def test_two_workers_share_one_search_on_postgresql(tmp_path: Path) -> None:
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         numbers = [t.number for t in study.trials]
         assert len(numbers) == len(set(numbers)) >= 4
+        # trials are never one cell: no worker's trial was refused as another's (issue 23)
+        assert not [t.number for t in study.trials if t.state.name == "FAIL"]
         mlflow.set_tracking_uri(uri)
         trial_runs = mlflow.search_runs(
             search_all_experiments=True,
