@@ -150,7 +150,7 @@ def settings(cfg: Config) -> dict[str, Any]:
     nested = cfg.to_dict(("train", "runtime"))
     out = _without_runtime({**nested["train"], **nested["runtime"]})
     out["image_size"] = input_size(cfg.train.model, cfg.train.image_size)
-    out.update({f"{cfg.train.loss}_{k}": v for k, v in cfg.losses.get(cfg.train.loss, {}).items()})
+    out.update(cfg.loss_settings())
     return out
 
 

@@ -1,15 +1,22 @@
-"""Evaluation: accuracy overall and per class group, bootstrap intervals, per-class tables.
+"""Evaluation: a model's logits on the test splits, accuracy overall and per class group,
+bootstrap intervals, per-class tables.
 
-Plain functions of predictions and labels (NumPy), so results can be recomputed from the saved
-predictions by anyone.
+Apart from :func:`predict_test_sets` (the inference), plain functions of predictions and labels
+(NumPy), so results can be recomputed from the saved predictions by anyone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from ltexp.data import PreparedData
 
 
 @dataclass
@@ -23,6 +30,50 @@ class GroupScore:
     ci_high: float
 
 
+def predict_test_sets(
+    model: torch.nn.Module,
+    prepared: PreparedData,
+    splits: Sequence[str],
+    *,
+    batch_size: int,
+    device: torch.device,
+    image_size: int,
+    amp: torch.dtype | None,
+    channels_last: bool = False,
+    adjust: Callable[[Any], Any] | None = None,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``(labels, logits)`` of each split (float32 NumPy); a split the set lacks has no rows.
+
+    Args:
+        adjust: applied to each split's logits (a post-hoc logit adjustment), or None.
+    """
+    import torch
+
+    from ltexp.data.pipeline import TensorBatches
+    from ltexp.training import predict
+
+    outputs = {}
+    for split in splits:
+        data = prepared.splits[split]
+        if not prepared.has(split):  # a set long-tailed as given has one of the two
+            outputs[split] = (data.labels, np.zeros((0, prepared.num_classes), np.float32))
+            continue
+        batches = TensorBatches(
+            data.images,
+            data.labels,
+            batch_size,
+            device=device,
+            image_size=image_size,
+            dtype=amp or torch.float32,
+            channels_last=channels_last,
+        )
+        logits = predict(model, batches, amp, desc=f"evaluate {split}")
+        if adjust is not None:
+            logits = adjust(logits)
+        outputs[split] = (data.labels, logits.float().cpu().numpy())
+    return outputs
+
+
 def topk(logits: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` largest logits per row, best first, ``[N, k]``."""
     k = min(k, logits.shape[1])
@@ -31,24 +82,33 @@ def topk(logits: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, axis=1)
 
 
+def bootstrap_means(values: np.ndarray, samples: int, seed: int) -> np.ndarray:
+    """``samples`` means of ``values`` resampled with replacement (seeded), ``(samples,)``."""
+    n = len(values)
+    rng = np.random.default_rng(seed)
+    # in chunks: samples × n indices at once would not fit for large test sets
+    return np.concatenate(
+        [
+            values[rng.integers(0, n, size=(min(256, samples - start), n))].mean(axis=1)
+            for start in range(0, samples, 256)
+        ]
+    )
+
+
+def percentile_interval(means: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` interval of bootstrap means (the percentile bootstrap)."""
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
 def bootstrap_interval(
     correct: np.ndarray, samples: int, seed: int, level: float = 0.95
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``correct`` (0/1 per image)."""
-    n = len(correct)
-    if n == 0:
+    if len(correct) == 0:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    # in chunks: samples × n indices at once would not fit for large test sets
-    means = np.concatenate(
-        [
-            correct[rng.integers(0, n, size=(min(256, samples - start), n))].mean(axis=1)
-            for start in range(0, samples, 256)
-        ]
-    )
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(low), float(high)
+    return percentile_interval(bootstrap_means(correct, samples, seed), level)
 
 
 def score(

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from ltexp import cells, executors
 from ltexp.cli import build_parser, command_config
 from ltexp.config import axes, build_config
+from ltexp.data.mixing import MIXINGS
 from ltexp.data.samplers import SAMPLERS
 from ltexp.losses import LOSSES
 from ltexp.training.decoupling import METHODS
-from ltexp.training.mixing import MIXINGS
 
 DIGEST = "d" * 64
 

@@ -89,6 +89,11 @@ class FieldSpec:
         return f"{self.help} ({', '.join(registry_names(self.registry))})"
 
 
+def loss_key(loss: str, hparam: str) -> str:
+    """The flat key of a loss's hyper-parameter: ``focal_gamma`` (``--focal-gamma``)."""
+    return f"{loss}_{hparam}"
+
+
 def registry_names(registry: str) -> list[str]:
     """The names a registry holds (``models`` adds the ``timm:<name>`` form)."""
     if registry == "models":
@@ -112,7 +117,7 @@ def registry_names(registry: str) -> list[str]:
 
         return list(SAMPLERS)
     if registry == "mixings":
-        from ltexp.training.mixing import MIXINGS
+        from ltexp.data.mixing import MIXINGS
 
         return list(MIXINGS)
     if registry == "training_sets":
@@ -120,9 +125,9 @@ def registry_names(registry: str) -> list[str]:
 
         return list(TRAINING_SETS)
     if registry == "second_stages":
-        from ltexp.training.decoupling import METHODS
+        from ltexp.config.sections import STAGE2_METHODS
 
-        return ["none", *METHODS]
+        return ["none", *STAGE2_METHODS]
     raise ValueError(f"unknown registry {registry!r}")  # pragma: no cover - a bug here
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from ltexp.config.fields import convert
+from ltexp.config.fields import convert, loss_key
 from ltexp.config.sections import DEFAULT_PRESET, SECTIONS, Config, all_fields
 from ltexp.errors import ConfigError, did_you_mean, unknown_name_error
 
@@ -150,7 +150,7 @@ def _loss_overrides(body: dict[str, Any], source: str) -> dict[str, Any]:
                     f"{did_you_mean(str(name), valid)}; "
                     f"valid: {', '.join(valid) or '(none)'}"
                 )
-            out[f"{loss}_{name}"] = value
+            out[loss_key(loss, name)] = value
     return out
 
 

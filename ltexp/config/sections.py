@@ -8,7 +8,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from ltexp.config.fields import FieldSpec, _opt
+from ltexp.config.fields import FieldSpec, _opt, loss_key
 
 DEMO_PRESET = "demo"  # the embedded digits, small models from scratch: runs on a CPU
 PROTOCOL_PRESET = "thesis"  # the protocol: CIFAR-100, the four pretrained backbones
@@ -142,7 +142,7 @@ class TrainConfig:
         "image-file sets, crop otherwise)",
         choices=("auto", "crop", "rrc"),
     )
-    mixing: str = _opt("none", "batch mixing (ltexp/training/mixing.py)", registry="mixings")
+    mixing: str = _opt("none", "batch mixing (ltexp/data/mixing.py)", registry="mixings")
     mixing_alpha: float = _opt(
         1.0,
         "α of the Beta(α, α) mixing factor (mixup, CutMix, Remix papers: 1)",
@@ -341,6 +341,10 @@ class TuneConfig:
     )
 
 
+# the second stages of Kang et al. 2020 (ltexp/training/decoupling.py implements them)
+STAGE2_METHODS = ("crt", "tau_norm", "lws")
+
+
 @dataclass(frozen=True)
 class DecoupleConfig:
     """The second stage of Kang et al. 2020 (``ltexp decouple``, ltexp/training/decoupling.py).
@@ -353,7 +357,7 @@ class DecoupleConfig:
         "none",
         "decoupling method: none, crt (re-train the classifier), tau_norm (rescale its rows) "
         "or lws (learn one scale per class)",
-        choices=("none", "crt", "tau_norm", "lws"),
+        choices=("none", *STAGE2_METHODS),
         commands=("train", "decouple"),  # a study's second stages are study_stage2
     )
     stage2_epochs: int = _opt(
@@ -451,6 +455,11 @@ class Config:
             hparams["drw_beta"] = self.train.drw_beta
         return hparams
 
+    def loss_settings(self, loss: str | None = None) -> dict[str, float]:
+        """The loss's own hyper-parameters by flat key (``{"focal_gamma": 2.0}``), DRW apart."""
+        name = loss or self.train.loss
+        return {loss_key(name, k): v for k, v in self.losses.get(name, {}).items()}
+
     def dataset_options(self, dataset: str | None = None) -> dict[str, Any]:
         """Keyword arguments of the dataset's loader: the options its registry entry declares,
         and the ``data`` keys it shares with its kind (``storage_size`` for image files)."""
@@ -504,7 +513,7 @@ class Config:
         for name in SECTIONS:
             out.update({keys.get((name, k), k): v for k, v in nested.get(name, {}).items()})
         for loss, hp in nested.get("losses", {}).items():
-            out.update({f"{loss}_{k}": v for k, v in hp.items()})
+            out.update({loss_key(loss, k): v for k, v in hp.items()})
         return out
 
 
@@ -553,7 +562,7 @@ def loss_fields() -> list[FieldSpec]:
 
     return [
         FieldSpec(
-            f"{loss}_{hp.name}",
+            loss_key(loss, hp.name),
             "losses",
             hp.name,
             float,

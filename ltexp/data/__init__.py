@@ -1,4 +1,5 @@
-"""Data: source datasets (registry), the split protocol, prepared datasets, the tensor pipeline."""
+"""Data: source datasets (registry), the split protocol, prepared datasets, the tensor pipeline,
+samplers and batch mixing."""
 
 from ltexp.data.prepared import PreparedData, Split, prepare, rebuild
 from ltexp.data.sources import (
@@ -17,7 +18,7 @@ from ltexp.discover import import_submodules
 import_submodules(
     __name__,
     __path__,
-    skip=("files", "pipeline", "prepared", "samplers", "sources", "splits"),
+    skip=("files", "mixing", "pipeline", "prepared", "samplers", "sources", "splits"),
 )
 
 __all__ = [

@@ -68,7 +68,6 @@ GROUPS = FREQUENCY_GROUPS + SHOT_GROUPS
 MANY_SHOT_MIN = 101
 FEW_SHOT_MAX = 19
 
-SPLIT_MODES = ("protocol", "given")
 _STAGE_BALANCED, _STAGE_TRAIN_LT, _STAGE_TEST_LT, _STAGE_ORDER, _STAGE_CARVE = 1, 2, 3, 4, 5
 
 # --------------------------------------------------------------------------------------------

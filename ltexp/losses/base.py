@@ -137,6 +137,6 @@ class ClassAwareLoss(nn.Module):
 
     def mixed(self, logits: Tensor, y_a: Tensor, y_b: Tensor, weight_a: Tensor) -> Tensor:
         """The loss of a mixed batch: mean of ``v_i·ℓ(y_a,i) + (1 − v_i)·ℓ(y_b,i)``
-        (:mod:`ltexp.training.mixing`)."""
+        (:mod:`ltexp.data.mixing`)."""
         a, b = self.sample_losses(logits, y_a), self.sample_losses(logits, y_b)
         return (weight_a * a + (1.0 - weight_a) * b).mean()

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
+
+from ltexp.report.tables import COLUMN_TITLES, COLUMNS, loss_title, model_title
+
+if TYPE_CHECKING:
+    from ltexp.report.model import Grid
 
 
 def class_counts_figure(
@@ -64,3 +71,96 @@ def confusion_figure(confusion: np.ndarray, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# --- the report's figures ----------------------------------------------------------------------
+
+
+def _style(ax, x: np.ndarray, title: str, ylim: tuple[float, float] | None = (0, 1)) -> None:
+    ax.set_xticks(x)
+    ax.set_xticklabels([COLUMN_TITLES[c] for c in COLUMNS])
+    ax.set_ylabel("top-1 accuracy")
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+
+
+def _save(fig, stem: Path) -> list[Path]:
+    fig.tight_layout()
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for p in paths:
+        fig.savefig(p, dpi=130)
+    plt.close(fig)
+    return paths
+
+
+def errorbar_figure(frame: pd.DataFrame, by: str, name: Callable, *, out: Path) -> list[Path]:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = np.arange(len(COLUMNS))
+    n = max(len(frame), 1)
+    for i, (_, row) in enumerate(frame.iterrows()):
+        offset = (i - (n - 1) / 2) * 0.08
+        ax.errorbar(
+            x + offset,
+            [row[f"{c}_mean"] for c in COLUMNS],
+            yerr=[row[f"{c}_std"] for c in COLUMNS],
+            fmt="o",
+            capsize=3,
+            label=name(row[by]),
+        )
+    over = "losses" if by == "model" else "backbones"
+    _style(ax, x, f"Long-tailed training: mean ± std over {over}")
+    return _save(fig, out)
+
+
+def lines_figure(cells: pd.DataFrame, model: str, losses: list[str], stem: Path) -> list[Path]:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = np.arange(len(COLUMNS))
+    part = cells[(cells["model"] == model) & (cells["train_split"] == "lt")]
+    for loss in losses:
+        row = part[part["loss"] == loss]
+        if len(row):
+            ax.plot(x, [row.iloc[0][c] for c in COLUMNS], marker="o", label=loss_title(loss))
+    _style(ax, x, f"{model_title(model)}, long-tailed training")
+    return _save(fig, stem)
+
+
+def ranked_counts_figure(counts: np.ndarray, stem: Path, what: str) -> list[Path]:
+    """Images per class of the ``what`` set (``long-tailed training``), most frequent first."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.bar(np.arange(len(counts)), counts, width=1.0, color="#4472c4")
+    ax.set_xlabel("class, from most to least frequent")
+    ax.set_ylabel("images")
+    ax.set_title(f"{what[0].upper()}{what[1:]} set: {int(counts.sum()):,} images")
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, stem)
+
+
+def paired_figure(paired: pd.DataFrame, grid: Grid, stem: Path) -> list[Path]:
+    part = paired[paired["train_split"] == "lt"] if "lt" in grid.train_splits else paired
+    models = [m for m in grid.models if m in set(part["model"])]
+    fig, axes = plt.subplots(
+        1, max(len(models), 1), figsize=(4.5 * max(len(models), 1), 3.8), squeeze=False
+    )
+    x = np.arange(len(COLUMNS))
+    for ax, model in zip(axes[0], models, strict=False):
+        rows = part[part["model"] == model]
+        n = max(len(rows), 1)
+        for i, (_, r) in enumerate(rows.iterrows()):
+            values = np.array([r[c] for c in COLUMNS], dtype=float)
+            low = np.array([r[f"{c}_ci_low"] for c in COLUMNS], dtype=float)
+            high = np.array([r[f"{c}_ci_high"] for c in COLUMNS], dtype=float)
+            ax.errorbar(
+                x + (i - (n - 1) / 2) * 0.1,
+                values,
+                yerr=[values - low, high - values],
+                fmt="o",
+                capsize=3,
+                label=loss_title(r["loss"]),
+            )
+        ax.axhline(0, color="black", lw=0.8)
+        _style(ax, x, model_title(model), ylim=None)
+        ax.set_ylabel("top-1 minus Softmax loss")
+    return _save(fig, stem)

@@ -31,9 +31,9 @@ COLUMN_TITLES = {
     "tail": "Tail",
 }
 # the thesis's orders: rows of Tables 4.1-4.8, and the order of the tables
-LOSS_ORDER = ("ce", "focal", "wce", "cb", "bs", "seql", "ldam")
-MODEL_ORDER = ("resnet50", "mobilenet_v2", "vit_b16", "convnext_base")
-SPLIT_ORDER = ("balanced", "lt")
+LOSS_ORDER = config_grid.axis("loss").default  # the thesis grid's own order (ltexp/config/grid.py)
+MODEL_ORDER = config_grid.axis("model").default
+SPLIT_ORDER = config_grid.axis("train_split").default
 SPLIT_TITLES = {"balanced": "balanced", "lt": "long-tailed"}
 BASELINE_LOSS = "ce"  # what the paired comparisons compare against (the Softmax loss)
 # Table 3.2: (row title, manifest split)

@@ -27,6 +27,7 @@ from ltexp.report.build import (
     results_frame,
 )
 from ltexp.tracking import runs, schema
+from ltexp.tracking.queries import FINISHED, where
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +46,10 @@ def query_results(experiment_id: str, dataset: str = "") -> list[dict]:
     post-hoc adjustment), as records (one paginated query)."""
     found = runs.search_all(
         [experiment_id],
-        f"{schema.search_step(schema.Step.EVALUATE)} and attributes.status = 'FINISHED'",
+        where(schema.Step.EVALUATE, status=FINISHED),
     )
     models = [
-        run
-        for step in schema.MODEL_STEPS
-        for run in runs.search_all([experiment_id], schema.search_step(step))
+        run for step in schema.MODEL_STEPS for run in runs.search_all([experiment_id], where(step))
     ]
     tuned = {r.info.run_id: r.data.tags.get(schema.TUNED_PARAMS, "") for r in models}
     identity = {r.info.run_id: _identity(r) for r in models}
@@ -108,7 +107,7 @@ def choose_experiment(cfg: Config) -> tuple[str, str]:
     if cfg.experiment:
         return cfg.experiment, "named"
     launched = runs.launched_experiment_id()
-    evaluated = f"{schema.search_step(schema.Step.EVALUATE)} and attributes.status = 'FINISHED'"
+    evaluated = where(schema.Step.EVALUATE, status=FINISHED)
     client = runs.client()
     if launched and client.search_runs([launched], evaluated, max_results=1):
         return client.get_experiment(launched).name, "the experiment mlflow run chose"
@@ -135,8 +134,7 @@ def find_manifest(digests: set[str]) -> tuple[dict | None, list[str]]:
     (digest,) = digests
     found = runs.search_all(
         None,
-        f"{schema.search_step(schema.Step.PREPARE_DATA)} and "
-        f"tags.`{schema.DATA_DIGEST}` = '{digest}' and attributes.status = 'FINISHED'",
+        where(schema.Step.PREPARE_DATA, status=FINISHED, tags={schema.DATA_DIGEST: digest}),
     )
     for run in found:
         with tempfile.TemporaryDirectory() as tmp:

@@ -29,7 +29,6 @@ from ltexp.config import Config
 from ltexp.data.pipeline import TensorBatches
 from ltexp.data.splits import TRAINING_SETS
 from ltexp.errors import ConfigError
-from ltexp.losses import build_loss
 from ltexp.models import model_spec
 from ltexp.resources import resident_budget
 from ltexp.tracking import claims, registered_models, runs, schema
@@ -38,26 +37,17 @@ from ltexp.tracking.inputs import log_split_inputs
 from ltexp.training import (
     TrainResult,
     autocast_dtype,
-    fit,
-    make_scheduler,
-    predict,
     resolve_device,
     seed_everything,
 )
 from ltexp.training.decoupling import (
-    TAU_GRID,
-    FrozenBackbone,
-    apply_tau,
-    best_tau,
     check_method,
-    head_inputs,
     linear_head,
     plain_state,
-    prepare_stage2,
-    tau_scores,
+    search_tau,
+    train_classifier,
 )
 from ltexp.training.session import resolve_augment
-from ltexp.training.setup import optimizer_for
 
 log = logging.getLogger(__name__)
 
@@ -116,33 +106,31 @@ def run_decouple(
     launched, wrapper = (None, None) if parent_run_id else runs.launched_run_for(exp_id)
     name = cells.run_name(identity) if "model" in identity else f"{stage1.info.run_name}-{method}"
     tags = {
-        schema.CONFIG_HASH: chash,
-        schema.IDENTITY: json.dumps(identity, sort_keys=True, default=str),
         schema.STAGE1_RUN: stage1.info.run_id,
         schema.DATA_RUN: stage1.data.tags[schema.DATA_RUN],
         schema.DATA_DIGEST: prepared.digest(),
         schema.CELL: name,
     }
-    run_id = claims.claim_run(
+    training_set = TRAINING_SETS[params["train_split"]]
+    registered = schema.registered_model_name(
+        params["dataset"],
+        params["model"],
+        params["loss"],
+        params["train_split"],
+        cells.variant(identity),
+    )
+    with claims.claimed_run(
+        schema.Step.DECOUPLE,
         exp_id,
+        identity,
         chash,
         run_name=name,
         tags=tags,
         parent_run_id=parent_run_id,
-        run_id=launched,
-        finished_counts=parent_run_id is not None and not cfg.study.force,
-        step=schema.Step.DECOUPLE,
-    )
-    training_set = TRAINING_SETS[params["train_split"]]
-    with runs.step_run(
-        schema.Step.DECOUPLE,
-        experiment_id=exp_id,
-        run_id=run_id,
-        run_name=name,
-        parent_run_id=parent_run_id,
-        tags=tags,
+        launched=launched,
+        once=parent_run_id is not None and not cfg.study.force,
         description=f"Stage 2 ({method}, Kang et al. 2020) of train run {stage1.info.run_id} "
-        f"({uri}) on {prepared.dataset} {training_set}; registered as a new version, stage=2.",
+        f"({uri}) on {prepared.dataset} {training_set}; registered as {registered}, stage=2.",
     ) as run:
         runs.link_wrapper(wrapper, run.info.run_id)
         log_split_inputs(prepared, splits=(training_set, "val"))
@@ -160,8 +148,10 @@ def run_decouple(
         folder.mkdir(parents=True, exist_ok=True)
         tau = None
         if method == "tau_norm":
-            tau, best_acc = _tau_norm(model, path, val_batches, amp, d.stage2_tau)
-            best_epoch = 0
+            tau, scores = search_tau(model, path, val_batches, amp, d.stage2_tau)
+            _log_tau_search(scores)
+            log.info("tau_norm: tau %g, val_acc1 %.4f", tau, scores[tau])
+            best_acc, best_epoch = scores[tau], 0
             save_weights(plain_state(model, path), folder / BEST)
         else:
             seed_everything(t.seed)
@@ -178,23 +168,20 @@ def run_decouple(
                 max_resident_bytes=resident_budget(cfg.runtime.data_on_device_gb, device),
                 **batch,
             )
-            trainable = prepare_stage2(model, path, method, t.seed)
-            optimizer = optimizer_for(base, iter(trainable), device, lr=lr)
-            scheduler = make_scheduler(
-                "cosine", optimizer, epochs=d.stage2_epochs, step_size=1, gamma=1.0
-            )
-            loss_fn = build_loss("ce", prepared.class_counts(training_set)).to(device)
             best_acc, best_epoch = -1.0, 0
-            for result in fit(
-                FrozenBackbone(model),
-                loss_fn,
+            for result in train_classifier(
+                model,
+                path,
+                method,
                 train_batches,
                 val_batches,
-                optimizer,
-                scheduler,
+                stage1=base,
+                lr=lr,
                 epochs=d.stage2_epochs,
+                class_counts=prepared.class_counts(training_set),
                 groups=prepared.groups(),
                 amp=amp,
+                device=device,
             ):
                 if result.improved:
                     save_weights(plain_state(model, path), folder / BEST)
@@ -218,13 +205,6 @@ def run_decouple(
         runs.log_once({schema.BEST_VAL_ACC1: best_acc, schema.BEST_EPOCH: best_epoch})
         if not cfg.train.register:
             return TrainResult(run.info.run_id, best_acc, best_epoch, "")
-        registered = schema.registered_model_name(
-            params["dataset"],
-            params["model"],
-            params["loss"],
-            params["train_split"],
-            cells.variant(identity),
-        )
         version_tags = {
             schema.VersionTag.RUN_ID: run.info.run_id,
             schema.VersionTag.SEED: params.get("seed", ""),
@@ -248,21 +228,8 @@ def run_decouple(
         return TrainResult(run.info.run_id, best_acc, best_epoch, new_uri)
 
 
-def _tau_norm(
-    model: torch.nn.Module,
-    path: str,
-    val_batches: TensorBatches,
-    amp: torch.dtype | None,
-    given: float | None,
-) -> tuple[float, float]:
-    """τ-normalise the head with ``given`` or the best τ on the validation set; log the search."""
-    features = head_inputs(model, path, lambda m: predict(m, val_batches, amp))
-    head = linear_head(model, path)
-    scores = tau_scores(
-        features, val_batches.labels, head, (given,) if given is not None else TAU_GRID
-    )
-    tau = best_tau(scores)
-    apply_tau(head, tau)
+def _log_tau_search(scores: dict[float, float]) -> None:
+    """The validation top-1 of each τ tried (``tau_search.csv``)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / schema.TAU_SEARCH_ARTIFACT
         with open(out, "w", newline="") as f:
@@ -270,5 +237,3 @@ def _tau_norm(
             w.writerow(["tau", schema.VAL_ACC1])
             w.writerows([[f"{k:g}", f"{v:.6f}"] for k, v in scores.items()])
         mlflow.log_artifact(str(out))
-    log.info("tau_norm: tau %g, val_acc1 %.4f", tau, scores[tau])
-    return tau, scores[tau]

@@ -20,13 +20,13 @@ import torch
 
 from ltexp.config import Config, variant_axes
 from ltexp.data import PreparedData
-from ltexp.data.pipeline import TensorBatches
 from ltexp.data.splits import FREQUENCY_GROUPS, SHOT_GROUPS, TRAINING_SETS
 from ltexp.errors import TrackingError
 from ltexp.evaluation import (
     GroupScore,
     confusion_matrix,
     per_class_accuracy,
+    predict_test_sets,
     score_test_sets,
 )
 from ltexp.evaluation import topk as top_k
@@ -36,8 +36,9 @@ from ltexp.resources import check_fits, image_batch_bytes
 from ltexp.tracking import claims, registered_models, runs, schema
 from ltexp.tracking.datasets import load_prepared
 from ltexp.tracking.inputs import log_split_inputs
+from ltexp.tracking.queries import ENDED_UNFINISHED, where
 from ltexp.tracking.results import log_model_input, log_test_results
-from ltexp.training import autocast_dtype, predict, resolve_device
+from ltexp.training import autocast_dtype, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -79,26 +80,17 @@ def run_evaluate(
     train_counts = prepared.class_counts(TRAINING_SETS[params["train_split"]])
     tau = cfg.evaluate.tau
 
-    outputs = {}
-    for split in schema.EVALUATED_SPLITS:
-        data = prepared.splits[split]
-        if not prepared.has(split):  # a set long-tailed as given has one of the two
-            outputs[split] = (data.labels, np.zeros((0, prepared.num_classes), np.float32))
-            continue
-        batches = TensorBatches(
-            data.images,
-            data.labels,
-            cfg.runtime.eval_batch_size,
-            device=device,
-            image_size=image_size,
-            dtype=amp or torch.float32,
-            channels_last=channels_last,
-        )
-        logits = predict(model, batches, amp, desc=f"evaluate {split}")
-        if tau:
-            logits = adjust_logits(logits, train_counts, tau)
-        outputs[split] = (data.labels, logits.float().cpu().numpy())
-
+    outputs = predict_test_sets(
+        model,
+        prepared,
+        schema.EVALUATED_SPLITS,
+        batch_size=cfg.runtime.eval_batch_size,
+        device=device,
+        image_size=image_size,
+        amp=amp,
+        channels_last=channels_last,
+        adjust=(lambda logits: adjust_logits(logits, train_counts, tau)) if tau else None,
+    )
     groups = prepared.groups()
     scores = score_test_sets(
         outputs["test_balanced"],
@@ -189,9 +181,11 @@ def _unfinished_evaluation(train_run_id: str, tau: float) -> str | None:
     claims.reap_dead_runs()
     found = runs.search_all(
         None,
-        f"{schema.search_step(schema.Step.EVALUATE)} and "
-        f"params.{schema.TRAIN_RUN_ID} = '{train_run_id}' and "
-        f"attributes.status != 'FINISHED' and attributes.status != 'RUNNING'",
+        where(
+            schema.Step.EVALUATE,
+            params={schema.TRAIN_RUN_ID: train_run_id},
+            not_status=ENDED_UNFINISHED,
+        ),
     )
     for run in found:
         if float(run.data.params.get(schema.TAU, "0") or 0) == float(tau):

@@ -35,6 +35,7 @@ from ltexp.steps.prepare_data import run_prepare_data
 from ltexp.steps.train import TrainHooks, TrainResult, run_train
 from ltexp.tracking import claims, runs, schema
 from ltexp.tracking.datasets import find_prepared_run, load_prepared, prepared_digest
+from ltexp.tracking.queries import ENDED_UNFINISHED, FINISHED, where
 from ltexp.training.setup import check_weights, resolve_train
 
 log = logging.getLogger(__name__)
@@ -109,9 +110,12 @@ def best_tuned(cfg: Config) -> tuple[str | None, dict[str, Any]]:
     t = cfg.train
     found = runs.search_all(
         None,
-        f"{schema.search_step(schema.Step.TUNE)} and attributes.status = 'FINISHED' and "
-        f"tags.`{schema.TUNE_CELL}` = '{schema.tune_cell(t.model, t.loss, t.train_split)}' and "
-        f"params.dataset = '{cfg.data.dataset}'",
+        where(
+            schema.Step.TUNE,
+            status=FINISHED,
+            tags={schema.TUNE_CELL: schema.tune_cell(t.model, t.loss, t.train_split)},
+            params={"dataset": cfg.data.dataset},
+        ),
         order_by=["attributes.end_time DESC"],
     )
     for run in found:
@@ -136,13 +140,11 @@ def finished_cells(experiment_id: str) -> dict[str, tuple[str, str | None]]:
     """config hash → (finished train run, its finished evaluate run or None), this code only."""
     trains = runs.search_all(
         [experiment_id],
-        f"{schema.search_step(schema.Step.TRAIN)} and "
-        f"attributes.status = 'FINISHED' and "
-        f"tags.`{schema.CODE_VERSION}` = '{code_version()}'",
+        where(schema.Step.TRAIN, status=FINISHED, tags={schema.CODE_VERSION: code_version()}),
     )
     evals = runs.search_all(
         [experiment_id],
-        f"{schema.search_step(schema.Step.EVALUATE)} and attributes.status = 'FINISHED'",
+        where(schema.Step.EVALUATE, status=FINISHED),
     )
     eval_of = {}
     for run in evals:
@@ -355,8 +357,7 @@ def _evaluated_stage2(exp_id: str, stage1_run_id: str, identity: dict[str, Any])
         return None
     evals = runs.search_all(
         [exp_id],
-        f"{schema.search_step(schema.Step.EVALUATE)} and attributes.status = 'FINISHED' and "
-        f"params.{schema.TRAIN_RUN_ID} = '{found}'",
+        where(schema.Step.EVALUATE, status=FINISHED, params={schema.TRAIN_RUN_ID: found}),
     )
     return found if evals else None
 
@@ -364,10 +365,7 @@ def _evaluated_stage2(exp_id: str, stage1_run_id: str, identity: dict[str, Any])
 def _unfinished_main(exp_id: str, shash: str) -> str | None:
     found = runs.search_all(
         [exp_id],
-        f"{schema.search_step(schema.Step.MAIN)} and "
-        f"tags.`{schema.CONFIG_HASH}` = '{shash}' and "
-        f"attributes.status != 'FINISHED' and "
-        f"attributes.status != 'RUNNING'",
+        where(schema.Step.MAIN, tags={schema.CONFIG_HASH: shash}, not_status=ENDED_UNFINISHED),
     )
     return found[0].info.run_id if found else None
 

@@ -8,7 +8,6 @@ evaluate step's work (the study, and ``ltexp train``, run it next).
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from ltexp.checkpoint import (
 )
 from ltexp.config import Config
 from ltexp.data import PreparedData
-from ltexp.data.pipeline import CIFAR_MEAN, CIFAR_STD
+from ltexp.data.pipeline import PROTOCOL_MEAN, PROTOCOL_STD
 from ltexp.data.splits import TRAINING_SETS
 from ltexp.distributed import DistContext, device_for
 from ltexp.distributed import init as init_distributed
@@ -40,6 +39,7 @@ from ltexp.models import count_parameters
 from ltexp.tracking import claims, registered_models, runs, schema
 from ltexp.tracking.datasets import find_prepared_run, load_prepared
 from ltexp.tracking.inputs import log_split_inputs
+from ltexp.tracking.queries import FINISHED, where
 from ltexp.training import TrainResult, TrainSpec, resolve_device, resolve_train
 from ltexp.training.session import (
     ReplicaSetup,
@@ -125,34 +125,27 @@ def run_train(
     )
     training_set = TRAINING_SETS[t.train_split]
     tags = {
-        schema.CONFIG_HASH: chash,
-        schema.IDENTITY: json.dumps(identity, sort_keys=True, default=str),
         schema.DATA_RUN: data_run,
         schema.DATA_DIGEST: prepared.digest(),
         schema.CELL: cell,
         **hooks.tags,
     }
-    run_id = resume_id or claims.claim_run(
+    with claims.claimed_run(
+        schema.Step.TRAIN,
         exp_id,
+        identity,
         chash,
         run_name=name,
         tags=tags,
         parent_run_id=parent_run_id,
-        run_id=launched,
+        launched=launched,
         # a study's cell is trained once; a plain `ltexp train` may train a config again
-        finished_counts=(
+        once=(
             hooks.trains_once
             if hooks.trains_once is not None
             else parent_run_id is not None and not cfg.study.force
         ),
-    )
-    with runs.step_run(
-        schema.Step.TRAIN,
-        experiment_id=exp_id,
-        run_id=run_id,
-        run_name=name,
-        parent_run_id=parent_run_id,
-        tags=tags,
+        resume_id=resume_id,
         description=(
             f"{t.model} fine-tuned with {t.loss} on {prepared.dataset} {training_set} "
             f"({len(prepared.splits[training_set]):,} images), seed {t.seed}, {t.epochs} "
@@ -186,8 +179,7 @@ def _run_to_resume(cfg: Config, exp_id: str, chash: str) -> str | None:
         return wanted
     candidates = runs.search_all(
         [exp_id],
-        f"{schema.search_step(schema.Step.TRAIN)} and "
-        f"tags.`{schema.CONFIG_HASH}` = '{chash}' and attributes.status != 'FINISHED'",
+        where(schema.Step.TRAIN, tags={schema.CONFIG_HASH: chash}, not_status=(FINISHED,)),
     )
     for run in candidates:
         if run.info.status == "RUNNING":
@@ -201,13 +193,7 @@ def _log_run_inputs(cfg: Config, spec: TrainSpec, prepared: PreparedData, data_r
     """Params (every resolved option), ``config.yaml`` and the dataset inputs of a new run."""
     params = cfg.flat(("data", "train", "runtime"))
     params.pop("experiment", None)
-    params.update(
-        {
-            f"{cfg.train.loss}_{k}": v
-            for k, v in cfg.loss_hparams().items()
-            if not k.startswith("drw_")
-        }
-    )
+    params.update(cfg.loss_settings())
     resolved = {
         "dataset": prepared.dataset,
         "head": spec.head,
@@ -280,7 +266,7 @@ def _train(
     if not cfg.train.register:
         return TrainResult(run_id, best_acc, best_epoch, "")
     info = registered_models.ModelInfo(
-        t.model, prepared.num_classes, spec.head, spec.image_size, CIFAR_MEAN, CIFAR_STD
+        t.model, prepared.num_classes, spec.head, spec.image_size, PROTOCOL_MEAN, PROTOCOL_STD
     )
     tags = {
         schema.VersionTag.RUN_ID: run_id,
@@ -299,7 +285,8 @@ def _train(
         "loss": t.loss,
         "train_split": t.train_split,
         "seed": t.seed,
-        **{f"{t.loss}_{k}": v for k, v in cfg.loss_hparams().items()},
+        **cfg.loss_settings(),
+        **({"drw_epoch": t.drw_epoch, "drw_beta": t.drw_beta} if t.drw_epoch is not None else {}),
     }
     uri = registered_models.register_best(
         folder / BEST,

@@ -35,6 +35,7 @@ from ltexp.steps.prepare_data import run_prepare_data
 from ltexp.steps.train import TrainHooks, run_train
 from ltexp.tracking import claims, runs, schema
 from ltexp.tracking.datasets import find_prepared_run
+from ltexp.tracking.queries import ENDED_UNFINISHED, where
 from ltexp.training.setup import check_weights, resolve_train
 from ltexp.tuning import Dimension, check_objective, parse_space, study_name
 
@@ -274,8 +275,7 @@ def _tag_trial(cell: str, number: int, study: str, state: str, run_id: str | Non
     if run_id is None:
         found = runs.search_all(
             None,
-            f"tags.`{schema.TUNE_STUDY}` = '{study}' and tags.`{schema.TRIAL}` = '{number}' and "
-            f"{schema.search_step(schema.Step.TRAIN)}",
+            where(schema.Step.TRAIN, tags={schema.TUNE_STUDY: study, schema.TRIAL: number}),
         )
         run_id = found[0].info.run_id if found else None
     if run_id:
@@ -285,8 +285,7 @@ def _tag_trial(cell: str, number: int, study: str, state: str, run_id: str | Non
 def _unfinished_tune(exp_id: str, name: str) -> str | None:
     found = runs.search_all(
         [exp_id],
-        f"{schema.search_step(schema.Step.TUNE)} and tags.`{schema.TUNE_STUDY}` = '{name}' and "
-        f"attributes.status != 'FINISHED' and attributes.status != 'RUNNING'",
+        where(schema.Step.TUNE, tags={schema.TUNE_STUDY: name}, not_status=ENDED_UNFINISHED),
     )
     return found[0].info.run_id if found else None
 

@@ -9,14 +9,20 @@ want to train the same cell both create its run; the one created first keeps it.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import socket
 import time
+from collections.abc import Iterator
+from typing import Any
 
+import mlflow
 from mlflow.entities import Run, RunStatus
 
 from ltexp.errors import TrackingError
 from ltexp.tracking import schema
+from ltexp.tracking.queries import FINISHED, RUNNING, where
 from ltexp.tracking.runs import (
     STALE_SECONDS,
     client,
@@ -24,6 +30,7 @@ from ltexp.tracking.runs import (
     pid_alive,
     process_tags,
     search_all,
+    step_run,
 )
 
 
@@ -51,7 +58,7 @@ def reap_dead_runs(experiment_ids: list[str] | None = None) -> list[str]:
     """Mark FAILED, with the reason, the ltexp runs left RUNNING by dead processes (see
     :func:`dead_reason`), in ``experiment_ids`` (default: every experiment)."""
     reaped = []
-    for run in search_all(experiment_ids, "attributes.status = 'RUNNING'"):
+    for run in search_all(experiment_ids, where(status=RUNNING)):
         reason = dead_reason(run)
         if reason is None or schema.STEP not in run.data.tags:
             continue
@@ -104,8 +111,7 @@ def claim_run(
         run_id = c.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
     rivals = search_all(
         [experiment_id],
-        f"{schema.search_step(step)} and tags.`{schema.CONFIG_HASH}` = "
-        f"'{config_hash}' and attributes.status = 'RUNNING'",
+        where(step, status=RUNNING, tags={schema.CONFIG_HASH: config_hash}),
     )
     live = [r for r in rivals if r.info.run_id == run_id or dead_reason(r) is None]
     first = min(live, key=lambda r: (r.info.start_time, r.info.run_id), default=None)
@@ -116,9 +122,9 @@ def claim_run(
         c.delete_run(run_id)
     if done is not None:
         raise CellTaken(f"run {done} has trained this cell already; its result is reused", done)
-    where = first.data.tags.get(schema.HOST, "another host")
+    host = first.data.tags.get(schema.HOST, "another host")
     raise CellTaken(
-        f"run {first.info.run_id} ({where}, pid {first.data.tags.get(schema.PID, '?')}) is "
+        f"run {first.info.run_id} ({host}, pid {first.data.tags.get(schema.PID, '?')}) is "
         f"training this cell already; its result will be reused",
         first.info.run_id,
     )
@@ -132,31 +138,77 @@ def finished_run(
 
     found = search_all(
         [experiment_id],
-        f"{schema.search_step(step)} and tags.`{schema.CONFIG_HASH}` = "
-        f"'{config_hash}' and attributes.status = 'FINISHED' and "
-        f"tags.`{schema.CODE_VERSION}` = '{code_version()}'",
+        where(
+            step,
+            status=FINISHED,
+            tags={schema.CONFIG_HASH: config_hash, schema.CODE_VERSION: code_version()},
+        ),
     )
     return found[0].info.run_id if found else None
 
 
 def live_train_run(experiment_id: str, config_hash: str) -> str | None:
     """A RUNNING train run of this config with a live process behind it, if any."""
-    return _live(
-        experiment_id,
-        f"{schema.search_step(schema.Step.TRAIN)} and tags.`{schema.CONFIG_HASH}` = "
-        f"'{config_hash}'",
-    )
+    return _live(experiment_id, schema.Step.TRAIN, {schema.CONFIG_HASH: config_hash})
 
 
 def live_evaluation(experiment_id: str, train_run_id: str) -> str | None:
     """A RUNNING evaluate run of ``train_run_id`` with a live process behind it, if any."""
-    return _live(
-        experiment_id,
-        f"{schema.search_step(schema.Step.EVALUATE)} and "
-        f"tags.`{schema.PARENT_RUN}` = '{train_run_id}'",
-    )
+    return _live(experiment_id, schema.Step.EVALUATE, {schema.PARENT_RUN: train_run_id})
 
 
-def _live(experiment_id: str, filter_string: str) -> str | None:
-    running = search_all([experiment_id], f"{filter_string} and attributes.status = 'RUNNING'")
+def _live(experiment_id: str, step: schema.Step, tags: dict[str, str]) -> str | None:
+    running = search_all([experiment_id], where(step, status=RUNNING, tags=tags))
     return next((r.info.run_id for r in running if dead_reason(r) is None), None)
+
+
+@contextlib.contextmanager
+def claimed_run(
+    step: schema.Step,
+    experiment_id: str,
+    identity: dict[str, Any],
+    config_hash: str,
+    *,
+    run_name: str,
+    tags: dict[str, str],
+    parent_run_id: str | None,
+    launched: str | None,
+    once: bool,
+    description: str,
+    resume_id: str | None = None,
+    system_metrics: bool = False,
+) -> Iterator[mlflow.ActiveRun]:
+    """The run of a cell's train or decouple step, open while inside: ``resume_id``, else a run
+    claimed for the cell (:func:`claim_run`; ``launched``: the ``mlflow run`` run to take;
+    ``once``: a FINISHED run of the cell also has it), tagged with the cell's identity, and
+    closed with the right status (:func:`ltexp.tracking.runs.step_run`).
+
+    Raises:
+        CellTaken: another live process has the cell (or, with ``once``, has trained it).
+    """
+    all_tags = {
+        schema.CONFIG_HASH: config_hash,
+        schema.IDENTITY: json.dumps(identity, sort_keys=True, default=str),
+        **tags,
+    }
+    run_id = resume_id or claim_run(
+        experiment_id,
+        config_hash,
+        run_name=run_name,
+        tags=all_tags,
+        parent_run_id=parent_run_id,
+        run_id=launched,
+        finished_counts=once,
+        step=step,
+    )
+    with step_run(
+        step,
+        experiment_id=experiment_id,
+        run_id=run_id,
+        run_name=run_name,
+        parent_run_id=parent_run_id,
+        tags=all_tags,
+        description=description,
+        system_metrics=system_metrics,
+    ) as run:
+        yield run

@@ -16,15 +16,14 @@ from ltexp.data import PreparedData, load_source, rebuild
 from ltexp.data.prepared import load_indices
 from ltexp.errors import DataError, TrackingError
 from ltexp.tracking import runs, schema
+from ltexp.tracking.queries import FINISHED, where
 
 
 def find_prepared_run(cfg: Config) -> str | None:
     """The latest FINISHED prepare_data run of these data settings, in any experiment."""
     matches = runs.search_all(
         None,
-        f"{schema.search_step(schema.Step.PREPARE_DATA)} and "
-        f"tags.`{schema.CONFIG_HASH}` = '{data_key(cfg)}' and "
-        f"attributes.status = 'FINISHED'",
+        where(schema.Step.PREPARE_DATA, status=FINISHED, tags={schema.CONFIG_HASH: data_key(cfg)}),
     )
     return matches[0].info.run_id if matches else None
 

@@ -39,6 +39,7 @@ from torch import nn
 from ltexp.checkpoint import load_weights, save_weights
 from ltexp.errors import ConfigError, TrackingError
 from ltexp.tracking import runs, schema
+from ltexp.tracking.queries import ltexp_models, versions_of
 
 log = logging.getLogger(__name__)
 WEIGHTS_FILE = "weights.safetensors"
@@ -168,7 +169,7 @@ def version_of_run(registered_name: str, run_id: str) -> str | None:
     """``models:/<name>/<version>`` registered from ``run_id``, if any."""
     c = runs.client()
     try:
-        versions = c.search_model_versions(f"name = '{registered_name}' and run_id = '{run_id}'")
+        versions = c.search_model_versions(versions_of(registered_name, run_id))
     except mlflow.exceptions.MlflowException:
         return None
     if not versions:
@@ -186,7 +187,7 @@ def update_champion(registered_name: str, cell: str | None = None) -> str:
     alias moves only to a strictly better version: on a tie the current champion stays.
     """
     c = runs.client()
-    versions = c.search_model_versions(f"name = '{registered_name}'")
+    versions = c.search_model_versions(versions_of(registered_name))
     if not versions:
         raise TrackingError(f"registered model {registered_name!r} has no versions")
 
@@ -224,9 +225,7 @@ def update_champion(registered_name: str, cell: str | None = None) -> str:
 def ltexp_model_names() -> str:
     """A few registered ltexp model names, for error messages (``none`` when there are none)."""
     try:
-        found = runs.client().search_registered_models(
-            f"name LIKE '{schema.REGISTERED_PREFIX}%'", max_results=8
-        )
+        found = runs.client().search_registered_models(ltexp_models(), max_results=8)
     except mlflow.exceptions.MlflowException:
         return "none"
     names = [m.name for m in found]
@@ -263,7 +262,7 @@ def resolve_model_uri(model_uri: str) -> tuple[str, str]:
             f"model_uri {model_uri!r}: no registered model {name!r} on {where}; "
             f"registered ltexp models: {ltexp_model_names()}"
         ) from None
-    versions = sorted(int(v.version) for v in c.search_model_versions(f"name = '{name}'"))
+    versions = sorted(int(v.version) for v in c.search_model_versions(versions_of(name)))
     try:
         mv = (
             c.get_model_version_by_alias(name, ref)

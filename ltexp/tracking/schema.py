@@ -378,8 +378,3 @@ def default_experiment_name(preset: str, dataset: str) -> str:
     ``preset`` may be a path to a YAML file; its stem is used.
     """
     return f"{PurePath(preset).stem if preset else 'ltexp'}-{dataset}"
-
-
-def search_step(step: Step) -> str:
-    """Filter string selecting runs of one step."""
-    return f"tags.`{STEP}` = '{step.value}'"

@@ -18,14 +18,21 @@ head: a cosine classifier normalises its rows away.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
+from ltexp.config.sections import STAGE2_METHODS
 from ltexp.errors import ConfigError, unknown_name_error
 
-METHODS = ("crt", "tau_norm", "lws")
+if TYPE_CHECKING:
+    from ltexp.config import Config
+    from ltexp.data.pipeline import TensorBatches
+    from ltexp.training.loop import EpochResult
+
+METHODS = STAGE2_METHODS  # declared with the stage2 option
 TAU_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 
 
@@ -182,3 +189,64 @@ def apply_tau(head: nn.Linear, tau: float) -> None:
     """Rescale the head's rows in place: ``w_k ← w_k / ‖w_k‖^τ``."""
     with torch.no_grad():
         head.weight.copy_(tau_normalised(head.weight.float(), tau).to(head.weight.dtype))
+
+
+def search_tau(
+    model: nn.Module,
+    path: str,
+    val_batches: TensorBatches,
+    amp: torch.dtype | None,
+    given: float | None = None,
+) -> tuple[float, dict[float, float]]:
+    """τ-normalise the head in place with ``given``, or with the τ of :data:`TAU_GRID` that
+    scores best on the validation set; return τ and the validation top-1 of each τ tried."""
+    from ltexp.training.loop import predict
+
+    features = head_inputs(model, path, lambda m: predict(m, val_batches, amp))
+    head = linear_head(model, path)
+    scores = tau_scores(
+        features, val_batches.labels, head, (given,) if given is not None else TAU_GRID
+    )
+    tau = best_tau(scores)
+    apply_tau(head, tau)
+    return tau, scores
+
+
+def train_classifier(
+    model: nn.Module,
+    path: str,
+    method: str,
+    train_batches: TensorBatches,
+    val_batches: TensorBatches,
+    *,
+    stage1: Config,
+    lr: float,
+    epochs: int,
+    class_counts: Sequence[int],
+    groups: dict[str, list[int]],
+    amp: torch.dtype | None,
+    device: torch.device,
+) -> Iterator[EpochResult]:
+    """cRT or LWS: the head (cRT, re-initialised) or its scales (LWS) trained with plain
+    cross-entropy on ``train_batches`` (sampled class-balanced), the backbone frozen in eval
+    mode; ``stage1``'s optimizer and seed, ``lr`` cosine-annealed over ``epochs``. Yields each
+    epoch's result, as :func:`ltexp.training.loop.fit` does."""
+    from ltexp.losses import build_loss
+    from ltexp.training.loop import fit
+    from ltexp.training.setup import make_scheduler, optimizer_for
+
+    trainable = prepare_stage2(model, path, method, stage1.train.seed)
+    optimizer = optimizer_for(stage1, iter(trainable), device, lr=lr)
+    scheduler = make_scheduler("cosine", optimizer, epochs=epochs, step_size=1, gamma=1.0)
+    loss_fn = build_loss("ce", list(class_counts)).to(device)
+    yield from fit(
+        FrozenBackbone(model),
+        loss_fn,
+        train_batches,
+        val_batches,
+        optimizer,
+        scheduler,
+        epochs=epochs,
+        groups=groups,
+        amp=amp,
+    )

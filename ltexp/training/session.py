@@ -20,6 +20,7 @@ import torch
 from ltexp.checkpoint import ResumeState
 from ltexp.config import Config
 from ltexp.data import PreparedData, dataset_spec, load_source, rebuild
+from ltexp.data.mixing import Mixer
 from ltexp.data.pipeline import TensorBatches
 from ltexp.data.splits import TRAINING_SETS
 from ltexp.distributed import DistContext, broadcast
@@ -27,7 +28,6 @@ from ltexp.losses import build_loss
 from ltexp.models import build_model
 from ltexp.resources import GIB, resident_budget
 from ltexp.training.loop import EpochResult, fit
-from ltexp.training.mixing import Mixer
 from ltexp.training.setup import (
     TrainSpec,
     make_scheduler,

@@ -91,10 +91,10 @@ def resolve_train(cfg: Config) -> TrainSpec:
         ConfigError: an unknown model or loss, a bad hyper-parameter, a device that is not
             here, an image size the model cannot take, a weights path that is not a file.
     """
+    from ltexp.data.mixing import MIXINGS
     from ltexp.data.samplers import SAMPLERS
     from ltexp.losses import LOSSES, build_loss
     from ltexp.models import model_spec
-    from ltexp.training.mixing import MIXINGS
 
     t = cfg.train
     spec = model_spec(t.model)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltexp.data.pipeline import CIFAR_MEAN, CIFAR_STD, TensorBatches, crop_flip
+from ltexp.data.pipeline import PROTOCOL_MEAN, PROTOCOL_STD, TensorBatches, crop_flip
 
 
 def test_crop_flip_matches_pad_crop_flip_per_image() -> None:
@@ -39,7 +39,7 @@ def test_eval_batches_are_resized_and_normalised() -> None:
     got = torch.cat([x for x, _ in batches.epoch(0)])
     ref = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     ref = F.interpolate(ref, size=(16, 16), mode="bilinear", align_corners=False)
-    ref = (ref - torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR_STD).view(
+    ref = (ref - torch.tensor(PROTOCOL_MEAN).view(1, 3, 1, 1)) / torch.tensor(PROTOCOL_STD).view(
         1, 3, 1, 1
     )
     assert torch.allclose(got, ref, atol=1e-5)
@@ -52,7 +52,7 @@ def test_train_batches_pad_with_black_and_cover_each_image_once() -> None:
     xs, ys = zip(*batches.epoch(1), strict=True)
     assert sorted(torch.cat(ys).tolist()) == sorted(labels.tolist())
     x = torch.cat(xs)
-    black = -torch.tensor(CIFAR_MEAN) / torch.tensor(CIFAR_STD)
+    black = -torch.tensor(PROTOCOL_MEAN) / torch.tensor(PROTOCOL_STD)
     # some pixel of some image is zero padding, i.e. normalised black
     border = x[:, :, 0, :].permute(0, 2, 1).reshape(-1, 3)
     assert (border - black).abs().sum(1).min() < 1e-5

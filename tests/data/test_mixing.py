@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ltexp.data.mixing import Mixer, cutmix, mixup, remix_weights
 from ltexp.losses import build_loss
-from ltexp.training.mixing import Mixer, cutmix, mixup, remix_weights
 
 
 def test_mixup_with_lambda_one_is_the_identity() -> None:

@@ -1,0 +1,550 @@
+"""The report's sections, one builder each, in the thesis's order: the data and the models
+(Tables 3.2-3.3, Figures 3.3-3.4), the results (Tables 4.1-4.8), the comparisons (Tables
+4.9-4.11), the figures (4.1-4.6), then what goes beyond the thesis: the values a search chose,
+the paired comparisons with the Softmax loss, the grid's other axes, every other variant.
+
+Each builder reads the :class:`Context`, writes its CSV tables and figures, and returns its
+blocks (:mod:`ltexp.report.model`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ltexp.data.splits import FEW_SHOT_MAX, MANY_SHOT_MIN
+from ltexp.report import plots
+from ltexp.report.model import (
+    DASH,
+    Block,
+    Figure,
+    Fmt,
+    Grid,
+    Predictions,
+    ReportOptions,
+    Table,
+)
+from ltexp.report.paired import (
+    paired_frame,
+    paired_plain_block,
+    paired_softmax_blocks,
+    paired_vs_plain,
+)
+from ltexp.report.tables import (
+    BASELINE_LOSS,
+    COLUMN_TITLES,
+    COLUMNS,
+    LOSS_ORDER,
+    MODEL_ORDER,
+    SPLIT_ORDER,
+    SPLIT_TITLES,
+    axis_params,
+    axis_table,
+    axis_title,
+    axis_values,
+    backbones_table,
+    benchmarks_table,
+    loss_title,
+    lt_class_counts,
+    model_title,
+    ordered,
+    results_table,
+    split_sizes_table,
+    summary,
+)
+from ltexp.tracking.schema import CELL_PARAMS, REPORT_COLUMNS, SHOT_COLUMNS
+
+
+@dataclass
+class Context:
+    """What every section reads, and where it writes.
+
+    Attributes:
+        results: the thesis tables' results (one variant per cell).
+        every_result: every result, labelled (``label``, ``thesis``).
+        cells: ``results`` as cell means over seeds (:func:`ltexp.report.tables.cell_means`).
+        numbered: the full thesis grid: tables and figures carry the thesis's numbers.
+        notes: what the reader must know, printed at the top.
+        files: every file written.
+    """
+
+    output_dir: Path
+    fmt: Fmt
+    grid: Grid
+    options: ReportOptions
+    manifest: dict[str, Any] | None
+    predictions: Predictions | None
+    results: pd.DataFrame
+    every_result: pd.DataFrame
+    cells: pd.DataFrame
+    references: pd.DataFrame
+    numbered: bool
+    notes: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+    def write_csv(self, frame: pd.DataFrame, name: str) -> None:
+        path = self.output_dir / name
+        frame.to_csv(path, index=False, float_format="%.6f")
+        self.files.append(path)
+
+    def number(self, n: str) -> str:
+        """A table's or figure's thesis number, on the full thesis grid only."""
+        return n if self.numbered else ""
+
+    @property
+    def tail_note(self) -> list[str]:
+        if not self.manifest:
+            return []
+        return _tail_note(int(self.manifest["splits"]["test_tail"]["n"]), self.fmt)
+
+
+def data_section(ctx: Context) -> list[Block]:
+    """Table 3.2 (the splits), Table 3.3 (the backbones), Figures 3.3-3.4 (images per class)."""
+    manifest, number = ctx.manifest, ctx.number
+    blocks: list[Block] = []
+    if manifest is not None:
+        sizes = split_sizes_table(manifest)
+        ctx.write_csv(sizes, "split_sizes.csv")
+        blocks.append(
+            Table(
+                number("3.2"),
+                f"The splits of {manifest['dataset']} (images, classes, images per class)",
+                ["Split", "Images", "Classes", "Per class"],
+                [[r.split, f"{r.images:,}", str(r.classes), _range(r)] for r in sizes.itertuples()],
+            )
+        )
+    else:
+        ctx.notes.append(
+            "no prepare_data run of these results' data was found: Table 3.2 and Figures "
+            "3.3/3.4 are left out, and the paired comparisons have no head/middle/tail columns"
+        )
+    num_classes = int(manifest["num_classes"]) if manifest else 100
+    backbones = backbones_table(ctx.grid.models, num_classes)
+    ctx.write_csv(backbones, "backbones.csv")
+    blocks.append(
+        Table(
+            number("3.3"),
+            f"The backbones (parameters with a {num_classes}-way linear head)",
+            ["Backbone", "Type", "Pretraining", "Parameters (M)", "ImageNet top-1 (%)"],
+            [
+                [
+                    model_title(r.model),
+                    r.type,
+                    r.pretraining,
+                    DASH if pd.isna(r.params_millions) else f"{r.params_millions:.2f}",
+                    DASH if pd.isna(r.imagenet_top1) else f"{r.imagenet_top1:.3f}",
+                ]
+                for r in backbones.itertuples()
+            ],
+            ["ImageNet top-1: from the weights' own metadata (torchvision); timm publishes none."],
+            align="lllrr",
+        )
+    )
+    if manifest is None:
+        return blocks
+    # a set long-tailed as given may have a balanced test set only: its class groups' set
+    test_split = manifest.get("group_split", "test_lt")
+    for num, split, what in (("3.3", "train_lt", "training"), ("3.4", test_split, "test")):
+        stem = f"fig_{split}_class_counts"
+        kind = "balanced" if split == "test_balanced" else "long-tailed"
+        counts = lt_class_counts(manifest, split)
+        ctx.files += plots.ranked_counts_figure(counts, ctx.output_dir / stem, f"{kind} {what}")
+        blocks.append(
+            Figure(
+                number(num),
+                f"Images per class of the {kind} {what} set, classes from most to least frequent",
+                stem,
+            )
+        )
+    lacking = [
+        title
+        for title, split in (("balanced", "test_balanced"), ("long-tailed", "test_lt"))
+        if not manifest["splits"][split]["n"]
+    ]
+    if lacking:
+        where = "; head/middle/tail are measured on its balanced test set"
+        ctx.notes.append(
+            f"{manifest['dataset']} has no {' or '.join(lacking)} test set: that column is "
+            f"empty (—){where if test_split != 'test_lt' else ''}"
+        )
+    return blocks
+
+
+def results_section(ctx: Context) -> list[Block]:
+    """``runs.csv`` (every result), and Tables 4.1-4.8: per backbone and training set, one row
+    per loss, with seed means ± std or, for one seed, the bootstrap interval."""
+    fmt, every_result = ctx.fmt, ctx.every_result
+    # the axes appear only when the grid has them: a thesis grid's runs.csv stays as it was
+    axes = [a for a, plain in axis_params().items() if (every_result[a] != plain).any()]
+    if (every_result["label"] != "").any():
+        axes.append("label")
+    runs_out = every_result[["run_id", *CELL_PARAMS, *axes, *COLUMNS]].rename(
+        columns={**REPORT_COLUMNS, "label": "variant"}
+    )
+    ctx.write_csv(runs_out, "runs.csv")
+    thesis_tables = [(m, s) for m in MODEL_ORDER for s in SPLIT_ORDER]
+    blocks: list[Block] = []
+    for model, split in itertools.product(ctx.grid.models, ctx.grid.train_splits):
+        table = results_table(ctx.cells, model, split, ctx.grid.losses)
+        ctx.write_csv(table, f"results_{model}_{split}.csv")
+        several = "n_seeds" in table
+        rows, tex_rows = [], []
+        for _, row in table.iterrows():
+            if several:
+                shown = [fmt.pm(row[c], row[f"{c}_seed_std"]) for c in COLUMNS]
+                tex = shown
+            else:
+                tex = [fmt(row[c]) for c in COLUMNS]
+                shown = [
+                    fmt.interval(row[c], row.get(f"{c}_ci_low"), row.get(f"{c}_ci_high"))
+                    if ctx.options.intervals
+                    else fmt(row[c])
+                    for c in COLUMNS
+                ]
+            rows.append([loss_title(row["loss"]), *shown])
+            tex_rows.append([loss_title(row["loss"]), *tex])
+        table_notes = []
+        if several:
+            n = table["n_seeds"].dropna()
+            table_notes.append(
+                f"Mean ± population std over seeds (n = {', '.join(map(str, sorted(set(n))))})."
+            )
+        elif ctx.options.intervals:
+            table_notes.append("In brackets: the 95 % bootstrap interval over the test images.")
+        table_notes += ctx.tail_note
+        key = (model, split)
+        num = f"4.{thesis_tables.index(key) + 1}" if key in thesis_tables else ""
+        blocks.append(
+            Table(
+                ctx.number(num),
+                f"{model_title(model)} trained on the {SPLIT_TITLES.get(split, split)} set: "
+                f"top-1 accuracy",
+                ["Loss", *(COLUMN_TITLES[c] for c in COLUMNS)],
+                rows,
+                table_notes,
+                tex_rows,
+            )
+        )
+    return blocks
+
+
+def comparisons_section(ctx: Context) -> list[Block]:
+    """Table 4.9 (beside published CIFAR-100 results; for a set long-tailed as given, the
+    many/medium/few-shot tables instead), Tables 4.10-4.11 (summaries over the losses and over
+    the backbones)."""
+    fmt, number = ctx.fmt, ctx.number
+    blocks: list[Block] = []
+    manifest = ctx.manifest
+    # the published results are CIFAR-100's: a set long-tailed as given is not compared to them
+    given = manifest is not None and manifest.get("protocol", {}).get("mode") == "given"
+    if given:
+        blocks += _shot_tables(ctx)
+    else:
+        bench = benchmarks_table(ctx.cells, ctx.grid.models, ctx.references)
+        ctx.write_csv(bench, "benchmarks.csv")
+        blocks.append(
+            Table(
+                number("4.9"),
+                "Best balanced-test top-1 over the losses (balanced training) beside a published "
+                "CIFAR-100 result",
+                ["Backbone", "This study", "Best loss", "Published", "Source"],
+                [
+                    [
+                        model_title(r.model),
+                        fmt(r.result),
+                        loss_title(r.best_loss) if r.best_loss else DASH,
+                        fmt(r.benchmark),
+                        r.benchmark_source,
+                    ]
+                    for r in bench.itertuples()
+                ],
+                align="lrlrl",
+            )
+        )
+    for frame, by, num, what in (
+        (
+            summary(ctx.cells, "model", MODEL_ORDER),
+            "model",
+            "4.10",
+            "per backbone, over the losses",
+        ),
+        (summary(ctx.cells, "loss", LOSS_ORDER), "loss", "4.11", "per loss, over the backbones"),
+    ):
+        ctx.write_csv(frame.drop(columns="n"), f"summary_by_{by}.csv")
+        name = model_title if by == "model" else loss_title
+        blocks.append(
+            Table(
+                number(num),
+                f"Long-tailed training, mean ± std {what}",
+                ["Backbone" if by == "model" else "Loss", *(COLUMN_TITLES[c] for c in COLUMNS)],
+                [
+                    [name(r[by]), *(fmt.pm(r[f"{c}_mean"], r[f"{c}_std"]) for c in COLUMNS)]
+                    for _, r in frame.iterrows()
+                ],
+                ["Standard deviation: population (ddof = 0).", *ctx.tail_note],
+            )
+        )
+    return blocks
+
+
+def figures_section(ctx: Context) -> list[Block]:
+    """Figures 4.1-4.6: the summaries as error bars, one line chart per backbone."""
+    number, out = ctx.number, ctx.output_dir
+    by_model = summary(ctx.cells, "model", MODEL_ORDER)
+    by_loss = summary(ctx.cells, "loss", LOSS_ORDER)
+    blocks: list[Block] = []
+    stem = "fig_summary_by_model"
+    ctx.files += plots.errorbar_figure(by_model, "model", model_title, out=out / stem)
+    what = "mean ± std over the losses, long-tailed training"
+    blocks.append(Figure(number("4.1"), f"{number('Table 4.10') or 'Per backbone'}: {what}", stem))
+    for model in ctx.grid.models:
+        stem = f"fig_{model.replace(':', '_')}"
+        ctx.files += plots.lines_figure(ctx.cells, model, ctx.grid.losses, out / stem)
+        num = f"4.{MODEL_ORDER.index(model) + 2}" if model in MODEL_ORDER else ""
+        blocks.append(
+            Figure(
+                number(num),
+                f"{model_title(model)}, long-tailed training: one line per loss across the "
+                f"five columns",
+                stem,
+            )
+        )
+    stem = "fig_summary_by_loss"
+    ctx.files += plots.errorbar_figure(by_loss, "loss", loss_title, out=out / stem)
+    what = "mean ± std over the backbones, long-tailed training"
+    blocks.append(Figure(number("4.6"), f"{number('Table 4.11') or 'Per loss'}: {what}", stem))
+    return blocks
+
+
+def tuned_section(ctx: Context) -> list[Block]:
+    """The values each cell took from a search (``ltexp main --tuned``), if any did."""
+    results = ctx.results
+    if "tuned_params" in results and (results["tuned_params"].fillna("") != "").any():
+        return [_tuned_table(results, ctx.number)]
+    return []
+
+
+def paired_softmax_section(ctx: Context) -> list[Block]:
+    """Each loss minus the Softmax loss on the same test images (Tables 4.12-4.13, Figure
+    4.7; beyond the thesis)."""
+    if ctx.predictions is None:
+        return []
+    if BASELINE_LOSS not in ctx.grid.losses:
+        ctx.notes.append("the grid has no Softmax loss (ce): no paired comparisons")
+        return []
+    paired, unreadable = paired_frame(
+        ctx.results, ctx.predictions, ctx.manifest, ctx.grid, ctx.options
+    )
+    if unreadable:
+        ctx.notes.append(
+            f"{unreadable} evaluate run(s) have no readable predictions artifact: their "
+            f"paired comparisons with the Softmax loss are left out"
+        )
+    if not len(paired):
+        return []
+    ctx.write_csv(paired, "paired_vs_softmax.csv")
+    stem = ctx.output_dir / "fig_paired_vs_softmax"
+    ctx.files += plots.paired_figure(paired, ctx.grid, stem)
+    return paired_softmax_blocks(paired, ctx.grid, ctx.fmt, ctx.tail_note, ctx.number)
+
+
+def axes_section(ctx: Context) -> list[Block]:
+    """One loss × axis table per grid axis in use (``by_<axis>.csv``), the other axes plain."""
+    blocks: list[Block] = []
+    for axis in axis_params():
+        if len(axis_values(ctx.every_result, axis)) < 2:
+            continue
+        table = axis_table(ctx.every_result, axis)
+        ctx.write_csv(table, f"by_{axis}.csv")
+        blocks.append(_axis_block(table, axis, ctx.fmt, ctx.number))
+    return blocks
+
+
+def variants_section(ctx: Context) -> list[Block]:
+    """Every result the thesis tables do not hold (``variants.csv``), so that none is left
+    out, and each one's paired difference from its thesis cell (``paired_vs_plain.csv``)."""
+    others = ctx.every_result[~ctx.every_result["thesis"]]
+    if not len(others):
+        return []
+    table = variants_table(others)
+    ctx.write_csv(table, "variants.csv")
+    blocks: list[Block] = [_variants_block(table, ctx.fmt, ctx.number)]
+    if ctx.predictions is not None:
+        paired = paired_vs_plain(ctx.every_result, ctx.predictions, ctx.manifest, ctx.options)
+        if len(paired):
+            ctx.write_csv(paired, "paired_vs_plain.csv")
+            blocks.append(paired_plain_block(paired, ctx.fmt, ctx.tail_note, ctx.number))
+    return blocks
+
+
+SECTIONS: tuple[Callable[[Context], list[Block]], ...] = (
+    data_section,
+    results_section,
+    comparisons_section,
+    figures_section,
+    tuned_section,
+    paired_softmax_section,
+    axes_section,
+    variants_section,
+)
+
+
+def _shot_tables(ctx: Context) -> list[Table]:
+    """Many/medium/few-shot top-1 per loss (the ImageNet-LT papers' columns), mean over seeds:
+    the table a set long-tailed as given is compared by (``shot_groups.csv``)."""
+    results, manifest, fmt = ctx.results, ctx.manifest, ctx.fmt
+    shots = [g for g in SHOT_COLUMNS if g in results and results[g].notna().any()]
+    if not shots:
+        return []
+    frame = results.copy()
+    frame[shots] = frame[shots].apply(pd.to_numeric, errors="coerce")
+    means = frame.groupby(["model", "train_split", "loss"], sort=False)[shots].mean()
+    means = means.reset_index()
+    ctx.write_csv(means, "shot_groups.csv")
+    sizes = {g: len(manifest["groups"].get(g, [])) for g in shots}
+    measured_on = "balanced" if manifest.get("group_split") == "test_balanced" else "long-tailed"
+    blocks = []
+    for model, split in itertools.product(ctx.grid.models, ctx.grid.train_splits):
+        part = means[(means["model"] == model) & (means["train_split"] == split)]
+        if part.empty:
+            continue
+        order = ordered(part["loss"].tolist(), LOSS_ORDER)
+        part = part.set_index("loss").loc[order]
+        blocks.append(
+            Table(
+                "",
+                f"{model_title(model)} trained on the {SPLIT_TITLES.get(split, split)} set: "
+                f"many/medium/few-shot top-1",
+                ["Loss", *(f"{g.title()} ({sizes[g]} classes)" for g in shots)],
+                [[loss_title(loss), *(fmt(r[g]) for g in shots)] for loss, r in part.iterrows()],
+                [
+                    f"Classes by training images: many > {MANY_SHOT_MIN - 1}, medium "
+                    f"{FEW_SHOT_MAX + 1}–{MANY_SHOT_MIN - 1}, few < {FEW_SHOT_MAX + 1} (Liu et al. "
+                    f"2019); measured on the {measured_on} test set; mean over seeds."
+                ],
+            )
+        )
+    return blocks
+
+
+def _axis_block(table: pd.DataFrame, axis: str, fmt: Fmt, number: Callable[[str], str]) -> Table:
+    """Loss × the axis's values: balanced-test top-1 (the long-tailed literature's measure)."""
+    values = axis_values(table, axis)
+    rows = []
+    for (model, split, loss), part in table.groupby(["model", "train_split", "loss"], sort=False):
+        by_value = part.set_index(axis)["balanced"]
+        rows.append(
+            [
+                model_title(model),
+                SPLIT_TITLES.get(split, split),
+                loss_title(loss),
+                *(fmt(by_value[v]) if v in by_value else DASH for v in values),
+            ]
+        )
+    title = axis_title(axis)
+    return Table(
+        number(""),
+        f"Loss × {title}: balanced-test top-1, the other axes plain (beyond the thesis)",
+        ["Backbone", "Training set", "Loss", *values],
+        rows,
+        [
+            f"Mean over seeds; by_{axis}.csv has every column. Plain: "
+            f"{axis_params()[axis]}; the thesis's tables hold only plain cells."
+        ],
+        align="lll" + "r" * len(values),
+    )
+
+
+def variants_table(others: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, training set, loss, variant) outside the thesis tables: the mean of every
+    column over seeds and ``n_seeds``, in the thesis's order."""
+    keys = ["model", "train_split", "loss", "label"]
+    grouped = others.groupby(keys, sort=False)
+    out = grouped[list(COLUMNS)].mean()
+    out["n_seeds"] = grouped.size()
+    out = out.reset_index().rename(columns={"label": "variant"})
+    orders = {
+        "model": ordered(set(out["model"]), MODEL_ORDER),
+        "train_split": ordered(set(out["train_split"]), SPLIT_ORDER),
+        "loss": ordered(set(out["loss"]), LOSS_ORDER),
+        "variant": sorted(set(out["variant"])),
+    }
+    rank = {key: {v: i for i, v in enumerate(values)} for key, values in orders.items()}
+    return out.sort_values(
+        ["model", "train_split", "loss", "variant"],
+        key=lambda col: col.map(rank[col.name]),
+        ignore_index=True,
+    )
+
+
+def _variants_block(table: pd.DataFrame, fmt: Fmt, number: Callable[[str], str]) -> Table:
+    rows = [
+        [
+            model_title(r["model"]),
+            SPLIT_TITLES.get(r["train_split"], r["train_split"]),
+            loss_title(r["loss"]),
+            r["variant"] or "plain",
+            *(fmt(r[c]) for c in COLUMNS),
+            str(int(r["n_seeds"])),
+        ]
+        for _, r in table.iterrows()
+    ]
+    return Table(
+        number(""),
+        "Every other variant of a cell: the results the tables above do not hold (beyond the "
+        "thesis)",
+        ["Backbone", "Training set", "Loss", "Variant", *(COLUMN_TITLES[c] for c in COLUMNS), "n"],
+        rows,
+        [
+            "Variant: the axes off their plain value, tuned, and each option off its default or "
+            "off the setting of the tables above (variants.csv). Mean over n seeds."
+        ],
+        align="llll" + "r" * (len(COLUMNS) + 1),
+    )
+
+
+def _range(row: Any) -> str:
+    low, high = row.per_class_min, row.per_class_max
+    return str(low) if low == high else f"{low}–{high}"
+
+
+def _tail_note(tail_n: int | None, fmt: Fmt) -> list[str]:
+    if not tail_n:
+        return []
+    return [
+        f"The tail column is measured on {tail_n} test images: one image moves it by "
+        f"{fmt(1 / tail_n)}."
+    ]
+
+
+def _tuned_table(results: pd.DataFrame, number: Callable[[str], str]) -> Table:
+    """Which hyper-parameters each cell used, when ``ltexp main --tuned`` took them from a
+    search (``ltexp tune``)."""
+    import json
+
+    rows = []
+    keys = ["model", "loss", "train_split"]
+    for (model, loss, split), part in results.groupby(keys, sort=False):
+        values = next((v for v in part["tuned_params"].fillna("") if v), "")
+        shown = (
+            ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in json.loads(values).items()
+            )
+            if values
+            else "as configured"
+        )
+        rows.append([model_title(model), loss_title(loss), SPLIT_TITLES.get(split, split), shown])
+    return Table(
+        number(""),
+        "Hyper-parameters of each cell, tuned on the validation set (ltexp tune)",
+        ["Backbone", "Loss", "Training set", "Values"],
+        rows,
+        ["Cells that were never tuned use the configured values."],
+        align="llll",
+    )
