@@ -125,6 +125,13 @@ def score(
     return GroupScore(len(labels), float(correct1.mean()), float(correct5.mean()), low, high)
 
 
+def spreadsheet_safe(text: str) -> str:
+    """A CSV cell that a spreadsheet shows as text: a value starting with ``= + - @`` or a
+    control character is a formula there (``=cmd|' /C calc'!A0``), so it gets a leading ``'``
+    (OWASP's advice for CSV injection). Class names come from folder names and list files."""
+    return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def per_class_accuracy(
     labels: np.ndarray, preds: np.ndarray, num_classes: int
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -55,10 +56,32 @@ class CellJob:
     config: str
 
 
+RAY_CONNECT_SECONDS = 10.0  # Ray itself retries an unreachable cluster for minutes
+
+
 def check_available(cfg: Config) -> None:
-    """Refuse an executor that cannot run here, before any run is created."""
-    if cfg.study.executor == "ray" and importlib.util.find_spec("ray") is None:
+    """Refuse an executor that cannot run here, before any run is created: Ray not installed,
+    or a Ray cluster address that does not answer within :data:`RAY_CONNECT_SECONDS`."""
+    if cfg.study.executor != "ray":
+        return
+    if importlib.util.find_spec("ray") is None:
         raise ConfigError("executor=ray needs Ray: pip install 'ltexp[ray]'")
+    address = cfg.study.ray_address.strip()
+    if address in ("", "auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(
+            f"ray_address {address!r} must be host:port (or ray://host:port, auto, or empty "
+            f"for a local cluster)"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=RAY_CONNECT_SECONDS).close()
+    except OSError as e:
+        raise ConfigError(
+            f"the Ray cluster at {address!r} does not answer ({e.strerror or e}); start it "
+            f"(ray start --head) or leave ray_address empty for a local one"
+        ) from None
 
 
 def cell_jobs(todo: list[CellTask], study_run: str) -> list[CellJob]:

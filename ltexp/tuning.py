@@ -16,6 +16,7 @@ selection uses it: the test splits are never read. Nothing here touches MLflow.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,6 +153,15 @@ def check_objective(objective: str) -> str:
             f"valid: {', '.join(valid)} (a search never reads the test splits)"
         )
     return objective
+
+
+def check_study_name(name: str) -> str:
+    """A study name: letters, digits and ``. _ - :`` (it is a tag value that searches compare)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}", name):
+        raise ConfigError(
+            f"study_name {name[:40]!r} may hold letters, digits and . _ - : only (at most 200)"
+        )
+    return name
 
 
 def study_name(cfg: Config, dims: list[Dimension], objective: str) -> str:

@@ -71,3 +71,150 @@ def test_no_entry_point_loads_the_planted_champion(
     with pytest.raises(mlflow.exceptions.MlflowException, match="pickle is disallowed"):
         mlflow.pytorch.load_model(champion)
     assert not marker.exists()
+
+
+# --- hostile registered versions (issue 24) --------------------------------------------------
+
+
+def _copy_of_a_version(trained, tmp_path: Path, edit) -> str:
+    """A new version of the trained cell's model whose files are the real ones, then ``edit``ed,
+    logged from the real train run (as anyone who can write to the store can)."""
+    import shutil
+
+    from ltexp.tracking.registered_models import EXTRA_FILES_DIR
+
+    _, _, cell = trained
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=cell.train.model_uri, dst_path=str(tmp_path / "real")
+        )
+    )
+    extra = local / EXTRA_FILES_DIR
+    edit(extra)
+    files = [str(p) for p in sorted(extra.iterdir())]
+    copy = tmp_path / "copy"
+    shutil.copytree(extra, copy)
+    name = f"ltexp-digits-copy-{tmp_path.name}"  # the shared cell's own model stays as it is
+    with mlflow.start_run(run_id=cell.train.run_id):
+        info = mlflow.pytorch.log_model(
+            torch.nn.Linear(2, 2),
+            name="copy",
+            serialization_format="pickle",
+            registered_model_name=name,
+            extra_files=files,
+            pip_requirements=["torch"],
+        )
+    return f"models:/{name}/{info.registered_model_version}"
+
+
+def _json_edit(**fields):
+    def edit(extra: Path) -> None:
+        import json
+
+        path = extra / "ltexp_model.json"
+        raw = json.loads(path.read_text())
+        raw.update(fields)
+        path.write_text(json.dumps(raw))
+
+    return edit
+
+
+def _nested(depth: int):
+    def edit(extra: Path) -> None:
+        (extra / "ltexp_model.json").write_text("[" * depth + "]" * depth)
+
+    return edit
+
+
+def _nan_weights(extra: Path) -> None:
+    from ltexp.checkpoint import load_weights, save_weights
+
+    path = extra / "weights.safetensors"
+    weights = load_weights(path)
+    next(t for t in weights.values() if t.is_floating_point()).fill_(float("nan"))
+    save_weights(weights, path)
+
+
+# each edit of a version's files, and what reading its description says of it
+EDITS = {
+    "num_classes 1e12": (_json_edit(num_classes=10**12), "num_classes must be an integer"),
+    'num_classes "10"': (_json_edit(num_classes="10"), "num_classes must be an integer"),
+    "num_classes 10.7": (_json_edit(num_classes=10.7), "num_classes must be an integer"),
+    "an unknown model": (_json_edit(model="os.system"), "unknown model 'os.system'"),
+    "JSON nested 200,000 deep": (_nested(200_000), "more than a model description holds"),
+    "JSON nested 30,000 deep": (_nested(30_000), "not JSON"),
+    "weights of NaNs": (_nan_weights, None),
+}
+
+
+@pytest.mark.parametrize("edit", [e for e, _ in EDITS.values()], ids=EDITS)
+def test_a_version_whose_files_were_changed_is_refused(trained, tmp_path: Path, edit) -> None:
+    """The files a version is loaded from are the ones its run recorded the digests of."""
+    import ltexp
+
+    uri = _copy_of_a_version(trained, tmp_path, edit)
+    with pytest.raises(TrackingError, match="is not the file its run registered"):
+        ltexp.load_model(uri)
+
+
+DESCRIPTIONS = {k: v for k, v in EDITS.items() if v[1]}
+
+
+@pytest.mark.parametrize("edit,message", DESCRIPTIONS.values(), ids=DESCRIPTIONS)
+def test_a_model_description_is_checked_field_by_field(tmp_path: Path, edit, message) -> None:
+    """Without the run's digests (a version registered before they were recorded), the
+    description itself is checked before anything is built."""
+    import json
+
+    from ltexp.tracking.registered_models import ModelInfo, read_model_info
+
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    info = ModelInfo("tiny_cnn", 10, "linear", 32, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2))
+    (extra / "ltexp_model.json").write_text(json.dumps(info.__dict__))
+    assert read_model_info(extra / "ltexp_model.json", "m") == info
+    edit(extra)
+    with pytest.raises(TrackingError, match=message):
+        read_model_info(extra / "ltexp_model.json", "m")
+
+
+def test_a_model_of_nans_is_not_evaluated(trained, tmp_path: Path) -> None:
+    """Even with matching digests (a run that registered NaN weights itself)."""
+    from ltexp.tracking import registered_models
+
+    real = registered_models._registered_digests
+    try:
+        registered_models._registered_digests = lambda uri: {}
+        uri = _copy_of_a_version(trained, tmp_path, _nan_weights)
+        with pytest.raises(TrackingError, match="non-finite weights"):
+            registered_models.load_classifier(uri, "cpu")
+    finally:
+        registered_models._registered_digests = real
+
+
+def test_a_version_without_a_run_or_with_files_outside_its_run_is_refused_unread(
+    trained, tmp_path: Path
+) -> None:
+    import ltexp
+
+    client = mlflow.MlflowClient()
+    name = "ltexp-digits-planted"
+    client.create_registered_model(name)
+    no_run = client.create_model_version(name, source=str(tmp_path))
+    with pytest.raises(TrackingError, match="has no run that registered it"):
+        ltexp.load_model(f"models:/{name}/{no_run.version}")
+    cell = trained[2]
+    outside = tmp_path / "etc"
+    outside.mkdir()
+    (outside / "secret").write_text("x")
+    elsewhere = client.create_model_version(name, source=str(outside), run_id=cell.train.run_id)
+    before = set(Path(tempfile_root()).iterdir())
+    with pytest.raises(TrackingError, match="outside its run's artifacts"):
+        ltexp.load_model(f"models:/{name}/{elsewhere.version}")
+    assert set(Path(tempfile_root()).iterdir()) == before  # nothing was copied
+
+
+def tempfile_root() -> str:
+    import tempfile
+
+    return tempfile.gettempdir()

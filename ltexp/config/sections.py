@@ -76,6 +76,12 @@ class DataConfig:
         "image files: skip an unreadable image (counted, listed in skipped_images.txt) instead "
         "of stopping at it",
     )
+    max_image_pixels: int = _opt(
+        100_000_000,
+        "image files: the largest image decoded, in pixels (its header is read first; a file "
+        "declaring more is refused, or skipped with skip_bad_images: decompression bombs)",
+        low=1,
+    )
     log_scale_counts: bool = _opt(True, "draw the class-count charts on a log scale", runtime=True)
 
 
@@ -103,7 +109,9 @@ class TrainConfig:
         None, "input side in pixels (default: the model's, 224 for the pretrained backbones)", low=8
     )
     optimizer: str = _opt("adam", "optimizer", choices=("adam", "adamw", "sgd"))
-    lr: float = _opt(1e-3, "learning rate (thesis: Adam 1e-3)", low=0.0, low_open=True)
+    # above 10 no optimiser here trains (large-batch SGD recipes stay below 2): a typo, refused
+    # before a run exists rather than a run that diverges
+    lr: float = _opt(1e-3, "learning rate (thesis: Adam 1e-3)", low=0.0, low_open=True, high=10.0)
     betas: tuple[float, float] = _opt(
         (0.9, 0.999), "Adam betas (thesis: 0.9,0.999)", low=0.0, high=1.0, high_open=True
     )

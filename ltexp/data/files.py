@@ -14,14 +14,22 @@ it. The key is the sha256 of the file list (paths, labels, sizes, modification t
 storage settings, so a changed image or list builds a new cache. The cache's own digest (sha256 of
 its pixels and labels) is what prepare_data records.
 
+Each file is read once: its size is taken from its header before it is decoded (a file declaring
+more than ``max_image_pixels`` is refused, naming it, or skipped with ``skip_bad_images``), and its
+bytes are digested, so that the same image listed twice (under another path, through a symlink,
+in train and in test) is refused. The cache's space is reserved on disk before anything is
+written through the memory map, so a full disk is an error line and never a bus error.
+
 The build writes into ``<key>.partial`` and records its progress every few hundred images: an
-interrupted build resumes where it stopped; a build stopped by bad input removes its partial
-folder, so nothing half-written is left behind. The cache root is ``$LTEXP_CACHE_DIR``, else
+interrupted build resumes where it stopped (a progress record that does not fit the listing
+restarts the build); a build stopped by bad input removes its partial folder, so nothing
+half-written is left behind. The cache root is ``$LTEXP_CACHE_DIR``, else
 ``~/.cache/ltexp/images``.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -47,7 +55,10 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CACHE_ENV = "LTEXP_CACHE_DIR"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: each image's content digest, for duplicates across and within sets
+# the largest image decoded by default (a 10,000 × 10,000 photograph): the header's size is read
+# first, so a file declaring more is refused before any pixel is allocated (decompression bombs)
+MAX_IMAGE_PIXELS = 100_000_000
 SETS = ("train", "val", "test")
 _CHECKPOINT_EVERY = 256  # images between progress records of a build
 
@@ -92,14 +103,17 @@ def check_listing(listing: FileListing) -> None:
             f"class {empty[0]!r} has no training images ({len(empty)} such classes); add "
             f"images or remove the class"
         )
-    seen: dict[Path, str] = {}
+    seen: dict[Path, tuple[str, Path]] = {}
     for name, paths in listing.paths.items():
         for p in paths:
-            if p in seen:
+            real = p.resolve()  # ../ and symlinks name the same file too
+            if real in seen:
+                first_set, first = seen[real]
+                also = "" if first == p else f" (as {str(first)!r})"
                 raise DataError(
-                    f"{str(p)!r} is listed twice (in {seen[p]} and {name}); list it once"
+                    f"{str(p)!r} is listed twice (in {first_set}{also} and {name}); list it once"
                 )
-            seen[p] = name
+            seen[real] = (name, p)
     for name, paths in listing.paths.items():
         missing = [p for p in paths if not p.is_file()]
         if missing:
@@ -114,9 +128,11 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or "~/.cache/ltexp/images").expanduser()
 
 
-def cache_key(listing: FileListing, storage_size: int) -> str:
+def cache_key(
+    listing: FileListing, storage_size: int, max_image_pixels: int = MAX_IMAGE_PIXELS
+) -> str:
     """sha256 of the storage settings and of every file's path, label, size and mtime."""
-    h = hashlib.sha256(f"ltexp-images/{CACHE_FORMAT}/{storage_size}".encode())
+    h = hashlib.sha256(f"ltexp-images/{CACHE_FORMAT}/{storage_size}/{max_image_pixels}".encode())
     for name in SETS:
         for path, label in zip(
             listing.paths.get(name, ()), listing.labels.get(name, ()), strict=True
@@ -126,16 +142,23 @@ def cache_key(listing: FileListing, storage_size: int) -> str:
     return h.hexdigest()
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
+def decode_image(path: Path, size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """One image file → ``(size, size, 3)`` uint8: shorter side resized, centre crop.
 
     Raises:
-        OSError/ValueError/RuntimeError: the file is not an image either reader can decode.
+        OSError/ValueError/RuntimeError: the file is not an image either reader can decode, or
+            its header declares more than ``max_pixels`` pixels.
     """
+    return decode_bytes(path.read_bytes(), size, max_pixels)
+
+
+def decode_bytes(data: bytes, size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """:func:`decode_image` of a file's bytes."""
     import torch
     import torch.nn.functional as F
 
-    x = _read_rgb(path)  # (3, H, W) uint8
+    check_pixels(data, max_pixels)
+    x = _read_rgb(data)  # (3, H, W) uint8
     h, w = x.shape[1:]
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
@@ -148,16 +171,46 @@ def decode_image(path: Path, size: int) -> np.ndarray:
     return x[:, top : top + size, left : left + size].permute(1, 2, 0).numpy()
 
 
-def _read_rgb(path: Path):  # -> torch.Tensor
+def check_pixels(data: bytes, max_pixels: int) -> None:
+    """Refuse a file whose header declares more than ``max_pixels`` pixels, before decoding.
+
+    Raises:
+        ValueError: too many pixels; OSError: not an image PIL can read the header of.
+    """
+    import io
+    import re
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # reads the header only
+            width, height = im.size
+    except Image.DecompressionBombError as e:  # PIL's own limit, past twice its warning
+        declared = re.search(r"\((\d+) pixels\)", str(e))
+        pixels = f"{int(declared.group(1)):,}" if declared else "too many"
+        raise ValueError(
+            f"its header declares {pixels} pixels, over max_image_pixels={max_pixels:,}"
+        ) from None
+    if width * height > max_pixels:
+        raise ValueError(
+            f"its header declares {width}×{height} = {width * height:,} pixels, over "
+            f"max_image_pixels={max_pixels:,}"
+        )
+
+
+def _read_rgb(data: bytes):  # -> torch.Tensor
+    import io
+
     import torch
     from torchvision.io import ImageReadMode, decode_image
 
     try:
-        return decode_image(str(path), mode=ImageReadMode.RGB)
+        buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        return decode_image(buffer, mode=ImageReadMode.RGB)
     except (RuntimeError, ValueError):
         from PIL import Image  # BMP and what libjpeg/libpng refuse
 
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             rgb = np.asarray(im.convert("RGB"))
         return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
 
@@ -183,7 +236,12 @@ class CachedImages:
         return int(self.images.nbytes)
 
 
-def load_images(listing: FileListing, storage_size: int, skip_bad_images: bool) -> CachedImages:
+def load_images(
+    listing: FileListing,
+    storage_size: int,
+    skip_bad_images: bool,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
+) -> CachedImages:
     """The decoded cache of ``listing`` at ``storage_size``: opened if built, else built (or its
     interrupted build resumed). See the module docstring.
 
@@ -201,7 +259,7 @@ def load_images(listing: FileListing, storage_size: int, skip_bad_images: bool) 
         f"{storage_size}×{storage_size}",
         "lower storage_size, or free host memory",
     )
-    key = cache_key(listing, storage_size)
+    key = cache_key(listing, storage_size, max_image_pixels)
     folder = cache_root() / key[:32]
     if not (folder / "index.json").is_file():
         try:
@@ -217,7 +275,7 @@ def load_images(listing: FileListing, storage_size: int, skip_bad_images: bool) 
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not (folder / "index.json").is_file():
                 try:
-                    _build(listing, storage_size, skip_bad_images, folder)
+                    _build(listing, storage_size, skip_bad_images, max_image_pixels, folder)
                 except DataError:  # bad input leaves nothing behind, not even the lock file
                     Path(lock.name).unlink(missing_ok=True)
                     raise
@@ -271,7 +329,7 @@ def _removed_on_bad_input(folder: Path) -> Iterator[None]:
         raise
 
 
-def _build(listing: FileListing, size: int, skip_bad: bool, folder: Path) -> None:
+def _build(listing: FileListing, size: int, skip_bad: bool, max_pixels: int, folder: Path) -> None:
     files = [
         (name, p, int(lab))
         for name in SETS
@@ -290,47 +348,56 @@ def _build(listing: FileListing, size: int, skip_bad: bool, folder: Path) -> Non
     )
     partial.mkdir(parents=True, exist_ok=True)
     progress_file = partial / "progress.json"
-    state = json.loads(progress_file.read_text()) if progress_file.is_file() else None
+    file_bytes = max(len(files), 1) * row_bytes
+    state = _resumable(progress_file, partial / "images.u8", len(files), file_bytes)
     if state is None:
+        no_space = (
+            f"the image cache needs {need / GIB:,.2f} GiB ({len(files):,} images at "
+            f"{size}×{size}) and {str(partial.parent)!r} has "
+            f"{{free:,.2f}} GiB free; set {CACHE_ENV} to a larger disk or lower storage_size"
+        )
         free = shutil.disk_usage(partial).free
         if need > free:
             shutil.rmtree(partial, ignore_errors=True)
-            raise DataError(
-                f"the image cache needs {need / GIB:,.2f} GiB ({len(files):,} images at "
-                f"{size}×{size}) and {str(partial.parent)!r} has {free / GIB:,.2f} GiB free; set "
-                f"{CACHE_ENV} to a larger disk or lower storage_size"
-            )
-        np.memmap(
-            partial / "images.u8", np.uint8, mode="w+", shape=(max(len(files), 1), row_bytes)
-        ).flush()
-        state = {"next": 0, "skipped": []}
+            raise DataError(no_space.format(free=free / GIB))
+        try:  # reserved before the memory map writes: a full disk is then never a SIGBUS
+            _reserve(partial / "images.u8", file_bytes)
+        except OSError as e:
+            free = shutil.disk_usage(partial).free
+            shutil.rmtree(partial, ignore_errors=True)
+            raise DataError(f"{no_space.format(free=free / GIB)} ({e.strerror or e})") from None
+        state = {"next": 0, "skipped": [], "digests": []}
     else:
         log.info("resuming the image cache build at image %d of %d", state["next"], len(files))
     rows = np.memmap(
-        partial / "images.u8", np.uint8, mode="r+", shape=(max(len(files), 1), row_bytes)
+        partial / "images.u8", np.uint8, mode="r+", shape=(file_bytes // row_bytes, row_bytes)
     )
     skipped: list[int] = state["skipped"]
+    digests: list[str] = state["digests"]
     bar = Progress(len(files) - state["next"], f"decode {len(files):,} images to {size}px")
     started = time.perf_counter()
     with _removed_on_bad_input(partial), ThreadPoolExecutor(decode_threads()) as pool:
         for first in range(state["next"], len(files), _CHECKPOINT_EVERY):
             chunk = range(first, min(first + _CHECKPOINT_EVERY, len(files)))
             # decoders and resizes run in C++ without the GIL: threads decode in parallel
-            decoded = pool.map(lambda i: _try_decode(files[i][1], size), chunk)
-            for i, image in zip(chunk, decoded, strict=True):
-                if isinstance(image, Exception):
+            decoded = pool.map(lambda i: _try_decode(files[i][1], size, max_pixels), chunk)
+            for i, result in zip(chunk, decoded, strict=True):
+                if isinstance(result, Exception):
                     if not skip_bad:
                         raise DataError(
                             f"{str(files[i][1])!r} cannot be decoded as an image "
-                            f"({_first_line(image)}); fix or remove it, or set "
+                            f"({_first_line(result)}); fix or remove it, or set "
                             f"skip_bad_images=true to leave it out"
                         )
                     skipped.append(i)
                 else:
+                    image, digest = result
                     rows[i - len(skipped)] = image.reshape(-1)
+                    digests.append(digest)
                 bar.update(1)
             rows.flush()
-            _write_json(progress_file, {"next": chunk.stop, "skipped": skipped})
+            state = {"next": chunk.stop, "skipped": skipped, "digests": digests}
+            _write_json(progress_file, state)
         rows.flush()
         bar.close()
         decoded = len(files) - state["next"]
@@ -339,6 +406,7 @@ def _build(listing: FileListing, size: int, skip_bad: bool, folder: Path) -> Non
         for name, entry in index["sets"].items():
             if entry["rows"] == 0:
                 raise DataError(f"no image of {name} could be decoded; check the files")
+        _refuse_duplicates(files, skipped, digests)
     del rows
     os.truncate(partial / "images.u8", index["rows"] * row_bytes)
     _write_json(partial / "index.json", index)
@@ -355,11 +423,79 @@ def decode_threads() -> int:
     return int(value) if value.isdigit() and int(value) > 0 else min(32, os.cpu_count() or 1)
 
 
-def _try_decode(path: Path, size: int) -> np.ndarray | Exception:
+def _try_decode(path: Path, size: int, max_pixels: int) -> tuple[np.ndarray, str] | Exception:
+    """The decoded image and the digest of the file's bytes, or why it cannot be decoded."""
+    from PIL import Image
+
     try:
-        return decode_image(path, size)
-    except (OSError, ValueError, RuntimeError) as e:
+        data = path.read_bytes()
+        return decode_bytes(data, size, max_pixels), hashlib.blake2b(
+            data, digest_size=16
+        ).hexdigest()
+    except (OSError, ValueError, RuntimeError, Image.DecompressionBombError) as e:
         return e
+
+
+def _reserve(path: Path, size: int) -> None:
+    """Allocate ``size`` bytes of ``path`` on disk now (raises OSError when they do not fit)."""
+    with open(path, "wb") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            # a file system without fallocate: write the zeros, which allocates them too
+            block = bytes(1 << 20)
+            for start in range(0, size, len(block)):
+                f.write(block[: min(len(block), size - start)])
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _resumable(progress: Path, images: Path, n_files: int, file_bytes: int) -> dict | None:
+    """The progress record of an interrupted build, if it fits this listing and its images
+    file; else None (the build starts over: a record that claims more than it holds would
+    leave rows of zeros)."""
+    if not progress.is_file():
+        return None
+    try:
+        state = json.loads(progress.read_text())
+        done, skipped, digests = int(state["next"]), list(state["skipped"]), list(state["digests"])
+        fits = (
+            0 <= done <= n_files
+            and all(isinstance(i, int) and 0 <= i < done for i in skipped)
+            and len(set(skipped)) == len(skipped)
+            and len(digests) == done - len(skipped)
+            and images.is_file()
+            and images.stat().st_size == file_bytes
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        fits = False
+    if fits:
+        return {"next": done, "skipped": sorted(skipped), "digests": digests}
+    log.warning(
+        "the interrupted image cache build under %s does not fit: starting over", images.parent
+    )
+    progress.unlink(missing_ok=True)
+    return None
+
+
+def _refuse_duplicates(
+    files: list[tuple[str, Path, int]], skipped: list[int], digests: list[str]
+) -> None:
+    """The same bytes twice (another path, a symlink, train and test): refused, naming both."""
+    bad = set(skipped)
+    kept = [f for i, f in enumerate(files) if i not in bad]
+    first: dict[str, tuple[str, Path]] = {}
+    for (name, path, _), digest in zip(kept, digests, strict=True):
+        if digest in first:
+            other_set, other = first[digest]
+            raise DataError(
+                f"{str(path)!r} ({name}) and {str(other)!r} ({other_set}) are the same image "
+                f"(identical bytes): an image listed twice leaks between splits or counts twice; "
+                f"list it once"
+            )
+        first[digest] = (name, path)
 
 
 def _index(
@@ -374,19 +510,52 @@ def _index(
         entry["labels"].append(label)
     for name in {f[0] for f in files} - set(sets):
         sets[name] = {"start": len(kept), "rows": 0, "labels": []}
-    h = hashlib.sha256(f"{len(kept)}x{size}x{size}x3".encode())
-    for start in range(0, len(kept), 1024):
-        h.update(memoryview(np.ascontiguousarray(rows[start : min(start + 1024, len(kept))])))
-    h.update(np.asarray([f[2] for f in kept], dtype="<i8").tobytes())
+    labels = np.asarray([f[2] for f in kept], dtype=np.int64)
+    digest = cache_digest([rows[: len(kept)].reshape(len(kept), size, size, 3)], labels)
     return {
         "format": CACHE_FORMAT,
         "storage_size": size,
         "rows": len(kept),
         "sets": sets,
         "skipped": [str(files[i][1]) for i in skipped],
-        "sha256": h.hexdigest(),
+        "sha256": digest,
         "images_per_s": round(rate, 1),
     }
+
+
+def cache_digest(images: list[np.ndarray], labels: np.ndarray) -> str:
+    """sha256 of a cache's pixels (its sets' ``(N, S, S, 3)`` uint8 arrays, in order) and labels:
+    what prepare_data records, recomputed from the bytes whenever a cache is reused."""
+    n = sum(len(block) for block in images)
+    size = images[0].shape[1] if images else 0
+    h = hashlib.sha256(f"{n}x{size}x{size}x3".encode())
+    for block in images:
+        for start in range(0, len(block), 1024):
+            h.update(memoryview(np.ascontiguousarray(block[start : start + 1024])))
+    h.update(np.asarray(labels, dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+def verify_cache(source: SourceData) -> None:
+    """Recompute the digest of the cache behind ``source`` (an image-file set) and refuse one
+    whose bytes changed after it was built: what prepare_data records is what the cache holds.
+
+    Raises:
+        DataError: the cache's bytes do not match the digest it was built with.
+    """
+    cache = source.checksums.get("image_cache")
+    if not cache:
+        return
+    sets = [s for s in SETS if s in source.sets or (s == "test" and len(source.test_labels))]
+    images = [source.images(s) for s in sets]
+    labels = np.concatenate([source.labels(s) for s in sets])
+    found = cache_digest(images, labels)
+    if found != cache["sha256"]:
+        raise DataError(
+            f"the image cache {str(source.cache)!r} was changed after it was built (its "
+            f"bytes hash to {found[:12]}…, built as {cache['sha256'][:12]}…); delete it and "
+            f"run again to rebuild it"
+        )
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
@@ -401,11 +570,15 @@ def _first_line(e: BaseException) -> str:
 
 
 def source_from_files(
-    name: str, listing: FileListing, storage_size: int, skip_bad_images: bool
+    name: str,
+    listing: FileListing,
+    storage_size: int,
+    skip_bad_images: bool,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
 ) -> SourceData:
     """A :class:`SourceData` over the decoded cache of ``listing`` (:func:`load_images`),
     long-tailed as given. The sets stay memory-mapped; the splits copy what they select."""
-    cached = load_images(listing, storage_size, skip_bad_images)
+    cached = load_images(listing, storage_size, skip_bad_images, max_image_pixels)
     empty = np.zeros((0, storage_size, storage_size, 3), np.uint8)
     has = {s: s in cached.sets for s in SETS}
     return SourceData(
@@ -429,6 +602,7 @@ def source_from_files(
         val_labels=cached.labels["val"] if has["val"] else None,
         long_tailed=True,
         skipped=[_relative(p, listing.root) for p in cached.skipped],
+        cache=cached.folder,
     )
 
 

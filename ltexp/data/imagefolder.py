@@ -12,7 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ltexp.data.files import IMAGE_EXTENSIONS, SETS, FileListing, source_from_files
+from ltexp.data.files import (
+    IMAGE_EXTENSIONS,
+    MAX_IMAGE_PIXELS,
+    SETS,
+    FileListing,
+    source_from_files,
+)
 from ltexp.data.sources import SourceData, register_dataset
 from ltexp.errors import DataError
 
@@ -69,11 +75,18 @@ def list_imagefolder(root: Path) -> FileListing:
 @register_dataset(
     "imagefolder",
     "your own images: data_root/train/<class>/* (val/, test/ optional), long-tailed as given",
-    settings=("storage_size", "skip_bad_images"),
+    settings=("storage_size", "skip_bad_images", "max_image_pixels"),
     files_are_data=True,
 )
 def load_imagefolder(
-    root: Path, download: bool = True, storage_size: int = 256, skip_bad_images: bool = False
+    root: Path,
+    download: bool = True,
+    storage_size: int = 256,
+    skip_bad_images: bool = False,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
 ) -> SourceData:
     """Load an ImageFolder tree through the decoded cache (``download`` does not apply)."""
-    return source_from_files("imagefolder", list_imagefolder(root), storage_size, skip_bad_images)
+    listing = list_imagefolder(root)
+    return source_from_files(
+        "imagefolder", listing, storage_size, skip_bad_images, max_image_pixels
+    )

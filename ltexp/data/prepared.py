@@ -183,9 +183,12 @@ def rebuild(
 
 
 def prepare(source: SourceData, protocol: Protocol) -> tuple[PreparedData, SplitPlan]:
-    """Build, materialise and describe every split of ``protocol`` on ``source``."""
+    """Build, materialise and describe every split of ``protocol`` on ``source`` (an image
+    cache it reads is verified first: what the manifest records is what the cache holds)."""
+    from ltexp.data.files import verify_cache
     from ltexp.data.splits import build_given_splits, build_splits
 
+    verify_cache(source)
     if protocol.mode == "given":
         plan = build_given_splits(
             {s: source.labels(s) for s in source.sets}, source.num_classes, protocol

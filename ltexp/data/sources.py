@@ -36,6 +36,7 @@ class SourceData:
             ``ltexp.data.splits.build_given_splits``), rather than a balanced source the
             protocol draws long-tailed splits from.
         skipped: images that could not be read and were skipped (``skip_bad_images``).
+        cache: where an image-file set's decoded cache is (not recorded: a host's folder).
     """
 
     name: str
@@ -52,6 +53,7 @@ class SourceData:
     val_labels: np.ndarray | None = None
     long_tailed: bool = False
     skipped: list[str] = field(default_factory=list)
+    cache: Path | None = None
 
     @property
     def num_classes(self) -> int:

@@ -302,6 +302,14 @@ def build_given_splits(
             parts[s].append(own[i * k : (i + 1) * k])
         parts["train_lt"].append(own[len(carved) * k :])
     indices = {s: np.sort(np.concatenate(p)).astype(np.int64) for s, p in parts.items()}
+    for s in carved:  # a class spares an image only when it keeps one for training
+        if not len(indices[s]):
+            most = int(np.bincount(train, minlength=num_classes).max())
+            raise DataError(
+                f"the set has no {s} images and none can be carved from train: its largest "
+                f"class has {most} training image(s), and a class gives one to each missing set "
+                f"only when it keeps one to train on; add a {s}/ folder (or list) or more images"
+            )
     sources = {"train_lt": "train", "train_balanced": "train"}
     for s in ("val", "test"):
         if s in carved:

@@ -9,6 +9,7 @@ model.
 from ltexp.discover import import_submodules
 from ltexp.models.heads import CosineClassifier
 from ltexp.models.registry import (
+    HEADS,
     MODELS,
     ModelSpec,
     build_model,
@@ -24,6 +25,7 @@ from ltexp.models.registry import (
 import_submodules(__name__, __path__, skip=("heads", "registry"))
 
 __all__ = [
+    "HEADS",
     "MODELS",
     "CosineClassifier",
     "ModelSpec",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -26,7 +27,7 @@ from ltexp.report.build import (
     build_report,
     results_frame,
 )
-from ltexp.tracking import runs, schema
+from ltexp.tracking import claims, runs, schema
 from ltexp.tracking.queries import FINISHED, where
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,39 @@ def _check_writable(path: Path) -> None:
                 folder.rmdir()
 
 
+REPORT_SUFFIXES = (".csv", ".png", ".pdf", ".md", ".tex", ".html", ".json")
+
+
+def publish(files: list[Path], out: Path) -> None:
+    """Put a built report in ``out`` at once: copied into a folder beside it, which then takes
+    its place, so that a killed process leaves the previous report or the new one, never half.
+    A folder that holds more than a report (a user's folder) gets each file replaced atomically
+    instead, and keeps the rest."""
+    parent = out.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in parent.glob(f".{out.name}.*-*"):  # what a killed publish left
+        shutil.rmtree(stale, ignore_errors=True)
+    own = not out.exists() or all(
+        p.is_file() and p.suffix in REPORT_SUFFIXES for p in out.iterdir()
+    )
+    if not own:
+        for path in files:
+            part = out / f".{path.name}.incoming"
+            shutil.copyfile(path, part)
+            os.replace(part, out / path.name)
+        return
+    incoming = parent / f".{out.name}.incoming-{os.getpid()}"
+    shutil.rmtree(incoming, ignore_errors=True)
+    incoming.mkdir()
+    for path in files:
+        shutil.copyfile(path, incoming / path.name)
+    previous = parent / f".{out.name}.previous-{os.getpid()}"
+    if out.exists():
+        os.replace(out, previous)
+    os.replace(incoming, out)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
 def run_aggregate(
     cfg: Config,
     grid: Grid | None = None,
@@ -214,6 +248,7 @@ def run_aggregate(
             f"-P experiment=<name> (mlflow run) or --experiment <name>"
         )
     exp_id = exp.experiment_id
+    claims.reap_dead_runs([exp_id])  # an aggregate killed before it finished, among others
     out = Path(cfg.report.output_dir).expanduser() if cfg.report.output_dir else report_folder(name)
     _check_writable(out)
     records = query_results(exp_id, cfg.report.report_dataset)
@@ -268,9 +303,7 @@ def run_aggregate(
                 }
             )
             mlflow.log_artifacts(tmp, artifact_path=schema.REPORT_ARTIFACT_DIR)
-            out.mkdir(parents=True, exist_ok=True)
-            for path in report.files:
-                shutil.copyfile(path, out / path.name)
+            publish(report.files, out)
             report.files = [out / p.name for p in report.files]
             report.output_dir = out
             return AggregateResult(run.info.run_id, out, report)

@@ -199,8 +199,9 @@ def run_decouple(
             if tau is not None
             else {"stage2_epochs": d.stage2_epochs, "stage2_lr": lr}
         )
+        stage1_params = {k: v for k, v in params.items() if k not in schema.MODEL_DIGEST_PARAMS}
         runs.log_params(
-            {**params, "stage2": method, **settings, "stage1_run_id": stage1.info.run_id}
+            {**stage1_params, "stage2": method, **settings, "stage1_run_id": stage1.info.run_id}
         )
         runs.log_once({schema.BEST_VAL_ACC1: best_acc, schema.BEST_EPOCH: best_epoch})
         if not cfg.train.register:

@@ -28,6 +28,7 @@ from ltexp.evaluation import (
     per_class_accuracy,
     predict_test_sets,
     score_test_sets,
+    spreadsheet_safe,
 )
 from ltexp.evaluation import topk as top_k
 from ltexp.losses import adjust_logits
@@ -242,7 +243,7 @@ def _write_artifacts(
             w.writerow(
                 [
                     c,
-                    names[c],
+                    spreadsheet_safe(names[c]),
                     train_counts[c],
                     lt_counts[c],
                     group_of.get(c, ""),

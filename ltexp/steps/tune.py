@@ -37,7 +37,7 @@ from ltexp.tracking import claims, runs, schema
 from ltexp.tracking.datasets import find_prepared_run
 from ltexp.tracking.queries import ENDED_UNFINISHED, where
 from ltexp.training.setup import check_weights, resolve_train
-from ltexp.tuning import Dimension, check_objective, parse_space, study_name
+from ltexp.tuning import Dimension, check_objective, check_study_name, parse_space, study_name
 
 log = logging.getLogger(__name__)
 OPTUNA_SCHEMA = "ltexp_optuna"  # its tables beside MLflow's in one PostgreSQL database
@@ -94,7 +94,9 @@ def run_tune(
     check_weights(cfg, resolve_train(cfg))
     ensure_folder(cfg.runtime.checkpoint_dir)
     name = t.study_name or study_name(cfg, dims, objective)
+    check_study_name(name)
     storage_url = resolve_storage(t.tune_storage)
+    runs.check_database(storage_url, "tune_storage")
     study = _study(optuna, name, storage_url, t)
     data_run = (
         cfg.train.data_run or find_prepared_run(cfg) or run_prepare_data(cfg, claim_launched=False)
@@ -175,7 +177,10 @@ def _study(optuna: Any, name: str, storage_url: str, t: Any) -> Any:
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
     }[t.tune_sampler]()
-    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    # a trial whose worker was killed has no heartbeat: failed now, not RUNNING forever
+    optuna.storages.fail_stale_trials(study)
+    return study
 
 
 @contextlib.contextmanager

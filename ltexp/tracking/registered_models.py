@@ -20,8 +20,10 @@ lacks them. ltexp itself only ever loads that way.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
+import math
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -37,7 +39,7 @@ from mlflow.types import Schema, TensorSpec
 from torch import nn
 
 from ltexp.checkpoint import load_weights, save_weights
-from ltexp.errors import ConfigError, TrackingError
+from ltexp.errors import ConfigError, TrackingError, TrainingError
 from ltexp.tracking import runs, schema
 from ltexp.tracking.queries import ltexp_models, versions_of
 
@@ -111,6 +113,9 @@ def log_and_register(
         save_weights(cpu_model.state_dict(), weights)
         meta = Path(tmp) / MODEL_INFO_FILE
         meta.write_text(json.dumps(asdict(info), indent=2))
+        runs.log_params(
+            dict(zip(schema.MODEL_DIGEST_PARAMS, map(_sha256, (weights, meta)), strict=True))
+        )
         logged = mlflow.pytorch.log_model(
             torch.jit.script(cpu_model),
             name=logged_name,
@@ -127,6 +132,10 @@ def log_and_register(
     for key, value in version_tags.items():
         c.set_model_version_tag(registered_name, str(version), key, value)
     return f"models:/{registered_name}/{version}"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _requirements() -> list[str]:
@@ -347,6 +356,7 @@ def load_classifier(model_uri: str, device: torch.device | str) -> tuple[nn.Modu
     """
     from ltexp.models import build_model
 
+    digests = _registered_digests(model_uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
@@ -362,20 +372,113 @@ def load_classifier(model_uri: str, device: torch.device | str) -> tuple[nn.Modu
                 f"{EXTRA_FILES_DIR}/{WEIGHTS_FILE}: it was not registered by ltexp and is "
                 f"refused (ltexp loads safetensors weights only, never a pickled model)"
             )
-        try:
-            raw: dict[str, Any] = json.loads(info_path.read_text())
-            info = ModelInfo(**{**raw, "mean": tuple(raw["mean"]), "std": tuple(raw["std"])})
-        except (ValueError, TypeError, KeyError):
-            raise TrackingError(f"model {model_uri!r} has a corrupt {MODEL_INFO_FILE}") from None
+        for path, param in zip((weights_path, info_path), schema.MODEL_DIGEST_PARAMS, strict=True):
+            if digests and _sha256(path) != digests.get(param):
+                raise TrackingError(
+                    f"model {model_uri!r}: its {path.name} is not the file its run registered "
+                    f"(sha256 differs from the run's {param}); it is refused"
+                )
+        info = read_model_info(info_path, model_uri)
         model = build_model(info.model, info.num_classes, pretrained=False, head=info.head)
         try:
             model.load_state_dict(load_weights(weights_path))
-        except RuntimeError as e:
+        except (RuntimeError, TrainingError) as e:
             raise TrackingError(
                 f"model {model_uri!r}: its weights do not fit {info.model} "
                 f"({str(e).splitlines()[0][:120]})"
             ) from None
+    broken = next((n for n, t in model.state_dict().items() if not t.isfinite().all()), None)
+    if broken is not None:  # a model of NaNs would be evaluated as chance accuracy
+        raise TrackingError(
+            f"model {model_uri!r} has non-finite weights (NaN or inf in {broken}); it cannot be "
+            f"evaluated or served"
+        )
     return model.to(device).eval(), info
+
+
+MAX_MODEL_INFO_BYTES = 65_536  # an ltexp_model.json is a few hundred bytes
+
+
+def read_model_info(path: Path, model_uri: str) -> ModelInfo:
+    """A version's ``ltexp_model.json``, checked field by field before anything is built.
+
+    Raises:
+        TrackingError: not JSON, nested or large beyond a model description, or a field of the
+            wrong type or outside its range (``num_classes`` 1e12, "10" or 10.7).
+    """
+    from ltexp.models import HEADS, model_spec
+
+    def refuse(why: str) -> TrackingError:
+        return TrackingError(f"model {model_uri!r} has a corrupt {MODEL_INFO_FILE}: {why}")
+
+    if path.stat().st_size > MAX_MODEL_INFO_BYTES:
+        raise refuse(f"{path.stat().st_size:,} bytes, more than a model description holds")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError):
+        raise refuse("not JSON") from None
+    if not isinstance(raw, dict) or set(raw) != {f for f in ModelInfo.__dataclass_fields__}:
+        raise refuse(f"it needs exactly the fields {', '.join(ModelInfo.__dataclass_fields__)}")
+
+    def integer(name: str, low: int, high: int) -> int:
+        value = raw[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise refuse(f"{name} must be an integer in [{low}, {high:,}], got {value!r:.40}")
+        return value
+
+    def triple(name: str) -> tuple[float, float, float]:
+        value = raw[name]
+        ok = isinstance(value, list) and len(value) == 3
+        if not ok or not all(isinstance(v, int | float) and math.isfinite(v) for v in value):
+            raise refuse(f"{name} must be three finite numbers")
+        return tuple(float(v) for v in value)  # type: ignore[return-value]
+
+    if not isinstance(raw["model"], str) or not isinstance(raw["head"], str):
+        raise refuse("model and head must be names")
+    try:
+        model_spec(raw["model"])
+    except ConfigError:
+        raise refuse(f"unknown model {raw['model']!r:.40}") from None
+    if raw["head"] not in HEADS:
+        raise refuse(f"head must be one of {', '.join(HEADS)}")
+    return ModelInfo(
+        raw["model"],
+        integer("num_classes", 2, 1_000_000),
+        raw["head"],
+        integer("image_size", 8, 4096),
+        triple("mean"),
+        triple("std"),
+    )
+
+
+def _registered_digests(model_uri: str) -> dict[str, str]:
+    """The digests a version's run recorded of its files (empty for a version registered
+    before they were recorded). A version with no run, or whose files are not kept under its
+    run, is refused before anything is downloaded (its source could name any folder)."""
+    if not model_uri.startswith("models:/"):
+        return {}
+    name, _, version = model_uri.removeprefix("models:/").rpartition("/")
+    c = runs.client()
+    try:
+        mv = c.get_model_version(name, version)
+        run = c.get_run(mv.run_id) if mv.run_id else None
+    except mlflow.exceptions.MlflowException:
+        run = None
+    if run is None:
+        raise TrackingError(
+            f"model {model_uri!r} has no run that registered it: it was not registered by ltexp "
+            f"and is refused"
+        )
+    source = mv.source or ""
+    inside = source.startswith("models:/m-") or source.startswith(
+        run.info.artifact_uri.rstrip("/") + "/"
+    )
+    if not inside:
+        raise TrackingError(
+            f"model {model_uri!r} keeps its files at {source[:80]!r}, outside its run's "
+            f"artifacts: it was not registered by ltexp and is refused"
+        )
+    return {k: run.data.params[k] for k in schema.MODEL_DIGEST_PARAMS if k in run.data.params}
 
 
 def load_model(model_uri: str, device: torch.device | str = "cpu") -> nn.Module:

@@ -9,6 +9,7 @@ at its experiment.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import re
@@ -52,11 +53,33 @@ def env_seconds(name: str, default: float) -> float:
 
 def bounded_retries() -> None:
     """Apply :data:`RETRY_DEFAULTS` where the environment sets nothing else; with credentials in
-    the tracking URI, keep MLflow from printing run URLs (they would carry the password)."""
+    the tracking URI, keep MLflow from printing run URLs (they would carry the password), and
+    take the credentials out of every log line (MLflow's own print the URI on each retry)."""
     for key, value in RETRY_DEFAULTS.items():
         os.environ.setdefault(key, value)
     if redact(mlflow.get_tracking_uri()) != mlflow.get_tracking_uri():
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    redact_logs()
+
+
+class _Redacting(logging.Filter):
+    """Takes the ``user:password@`` of any URL out of a log record's message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def redact_logs() -> None:
+    """Every handler of the root logger and of MLflow's (which does not propagate) redacts
+    credentials from what it writes, whichever library's logger the line comes from."""
+    for name in ("", "mlflow"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _Redacting) for f in handler.filters):
+                handler.addFilter(_Redacting())
 
 
 def give_up_on_server() -> None:
@@ -68,8 +91,16 @@ def give_up_on_server() -> None:
 
 def prepare_store() -> None:
     """Create a local sqlite store's tables once, however many ltexp processes start on it at
-    the same moment (MLflow's schema migration is not safe to run twice at once)."""
+    the same moment (MLflow's schema migration is not safe to run twice at once); check that a
+    database store answers before MLflow retries it for minutes.
+
+    Raises:
+        TrackingError: a database store that cannot be reached (one line, its reason).
+    """
     uri = mlflow.get_tracking_uri()
+    if uri.startswith(("postgresql", "mysql", "mssql")):
+        check_database(uri, "the tracking store")
+        return
     if not uri.startswith("sqlite:///"):
         return
     import fcntl
@@ -81,6 +112,41 @@ def prepare_store() -> None:
     with open(os.path.join(tempfile.gettempdir(), f"ltexp-store-{key}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         client().search_experiments(max_results=1)  # creates or migrates the tables
+
+
+def check_database(url: str, what: str, timeout: int = 10) -> None:
+    """Connect to a database once, within ``timeout`` seconds.
+
+    Raises:
+        TrackingError: not a database URL SQLAlchemy knows, a driver that is not installed, a
+            server that does not answer, a database that does not exist, credentials refused.
+    """
+    import sqlalchemy
+    from sqlalchemy import exc
+
+    shown = redact(url)
+    args = {"connect_timeout": timeout} if url.startswith(("postgresql", "mysql")) else {}
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        url = url.replace("postgresql://", "postgresql+psycopg2://", 1)  # the driver MLflow uses
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args=args)
+    except (exc.ArgumentError, exc.NoSuchModuleError, ImportError, ValueError) as e:
+        raise TrackingError(
+            f"{what} {shown!r} is not a database URL ltexp can use ({error_line(e)[:120]});"
+            f" give sqlite:///<file> or postgresql://<host>:<port>/<database>"
+        ) from None
+    try:
+        with engine.connect():
+            pass
+    except exc.SQLAlchemyError as e:
+        lines = str(getattr(e, "orig", e) or e).strip().splitlines()
+        reason = redact(lines[0] if lines else type(e).__name__)[:160]
+        raise TrackingError(
+            f"{what} {shown!r} cannot be reached ({reason}); check that its server runs "
+            f"and the database exists"
+        ) from None
+    finally:
+        engine.dispose()
 
 
 def client() -> MlflowClient:

@@ -120,6 +120,9 @@ CELL_PARAMS = ("dataset", *(a.key for a in axes() if a.plain is None))
 TRAIN_RUN_ID = "train_run_id"  # the run of the tested model: a train or a decouple run
 MODEL_URI_PARAM = "model_uri"
 NUM_PARAMS = "num_params"
+# the sha256 of the files ltexp loads a registered version from, on the run that registered it
+# (params cannot be changed afterwards): a version whose files differ is refused
+MODEL_DIGEST_PARAMS = ("model_weights_sha256", "model_info_sha256")
 WORLD_SIZE = "world_size"
 TAU = "tau"
 BOOTSTRAP_SAMPLES = "bootstrap_samples"

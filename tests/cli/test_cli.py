@@ -68,6 +68,7 @@ BAD_TRAIN = [
     ({"loss": "focall"}, "unknown loss 'focall'"),
     ({"train_split": "tail"}, "unknown train_split value 'tail'"),
     ({"lr": "0"}, "lr must be > 0"),
+    ({"optimizer": "sgd", "lr": "1e10"}, "lr must be <= 10"),  # issue 24: no run is left
     ({"epochs": "0"}, "epochs must be >= 1"),
     ({"batch_size": "0"}, "batch_size must be >= 1"),
     ({"device": "cuda"}, "no CUDA GPU"),

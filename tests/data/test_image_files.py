@@ -113,20 +113,20 @@ def test_an_interrupted_build_resumes_to_the_same_cache(
 ) -> None:
     root = _folder(tmp_path)
     monkeypatch.setattr(image_files, "_CHECKPOINT_EVERY", 10)
-    real = image_files.decode_image
+    real = image_files.decode_bytes
     calls = {"n": 0}
 
     lock = threading.Lock()
 
-    def killed_after_25(path: Path, size: int) -> np.ndarray:
+    def killed_after_25(data: bytes, size: int, max_pixels: int) -> np.ndarray:
         with lock:  # decoding runs in threads
             calls["n"] += 1
             killed = calls["n"] > 25
         if killed:
             raise KeyboardInterrupt
-        return real(path, size)
+        return real(data, size, max_pixels)
 
-    monkeypatch.setattr(image_files, "decode_image", killed_after_25)
+    monkeypatch.setattr(image_files, "decode_bytes", killed_after_25)
     with pytest.raises(KeyboardInterrupt):
         load_source("imagefolder", root, storage_size=16)
     (partial,) = [p for p in cache_dir.iterdir() if p.name.endswith(".partial")]
@@ -137,7 +137,7 @@ def test_an_interrupted_build_resumes_to_the_same_cache(
     assert calls["n"] == -1000 + sum(COUNTS) - 20  # only what the first build had not recorded
     clean_dir = tmp_path / "clean"
     monkeypatch.setenv(image_files.CACHE_ENV, str(clean_dir))
-    monkeypatch.setattr(image_files, "decode_image", real)
+    monkeypatch.setattr(image_files, "decode_bytes", real)
     clean = load_source("imagefolder", root, storage_size=16)
     assert resumed.checksums == clean.checksums
     assert not [p for p in cache_dir.iterdir() if p.name.endswith(".partial")]
@@ -147,14 +147,14 @@ def test_two_loads_of_the_same_new_cache_decode_it_once(
     tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = _folder(tmp_path)
-    real, lock, calls = image_files.decode_image, threading.Lock(), {"n": 0}
+    real, lock, calls = image_files.decode_bytes, threading.Lock(), {"n": 0}
 
-    def counted(path: Path, size: int) -> np.ndarray:
+    def counted(data: bytes, size: int, max_pixels: int) -> np.ndarray:
         with lock:
             calls["n"] += 1
-        return real(path, size)
+        return real(data, size, max_pixels)
 
-    monkeypatch.setattr(image_files, "decode_image", counted)
+    monkeypatch.setattr(image_files, "decode_bytes", counted)
     results: list = []
     loaders = [
         threading.Thread(
@@ -266,7 +266,7 @@ def test_filelist_reads_imagenet_lt_style_lists_and_csv(tmp_path: Path) -> None:
         (lambda rows: [*rows, rows[0]], "is listed twice"),
         (
             lambda rows: [*rows, (rows[0][0].replace("0000", "0001"), 6)],
-            "label 6, outside the 6 classes",
+            "label '6' on line 66 of 'train.txt' is outside the 6 classes",
         ),
         (lambda rows: [r for r in rows if r[1] != 2], "class 'name2' has no training images"),
         (lambda rows: [(p, 0) for p, _ in rows], "has 1 class"),
@@ -281,6 +281,189 @@ def test_filelist_bad_input(tmp_path: Path, cache_dir: Path, lines, message: str
     (root / "names.txt").write_text("".join(f"name{c}\n" for c in range(6)))
     with pytest.raises(DataError, match=message):
         load_source("filelist", root, train="train.txt", names=names, storage_size=16)
+    assert _caches(cache_dir) == []
+
+
+HOSTILE_LISTS = {
+    # issue 24's list files, and more of each kind
+    "a label of 1e11 classes": ("a.png 99999999999\n", "implies 100,000,000,000 classes"),
+    "a huge negative label": ("a.png 0\nb.png -99999999999999999999\n", "outside the 1 classes"),
+    "a superscript digit": ("a.png 0\nb.png \u00b2\n", "is not an integer, while other"),
+    "Arabic-Indic digits": ("a.png 0\nb.png \u0661\u0662\n", "is not an integer, while other"),
+    "a float among integers": ("a.png 0\nb.png 1\nc.png 3.0\n", "'3.0' on line 3"),
+    "a line without a label": ("a.png\n", "line 1 of .* is not 'path label' \\(1 field\\)"),
+}
+
+
+@pytest.mark.parametrize("text,message", HOSTILE_LISTS.values(), ids=HOSTILE_LISTS)
+def test_hostile_list_files_are_one_line_before_anything_is_allocated(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    (tmp_path / "train.txt").write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match=message):
+        load_source("filelist", tmp_path, train="train.txt")
+
+
+def test_malformed_list_and_names_files(tmp_path: Path) -> None:
+    (tmp_path / "rows.csv").write_text("path,label\na.png,0\nb.png\n")
+    with pytest.raises(DataError, match=r"line 3 of .*rows.csv' needs a path and a label"):
+        load_source("filelist", tmp_path, train="rows.csv")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9.png 0\n".encode("latin-1"))
+    with pytest.raises(DataError, match="is not UTF-8 text \\(byte 3\\); save it as UTF-8"):
+        load_source("filelist", tmp_path, train="latin1.txt")
+    (tmp_path / "ok.txt").write_text("a.png 0\nb.png 1\n")
+    with pytest.raises(DataError, match=r"names file .*nope.txt' does not exist"):
+        load_source("filelist", tmp_path, train="ok.txt", names="nope.txt")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(DataError, match=r"names file .*folder' is a folder"):
+        load_source("filelist", tmp_path, train="ok.txt", names="folder")
+
+
+def test_an_error_quotes_no_more_of_a_file_than_identifies_the_problem(tmp_path: Path) -> None:
+    secret = "root:$6$saltsalt$hashhashhashhash:19000:0:99999:7:::"
+    (tmp_path / "shadow").write_text(f"{secret}\nuser:!:19000::::::\n")
+    with pytest.raises(DataError) as refused:
+        load_source("filelist", tmp_path, train="shadow")
+    assert "line 1" in str(refused.value) and "saltsalt" not in str(refused.value)
+    (tmp_path / "labels.txt").write_text(f"a.png 0\nb.png {secret}\n")
+    with pytest.raises(DataError) as refused:
+        load_source("filelist", tmp_path, train="labels.txt")
+    assert "line 2" in str(refused.value) and "saltsalt" not in str(refused.value)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width``×``height`` and holds almost nothing (a bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _jpeg_header(width: int, height: int) -> bytes:
+    """A real small JPEG whose frame header is rewritten to claim ``width``×``height``."""
+    import io
+    import struct
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+BOMBS = {
+    "a PNG of 20000 rows of a huge width": lambda: _png_header(2_000_000_000, 20_000),
+    "a JPEG that claims 65000²": lambda: _jpeg_header(65_000, 65_000),
+    "a PNG that declares 100000²": lambda: _png_header(100_000, 100_000),
+}
+
+
+@pytest.mark.parametrize("bomb", BOMBS.values(), ids=BOMBS)
+def test_a_decompression_bomb_is_refused_from_its_header(
+    tmp_path: Path, cache_dir: Path, bomb
+) -> None:
+    root = _folder(tmp_path)
+    target = root / "train" / "class_00" / "img_0000.png"
+    target.write_bytes(bomb())
+    with pytest.raises(DataError, match=r"img_0000.png' cannot be decoded .*over max_image_pixels"):
+        load_source("imagefolder", root, storage_size=16)
+    assert _caches(cache_dir) == []
+    skipped = load_source("imagefolder", root, storage_size=16, skip_bad_images=True)
+    assert skipped.skipped == ["train/class_00/img_0000.png"]
+
+
+def test_a_real_image_over_the_pixel_limit_is_refused_and_one_under_it_decoded(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    root = _folder(tmp_path)
+    Image.new("RGB", (300, 200), "blue").save(root / "train" / "class_01" / "img_0000.png")
+    with pytest.raises(DataError, match="300×200 = 60,000 pixels, over max_image_pixels=50,000"):
+        load_source("imagefolder", root, storage_size=16, max_image_pixels=50_000)
+    assert load_source("imagefolder", root, storage_size=16, max_image_pixels=60_000)
+
+
+def test_the_same_image_twice_is_refused_under_any_name(tmp_path: Path, cache_dir: Path) -> None:
+    root = _folder(tmp_path, test_per_class=2)
+    rows = _list_files(root)
+    first = rows[0][0]
+    # through ../, through a symlinked folder, and as a copy in the test set
+    (root / "alias").symlink_to(root / "train")
+    aliases = {
+        "dotdot": f"train/class_01/../{first.removeprefix('train/')}",
+        "symlink": first.replace("train/", "alias/", 1),
+    }
+    for name, alias in aliases.items():
+        (root / f"{name}.txt").write_text("".join(f"{p} {c}\n" for p, c in [*rows, (alias, 0)]))
+        with pytest.raises(DataError, match="is listed twice"):
+            load_source("filelist", root, train=f"{name}.txt", storage_size=16)
+    copy = root / "test" / "class_00" / "leak.png"
+    copy.write_bytes((root / first).read_bytes())
+    with pytest.raises(DataError, match=r"leak.png' \(test\) and .* are the same image"):
+        load_source("imagefolder", root, storage_size=16)
+    assert _caches(cache_dir) == []
+
+
+def test_a_cache_edited_after_it_was_built_is_refused_when_it_is_prepared_again(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    root = _folder(tmp_path)
+    built = load_source("imagefolder", root, storage_size=16)
+    prepare(built, Protocol(**GIVEN))  # as built: accepted
+    images = built.cache / "images.u8"
+    data = bytearray(images.read_bytes())
+    data[100] ^= 0xFF
+    images.write_bytes(bytes(data))
+    reopened = load_source("imagefolder", root, storage_size=16)
+    with pytest.raises(DataError, match="was changed after it was built"):
+        prepare(reopened, Protocol(**GIVEN))
+
+
+def test_an_interrupted_build_whose_progress_claims_too_much_starts_over(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _folder(tmp_path)
+    monkeypatch.setattr(image_files, "_CHECKPOINT_EVERY", 10)
+    real = image_files.decode_bytes
+    calls = {"n": 0}
+
+    def killed_after_12(data: bytes, size: int, max_pixels: int) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] > 12:
+            raise KeyboardInterrupt
+        return real(data, size, max_pixels)
+
+    monkeypatch.setenv("LTEXP_DECODE_THREADS", "1")
+    monkeypatch.setattr(image_files, "decode_bytes", killed_after_12)
+    with pytest.raises(KeyboardInterrupt):
+        load_source("imagefolder", root, storage_size=16)
+    (partial,) = [p for p in cache_dir.iterdir() if p.name.endswith(".partial")]
+    (partial / "progress.json").write_text('{"next": 1000000000, "skipped": [], "digests": []}')
+    monkeypatch.setattr(image_files, "decode_bytes", real)
+    rebuilt = load_source("imagefolder", root, storage_size=16)
+    assert rebuilt.train_images.reshape(len(rebuilt.train_images), -1).any(axis=1).all()
+
+
+def test_a_full_disk_is_one_line_before_the_memory_map_writes(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    root = _folder(tmp_path)
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(image_files.os, "posix_fallocate", full)
+    with pytest.raises(DataError, match=r"the image cache needs .* GiB free; .*No space left"):
+        load_source("imagefolder", root, storage_size=16)
     assert _caches(cache_dir) == []
 
 
@@ -326,6 +509,16 @@ def test_missing_val_and_test_are_carved_per_class_from_train() -> None:
     assert all(np.array_equal(plan.indices[s], again.indices[s]) for s in plan.indices)
     other_seed = build_given_splits({"train": train}, 5, Protocol(**GIVEN, seed=1))
     assert not np.array_equal(plan.indices["val"], other_seed.indices["val"])
+
+
+def test_classes_of_one_image_each_leave_nothing_to_carve_and_say_so() -> None:
+    """Issue 24: 300 classes of one image each gave 0 validation and 0 test images, silently,
+    then a traceback in training."""
+    with pytest.raises(DataError, match="no val images and none can be carved from train"):
+        build_given_splits({"train": np.arange(300)}, 300, Protocol(**GIVEN))
+    test = {"train": np.arange(300), "test": np.arange(300)}  # a test set, but no val
+    with pytest.raises(DataError, match="largest class has 1 training image"):
+        build_given_splits(test, 300, Protocol(**GIVEN))
 
 
 def test_balanced_training_only_when_asked_and_possible() -> None:

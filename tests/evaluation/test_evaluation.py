@@ -67,3 +67,16 @@ def test_per_class_accuracy_and_confusion() -> None:
     assert acc[:2] == pytest.approx([0.5, 2 / 3]) and np.isnan(acc[2])
     assert confusion_matrix(labels, preds, 3).tolist() == [[1, 1, 0], [1, 2, 0], [0, 0, 0]]
     assert in_classes(labels, [1]).tolist() == [False, False, True, True, True]
+
+
+def test_a_class_name_that_a_spreadsheet_would_run_is_written_as_text() -> None:
+    import csv
+    import io
+
+    from ltexp.evaluation import spreadsheet_safe
+
+    hostile = ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(A1)", "\tx"]
+    buf = io.StringIO()
+    csv.writer(buf).writerows([[spreadsheet_safe(n)] for n in [*hostile, "dog", "a=b"]])
+    cells = [row[0] for row in csv.reader(io.StringIO(buf.getvalue()))]
+    assert cells[:5] == [f"'{n}" for n in hostile] and cells[5:] == ["dog", "a=b"]

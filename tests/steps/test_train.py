@@ -169,9 +169,23 @@ def test_evaluate_refuses_a_run_that_is_not_a_train_run(trained) -> None:
         run_evaluate(cfg)
 
 
-def test_non_finite_loss_fails_the_run_naming_epoch_and_step(tiny_config) -> None:
-    cfg = tiny_config(optimizer="sgd", lr=1e30, epochs=2, evaluate_after="false")
-    with pytest.raises(TrainingError, match=r"non-finite .* at epoch 1, step \d+"):
+def test_non_finite_loss_fails_the_run_naming_epoch_and_step(
+    tiny_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that diverges is a run that trained and failed: kept FAILED, with the reason."""
+    from ltexp.losses.base import ClassAwareLoss
+
+    real = ClassAwareLoss.forward
+    calls = {"n": 0}
+
+    def diverging(self, logits, target):
+        calls["n"] += 1
+        loss = real(self, logits, target)
+        return loss * float("inf") if calls["n"] >= 3 else loss
+
+    monkeypatch.setattr(ClassAwareLoss, "forward", diverging)
+    cfg = tiny_config(epochs=2, evaluate_after="false")
+    with pytest.raises(TrainingError, match=r"non-finite .* at epoch 1, step 3\b"):
         run_cell(cfg)
     runs = mlflow.search_runs(
         filter_string="tags.`ltexp.step` = 'train'", search_all_experiments=True

@@ -44,7 +44,7 @@ def test_every_logged_key_is_declared(study) -> None:
             assert own_tags <= declared_tags, (step, own_tags - declared_tags)
     (train,) = runs["train"]
     allowed = config_keys | set(schema.TRAIN_RESOLVED_PARAMS) | {"preset"}
-    allowed |= {schema.NUM_PARAMS, schema.WORLD_SIZE}
+    allowed |= {schema.NUM_PARAMS, schema.WORLD_SIZE, *schema.MODEL_DIGEST_PARAMS}
     assert set(train.data.params) <= allowed, set(train.data.params) - allowed
     assert "ldam_max_margin" in train.data.params  # the loss's own hyper-parameters
     metrics = set(train.data.metrics)

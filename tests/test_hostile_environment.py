@@ -1,0 +1,215 @@
+"""Issue 24, the environment as an attacker or a careless user leaves it: unreachable stores and
+clusters, unusable database URLs, names that break filters, passwords in log lines, a report or
+an aggregate run cut off by kill -9. Each is one line, a non-zero exit, and nothing left behind."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from ltexp.cli import main
+from tests.conftest import PG, postgres_reachable, tiny_args
+
+
+def _count_runs() -> int:
+    return len(mlflow.search_runs(search_all_experiments=True, output_format="list"))
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:  # a port nothing listens on: bound, then released
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _store(uri: str, folder: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """MLflow pointed at ``uri`` (the environment and the process's own setting), in ``folder``."""
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def test_mlflow_s_own_log_lines_carry_no_password() -> None:
+    from ltexp.tracking.runs import redact_logs
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    mlflow_logger = logging.getLogger("mlflow")
+    mlflow_logger.addHandler(handler)
+    try:
+        redact_logs()
+        logging.getLogger("mlflow.utils.rest_utils").error(
+            "API request to %s failed", "http://alice:s3cret@server:5000/api/2.0/runs"
+        )
+        logging.getLogger("mlflow.store").warning("retrying postgresql://bob:hunter2@db/ml")
+    finally:
+        mlflow_logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert "s3cret" not in text and "hunter2" not in text
+    assert "http://***@server:5000" in text and "postgresql://***@db/ml" in text
+
+
+def test_a_tracking_store_on_a_closed_port_is_one_line_within_seconds(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = f"postgresql://ltexp:secret@127.0.0.1:{_closed_port()}/test"
+    started = time.monotonic()
+    with _store(uri, tmp_path, monkeypatch):
+        code = main(["prepare-data", "--preset", "demo"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert (
+        "the tracking store 'postgresql://***@127.0.0.1:" in err[0]
+        and "cannot be reached" in err[0]
+    )
+    assert "secret" not in err[0] and time.monotonic() - started < 60
+
+
+@pytest.mark.postgres
+def test_a_tracking_store_whose_database_is_missing_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not postgres_reachable():
+        pytest.skip(f"no PostgreSQL reachable at {PG}")
+    with _store(PG.rsplit("/", 1)[0] + "/no_such_database", tmp_path, monkeypatch):
+        code = main(["prepare-data", "--preset", "demo"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no_such_database" in err[0], err
+
+
+def _tune_args(tmp_path: Path) -> list[str]:
+    args = ["tune", "--preset", "demo", "--epochs", "1", "--system-metrics", "false"]
+    args += ["--checkpoint-dir", str(tmp_path / "ckpt"), "--data-root", str(tmp_path / "data")]
+    return [*args, "--space", "lr=loguniform:1e-4:1e-2", "--trials", "1"]
+
+
+UNUSABLE_STORAGES = {
+    "no scheme": "optuna.db",
+    "an unknown scheme": "nosuchdb://host/x",
+    "a driver not installed": "postgresql+nosuchdriver://host/x",
+    "a closed port": f"postgresql://u@127.0.0.1:{_closed_port()}/x",
+    "a sqlite file in no folder": "sqlite:////no/such/folder/optuna.db",
+}
+
+
+@pytest.mark.parametrize("storage", UNUSABLE_STORAGES.values(), ids=UNUSABLE_STORAGES)
+def test_a_tune_storage_that_is_no_usable_database_is_one_line_and_no_run(
+    storage: str, tmp_path: Path, tracking: str, capsys: pytest.CaptureFixture
+) -> None:
+    code = main([*_tune_args(tmp_path), "--tune-storage", storage])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "tune_storage" in err[0], err
+    assert _count_runs() == 0
+
+
+def test_a_study_name_that_would_break_a_search_filter_is_refused(
+    tmp_path: Path, tracking: str, capsys: pytest.CaptureFixture
+) -> None:
+    code = main([*_tune_args(tmp_path), "--study-name", "x'; DROP TABLE studies;--"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "study_name" in err[0], err
+    assert _count_runs() == 0
+
+
+def test_a_search_filter_never_takes_a_quote() -> None:
+    from ltexp.errors import TrackingError
+    from ltexp.tracking import schema
+    from ltexp.tracking.queries import where
+
+    assert where(schema.Step.TRAIN, tags={"a": "b"}) == (
+        "tags.`ltexp.step` = 'train' and tags.`a` = 'b'"
+    )
+    with pytest.raises(TrackingError, match="holds a quote"):
+        where(schema.Step.TUNE, tags={schema.TUNE_STUDY: "x' or '1'='1"})
+
+
+def test_a_ray_cluster_that_does_not_answer_is_one_line_and_no_run(
+    tmp_path: Path, tracking: str, capsys: pytest.CaptureFixture
+) -> None:
+    pytest.importorskip("ray", reason="the optional ray extra: pip install 'ltexp[ray]'")
+    started = time.monotonic()
+    args = ["main", *tiny_args(tmp_path), "--executor", "ray"]
+    code = main([*args, "--ray-address", f"127.0.0.1:{_closed_port()}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "does not answer" in err[0], err
+    assert _count_runs() == 0 and time.monotonic() - started < 60
+
+
+def test_a_report_cut_off_while_it_is_written_leaves_the_previous_one_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from ltexp.steps import aggregate
+
+    out = tmp_path / "reports" / "study"
+    built = tmp_path / "built"
+    built.mkdir()
+    for name in ("report.md", "runs.csv", "fig.png"):
+        (built / name).write_text(f"new {name}")
+    aggregate.publish(sorted(built.iterdir()), out)
+    before = {p.name: p.read_text() for p in out.iterdir()}
+    real, copied = shutil.copyfile, []
+
+    def killed_after_one(src, dst):
+        if copied:
+            raise KeyboardInterrupt  # as kill -9 would stop it, mid-way
+        copied.append(dst)
+        return real(src, dst)
+
+    for name in ("report.md", "runs.csv", "fig.png"):
+        (built / name).write_text(f"newer {name}")
+    monkeypatch.setattr(aggregate.shutil, "copyfile", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        aggregate.publish(sorted(built.iterdir()), out)
+    assert {p.name: p.read_text() for p in out.iterdir()} == before  # whole, and the old one
+    monkeypatch.setattr(aggregate.shutil, "copyfile", real)
+    aggregate.publish(sorted(built.iterdir()), out)
+    assert (out / "report.md").read_text() == "newer report.md"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["study"]  # nothing left beside it
+
+
+def test_an_aggregate_run_left_running_by_a_killed_process_is_failed_by_the_next(
+    trained, tmp_path: Path
+) -> None:
+    from ltexp.config import build_config
+    from ltexp.steps.aggregate import run_aggregate
+    from ltexp.tracking import schema
+
+    _, result, _ = trained
+    exp_id = mlflow.get_run(result.run_id).info.experiment_id
+    client = mlflow.MlflowClient()
+    dead = client.create_run(
+        exp_id,
+        tags={
+            schema.STEP: "aggregate",
+            schema.HOST: socket.gethostname(),
+            schema.PID: str(_dead_pid()),
+        },
+    )
+    name = client.get_experiment(exp_id).name
+    run_aggregate(build_config("demo", {"experiment": name, "output_dir": str(tmp_path / "r")}))
+    left = client.get_run(dead.info.run_id)
+    assert left.info.status == "FAILED" and "died while running" in left.data.tags[schema.ERROR]
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
