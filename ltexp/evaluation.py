@@ -1,5 +1,6 @@
 """Evaluation: a model's logits on the test splits, accuracy overall and per class group,
-bootstrap intervals, per-class tables.
+intervals (exact binomial for a run's accuracy, bootstrap for paired differences), per-class
+tables.
 
 Apart from :func:`predict_test_sets` (the inference), plain functions of predictions and labels
 (NumPy), so results can be recomputed from the saved predictions by anyone.
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class GroupScore:
-    """Accuracy of one group of test images, with a bootstrap interval."""
+    """Accuracy of one group of test images, with its exact binomial (Clopper-Pearson) interval."""
 
     n: int
     acc1: float
@@ -102,26 +103,30 @@ def percentile_interval(means: np.ndarray, level: float = 0.95) -> tuple[float, 
     return float(low), float(high)
 
 
-def bootstrap_interval(
-    correct: np.ndarray, samples: int, seed: int, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``correct`` (0/1 per image)."""
-    if len(correct) == 0:
+def binomial_interval(correct: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The Clopper-Pearson ("exact") interval of an accuracy of ``correct`` out of ``n`` images:
+    the right interval for a binomial proportion however few the images (a percentile bootstrap
+    of 38/38 is [1, 1]; this is [0.907, 1]). It covers test-set sampling of one trained model."""
+    from scipy import stats
+
+    if n == 0:
         return float("nan"), float("nan")
-    return percentile_interval(bootstrap_means(correct, samples, seed), level)
+    alpha = 1.0 - level
+    low = 0.0 if correct == 0 else float(stats.beta.ppf(alpha / 2, correct, n - correct + 1))
+    high = 1.0 if correct == n else float(stats.beta.ppf(1 - alpha / 2, correct + 1, n - correct))
+    return low, high
 
 
-def score(
-    labels: np.ndarray, top5: np.ndarray, mask: np.ndarray | None, samples: int, seed: int
-) -> GroupScore | None:
-    """Top-1/top-5 accuracy of the images selected by ``mask`` (None: all), with a 95% CI."""
+def score(labels: np.ndarray, top5: np.ndarray, mask: np.ndarray | None) -> GroupScore | None:
+    """Top-1/top-5 accuracy of the images selected by ``mask`` (None: all), with the 95 %
+    Clopper-Pearson interval of top-1 (:func:`binomial_interval`)."""
     if mask is not None:
         labels, top5 = labels[mask], top5[mask]
     if len(labels) == 0:
         return None
-    correct1 = (top5[:, 0] == labels).astype(np.float64)
-    correct5 = (top5 == labels[:, None]).any(axis=1).astype(np.float64)
-    low, high = bootstrap_interval(correct1, samples, seed)
+    correct1 = top5[:, 0] == labels
+    correct5 = (top5 == labels[:, None]).any(axis=1)
+    low, high = binomial_interval(int(correct1.sum()), len(labels))
     return GroupScore(len(labels), float(correct1.mean()), float(correct5.mean()), low, high)
 
 
@@ -159,8 +164,6 @@ def score_test_sets(
     test_balanced: tuple[np.ndarray, np.ndarray],
     test_lt: tuple[np.ndarray, np.ndarray],
     groups: dict[str, Sequence[int]],
-    samples: int,
-    seed: int,
     group_split: str = "test_lt",
 ) -> dict[str, GroupScore]:
     """Scores of the test sets: ``balanced``, ``lt`` and each class group of ``group_split``.
@@ -168,7 +171,6 @@ def score_test_sets(
     Args:
         test_balanced, test_lt: ``(labels, logits)`` of each test split (either may be empty).
         groups: group name → its classes (head, middle, tail, many, medium, few).
-        samples, seed: the bootstrap's resamples and seed.
         group_split: the split the groups are scored on: test_lt, or test_balanced for a set
             long-tailed as given whose only test set is balanced (ImageNet-LT's many/medium/few).
 
@@ -180,10 +182,10 @@ def score_test_sets(
         "test_lt": (test_lt[0], topk(test_lt[1], 5)),
     }
     scores = {
-        "balanced": score(*top5["test_balanced"], None, samples, seed),
-        "lt": score(*top5["test_lt"], None, samples, seed),
+        "balanced": score(*top5["test_balanced"], None),
+        "lt": score(*top5["test_lt"], None),
     }
     labels, top5_groups = top5[group_split]
     for name, classes in groups.items():
-        scores[name] = score(labels, top5_groups, in_classes(labels, classes), samples, seed)
+        scores[name] = score(labels, top5_groups, in_classes(labels, classes))
     return {g: s for g, s in scores.items() if s is not None}

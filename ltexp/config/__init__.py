@@ -19,7 +19,7 @@ keys are rejected with the valid ones.
 - :mod:`ltexp.config.loading`: presets, YAML files and overrides resolved into a config.
 """
 
-from ltexp.config.fields import FieldSpec, convert, registry_names
+from ltexp.config.fields import FieldSpec, convert, loss_key, registry_names
 from ltexp.config.grid import Axis, axes, axis, register_axis, unregister_axis, variant_axes
 from ltexp.config.loading import (
     PRESET_DIR,
@@ -87,6 +87,7 @@ __all__ = [
     "grid_fields",
     "list_presets",
     "loss_fields",
+    "loss_key",
     "preset_path",
     "read_yaml",
     "register_axis",

@@ -404,7 +404,11 @@ class ReportConfig:
     percent: bool = _opt(
         False, "print percentages with two decimals, as the thesis text does (CSVs stay fractions)"
     )
-    intervals: bool = _opt(True, "show each single-seed cell's 95% bootstrap interval in report.md")
+    intervals: bool = _opt(
+        True,
+        "show each single-seed cell's 95% interval in report.md (Clopper-Pearson: the test "
+        "images of that one trained model)",
+    )
     references: str = _opt(
         "",
         "CSV of published results for Table 4.9 (model,benchmark,benchmark_source; default: "

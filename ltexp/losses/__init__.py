@@ -8,7 +8,15 @@ module in this package with a ``@register_loss`` builder: every module here is i
 
 from ltexp.discover import import_submodules
 from ltexp.losses.base import ClassAwareLoss, class_balanced_weights, validate_class_counts
-from ltexp.losses.registry import LOSSES, HParam, LossSpec, build_loss, list_losses, register_loss
+from ltexp.losses.registry import (
+    LOSSES,
+    HParam,
+    LossSpec,
+    build_loss,
+    list_losses,
+    register_loss,
+    same_as_cross_entropy,
+)
 
 # Registration happens on import: every module of this package.
 import_submodules(__name__, __path__, skip=("base", "registry"))
@@ -24,5 +32,6 @@ __all__ = [
     "class_balanced_weights",
     "list_losses",
     "register_loss",
+    "same_as_cross_entropy",
     "validate_class_counts",
 ]

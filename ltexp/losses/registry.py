@@ -86,3 +86,28 @@ def build_loss(
     kwargs = {hp.name: hp.default for hp in spec.hparams}
     kwargs.update(hparams)
     return spec.builder(class_counts, **kwargs)
+
+
+def same_as_cross_entropy(
+    name: str, class_counts: Sequence[int] | torch.Tensor, **hparams: float
+) -> bool:
+    """Whether loss ``name`` is exactly the softmax cross-entropy on a training set with these
+    class counts: on a balanced set, class weights are uniform, a logit shift by the log prior is
+    constant and no class is rare, so WCE, CB, BS, LA and SEQL (while its threshold stays below
+    1/K) are CE, and their runs repeat the CE run rather than being findings of their own.
+    Checked on seeded random logits, not declared: it holds or not for these counts and values."""
+    counts = torch.as_tensor(list(class_counts), dtype=torch.float64)
+    k = len(counts)
+    if name == "ce":
+        return True
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(256, k, generator=generator, dtype=torch.float32) * 4
+    target = torch.randint(0, k, (256,), generator=generator)
+    rng = torch.random.get_rng_state()  # a loss that draws masks (SEQL) uses the global RNG
+    try:
+        with torch.no_grad():
+            own = build_loss(name, counts, **hparams)(logits, target)
+            ce = build_loss("ce", counts)(logits, target)
+    finally:
+        torch.random.set_rng_state(rng)
+    return bool(torch.allclose(own, ce, rtol=1e-5, atol=1e-6))

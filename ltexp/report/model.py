@@ -39,7 +39,7 @@ class ReportOptions:
 
     Attributes:
         percent: percentages with two decimals in report.md/.tex (CSVs stay fractions).
-        intervals: each single-seed cell of Tables 4.1-4.8 with its 95 % bootstrap interval in
+        intervals: each single-seed cell of Tables 4.1-4.8 with its 95 % Clopper-Pearson interval in
             report.md.
         bootstrap_samples, bootstrap_seed: the paired bootstrap's resamples and seed.
         references: a CSV of published results (default: the thesis's, shipped with ltexp).

@@ -30,6 +30,7 @@ from ltexp.report.model import (
     Table,
 )
 from ltexp.report.paired import (
+    SAME_AS_SOFTMAX_NOTE,
     paired_frame,
     paired_plain_block,
     paired_softmax_blocks,
@@ -86,6 +87,7 @@ class Context:
     numbered: bool
     notes: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    _same: dict[tuple[str, str], bool] = field(default_factory=dict, repr=False)
 
     def write_csv(self, frame: pd.DataFrame, name: str) -> None:
         path = self.output_dir / name
@@ -95,6 +97,16 @@ class Context:
     def number(self, n: str) -> str:
         """A table's or figure's thesis number, on the full thesis grid only."""
         return n if self.numbered else ""
+
+    def same_as_softmax(self, loss: str, split: str) -> bool:
+        """``loss`` is the Softmax loss by construction on training set ``split`` of these
+        results (:func:`ltexp.losses.same_as_cross_entropy`, with the runs' own values)."""
+        if loss == BASELINE_LOSS or self.manifest is None:
+            return False
+        key = (loss, split)
+        if key not in self._same:
+            self._same[key] = _same_as_softmax(self.manifest, self.results, loss, split)
+        return self._same[key]
 
     @property
     def tail_note(self) -> list[str]:
@@ -177,7 +189,7 @@ def data_section(ctx: Context) -> list[Block]:
 
 def results_section(ctx: Context) -> list[Block]:
     """``runs.csv`` (every result), and Tables 4.1-4.8: per backbone and training set, one row
-    per loss, with seed means ± std or, for one seed, the bootstrap interval."""
+    per loss, with seed means ± std or, for one seed, the run's Clopper-Pearson interval."""
     fmt, every_result = ctx.fmt, ctx.every_result
     # the axes appear only when the grid has them: a thesis grid's runs.csv stays as it was
     axes = [a for a, plain in axis_params().items() if (every_result[a] != plain).any()]
@@ -206,8 +218,11 @@ def results_section(ctx: Context) -> list[Block]:
                     else fmt(row[c])
                     for c in COLUMNS
                 ]
-            rows.append([loss_title(row["loss"]), *shown])
-            tex_rows.append([loss_title(row["loss"]), *tex])
+            title = loss_title(row["loss"])
+            if ctx.same_as_softmax(row["loss"], split):
+                title += " (= Softmax)"
+            rows.append([title, *shown])
+            tex_rows.append([title, *tex])
         table_notes = []
         if several:
             n = table["n_seeds"].dropna()
@@ -215,7 +230,13 @@ def results_section(ctx: Context) -> list[Block]:
                 f"Mean ± population std over seeds (n = {', '.join(map(str, sorted(set(n))))})."
             )
         elif ctx.options.intervals:
-            table_notes.append("In brackets: the 95 % bootstrap interval over the test images.")
+            table_notes.append(
+                "In brackets: the 95 % Clopper-Pearson interval of the run's accuracy. It covers "
+                "test-set sampling of this one trained model; another seed of the same cell "
+                "would differ too (train seeds=1,2,3 to see by how much)."
+            )
+        if any(ctx.same_as_softmax(loss, split) for loss in table["loss"]):
+            table_notes.append(SAME_AS_SOFTMAX_NOTE)
         table_notes += ctx.tail_note
         key = (model, split)
         num = f"4.{thesis_tables.index(key) + 1}" if key in thesis_tables else ""
@@ -338,7 +359,7 @@ def paired_softmax_section(ctx: Context) -> list[Block]:
         ctx.notes.append("the grid has no Softmax loss (ce): no paired comparisons")
         return []
     paired, unreadable = paired_frame(
-        ctx.results, ctx.predictions, ctx.manifest, ctx.grid, ctx.options
+        ctx.results, ctx.predictions, ctx.manifest, ctx.grid, ctx.options, ctx.same_as_softmax
     )
     if unreadable:
         ctx.notes.append(
@@ -548,3 +569,25 @@ def _tuned_table(results: pd.DataFrame, number: Callable[[str], str]) -> Table:
         ["Cells that were never tuned use the configured values."],
         align="llll",
     )
+
+
+def _same_as_softmax(
+    manifest: dict[str, Any], results: pd.DataFrame, loss: str, split: str
+) -> bool:
+    from ltexp.config import loss_key
+    from ltexp.data.splits import TRAINING_SETS
+    from ltexp.losses import LOSSES, same_as_cross_entropy
+
+    info = manifest["splits"].get(TRAINING_SETS.get(split, ""))
+    if loss not in LOSSES or not info or not all(info["per_class"]):
+        return False
+    rows = results[(results["loss"] == loss) & (results["train_split"] == split)]
+    identity = rows["identity"].iloc[0] if len(rows) else {}
+    values = {
+        hp.name: identity[loss_key(loss, hp.name)]
+        for hp in LOSSES[loss].hparams
+        if loss_key(loss, hp.name) in identity
+    }
+    if identity.get("drw_epoch") is not None:
+        values.update(drw_epoch=identity["drw_epoch"], drw_beta=identity.get("drw_beta", 0.9999))
+    return same_as_cross_entropy(loss, info["per_class"], **values)

@@ -173,7 +173,7 @@ def axis_table(results: pd.DataFrame, axis: str) -> pd.DataFrame:
 
 def cell_means(results: pd.DataFrame) -> pd.DataFrame:
     """Per (model, loss, train_split): the mean over seeds, the population std, n, and the
-    95 % bootstrap interval of the run when there is a single seed."""
+    95 % interval of the run when there is a single seed."""
     keys = ["model", "loss", "train_split"]
     grouped = results.groupby(keys)
     means = grouped[list(COLUMNS)].mean()

@@ -3,7 +3,7 @@
 The run carries the params ``dataset, model, loss, train_split, seed`` and the grid axes
 ``sampler, mixing, stage2`` (copied from the model's train or decouple run), ``train_run_id`` and
 ``model_uri``, and the metrics ``test_<group>_acc1`` (fractions) for
-groups balanced, lt, head, middle, tail, many, medium, few, with ``_acc5`` and 95% bootstrap
+groups balanced, lt, head, middle, tail, many, medium, few, with ``_acc5`` and 95% Clopper-Pearson
 bounds ``_acc1_ci_low`` / ``_acc1_ci_high``. The report reads exactly these names.
 """
 
@@ -24,6 +24,7 @@ from ltexp.data.splits import FREQUENCY_GROUPS, SHOT_GROUPS, TRAINING_SETS
 from ltexp.errors import TrackingError
 from ltexp.evaluation import (
     GroupScore,
+    binomial_interval,
     confusion_matrix,
     per_class_accuracy,
     predict_test_sets,
@@ -97,8 +98,6 @@ def run_evaluate(
         outputs["test_balanced"],
         outputs["test_lt"],
         groups,
-        cfg.evaluate.bootstrap_samples,
-        cfg.evaluate.bootstrap_seed,
         group_split=prepared.group_split,
     )
     for group in schema.TEST_GROUPS:
@@ -231,15 +230,20 @@ def _write_artifacts(
                 "train_lt_count",
                 "group",
                 "shot",
-                "test_balanced_n",
-                "test_balanced_acc1",
-                "test_lt_n",
-                "test_lt_acc1",
+                *(
+                    f"{split}_{what}"
+                    for split in ("test_balanced", "test_lt")
+                    for what in ("n", "acc1", "acc1_ci_low", "acc1_ci_high")
+                ),
             ]
         )
         for c in range(k):
-            nb, ab = per_split["test_balanced"][0][c], per_split["test_balanced"][1][c]
-            nl, al = per_split["test_lt"][0][c], per_split["test_lt"][1][c]
+            columns = []
+            for split in ("test_balanced", "test_lt"):
+                n, acc = per_split[split][0][c], per_split[split][1][c]
+                # the exact binomial interval: a class has a few test images
+                low, high = binomial_interval(round(acc * n) if n else 0, int(n))
+                columns += [int(n), _fmt(acc), _fmt(low), _fmt(high)]
             w.writerow(
                 [
                     c,
@@ -248,10 +252,7 @@ def _write_artifacts(
                     lt_counts[c],
                     group_of.get(c, ""),
                     shot_of.get(c, ""),
-                    int(nb),
-                    _fmt(ab),
-                    int(nl),
-                    _fmt(al),
+                    *columns,
                 ]
             )
     # the balanced test set where the set has one (every class equally weighted)

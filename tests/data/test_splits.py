@@ -32,6 +32,11 @@ def test_exp_profile_is_the_spec_formula() -> None:
     counts = profile_counts("exp", 450, 100, 100.0)
     assert counts.tolist() == [int(450 * 100 ** (-i / 99)) for i in range(100)]
     assert counts[0] == 450 and counts[-1] == 4
+    # docs/protocol.md: the realised ratios after flooring, not the nominal 100
+    assert counts[0] / counts[-1] == 112.5
+    plan = build_splits(CIFAR_TRAIN, CIFAR_TEST, Protocol())
+    test_lt = plan.per_class("test_lt", CIFAR_TRAIN)
+    assert max(test_lt) / min(test_lt) == 50 / 1
 
 
 def test_splits_are_nested_and_disjoint() -> None:

@@ -1,4 +1,4 @@
-"""Evaluation functions on hand-made predictions: top-k, groups, bootstrap, per class."""
+"""Evaluation functions on hand-made predictions: top-k, groups, intervals, per class."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ltexp.evaluation import (
-    bootstrap_interval,
+    binomial_interval,
     confusion_matrix,
     in_classes,
     per_class_accuracy,
@@ -25,22 +25,28 @@ def test_topk_orders_best_first() -> None:
 def test_score_counts_top1_and_top5_on_the_masked_images() -> None:
     labels = np.array([0, 1, 2, 3])
     top5 = np.array([[0, 1, 2, 3, 4], [2, 1, 0, 3, 4], [5, 6, 7, 8, 9], [3, 0, 1, 2, 4]])
-    s = score(labels, top5, None, samples=200, seed=0)
+    s = score(labels, top5, None)
     assert (s.n, s.acc1, s.acc5) == (4, 0.5, 0.75)
-    assert s.ci_low <= s.acc1 <= s.ci_high
-    masked = score(labels, top5, np.array([True, False, False, True]), samples=200, seed=0)
+    assert (s.ci_low, s.ci_high) == binomial_interval(2, 4)
+    masked = score(labels, top5, np.array([True, False, False, True]))
     assert (masked.n, masked.acc1) == (2, 1.0)
-    assert score(labels, top5, np.zeros(4, bool), samples=10, seed=0) is None
+    assert score(labels, top5, np.zeros(4, bool)) is None
 
 
-def test_bootstrap_interval_is_the_percentile_interval_of_resampled_means() -> None:
-    correct = np.array([1, 0, 1, 1, 0, 1, 1, 1, 0, 1], dtype=float)
-    low, high = bootstrap_interval(correct, samples=500, seed=3)
-    rng = np.random.default_rng(3)
-    means = correct[rng.integers(0, 10, size=(500, 10))].mean(axis=1)
-    assert (low, high) == pytest.approx(tuple(np.quantile(means, [0.025, 0.975])))
-    assert bootstrap_interval(np.ones(5), 100, 0) == (1.0, 1.0)
-    assert all(np.isnan(bootstrap_interval(np.array([]), 100, 0)))
+def test_a_small_group_gets_the_exact_binomial_interval() -> None:
+    """Issue 25: a percentile bootstrap gave [1.000, 1.000] for 38/38 and [0.868, 1.000] for
+    36/38; the Clopper-Pearson interval is right for a proportion on few images."""
+    assert binomial_interval(36, 38) == pytest.approx((0.8225, 0.9936), abs=5e-5)
+    # the closed forms at the edges: (α/2)^(1/n) and 1 − (α/2)^(1/n)
+    assert binomial_interval(38, 38) == pytest.approx((0.025 ** (1 / 38), 1.0))
+    assert binomial_interval(0, 10) == pytest.approx((0.0, 1 - 0.025 ** (1 / 10)))
+    # and the binomial's own coverage: P(k ≤ 36 | p = high) = P(k ≥ 36 | p = low) = 2.5 %
+    from scipy import stats
+
+    low, high = binomial_interval(36, 38)
+    assert stats.binom.cdf(36, 38, high) == pytest.approx(0.025)
+    assert stats.binom.sf(35, 38, low) == pytest.approx(0.025)
+    assert all(np.isnan(binomial_interval(0, 0)))
 
 
 def test_score_test_sets_scores_every_group_of_test_lt() -> None:
@@ -49,9 +55,7 @@ def test_score_test_sets_scores_every_group_of_test_lt() -> None:
     logits = rng.normal(size=(6, 3))
     logits[np.arange(6), labels] += np.array([5, 5, -5, 5, -5, 5])  # 4 of 6 right
     balanced = (np.array([0, 1, 2]), np.eye(3))  # all right
-    scores = score_test_sets(
-        balanced, (labels, logits), {"head": [0], "tail": [1, 2], "few": []}, 100, 0
-    )
+    scores = score_test_sets(balanced, (labels, logits), {"head": [0], "tail": [1, 2], "few": []})
     assert set(scores) == {"balanced", "lt", "head", "tail"}  # an empty group is left out
     assert scores["balanced"].acc1 == 1.0
     assert scores["lt"].acc1 == pytest.approx(4 / 6)

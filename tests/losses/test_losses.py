@@ -279,3 +279,19 @@ def test_non_integer_targets() -> None:
 def test_targets_out_of_range() -> None:
     with pytest.raises(ValueError, match=r"targets must be in \[0, 1\]"):
         build_loss("bs", [5, 4])(torch.zeros(2, 2), torch.tensor([0, 2]))
+
+
+def test_which_losses_are_cross_entropy_on_a_balanced_set_follows_from_their_formulas() -> None:
+    """Uniform class weights (WCE, CB), a constant logit shift (BS, LA) and no rare class
+    (SEQL with its threshold 0.005 below 1/100) make CE; focusing (focal) and margins (LDAM)
+    do not; on long-tailed counts none does; SEQL on 1,000 balanced classes (1/1000 < 0.005:
+    every class rare) does not either."""
+    from ltexp.losses import same_as_cross_entropy
+
+    balanced, long_tailed = [450] * 100, [500 // (i + 1) + 1 for i in range(100)]
+    expected = {"ce", "wce", "cb", "bs", "la", "seql"}
+    assert {n for n in LOSSES if same_as_cross_entropy(n, balanced)} == expected
+    assert {n for n in LOSSES if same_as_cross_entropy(n, long_tailed)} == {"ce"}
+    assert not same_as_cross_entropy("seql", [10] * 1000)
+    assert same_as_cross_entropy("seql", [10] * 1000, threshold=0.0005)
+    assert same_as_cross_entropy("wce", balanced, drw_epoch=1)

@@ -206,6 +206,26 @@ def test_single_seed_cells_show_their_interval_and_percent_prints_the_thesis_way
     assert csv.loc[0, "balanced"] == pytest.approx(v)  # CSVs stay fractions
 
 
+def test_rows_that_are_the_softmax_loss_by_construction_say_so(thesis: Path) -> None:
+    """Issue 25: on balanced training WCE, CB, BS and SEQL are CE (uniform weights, a constant
+    logit shift, no class under SEQL's 0.005 threshold at 1/100): not findings of their own."""
+    out = _report(thesis, "same").output_dir
+    md = (out / "report.md").read_text()
+    balanced = {row[0] for row in _md_table(md, "Table 4.1:")}
+    marked = {"Weighted Softmax loss", "Class-balanced loss", "Balanced Softmax loss"}
+    marked |= {"Equalization loss"}
+    assert {f"{t} (= Softmax)" for t in marked} <= balanced
+    assert {"Focal loss", "LDAM loss", "Softmax loss"} <= balanced  # not marked
+    assert not any("(= Softmax)" in row[0] for row in _md_table(md, "Table 4.2:"))
+    assert "is the Softmax loss by construction on this training set" in md
+    paired = pd.read_csv(out / "paired_vs_softmax.csv")
+    same = paired[paired["same_as_softmax"]]
+    assert set(zip(same["loss"], same["train_split"], strict=True)) == {
+        (loss, "balanced") for loss in ("wce", "cb", "bs", "seql")
+    }
+    assert not same.filter(like="_significant").any().any()
+
+
 def test_paired_comparisons_equal_a_direct_computation(thesis: Path) -> None:
     out = _report(thesis, "paired").output_dir
     paired = pd.read_csv(out / "paired_vs_softmax.csv")
