@@ -127,7 +127,7 @@ def run_tune(
                 "model": tr.model,
                 "loss": tr.loss,
                 "train_split": tr.train_split,
-                "space": " ".join(t.space),
+                "space": ",".join(t.space),  # as `mlflow run -P space=a,b` logged it
                 "objective": objective,
                 "trials": t.trials,
                 "timeout": t.timeout,

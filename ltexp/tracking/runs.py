@@ -401,6 +401,11 @@ def step_run(
         raise
     else:
         _close(run.info.run_id, RunStatus.FINISHED, None)
+    finally:
+        # mlflow.end_run() unsets MLFLOW_RUN_ID: the `mlflow run` run stays for the step that
+        # claims it (a tune that first prepares its data, an evaluate after a train)
+        if unclaimed:
+            os.environ["MLFLOW_RUN_ID"] = unclaimed
 
 
 def _close(run_id: str, status: int, error: str | None) -> None:

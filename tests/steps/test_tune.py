@@ -300,3 +300,21 @@ def test_two_workers_share_one_search_on_postgresql(tmp_path: Path) -> None:
         assert len(tags) == len(set(tags)) >= 4
     finally:
         _pg_admin(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def test_the_readme_s_mlflow_run_tune_command_logs_its_space_as_mlflow_did(
+    tmp_path: Path, tracking: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Issue 27: `mlflow run . -e tune -P space=lr=…,focal_gamma=…` failed with "param space is
+    already 'a,b' on this run; it cannot become 'a b'": MLflow logs -P space as given."""
+    space = "lr=loguniform:1e-5:1e-2,focal_gamma=uniform:0:5"
+    with mlflow.start_run() as launched:  # what `mlflow run` does before ltexp starts
+        mlflow.log_param("space", space)
+    monkeypatch.setenv("MLFLOW_RUN_ID", launched.info.run_id)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", launched.info.experiment_id)
+    args = ["tune", "--preset", "demo", "--loss", "focal", "--space", space, "--trials", "1"]
+    args += ["--epochs", "1", "--system-metrics", "false", "--checkpoint-dir", str(tmp_path / "c")]
+    args += ["--data-root", str(tmp_path / "data")]
+    assert main(args) == 0, capsys.readouterr().err
+    run = mlflow.get_run(launched.info.run_id)
+    assert run.data.tags[schema.STEP] == "tune" and run.data.params["space"] == space
