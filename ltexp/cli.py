@@ -9,6 +9,7 @@ parses and dispatches: the work is in ``ltexp.steps``.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -286,6 +287,18 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"ltexp {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the machine's own failure (a full disk, a folder it may not write)
+        from ltexp.tracking.runs import redact
+
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        what = e.strerror or type(e).__name__
+        hint = "; free space there, or set the artifact store or folder elsewhere"
+        print(
+            f"ltexp {args.command}: error: {redact(what + where)}"
+            f"{hint if e.errno == errno.ENOSPC else ''}",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

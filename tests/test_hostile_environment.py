@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -213,3 +214,24 @@ def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+def test_an_artifact_store_on_a_full_disk_is_one_line(
+    tmp_path: Path, tracking: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24: 15 tracebacks and 588 lines before ltexp's own line. The step's run ends FAILED
+    with the reason (it ran until the disk was full); the command prints one line, exit 1."""
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/artifacts/manifest.json")
+
+    monkeypatch.setattr(mlflow, "log_artifact", full)
+    monkeypatch.setattr(mlflow, "log_dict", full)
+    monkeypatch.setattr(mlflow, "log_artifacts", full)
+    code = main(["prepare-data", *tiny_args(tmp_path)[:2], "--data-root", str(tmp_path / "d")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert "No space left on device (/artifacts/manifest.json); free space there" in err[0]
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.status == "FAILED" and "No space left" in run.data.tags["ltexp.error"]

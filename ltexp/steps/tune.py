@@ -41,6 +41,9 @@ from ltexp.tuning import Dimension, check_objective, check_study_name, parse_spa
 
 log = logging.getLogger(__name__)
 OPTUNA_SCHEMA = "ltexp_optuna"  # its tables beside MLflow's in one PostgreSQL database
+# a worker's trials beat this often; a trial silent for the grace period is failed (kill -9)
+TRIAL_HEARTBEAT_SECONDS = 30
+TRIAL_GRACE_SECONDS = 120
 
 
 @dataclass
@@ -157,8 +160,8 @@ def _study(optuna: Any, name: str, storage_url: str, t: Any) -> Any:
     with _schema_lock(storage_url):
         storage = optuna.storages.RDBStorage(
             storage_url,
-            heartbeat_interval=30,  # a killed worker's trial is failed, and the search goes on
-            grace_period=120,
+            heartbeat_interval=TRIAL_HEARTBEAT_SECONDS,  # a killed worker's trial is failed,
+            grace_period=TRIAL_GRACE_SECONDS,  # and the search goes on
             engine_kwargs={"pool_pre_ping": True},
         )
     pruner = {

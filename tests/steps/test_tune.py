@@ -318,3 +318,22 @@ def test_the_readme_s_mlflow_run_tune_command_logs_its_space_as_mlflow_did(
     assert main(args) == 0, capsys.readouterr().err
     run = mlflow.get_run(launched.info.run_id)
     assert run.data.tags[schema.STEP] == "tune" and run.data.params["space"] == space
+
+
+def test_a_trial_whose_worker_was_killed_is_failed_by_the_next_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24: after kill -9 during a search, the killed trial stayed RUNNING forever."""
+    from ltexp.steps import tune
+
+    monkeypatch.setattr(tune, "TRIAL_HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(tune, "TRIAL_GRACE_SECONDS", 1)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    settings = build_config("demo", {"trials": 3}).tune
+    study = tune._study(optuna, "killed", storage, settings)
+    trial = study.ask()  # a worker starts a trial, beats once, and is killed
+    study._storage.record_heartbeat(trial._trial_id)
+    time.sleep(2.5)
+    again = tune._study(optuna, "killed", storage, settings)  # the next worker (or resume)
+    (state,) = [t.state for t in again.get_trials(deepcopy=False)]
+    assert state == optuna.trial.TrialState.FAIL
