@@ -166,17 +166,22 @@ def score_test_sets(
     groups: dict[str, Sequence[int]],
     group_split: str = "test_lt",
 ) -> dict[str, GroupScore]:
-    """Scores of the test sets: ``balanced``, ``lt`` and each class group of ``group_split``.
+    """Scores of the test sets: ``balanced``, ``lt``, each class group, and the shot groups on
+    the long-tailed test set too (``lt_many``, …).
 
     Args:
         test_balanced, test_lt: ``(labels, logits)`` of each test split (either may be empty).
         groups: group name → its classes (head, middle, tail, many, medium, few).
-        group_split: the split the groups are scored on: test_lt, or test_balanced for a set
-            long-tailed as given whose only test set is balanced (ImageNet-LT's many/medium/few).
+        group_split: the split head/middle/tail are scored on: test_lt, or test_balanced for a
+            set long-tailed as given whose only test set is balanced. Many/medium/few are
+            scored on the balanced test set where there is one, as the literature does (Liu et
+            al. 2019), else on ``group_split``.
 
     Returns:
         group → score; a set or group with no image is left out.
     """
+    from ltexp.data.splits import SHOT_GROUPS
+
     top5 = {
         "test_balanced": (test_balanced[0], topk(test_balanced[1], 5)),
         "test_lt": (test_lt[0], topk(test_lt[1], 5)),
@@ -185,7 +190,11 @@ def score_test_sets(
         "balanced": score(*top5["test_balanced"], None),
         "lt": score(*top5["test_lt"], None),
     }
-    labels, top5_groups = top5[group_split]
+    shot_split = "test_balanced" if len(test_balanced[0]) else group_split
     for name, classes in groups.items():
-        scores[name] = score(labels, top5_groups, in_classes(labels, classes))
+        labels, top5_split = top5[shot_split if name in SHOT_GROUPS else group_split]
+        scores[name] = score(labels, top5_split, in_classes(labels, classes))
+        if name in SHOT_GROUPS and shot_split != "test_lt" and len(test_lt[0]):
+            labels, top5_lt = top5["test_lt"]
+            scores[f"lt_{name}"] = score(labels, top5_lt, in_classes(labels, classes))
     return {g: s for g, s in scores.items() if s is not None}

@@ -2,9 +2,11 @@
 
 The run carries the params ``dataset, model, loss, train_split, seed`` and the grid axes
 ``sampler, mixing, stage2`` (copied from the model's train or decouple run), ``train_run_id`` and
-``model_uri``, and the metrics ``test_<group>_acc1`` (fractions) for
-groups balanced, lt, head, middle, tail, many, medium, few, with ``_acc5`` and 95% Clopper-Pearson
-bounds ``_acc1_ci_low`` / ``_acc1_ci_high``. The report reads exactly these names.
+``model_uri``, and the metrics ``test_<group>_acc1`` (fractions) for groups balanced, lt, head,
+middle, tail (on the long-tailed test set), many, medium, few (on the balanced one, as the
+literature measures them) and lt_many, lt_medium, lt_few (on the long-tailed one), with ``_acc5``
+and 95% Clopper-Pearson bounds ``_acc1_ci_low`` / ``_acc1_ci_high``. The report reads exactly
+these names.
 """
 
 from __future__ import annotations
@@ -100,12 +102,15 @@ def run_evaluate(
         groups,
         group_split=prepared.group_split,
     )
+    shot_split = "test_balanced" if prepared.has("test_balanced") else prepared.group_split
     for group in schema.TEST_GROUPS:
         if group not in scores:
-            where = schema.test_metric_split(schema.test_metric(group), prepared.group_split)
+            where = schema.test_group_split(group, prepared.group_split, shot_split)
             if not prepared.has(where):
                 log.info("%s has no %s: test_%s_* is not logged", prepared.dataset, where, group)
-            elif group in groups and not groups[group]:
+            elif group in schema.LT_SHOT_GROUPS and shot_split == "test_lt":
+                log.info("test_%s_* is test_%s_* here: not logged twice", group, group[3:])
+            elif len(groups.get(group.removeprefix("lt_"), [None])) == 0:
                 log.info(
                     "no class is %s-shot by its training images: test_%s_* is not logged",
                     group,
@@ -164,6 +169,7 @@ def run_evaluate(
             model_id=model_id,
             datasets=datasets,
             group_split=prepared.group_split,
+            shot_split=shot_split,
         )
         with tempfile.TemporaryDirectory() as tmp:
             _write_artifacts(

@@ -29,6 +29,7 @@ def log_test_results(
     model_id: str | None,
     datasets: dict[str, mlflow.data.Dataset],
     group_split: str = "test_lt",
+    shot_split: str = "test_balanced",
 ) -> None:
     """Log an evaluation's metrics (see the module docstring).
 
@@ -38,11 +39,12 @@ def log_test_results(
             post-hoc adjusted evaluation is not the checkpoint's own result).
         model_id: the logged model of the tested version, if known.
         datasets: the test splits as logged inputs (``test_balanced``, ``test_lt``).
-        group_split: the split the class-group metrics were computed on.
+        group_split, shot_split: the splits the frequency and shot groups were computed on.
     """
     by_split: dict[str, dict[str, float]] = {}
     for name, value in metrics.items():
-        by_split.setdefault(schema.test_metric_split(name, group_split), {})[name] = value
+        split = schema.test_metric_split(name, group_split, shot_split)
+        by_split.setdefault(split, {})[name] = value
     for split, values in by_split.items():
         linked = {"model_id": model_id, "dataset": datasets.get(split)}
         mlflow.log_metrics(values, run_id=evaluate_run_id, **linked)

@@ -209,10 +209,20 @@ EPOCH_SECONDS = "epoch_seconds"
 IMAGES_PER_S = "images_per_s"
 BEST_VAL_ACC1 = "best_val_acc1"
 BEST_EPOCH = "best_epoch"
-TEST_GROUPS = ("balanced", "lt", *GROUPS)
+# many/medium/few measured on the long-tailed test set (ltexp's measure before the literature's)
+LT_SHOT_GROUPS = tuple(f"lt_{g}" for g in SHOT_GROUPS)
+TEST_GROUPS = ("balanced", "lt", *GROUPS, *LT_SHOT_GROUPS)
 TEST_KINDS = ("acc1", "acc5", "acc1_ci_low", "acc1_ci_high")
-# the split each test group's metrics are computed on (the dataset they are linked to)
-TEST_GROUP_SPLIT = {g: "test_balanced" if g == "balanced" else "test_lt" for g in TEST_GROUPS}
+# the split each test group's metrics are computed on (the dataset they are linked to), for the
+# protocol's splits: head/middle/tail on the long-tailed test set (the thesis), many/medium/few on
+# the balanced one (Liu et al. 2019 and the papers after it), lt_many/… on the long-tailed one
+TEST_GROUP_SPLIT = {
+    "balanced": "test_balanced",
+    "lt": "test_lt",
+    **{g: "test_lt" for g in FREQUENCY_GROUPS},
+    **{g: "test_balanced" for g in SHOT_GROUPS},
+    **{g: "test_lt" for g in LT_SHOT_GROUPS},
+}
 REPORT_COLUMNS = {
     "balanced": "test_balanced_acc1",
     "long_tailed": "test_lt_acc1",
@@ -261,12 +271,27 @@ TEST_METRIC_SPLIT = {
 }
 
 
-def test_metric_split(metric: str, group_split: str = "test_lt") -> str:
-    """The split a test metric was computed on: a set long-tailed as given whose only test set
-    is balanced computes its class-group metrics there (``group_split``)."""
-    split = TEST_METRIC_SPLIT[metric]
-    is_group = metric.startswith(tuple(f"test_{g}_" for g in GROUPS))
-    return group_split if is_group else split
+def test_group_split(
+    group: str, group_split: str = "test_lt", shot_split: str = "test_balanced"
+) -> str:
+    """The split a test group is computed on: head/middle/tail on ``group_split`` (a set
+    long-tailed as given whose only test set is balanced computes them there), many/medium/few
+    on ``shot_split`` (the balanced test set, where the set has one)."""
+    if group in FREQUENCY_GROUPS:
+        return group_split
+    if group in SHOT_GROUPS:
+        return shot_split
+    return TEST_GROUP_SPLIT[group]
+
+
+def test_metric_split(
+    metric: str, group_split: str = "test_lt", shot_split: str = "test_balanced"
+) -> str:
+    """The split a ``test_<group>_<kind>`` metric was computed on (:func:`test_group_split`)."""
+    group = next(
+        g for g in sorted(TEST_GROUPS, key=len, reverse=True) if metric.startswith(f"test_{g}_")
+    )
+    return test_group_split(group, group_split, shot_split)
 
 
 # what a train run carries of its checkpoint's evaluation: the report's five columns

@@ -84,3 +84,25 @@ def test_a_class_name_that_a_spreadsheet_would_run_is_written_as_text() -> None:
     csv.writer(buf).writerows([[spreadsheet_safe(n)] for n in [*hostile, "dog", "a=b"]])
     cells = [row[0] for row in csv.reader(io.StringIO(buf.getvalue()))]
     assert cells[:5] == [f"'{n}" for n in hostile] and cells[5:] == ["dog", "a=b"]
+
+
+def test_shot_groups_are_scored_on_the_balanced_test_set_and_again_on_the_long_tailed_one() -> None:
+    """Issue 25: many/medium/few as the literature measures them, on the balanced test set;
+    the long-tailed measure stays as lt_many/lt_medium/lt_few."""
+    k = 3
+    balanced = np.repeat(np.arange(k), 4)  # 4 test images per class
+    long_tailed = np.array([0, 0, 0, 0, 1, 1, 2])
+    bal_logits = np.eye(k)[balanced].copy()
+    bal_logits[[0, 1], :] = np.eye(k)[[1, 1]]  # 2 of class 0's balanced images wrong
+    lt_logits = np.eye(k)[long_tailed].copy()
+    lt_logits[[4], :] = np.eye(k)[[0]]  # 1 of class 1's long-tailed images wrong
+    groups = {"head": [0], "middle": [1], "tail": [2], "many": [0], "medium": [1], "few": [2]}
+    scores = score_test_sets((balanced, bal_logits), (long_tailed, lt_logits), groups)
+    assert (scores["many"].n, scores["many"].acc1) == (4, 0.5)  # balanced: 2 of class 0's 4
+    assert (scores["lt_many"].n, scores["lt_many"].acc1) == (4, 1.0)  # long-tailed: all 4
+    assert (scores["medium"].acc1, scores["lt_medium"].acc1) == (1.0, 0.5)
+    assert (scores["head"].n, scores["head"].acc1) == (4, 1.0)  # the thesis's groups: long-tailed
+    # a set without a balanced test set measures every group on the long-tailed one, once
+    empty = (np.zeros(0, int), np.zeros((0, k)))
+    only_lt = score_test_sets(empty, (long_tailed, lt_logits), groups)
+    assert only_lt["many"].acc1 == 1.0 and "lt_many" not in only_lt
