@@ -51,7 +51,7 @@ TRIAL = "trial"  # a trial's search and number: two trials are never one run
 TUNED = "tuned"  # a cell trained with a search's best values (``main --tuned``)
 DATA_DIGEST = "data_digest"
 # the options of a stage-2 run's identity beyond its stage-1 run's (``ltexp decouple``)
-STAGE2_OPTIONS = ("stage2", "stage2_epochs", "stage2_lr", "stage2_tau")
+STAGE2_OPTIONS = ("stage2", "stage2_epochs", "stage2_lr", "stage2_tau", "stage2_tau_form")
 
 
 def config_hash(values: Mapping[str, Any]) -> str:
@@ -184,8 +184,8 @@ def stage2_identity(stage1: Mapping[str, Any], cfg: Config) -> dict[str, Any]:
 
 def _stage2_settings(cfg: Config) -> dict[str, Any]:
     d = cfg.decouple
-    if d.stage2 == "tau_norm":  # no training: only τ matters
-        return {"stage2_tau": d.stage2_tau}
+    if d.stage2 == "tau_norm":  # no training: only τ and its form matter
+        return {"stage2_tau": d.stage2_tau, "stage2_tau_form": d.stage2_tau_form}
     return {"stage2_epochs": d.stage2_epochs, "stage2_lr": d.stage2_lr}
 
 

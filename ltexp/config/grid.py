@@ -102,7 +102,7 @@ AXES: tuple[Axis, ...] = (  # read with axes(): register_axis() adds to it
         plain="none",
         registry="second_stages",
         stage=2,
-        options=("stage2_epochs", "stage2_lr", "stage2_tau"),
+        options=("stage2_epochs", "stage2_lr", "stage2_tau", "stage2_tau_form"),
     ),
 )
 

@@ -380,9 +380,18 @@ class DecoupleConfig:
     )
     stage2_tau: float | None = _opt(
         None,
-        "τ of tau_norm (default: the best of 0, 0.1, …, 1 on the validation set)",
+        "τ of tau_norm (default: the best on the validation set of 0, 0.1, …, 2 — Kang et al.'s "
+        "search — or of 0, 0.1, …, 1 with stage2_tau_form=keep_bias)",
         low=0.0,
         high=2.0,
+        method=True,
+    )
+    stage2_tau_form: str = _opt(
+        "kang",
+        "tau_norm's form: kang (the normalised scores drop the classifier bias, τ searched over "
+        "0-2: Kang et al. 2020 and their code) or keep_bias (the bias kept, τ over 0-1: ltexp's "
+        "form before)",
+        choices=("kang", "keep_bias"),
         method=True,
     )
 

@@ -4,9 +4,9 @@ From a train run's registered version (``train_run=`` or ``model_uri=``): cRT re
 classifier with class-balanced sampling, LWS learns one scale per class, τ-normalisation rescales
 the classifier's rows with τ chosen on the validation set (:mod:`ltexp.training.decoupling`). The
 run is a decouple run (``ltexp.stage1_run`` names the train run; it copies that run's params and
-adds ``stage2, stage2_epochs, stage2_lr, stage2_tau, stage1_run_id``), and its model is registered
-as a new version of the same registered model, tagged ``stage=2`` and ``method``. Evaluating it is
-the evaluate step's work, as for a train run.
+adds ``stage2, stage2_epochs, stage2_lr, stage2_tau, stage2_tau_form, stage1_run_id``), and its
+model is registered as a model of its own, named after the variant (``…-ce-lt-crt``), tagged
+``stage=2`` and ``method``. Evaluating it is the evaluate step's work, as for a train run.
 
 Stage 2 trains with the stage-1 run's optimizer, batch size and seed (``stage2_lr`` may set
 another learning rate) and a cosine schedule; the backbone runs in eval mode throughout.
@@ -148,7 +148,7 @@ def run_decouple(
         folder.mkdir(parents=True, exist_ok=True)
         tau = None
         if method == "tau_norm":
-            tau, scores = search_tau(model, path, val_batches, amp, d.stage2_tau)
+            tau, scores = search_tau(model, path, val_batches, amp, d.stage2_tau, d.stage2_tau_form)
             _log_tau_search(scores)
             log.info("tau_norm: tau %g, val_acc1 %.4f", tau, scores[tau])
             best_acc, best_epoch = scores[tau], 0
@@ -195,7 +195,7 @@ def run_decouple(
                     result.metrics[schema.VAL_ACC1],
                 )
         settings = (
-            {"stage2_tau": tau}
+            {"stage2_tau": tau, "stage2_tau_form": d.stage2_tau_form}
             if tau is not None
             else {"stage2_epochs": d.stage2_epochs, "stage2_lr": lr}
         )

@@ -193,7 +193,14 @@ TUNE_PARAMS = (
     "storage",
 )
 # A decouple run copies its stage-1 run's params and adds these.
-DECOUPLE_PARAMS = ("stage2", "stage2_epochs", "stage2_lr", "stage2_tau", "stage1_run_id")
+DECOUPLE_PARAMS = (
+    "stage2",
+    "stage2_epochs",
+    "stage2_lr",
+    "stage2_tau",
+    "stage2_tau_form",
+    "stage1_run_id",
+)
 TAU_SEARCH_ARTIFACT = "tau_search.csv"
 TUNE_METRICS = ("best_value", "trials_complete", "trials_pruned", "trials_failed")
 SKIPPED_IMAGES = "skipped_images"  # prepare_data with skip_bad_images: images left out

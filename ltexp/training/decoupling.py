@@ -5,9 +5,11 @@ after ordinary (instance-balanced) training, only the classifier is adjusted:
 
 - **cRT** (classifier re-training): the classifier is re-initialised and trained again with
   class-balanced sampling while the backbone stays frozen (its weights are left bit-identical).
-- **τ-normalisation**: each class's weight vector is rescaled, ``w_k ← w_k / ‖w_k‖^τ``; the
-  bias is kept. τ = 0 is the identity, τ = 1 gives unit-norm rows; τ is chosen on the
-  validation set (a grid 0, 0.1, …, 1).
+- **τ-normalisation**: each class's weight vector is rescaled, ``w_k ← w_k / ‖w_k‖^τ``, and the
+  scores drop the classifier's bias, as Kang et al. define it and their code does; τ = 0 leaves
+  the rows as they are, τ = 1 gives unit-norm rows; τ is chosen on the validation set from
+  0, 0.1, …, 2 (their code's search). ``stage2_tau_form=keep_bias`` is ltexp's earlier form: the
+  bias kept, τ from 0, 0.1, …, 1.
 - **LWS** (learnable weight scaling): ``logit_k = f_k · (w_k·x + b_k)`` with one learned scale per
   class (initialised to 1), trained with class-balanced sampling, backbone and classifier frozen.
 
@@ -33,7 +35,12 @@ if TYPE_CHECKING:
     from ltexp.training.loop import EpochResult
 
 METHODS = STAGE2_METHODS  # declared with the stage2 option
-TAU_GRID = tuple(round(0.1 * i, 1) for i in range(11))
+# the τ searched on validation, per form: Kang et al.'s (bias dropped), ltexp's earlier one
+TAU_GRIDS = {
+    "kang": tuple(round(0.1 * i, 1) for i in range(21)),
+    "keep_bias": tuple(round(0.1 * i, 1) for i in range(11)),
+}
+TAU_GRID = TAU_GRIDS["kang"]
 
 
 def linear_head(model: nn.Module, path: str) -> nn.Linear:
@@ -168,11 +175,15 @@ def head_inputs(model: nn.Module, path: str, predict: Callable[[nn.Module], Tens
 
 
 def tau_scores(
-    features: Tensor, labels: Tensor, head: nn.Linear, taus: tuple[float, ...] = TAU_GRID
+    features: Tensor,
+    labels: Tensor,
+    head: nn.Linear,
+    taus: tuple[float, ...] = TAU_GRID,
+    keep_bias: bool = False,
 ) -> dict[float, float]:
     """Top-1 accuracy of the τ-normalised head for each τ, from the head's inputs."""
     weight = head.weight.detach().float()
-    bias = None if head.bias is None else head.bias.detach().float()
+    bias = None if head.bias is None or not keep_bias else head.bias.detach().float()
     out = {}
     for tau in taus:
         logits = nn.functional.linear(features, tau_normalised(weight, tau), bias)
@@ -185,10 +196,13 @@ def best_tau(scores: dict[float, float]) -> float:
     return min(scores, key=lambda tau: (-scores[tau], tau))
 
 
-def apply_tau(head: nn.Linear, tau: float) -> None:
-    """Rescale the head's rows in place: ``w_k ← w_k / ‖w_k‖^τ``."""
+def apply_tau(head: nn.Linear, tau: float, keep_bias: bool = False) -> None:
+    """Rescale the head's rows in place, ``w_k ← w_k / ‖w_k‖^τ``, and zero its bias unless
+    ``keep_bias`` (the model then scores as :func:`tau_scores` did)."""
     with torch.no_grad():
         head.weight.copy_(tau_normalised(head.weight.float(), tau).to(head.weight.dtype))
+        if head.bias is not None and not keep_bias:
+            head.bias.zero_()
 
 
 def search_tau(
@@ -197,18 +211,20 @@ def search_tau(
     val_batches: TensorBatches,
     amp: torch.dtype | None,
     given: float | None = None,
+    form: str = "kang",
 ) -> tuple[float, dict[float, float]]:
-    """τ-normalise the head in place with ``given``, or with the τ of :data:`TAU_GRID` that
-    scores best on the validation set; return τ and the validation top-1 of each τ tried."""
+    """τ-normalise the head in place with ``given``, or with the τ of the form's grid
+    (:data:`TAU_GRIDS`) that scores best on the validation set; return τ and the validation
+    top-1 of each τ tried."""
     from ltexp.training.loop import predict
 
     features = head_inputs(model, path, lambda m: predict(m, val_batches, amp))
     head = linear_head(model, path)
-    scores = tau_scores(
-        features, val_batches.labels, head, (given,) if given is not None else TAU_GRID
-    )
+    keep_bias = form == "keep_bias"
+    taus = (given,) if given is not None else TAU_GRIDS[form]
+    scores = tau_scores(features, val_batches.labels, head, taus, keep_bias)
     tau = best_tau(scores)
-    apply_tau(head, tau)
+    apply_tau(head, tau, keep_bias)
     return tau, scores
 
 

@@ -76,12 +76,24 @@ def test_crt_registers_a_stage_2_version_with_the_backbone_bit_identical(in_stor
 def test_tau_norm_with_tau_zero_registers_the_same_weights(in_store) -> None:
     cfg, cell = in_store
     out = run_stage2(
-        cfg.replace(stage2="tau_norm", stage2_tau=0.0, evaluate_after=False),
+        cfg.replace(
+            stage2="tau_norm", stage2_tau=0.0, stage2_tau_form="keep_bias", evaluate_after=False
+        ),
         stage1_run_id=cell.train.run_id,
     )
     before, _ = registered_models.load_classifier(cell.train.model_uri, "cpu")
     after, _ = registered_models.load_classifier(out.train.model_uri, "cpu")
     assert all(torch.equal(v, after.state_dict()[k]) for k, v in before.state_dict().items())
+    # Kang et al.'s form (the default) drops the bias: τ = 0 leaves the rows and zeroes it
+    kang = run_stage2(
+        cfg.replace(stage2="tau_norm", stage2_tau=0.0, evaluate_after=False),
+        stage1_run_id=cell.train.run_id,
+    )
+    dropped, _ = registered_models.load_classifier(kang.train.model_uri, "cpu")
+    path = model_spec(cfg.train.model).classifier
+    head_before, head_after = before.get_submodule(path), dropped.get_submodule(path)
+    assert torch.equal(head_before.weight, head_after.weight)
+    assert torch.equal(head_after.bias, torch.zeros_like(head_before.bias))
     run = mlflow.get_run(out.train.run_id)
     assert float(run.data.params["stage2_tau"]) == 0.0
     local = mlflow.artifacts.download_artifacts(
@@ -97,7 +109,7 @@ def test_tau_norm_searches_the_grid_on_validation(in_store) -> None:
         run_id=out.train.run_id, artifact_path=schema.TAU_SEARCH_ARTIFACT
     )
     rows = [line.split(",") for line in Path(local).read_text().splitlines()[1:]]
-    assert [float(t) for t, _ in rows] == pytest.approx([i / 10 for i in range(11)])
+    assert [float(t) for t, _ in rows] == pytest.approx([i / 10 for i in range(21)])  # 0-2
     best = max(float(a) for _, a in rows)
     chosen = float(mlflow.get_run(out.train.run_id).data.params["stage2_tau"])
     assert min(float(t) for t, a in rows if float(a) == best) == pytest.approx(chosen)

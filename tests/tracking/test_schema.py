@@ -60,6 +60,7 @@ def test_every_logged_key_is_declared(study) -> None:
     assert {p for p in decouple.data.params if p not in train.data.params} == {
         "stage2",
         "stage2_tau",
+        "stage2_tau_form",
         "stage1_run_id",
     }
     # τ-norm trains no epoch; its evaluation writes the headline test metrics as for a train run

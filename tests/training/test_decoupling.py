@@ -48,15 +48,36 @@ def test_tau_zero_is_the_identity_and_tau_one_gives_unit_rows() -> None:
     assert torch.allclose(tau_normalised(w, 0.5).norm(dim=1), w.norm(dim=1).sqrt())
 
 
-def test_apply_tau_rescales_the_head_in_place_and_keeps_the_bias() -> None:
+def test_apply_tau_rescales_the_head_in_place_and_drops_the_bias_as_kang_et_al() -> None:
     model, path = _model()
     head = linear_head(model, path)
     before, bias = head.weight.detach().clone(), head.bias.detach().clone()
-    apply_tau(head, 0.0)
-    assert torch.equal(head.weight, before)
-    apply_tau(head, 1.0)
+    apply_tau(head, 0.0, keep_bias=True)
+    assert torch.equal(head.weight, before) and torch.equal(head.bias, bias)
+    apply_tau(head, 1.0, keep_bias=True)  # ltexp's earlier form
     assert torch.allclose(head.weight.norm(dim=1), torch.ones(4))
     assert torch.equal(head.bias, bias)
+    apply_tau(head, 1.0)  # the paper's: scores w_k·x / ‖w_k‖^τ, no bias
+    assert torch.equal(head.bias, torch.zeros(4))
+
+
+def test_tau_is_searched_over_0_to_2_without_the_bias_by_default() -> None:
+    """Issue 25: Kang et al.'s code searches τ over 0-2 and drops the bias."""
+    from ltexp.training.decoupling import TAU_GRIDS
+
+    assert TAU_GRIDS["kang"] == tuple(round(0.1 * i, 1) for i in range(21))
+    assert TAU_GRIDS["keep_bias"][-1] == 1.0
+    torch.manual_seed(0)
+    features, head = torch.randn(50, 6), torch.nn.Linear(6, 3)
+    with torch.no_grad():
+        head.bias.copy_(torch.tensor([5.0, -5.0, 0.0]))  # a bias that would decide every score
+    labels = torch.randint(0, 3, (50,))
+    scores = tau_scores(features, labels, head, (0.0,))
+    # independently: argmax of x·W^T, the bias left out
+    expected = ((features @ head.weight.T).argmax(1) == labels).float().mean().item()
+    assert scores[0.0] == pytest.approx(expected)
+    with_bias = tau_scores(features, labels, head, (0.0,), keep_bias=True)
+    assert with_bias[0.0] == pytest.approx((labels == 0).float().mean().item())
 
 
 def test_crt_trains_only_a_fresh_classifier_and_leaves_the_backbone_bit_identical() -> None:
@@ -115,7 +136,7 @@ def test_tau_scores_come_from_the_head_inputs_and_the_head_is_put_back() -> None
     features = head_inputs(model, path, lambda m: m(batches.images.float() / 255))
     assert model.get_submodule(path) is head
     assert features.shape == (len(batches.labels), head.in_features)
-    scores = tau_scores(features, batches.labels, head, (0.0,))
+    scores = tau_scores(features, batches.labels, head, (0.0,), keep_bias=True)
     logits = model(batches.images.float() / 255)
     assert scores[0.0] == pytest.approx((logits.argmax(1) == batches.labels).float().mean().item())
 
