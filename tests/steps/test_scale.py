@@ -83,18 +83,18 @@ def test_every_cell_of_a_grid_over_every_axis_is_trained_once_as_itself(
     """Workers and Ray tasks receive the whole cell (issue 23: a parallel grid dropped its
     sampler and mixing, and trained or reused the plain cell in their place)."""
     cfg = tiny_config(**EVERY_AXIS, **how)
+    ray = None
     if how.get("executor") == "ray":
         ray = pytest.importorskip("ray", reason="the optional ray extra: pip install 'ltexp[ray]'")
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        try:
-            result = run_study(cfg)
-        finally:
-            ray.shutdown()
-    else:
+    try:
         result = run_study(cfg)
-    _check_every_cell_once_as_itself(cfg, result)
-    again = run_study(cfg)  # and the same command trains nothing again
-    assert again.ran == [] and len(again.reused) == 8
+        _check_every_cell_once_as_itself(cfg, result)
+        again = run_study(cfg)  # and the same command trains nothing again
+        assert again.ran == [] and len(again.reused) == 8
+    finally:
+        if ray is not None:
+            ray.shutdown()
 
 
 @pytest.mark.slow
