@@ -158,6 +158,14 @@ class TrainConfig:
         low_open=True,
         method=True,
     )
+    mixing_prob: float | None = _opt(
+        None,
+        "probability that a batch is mixed (default: the paper's: CutMix 0.5 as Yun et al. 2019 "
+        "train CIFAR, mixup and Remix every batch)",
+        low=0.0,
+        high=1.0,
+        method=True,
+    )
     remix_kappa: float = _opt(
         3.0,
         "Remix κ: the class-size ratio that favours the rarer class (Chou et al. 2020: 3)",

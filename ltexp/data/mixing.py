@@ -5,7 +5,8 @@ A batch is mixed with a permutation of itself, with a factor λ ~ Beta(α, α) p
 - **mixup** (Zhang et al., "mixup: Beyond Empirical Risk Minimization", ICLR 2018):
   x̃ = λ·x_a + (1 − λ)·x_b; the loss is λ·ℓ(y_a) + (1 − λ)·ℓ(y_b). α = 1 (their CIFAR setting).
 - **CutMix** (Yun et al., ICCV 2019): a box of x_b, of area (1 − λ) of the image at a uniform
-  centre, is pasted into x_a; λ becomes the area left of x_a exactly. α = 1 (theirs).
+  centre, is pasted into x_a; λ becomes the area left of x_a exactly. α = 1, and a batch is cut
+  with probability 0.5 (their CIFAR training, ``--cutmix_prob 0.5``).
 - **Remix** (Chou et al., "Remix: Rebalanced Mixup", ECCV 2020 workshops): images mixed as
   mixup, but the label factor favours the rarer class: λ_y = 0 when n_{y_a} / n_{y_b} ≥ κ and
   λ < τ; λ_y = 1 when n_{y_a} / n_{y_b} ≤ 1/κ and 1 − λ < τ; else λ_y = λ. κ = 3, τ = 0.5, α = 1
@@ -26,6 +27,8 @@ from torch import Tensor
 from ltexp.errors import unknown_name_error
 
 MIXINGS = ("none", "mixup", "cutmix", "remix")
+# the probability a batch is mixed, as each paper trained CIFAR (``mixing_prob`` overrides it)
+PAPER_PROB = {"none": 0.0, "mixup": 1.0, "cutmix": 0.5, "remix": 1.0}
 
 
 @dataclass
@@ -77,6 +80,7 @@ class Mixer:
         alpha: the Beta(α, α) of λ.
         class_counts: training images per class (Remix).
         kappa, tau: Remix's κ and τ.
+        prob: the probability a batch is mixed (default: the paper's, :data:`PAPER_PROB`).
     """
 
     def __init__(
@@ -86,10 +90,12 @@ class Mixer:
         class_counts: list[int] | None = None,
         kappa: float = 3.0,
         tau: float = 0.5,
+        prob: float | None = None,
     ) -> None:
         if kind not in MIXINGS:
             raise unknown_name_error("mixing", kind, MIXINGS)
         self.kind, self.alpha, self.kappa, self.tau = kind, alpha, kappa, tau
+        self.prob = PAPER_PROB[kind] if prob is None else prob
         self.counts = torch.as_tensor(class_counts or [1], dtype=torch.float32)
         self.rng: np.random.Generator | None = None
 
@@ -104,6 +110,8 @@ class Mixer:
     def __call__(self, x: Tensor, y: Tensor) -> Mixed:
         """Mix one batch."""
         assert self.rng is not None, "start_epoch() first"
+        if self.rng.random() >= self.prob:  # this batch is left as it is
+            return Mixed(x, y, y, torch.ones(y.shape, device=y.device))
         lam = float(self.rng.beta(self.alpha, self.alpha))
         perm = torch.as_tensor(self.rng.permutation(len(y)), device=y.device)
         if self.kind == "cutmix":

@@ -182,6 +182,7 @@ def build_session(
         prepared.class_counts(training_set),
         t.remix_kappa,
         t.remix_tau,
+        t.mixing_prob,
     )
     # the validation split gets what the training split left of the budget
     left = resident

@@ -56,3 +56,19 @@ def test_an_epoch_mixes_the_same_way_again() -> None:
         assert torch.equal(a.images, b.images) and torch.equal(a.weight_a, b.weight_a)
     first.start_epoch(seed=7, epoch=3)
     assert not torch.equal(first(x, y).images, a.images)
+
+
+def test_cutmix_cuts_half_the_batches_as_yun_et_al_train_cifar() -> None:
+    """Issue 25: CutMix's CIFAR training applies it with probability 0.5 (``--cutmix_prob``)."""
+    x, y = torch.randn(8, 3, 8, 8), torch.arange(8) % 4
+    mixer = Mixer("cutmix")
+    mixer.start_epoch(seed=0, epoch=1)
+    cut = [not torch.equal(mixer(x, y).images, x) for _ in range(400)]
+    assert 0.43 < sum(cut) / 400 < 0.57  # 0.5 ± 3 binomial standard errors
+    always, never = Mixer("cutmix", prob=1.0), Mixer("mixup", prob=0.0)
+    always.start_epoch(seed=0, epoch=1)
+    never.start_epoch(seed=0, epoch=1)
+    assert all(not torch.equal(always(x, y).images, x) for _ in range(20))
+    left = never(x, y)
+    assert torch.equal(left.images, x) and torch.equal(left.weight_a, torch.ones(8))
+    assert Mixer("mixup").prob == Mixer("remix").prob == 1.0
