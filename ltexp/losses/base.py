@@ -38,8 +38,10 @@ def normalise_weights(weights: Tensor) -> Tensor:
     return weights * (weights.numel() / weights.sum())
 
 
-def class_balanced_weights(class_counts: Tensor, beta: float) -> Tensor:
-    """Class-balanced weights ``(1 - β) / (1 - β^n_k)`` (Cui et al. 2019), mean 1 over classes.
+def class_balanced_weights(class_counts: Tensor, beta: float, normalise: bool = True) -> Tensor:
+    """Class-balanced weights ``(1 - β) / (1 - β^n_k)`` (Cui et al. 2019), mean 1 over classes
+    (their code), or as the formula gives them (``normalise=False``: the thesis's, far below 1,
+    which scales the whole loss down).
 
     ``β = 0`` gives equal weights; ``β → 1`` tends to inverse frequency.
     """
@@ -47,7 +49,8 @@ def class_balanced_weights(class_counts: Tensor, beta: float) -> Tensor:
     if beta == 0.0:
         return torch.ones_like(counts)
     effective_num = -torch.expm1(counts * torch.log(torch.tensor(beta, dtype=torch.float64)))
-    return normalise_weights((1.0 - beta) / effective_num)
+    weights = (1.0 - beta) / effective_num
+    return normalise_weights(weights) if normalise else weights
 
 
 class ClassAwareLoss(nn.Module):

@@ -37,13 +37,14 @@ def reference(name: str, z: torch.Tensor, y: torch.Tensor, counts: list[int], **
     prior = [n / total for n in counts]
     out = 0.0
     for zi, yi in zip(z.double().tolist(), y.tolist(), strict=True):
-        if name in ("ce", "wce", "cb"):
+        if name in ("ce", "wce", "cb", "cb_raw"):
             loss = -_log_softmax(zi)[yi]
             if name == "wce":
                 loss *= _mean_weight_one([1 / p for p in prior])[yi]
-            if name == "cb":
+            if name in ("cb", "cb_raw"):
                 beta = hp.get("beta", 0.9999)
-                loss *= _mean_weight_one([(1 - beta) / (1 - beta**n) for n in counts])[yi]
+                weights = [(1 - beta) / (1 - beta**n) for n in counts]
+                loss *= (_mean_weight_one(weights) if name == "cb" else weights)[yi]
         elif name == "focal":
             gamma = hp.get("gamma", 2.0)
             p = math.exp(_log_softmax(zi)[yi])
@@ -98,6 +99,7 @@ DETERMINISTIC = {
     "ce": {},
     "wce": {},
     "cb": {},
+    "cb_raw": {"beta": 0.99},
     "focal": {},
     "bs": {},
     "la": {"tau": 0.7},
@@ -295,3 +297,22 @@ def test_which_losses_are_cross_entropy_on_a_balanced_set_follows_from_their_for
     assert not same_as_cross_entropy("seql", [10] * 1000)
     assert same_as_cross_entropy("seql", [10] * 1000, threshold=0.0005)
     assert same_as_cross_entropy("wce", balanced, drw_epoch=1)
+
+
+def test_the_thesis_s_unnormalised_class_balanced_weights() -> None:
+    """Issue 25: the thesis's CB weights are (1 − β)/(1 − β^n) as the formula gives them; on
+    balanced training they scale CE by (1 − β)/(1 − β^450) ≈ 0.0023, where ltexp's mean-1 CB is
+    CE itself."""
+    counts = [450] * 10
+    scale = (1 - 0.9999) / (1 - 0.9999**450)  # computed here, from the formula
+    torch.manual_seed(0)
+    logits, target = torch.randn(32, 10), torch.randint(0, 10, (32,))
+    ce = build_loss("ce", counts)(logits, target)
+    raw = build_loss("cb_raw", counts)(logits, target)
+    assert raw.item() == pytest.approx(scale * ce.item(), rel=1e-5)
+    assert build_loss("cb", counts)(logits, target).item() == pytest.approx(ce.item(), rel=1e-6)
+    long_tailed = [450, 100, 20, 4]
+    weights = [(1 - 0.9999) / (1 - 0.9999**n) for n in long_tailed]
+    raw_lt = build_loss("cb_raw", long_tailed)
+    per_class = [raw_lt(torch.zeros(1, 4), torch.tensor([k])).item() for k in range(4)]
+    assert per_class == pytest.approx([w * math.log(4) for w in weights], rel=1e-5)
