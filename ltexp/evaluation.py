@@ -22,13 +22,70 @@ if TYPE_CHECKING:
 
 @dataclass
 class GroupScore:
-    """Accuracy of one group of test images, with its exact binomial (Clopper-Pearson) interval."""
+    """Accuracy of one group of test images, with its exact binomial (Clopper-Pearson) interval,
+    and its expected calibration error (NaN without confidences)."""
 
     n: int
     acc1: float
     acc5: float
     ci_low: float
     ci_high: float
+    ece: float = float("nan")
+
+
+CALIBRATION_BINS = 15  # Guo et al. 2017 and the long-tailed papers after them (MiSLAS: 15)
+
+
+def softmax_confidence(logits: np.ndarray) -> np.ndarray:
+    """The top-1 softmax probability of each row of logits (float64, stable)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p.max(axis=1) / p.sum(axis=1)
+
+
+def reliability(
+    confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width confidence bin (0, 1/bins], …: the mean confidence, the accuracy and the
+    number of images (NaN for an empty bin): a reliability diagram's points."""
+    index = np.clip(np.ceil(np.asarray(confidence) * bins).astype(int) - 1, 0, bins - 1)
+    count = np.bincount(index, minlength=bins).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        conf = np.bincount(index, weights=confidence, minlength=bins) / count
+        acc = np.bincount(index, weights=np.asarray(correct, float), minlength=bins) / count
+    return conf, acc, count
+
+
+def calibration_error(
+    confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS
+) -> float:
+    """The expected calibration error: Σ_b (n_b / N) · |accuracy_b − confidence_b| over
+    equal-width confidence bins (Guo et al., ICML 2017)."""
+    if len(confidence) == 0:
+        return float("nan")
+    conf, acc, count = reliability(confidence, correct, bins)
+    filled = count > 0
+    return float(np.sum(count[filled] / count.sum() * np.abs(acc[filled] - conf[filled])))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T > 0 that minimises the negative log-likelihood of ``softmax(z / T)`` on
+    held-out logits (Guo et al. 2017's temperature scaling, fitted on the validation set): it
+    changes the confidences, never the predictions."""
+    from scipy.optimize import minimize_scalar
+
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels)
+
+    def nll(log_t: float) -> float:
+        scaled = z / np.exp(log_t)
+        scaled = scaled - scaled.max(axis=1, keepdims=True)
+        log_norm = np.log(np.exp(scaled).sum(axis=1))
+        return float(np.mean(log_norm - scaled[np.arange(len(y)), y]))
+
+    found = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(found.x))
 
 
 def predict_test_sets(
@@ -117,17 +174,25 @@ def binomial_interval(correct: int, n: int, level: float = 0.95) -> tuple[float,
     return low, high
 
 
-def score(labels: np.ndarray, top5: np.ndarray, mask: np.ndarray | None) -> GroupScore | None:
+def score(
+    labels: np.ndarray,
+    top5: np.ndarray,
+    mask: np.ndarray | None,
+    confidence: np.ndarray | None = None,
+) -> GroupScore | None:
     """Top-1/top-5 accuracy of the images selected by ``mask`` (None: all), with the 95 %
-    Clopper-Pearson interval of top-1 (:func:`binomial_interval`)."""
+    Clopper-Pearson interval of top-1 (:func:`binomial_interval`) and, given the top-1
+    confidences, the expected calibration error (:func:`calibration_error`)."""
     if mask is not None:
         labels, top5 = labels[mask], top5[mask]
+        confidence = None if confidence is None else confidence[mask]
     if len(labels) == 0:
         return None
     correct1 = top5[:, 0] == labels
     correct5 = (top5 == labels[:, None]).any(axis=1)
     low, high = binomial_interval(int(correct1.sum()), len(labels))
-    return GroupScore(len(labels), float(correct1.mean()), float(correct5.mean()), low, high)
+    ece = float("nan") if confidence is None else calibration_error(confidence, correct1)
+    return GroupScore(len(labels), float(correct1.mean()), float(correct5.mean()), low, high, ece)
 
 
 def spreadsheet_safe(text: str) -> str:
@@ -183,18 +248,18 @@ def score_test_sets(
     from ltexp.data.splits import SHOT_GROUPS
 
     top5 = {
-        "test_balanced": (test_balanced[0], topk(test_balanced[1], 5)),
-        "test_lt": (test_lt[0], topk(test_lt[1], 5)),
+        split: (labels, topk(logits, 5), softmax_confidence(logits))
+        for split, (labels, logits) in (("test_balanced", test_balanced), ("test_lt", test_lt))
     }
     scores = {
-        "balanced": score(*top5["test_balanced"], None),
-        "lt": score(*top5["test_lt"], None),
+        "balanced": score(*top5["test_balanced"][:2], None, top5["test_balanced"][2]),
+        "lt": score(*top5["test_lt"][:2], None, top5["test_lt"][2]),
     }
     shot_split = "test_balanced" if len(test_balanced[0]) else group_split
     for name, classes in groups.items():
-        labels, top5_split = top5[shot_split if name in SHOT_GROUPS else group_split]
-        scores[name] = score(labels, top5_split, in_classes(labels, classes))
+        labels, top5_split, conf = top5[shot_split if name in SHOT_GROUPS else group_split]
+        scores[name] = score(labels, top5_split, in_classes(labels, classes), conf)
         if name in SHOT_GROUPS and shot_split != "test_lt" and len(test_lt[0]):
-            labels, top5_lt = top5["test_lt"]
-            scores[f"lt_{name}"] = score(labels, top5_lt, in_classes(labels, classes))
+            labels, top5_lt, conf = top5["test_lt"]
+            scores[f"lt_{name}"] = score(labels, top5_lt, in_classes(labels, classes), conf)
     return {g: s for g, s in scores.items() if s is not None}

@@ -276,10 +276,16 @@ class EvaluateConfig:
         "post-hoc logit adjustment logits - tau*log(prior) (Menon et al. 2021; 0 = off)",
         low=0.0,
     )
+    temperature_scaling: bool = _opt(
+        False,
+        "scale the logits by a temperature fitted on the validation set before testing (Guo et "
+        "al. 2017): the confidences and their calibration error change, the predictions do not; "
+        "the report keeps such evaluations out of its tables, as a post-hoc adjustment",
+    )
     bootstrap_samples: int = _opt(
         1000,
-        "bootstrap resamples for the 95% intervals (more than 100,000 do not move an interval's "
-        "third decimal)",
+        "bootstrap resamples of the report's paired comparisons (more than 100,000 do not move "
+        "an interval's third decimal)",
         low=10,
         high=100_000,
     )

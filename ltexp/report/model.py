@@ -113,10 +113,10 @@ Block = Table | Figure
 
 
 def results_frame(records: list[dict]) -> pd.DataFrame:
-    """Frame of evaluate results: run_id, end_time, the cell params, the five columns and their
-    bootstrap bounds (NaN where not logged)."""
+    """Frame of evaluate results: run_id, end_time, the cell params, the five columns, their
+    interval bounds and calibration errors (NaN where not logged)."""
     frame = pd.DataFrame.from_records(records)
-    bounds = [f"{c}{s}" for c in COLUMNS for s in CI_SUFFIXES]
+    bounds = [f"{c}{s}" for c in COLUMNS for s in (*CI_SUFFIXES, "_ece")]
     for col in ("run_id", "end_time", *CELL_PARAMS, *COLUMNS, *bounds):
         if col not in frame:
             frame[col] = np.nan

@@ -164,3 +164,24 @@ def paired_figure(paired: pd.DataFrame, grid: Grid, stem: Path) -> list[Path]:
         _style(ax, x, model_title(model), ylim=None)
         ax.set_ylabel("top-1 minus Softmax loss")
     return _save(fig, stem)
+
+
+def reliability_figure(
+    curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], title: str, stem: Path
+) -> list[Path]:
+    """Reliability diagram: per loss, the accuracy of each confidence bin against its mean
+    confidence (``ltexp.evaluation.reliability``); the diagonal is perfect calibration."""
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="calibrated")
+    markers = "osD^v<>ph*"
+    for i, (label, (conf, acc, count)) in enumerate(curves.items()):
+        filled = count > 0
+        ax.plot(conf[filled], acc[filled], marker=markers[i % len(markers)], ms=4, label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-1 softmax probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    return _save(fig, stem)

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from ltexp.data.splits import FEW_SHOT_MAX, MANY_SHOT_MIN
+from ltexp.evaluation import CALIBRATION_BINS, reliability, softmax_confidence
 from ltexp.report import plots
 from ltexp.report.model import (
     DASH,
@@ -403,12 +404,86 @@ def variants_section(ctx: Context) -> list[Block]:
     return blocks
 
 
+def calibration_section(ctx: Context) -> list[Block]:
+    """Expected calibration error per loss (``calibration.csv``; Zhong et al. 2021 report it
+    for long-tailed recognition) and a reliability diagram per backbone, long-tailed training,
+    on the balanced test set (beyond the thesis)."""
+    columns = [c for c in COLUMNS if ctx.results[f"{c}_ece"].notna().any()]
+    if not columns:
+        return []
+    keys = ["model", "train_split", "loss"]
+    table = ctx.results.groupby(keys, sort=False)[[f"{c}_ece" for c in columns]].mean()
+    table = table.reset_index()
+    order = {
+        "model": ordered(set(table["model"]), MODEL_ORDER),
+        "train_split": ordered(set(table["train_split"]), SPLIT_ORDER),
+        "loss": ordered(set(table["loss"]), LOSS_ORDER),
+    }
+    rank = {k: {v: i for i, v in enumerate(vs)} for k, vs in order.items()}
+    table = table.sort_values(keys, key=lambda col: col.map(rank[col.name]), ignore_index=True)
+    ctx.write_csv(table, "calibration.csv")
+    blocks: list[Block] = [
+        Table(
+            ctx.number(""),
+            "Expected calibration error of each loss (beyond the thesis)",
+            ["Backbone", "Training set", "Loss", *(COLUMN_TITLES[c] for c in columns)],
+            [
+                [
+                    model_title(r["model"]),
+                    SPLIT_TITLES.get(r["train_split"], r["train_split"]),
+                    loss_title(r["loss"]),
+                    *(DASH if pd.isna(r[f"{c}_ece"]) else f"{r[f'{c}_ece']:.4f}" for c in columns),
+                ]
+                for _, r in table.iterrows()
+            ],
+            [
+                f"|accuracy − confidence| over {CALIBRATION_BINS} equal-width confidence bins, "
+                f"weighted by the bins' images (Guo et al. 2017); 0 is perfectly calibrated. "
+                f"Mean over seeds. Evaluations with temperature_scaling are left out."
+            ],
+            align="lll" + "r" * len(columns),
+        )
+    ]
+    if ctx.predictions is None:
+        return blocks
+    for model in ctx.grid.models:
+        curves = {}
+        for loss in ctx.grid.losses:
+            rows = ctx.results[
+                (ctx.results["model"] == model)
+                & (ctx.results["train_split"] == "lt")
+                & (ctx.results["loss"] == loss)
+            ]
+            pred = ctx.predictions(rows["run_id"].iloc[0]) if len(rows) else None
+            if pred is None or "test_balanced_logits" not in pred:
+                continue
+            logits, labels = pred["test_balanced_logits"], pred["test_balanced_labels"]
+            if not len(labels):
+                continue
+            correct = logits.argmax(1) == labels
+            curves[loss_title(loss)] = reliability(softmax_confidence(logits), correct)
+        if curves:
+            stem = f"fig_reliability_{model.replace(':', '_')}"
+            title = f"{model_title(model)}, long-tailed training: balanced test set"
+            ctx.files += plots.reliability_figure(curves, title, ctx.output_dir / stem)
+            blocks.append(
+                Figure(
+                    ctx.number(""),
+                    f"Reliability of each loss, {model_title(model)}, long-tailed training, "
+                    f"on the balanced test set (one seed)",
+                    stem,
+                )
+            )
+    return blocks
+
+
 SECTIONS: tuple[Callable[[Context], list[Block]], ...] = (
     data_section,
     results_section,
     comparisons_section,
     figures_section,
     tuned_section,
+    calibration_section,
     paired_softmax_section,
     axes_section,
     variants_section,

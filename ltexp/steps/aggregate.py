@@ -61,7 +61,7 @@ def query_results(experiment_id: str, dataset: str = "") -> list[dict]:
             continue
         if dataset and p["dataset"] != dataset:
             continue
-        if _number(p.get(schema.TAU, "0")) != 0:
+        if _number(p.get(schema.TAU, "0")) != 0 or _number(p.get(schema.TEMPERATURE, "1")) != 1:
             continue  # a post-hoc adjusted evaluation is not the cell's result
         record = {
             "run_id": run.info.run_id,
@@ -76,6 +76,7 @@ def query_results(experiment_id: str, dataset: str = "") -> list[dict]:
             record[col] = m.get(name)
             record[f"{col}_ci_low"] = m.get(name + "_ci_low")
             record[f"{col}_ci_high"] = m.get(name + "_ci_high")
+            record[f"{col}_ece"] = m.get(name.removesuffix("_acc1") + "_ece")
         records.append(record)
     return records
 

@@ -28,6 +28,7 @@ from ltexp.evaluation import (
     GroupScore,
     binomial_interval,
     confusion_matrix,
+    fit_temperature,
     per_class_accuracy,
     predict_test_sets,
     score_test_sets,
@@ -84,10 +85,11 @@ def run_evaluate(
     train_counts = prepared.class_counts(TRAINING_SETS[params["train_split"]])
     tau = cfg.evaluate.tau
 
+    scaling = cfg.evaluate.temperature_scaling
     outputs = predict_test_sets(
         model,
         prepared,
-        schema.EVALUATED_SPLITS,
+        (*schema.EVALUATED_SPLITS, *(("val",) if scaling else ())),
         batch_size=cfg.runtime.eval_batch_size,
         device=device,
         image_size=image_size,
@@ -95,6 +97,11 @@ def run_evaluate(
         channels_last=channels_last,
         adjust=(lambda logits: adjust_logits(logits, train_counts, tau)) if tau else None,
     )
+    temperature = 1.0
+    if scaling:  # fitted on validation, never on a test split
+        temperature = fit_temperature(outputs["val"][1], outputs.pop("val")[0])
+        outputs = {s: (labels, logits / temperature) for s, (labels, logits) in outputs.items()}
+        log.info("temperature scaling: T = %.3f (fitted on the validation set)", temperature)
     groups = prepared.groups()
     scores = score_test_sets(
         outputs["test_balanced"],
@@ -125,7 +132,7 @@ def run_evaluate(
         launched, wrapper = runs.launched_run_for(train_run.info.experiment_id)
     if parent_run_id == train_run.info.run_id and launched is None:
         # a child evaluation that a dead process left unfinished is done again in the same run
-        launched = _unfinished_evaluation(train_run.info.run_id, tau)
+        launched = _unfinished_evaluation(train_run.info.run_id, tau, scaling)
     cell = {p: params[p] for p in schema.CELL_PARAMS}
     # runs from before the axes existed were plain ones
     axes = {a.key: params.get(a.key, a.plain) for a in variant_axes()}
@@ -140,7 +147,8 @@ def run_evaluate(
             schema.CELL: train_run.data.tags.get(schema.CELL, ""),
         },
         description=f"Test of {model_uri} (train run {train_run.info.run_id})"
-        + (f", post-hoc logit adjustment tau={tau:g}" if tau else ""),
+        + (f", post-hoc logit adjustment tau={tau:g}" if tau else "")
+        + (f", temperature scaling T={temperature:.3f}" if scaling else ""),
     ) as run:
         runs.link_wrapper(wrapper, run.info.run_id)
         datasets = log_split_inputs(
@@ -157,6 +165,7 @@ def run_evaluate(
                 schema.TRAIN_RUN_ID: train_run.info.run_id,
                 schema.MODEL_URI_PARAM: model_uri,
                 schema.TAU: tau,
+                schema.TEMPERATURE: round(temperature, 6),
                 schema.BOOTSTRAP_SAMPLES: cfg.evaluate.bootstrap_samples,
                 schema.BOOTSTRAP_SEED: cfg.evaluate.bootstrap_seed,
             }
@@ -165,7 +174,7 @@ def run_evaluate(
             metrics,
             evaluate_run_id=run.info.run_id,
             # a post-hoc adjusted result is not the checkpoint's own
-            train_run_id=None if tau else train_run.info.run_id,
+            train_run_id=None if tau or scaling else train_run.info.run_id,
             model_id=model_id,
             datasets=datasets,
             group_split=prepared.group_split,
@@ -183,7 +192,7 @@ def run_evaluate(
         return run.info.run_id, metrics
 
 
-def _unfinished_evaluation(train_run_id: str, tau: float) -> str | None:
+def _unfinished_evaluation(train_run_id: str, tau: float, scaling: bool) -> str | None:
     claims.reap_dead_runs()
     found = runs.search_all(
         None,
@@ -194,7 +203,8 @@ def _unfinished_evaluation(train_run_id: str, tau: float) -> str | None:
         ),
     )
     for run in found:
-        if float(run.data.params.get(schema.TAU, "0") or 0) == float(tau):
+        scaled = float(run.data.params.get(schema.TEMPERATURE, "1") or 1) != 1
+        if float(run.data.params.get(schema.TAU, "0") or 0) == float(tau) and scaled == scaling:
             return run.info.run_id
     return None
 
@@ -207,6 +217,8 @@ def score_metrics(scores: dict[str, GroupScore]) -> dict[str, float]:
         metrics[schema.test_metric(group, "acc5")] = s.acc5
         metrics[schema.test_metric(group, "acc1_ci_low")] = s.ci_low
         metrics[schema.test_metric(group, "acc1_ci_high")] = s.ci_high
+        if s.ece == s.ece:  # NaN: no confidences
+            metrics[schema.test_metric(group, "ece")] = s.ece
     return metrics
 
 

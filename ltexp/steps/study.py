@@ -149,7 +149,10 @@ def finished_cells(experiment_id: str) -> dict[str, tuple[str, str | None]]:
     eval_of = {}
     for run in evals:
         train_id = run.data.params.get(schema.TRAIN_RUN_ID)
-        if train_id and float(run.data.params.get(schema.TAU, "0") or 0) == 0:
+        adjusted = float(run.data.params.get(schema.TAU, "0") or 0) != 0 or (
+            float(run.data.params.get(schema.TEMPERATURE, "1") or 1) != 1
+        )
+        if train_id and not adjusted:
             eval_of.setdefault(train_id, run.info.run_id)
     out: dict[str, tuple[str, str | None]] = {}
     for run in trains:  # newest first: keep the latest per hash

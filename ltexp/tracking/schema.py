@@ -125,6 +125,7 @@ NUM_PARAMS = "num_params"
 MODEL_DIGEST_PARAMS = ("model_weights_sha256", "model_info_sha256")
 WORLD_SIZE = "world_size"
 TAU = "tau"
+TEMPERATURE = "temperature"  # of an evaluation's temperature scaling (1: none)
 BOOTSTRAP_SAMPLES = "bootstrap_samples"
 BOOTSTRAP_SEED = "bootstrap_seed"
 # Resolved values a train run logs beside its config keys.
@@ -144,6 +145,7 @@ EVALUATE_PARAMS = (
     TRAIN_RUN_ID,
     MODEL_URI_PARAM,
     TAU,
+    TEMPERATURE,
     BOOTSTRAP_SAMPLES,
     BOOTSTRAP_SEED,
 )
@@ -219,7 +221,7 @@ BEST_EPOCH = "best_epoch"
 # many/medium/few measured on the long-tailed test set (ltexp's measure before the literature's)
 LT_SHOT_GROUPS = tuple(f"lt_{g}" for g in SHOT_GROUPS)
 TEST_GROUPS = ("balanced", "lt", *GROUPS, *LT_SHOT_GROUPS)
-TEST_KINDS = ("acc1", "acc5", "acc1_ci_low", "acc1_ci_high")
+TEST_KINDS = ("acc1", "acc5", "acc1_ci_low", "acc1_ci_high", "ece")
 # the split each test group's metrics are computed on (the dataset they are linked to), for the
 # protocol's splits: head/middle/tail on the long-tailed test set (the thesis), many/medium/few on
 # the balanced one (Liu et al. 2019 and the papers after it), lt_many/… on the long-tailed one
@@ -245,7 +247,8 @@ DUPLICATE_CELLS = "duplicate_cells"
 
 
 def test_metric(group: str, kind: str = "acc1") -> str:
-    """``test_<group>_<kind>``: kind is acc1, acc5, acc1_ci_low or acc1_ci_high."""
+    """``test_<group>_<kind>``: kind is acc1, acc5, acc1_ci_low, acc1_ci_high or ece (the
+    expected calibration error, 15 bins)."""
     return f"test_{group}_{kind}"
 
 

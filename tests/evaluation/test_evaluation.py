@@ -106,3 +106,34 @@ def test_shot_groups_are_scored_on_the_balanced_test_set_and_again_on_the_long_t
     empty = (np.zeros(0, int), np.zeros((0, k)))
     only_lt = score_test_sets(empty, (long_tailed, lt_logits), groups)
     assert only_lt["many"].acc1 == 1.0 and "lt_many" not in only_lt
+
+
+def test_calibration_error_is_the_weighted_gap_of_each_confidence_bin() -> None:
+    from ltexp.evaluation import calibration_error, reliability
+
+    # by hand, 3 bins: (0, 1/3] holds 0.2, 0.3 (1 right); (1/3, 2/3] holds 0.5 (wrong);
+    # (2/3, 1] holds 0.9, 0.8, 1.0 (2 right)
+    conf = np.array([0.2, 0.3, 0.5, 0.9, 0.8, 1.0])
+    right = np.array([1, 0, 0, 1, 1, 0], bool)
+    expected = 2 / 6 * abs(0.5 - 0.25) + 1 / 6 * abs(0.0 - 0.5) + 3 / 6 * abs(2 / 3 - 0.9)
+    assert calibration_error(conf, right, bins=3) == pytest.approx(expected)
+    mean_conf, acc, count = reliability(conf, right, bins=3)
+    assert count.tolist() == [2, 1, 3] and acc.tolist() == pytest.approx([0.5, 0.0, 2 / 3])
+    assert mean_conf.tolist() == pytest.approx([0.25, 0.5, 0.9])
+    assert calibration_error(np.full(4, 0.75), np.array([1, 1, 1, 0], bool)) == pytest.approx(0)
+
+
+def test_temperature_scaling_recovers_the_temperature_of_overconfident_logits() -> None:
+    from ltexp.evaluation import fit_temperature, softmax_confidence
+
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 1.5, size=(4000, 10))
+    p = np.exp(true_logits) / np.exp(true_logits).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(10, p=row) for row in p])  # drawn from the true probabilities
+    overconfident = 3.0 * true_logits
+    temperature = fit_temperature(overconfident, labels)
+    assert temperature == pytest.approx(3.0, rel=0.1)
+    # the predictions stay, the confidences come down
+    scaled = overconfident / temperature
+    assert (scaled.argmax(1) == overconfident.argmax(1)).all()
+    assert softmax_confidence(scaled).mean() < softmax_confidence(overconfident).mean()
