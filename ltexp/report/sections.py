@@ -228,7 +228,9 @@ def results_section(ctx: Context) -> list[Block]:
         if several:
             n = table["n_seeds"].dropna()
             table_notes.append(
-                f"Mean ± population std over seeds (n = {', '.join(map(str, sorted(set(n))))})."
+                f"Mean ± population std over seeds (n = {', '.join(map(str, sorted(set(n))))}); "
+                f"the CSV has each mean's 95 % interval over the seeds (Student's t: the "
+                f"training noise)."
             )
         elif ctx.options.intervals:
             table_notes.append(

@@ -172,8 +172,12 @@ def axis_table(results: pd.DataFrame, axis: str) -> pd.DataFrame:
 
 
 def cell_means(results: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, loss, train_split): the mean over seeds, the population std, n, and the
-    95 % interval of the run when there is a single seed."""
+    """Per (model, loss, train_split): the mean over seeds, the population std, n, and a 95 %
+    interval: of the run when there is a single seed (its test images, Clopper-Pearson); of the
+    mean over seeds when there are several (their spread, Student's t with n − 1 degrees of
+    freedom: the training noise a comparison between cells on the same test set meets)."""
+    from scipy import stats
+
     keys = ["model", "loss", "train_split"]
     grouped = results.groupby(keys)
     means = grouped[list(COLUMNS)].mean()
@@ -182,15 +186,21 @@ def cell_means(results: pd.DataFrame) -> pd.DataFrame:
     ci_cols = [f"{c}{s}" for c in COLUMNS for s in CI_SUFFIXES if f"{c}{s}" in results]
     cis = grouped[ci_cols].first() if ci_cols else pd.DataFrame(index=means.index)
     out = pd.concat([means, stds, counts, cis], axis=1).reset_index()
-    for col in ci_cols:  # an interval describes one run: several seeds give mean ± std instead
-        out.loc[out["n_seeds"] > 1, col] = np.nan
+    several = out["n_seeds"] > 1
+    sample_std = grouped[list(COLUMNS)].std(ddof=1).reset_index(drop=True)
+    t = stats.t.ppf(0.975, np.maximum(out["n_seeds"] - 1, 1))
+    for c in COLUMNS:
+        half = t * sample_std[c] / np.sqrt(out["n_seeds"])
+        out.loc[several, f"{c}_ci_low"] = (out[c] - half)[several]
+        out.loc[several, f"{c}_ci_high"] = (out[c] + half)[several]
     return out
 
 
 def results_table(cells: pd.DataFrame, model: str, split: str, losses: list[str]) -> pd.DataFrame:
     """Tables 4.1-4.8: one row per loss (the given order), the five columns; NaN = missing.
 
-    With several seeds: ``<col>_seed_std`` and ``n_seeds``; with one: ``<col>_ci_low/high``.
+    With several seeds: ``<col>_seed_std``, ``n_seeds`` and the interval of the mean over
+    seeds; with one: the run's interval (``<col>_ci_low/high`` both ways).
     """
     sub = cells[(cells["model"] == model) & (cells["train_split"] == split)].set_index("loss")
     table = sub.reindex(losses)
@@ -198,8 +208,7 @@ def results_table(cells: pd.DataFrame, model: str, split: str, losses: list[str]
     cols = list(COLUMNS)
     if (table["n_seeds"].fillna(0) > 1).any():
         cols += [f"{c}_seed_std" for c in COLUMNS] + ["n_seeds"]
-    else:
-        cols += [f"{c}{s}" for c in COLUMNS for s in CI_SUFFIXES if f"{c}{s}" in table]
+    cols += [f"{c}{s}" for c in COLUMNS for s in CI_SUFFIXES if f"{c}{s}" in table]
     out = table[cols].reset_index()
     if "n_seeds" in out:
         out["n_seeds"] = out["n_seeds"].astype("Int64")

@@ -62,8 +62,14 @@ def test_cell_means_and_results_table_are_seed_means_and_population_stds() -> No
             & (frame["train_split"] == "lt")
         ]
         for c in COLUMNS:
-            assert row[c] == pytest.approx(part[c].mean())
-            assert row[f"{c}_seed_std"] == pytest.approx(np.std(part[c].to_numpy(), ddof=0))
+            values = part[c].to_numpy()
+            assert row[c] == pytest.approx(values.mean())
+            assert row[f"{c}_seed_std"] == pytest.approx(np.std(values, ddof=0))
+            # the interval of the mean over two seeds: t with 1 degree of freedom = 12.706
+            half = 12.7062 * abs(values[0] - values[1]) / 2  # s/√2 for two values = |a − b|/2
+            assert (row[f"{c}_ci_low"], row[f"{c}_ci_high"]) == pytest.approx(
+                (values.mean() - half, values.mean() + half), rel=1e-4
+            )
         assert row["n_seeds"] == 2
     missing = results_table(cells, "vit_b16", "lt", ["bs", "focal"])
     assert missing[missing["loss"] == "focal"][list(COLUMNS)].isna().all(axis=None)
