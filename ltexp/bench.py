@@ -65,10 +65,32 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--warmup", type=int, default=1, help="untimed warm-up repeats of both measurements"
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--study",
+        action="store_true",
+        help="instead: run the demo study (`ltexp main --preset demo`) in a new temporary store "
+        "and print its wall clock against the time its cells spent in training epochs, and where "
+        "the rest went",
+    )
+    parser.add_argument(
+        "--tune",
+        action="store_true",
+        help="instead: run a demo search (`ltexp tune`, 6 trials of tiny_cnn/focal) the same way; "
+        "prints each trial's time outside its epochs",
+    )
+    parser.add_argument(
+        "--args",
+        dest="command_args",
+        default="",
+        help="more options for the measured command, as one string "
+        "(`--args '--models tiny_cnn --epochs 2'`)",
+    )
 
 
 def run_bench(args: argparse.Namespace) -> int:
     """Run the benchmark for every requested model; print a table or JSON."""
+    if args.study or args.tune:
+        return _print_command_bench(args)
     import torch
 
     from ltexp.training import resolve_device
@@ -135,6 +157,7 @@ def measure(
     from ltexp.data.pipeline import TensorBatches
     from ltexp.losses import build_loss
     from ltexp.models import build_model, model_spec
+    from ltexp.tracking import runs
     from ltexp.training import autocast, autocast_dtype, make_optimizer, train_one_epoch
 
     size = image_size or model_spec(name).input_size
@@ -208,9 +231,7 @@ def measure(
         sync()
         t = time.perf_counter()
         stats = train_one_epoch(model_b, loss_fn, data, opt_b, epoch, amp=amp)
-        mlflow.log_metrics(
-            {"train_loss": stats.loss, "train_acc1": stats.acc1}, step=epoch, synchronous=False
-        )
+        runs.log_epoch({"train_loss": stats.loss, "train_acc1": stats.acc1}, epoch)
         sync()
         return stats.images / (time.perf_counter() - t)
 
@@ -229,7 +250,7 @@ def measure(
                     ceiling.append(model_only())
                     pipeline.append(ltexp_step(r))
                     streamed.append(ltexp_step(r, streamed_batches))
-                mlflow.flush_async_logging()
+                runs.flush()
         finally:
             mlflow.set_tracking_uri(previous)
     a, b = statistics.median(ceiling), statistics.median(pipeline)
@@ -248,3 +269,108 @@ def measure(
         "streamed_ratio": round(c / a, 4),
         "torch": torch.__version__,
     }
+
+
+# --- a whole command: where a study's (or a search's) wall clock goes ------------------------
+
+STUDY_COMMAND = ("main", "--preset", "demo")
+TUNE_COMMAND = (
+    "tune",
+    "--preset",
+    "demo",
+    "--model",
+    "tiny_cnn",
+    "--loss",
+    "focal",
+    "--space",
+    "focal_gamma=uniform:0:5",
+    "--trials",
+    "6",
+)
+# phases that the train phase contains (ltexp.timing); the rest of it is runs and their records
+TRAIN_PARTS = ("train.epochs", "train.checkpoint", "train.register")
+
+
+def measure_command(command: list[str]) -> dict[str, Any]:
+    """Run ``ltexp <command>`` in a new temporary folder and store (as a user would: a new
+    process, MLflow's sqlite store); return its wall clock and its phases (ltexp.timing).
+
+    ``ratio`` is the wall clock over the time spent in training epochs (train and validation
+    passes, each epoch's own clock); ``outside_per_train`` is what each training (cell or trial)
+    spent outside its epochs, start-up and report excluded.
+    """
+    import subprocess
+    import sys
+
+    from ltexp.timing import TIMINGS_ENV
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            TIMINGS_ENV: f"{tmp}/timings.json",
+        }
+        env.pop("MLFLOW_RUN_ID", None)
+        env.pop("MLFLOW_EXPERIMENT_ID", None)
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "ltexp", *command, "--checkpoint-dir", f"{tmp}/checkpoints"],
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            from ltexp.errors import LtexpError
+
+            tail = done.stderr.strip().splitlines()[-1:] or ["(no output)"]
+            raise LtexpError(f"the measured `ltexp {' '.join(command)}` failed: {tail[0]}")
+        with open(f"{tmp}/timings.json") as f:
+            timings = json.load(f)
+    phases = {k: v["seconds"] for k, v in timings.items()}
+    counts = {k: v["count"] for k, v in timings.items()}
+    epochs = phases.get("train.epochs", 0.0)
+    trainings = counts.get("train", 0)
+    inside = sum(phases.get(k, 0.0) for k in ("prepare", "train", "evaluate", "report"))
+    parts = {
+        "start-up, imports, study run, exit": wall - inside,
+        "prepare data": phases.get("prepare", 0.0),
+        "training epochs (train + validation)": epochs,
+        "checkpoints (every epoch)": phases.get("train.checkpoint", 0.0),
+        "registering the best checkpoint": phases.get("train.register", 0.0),
+        "train runs: claims, params, inputs, close": phases.get("train", 0.0)
+        - sum(phases.get(k, 0.0) for k in TRAIN_PARTS),
+        "evaluate runs": phases.get("evaluate", 0.0),
+        "report (aggregate)": phases.get("report", 0.0),
+    }
+    outside = phases.get("train", 0.0) - epochs + phases.get("evaluate", 0.0)
+    return {
+        "command": "ltexp " + " ".join(command),
+        "wall_s": round(wall, 2),
+        "epochs_s": round(epochs, 2),
+        "ratio": round(wall / epochs, 3) if epochs else None,
+        "trainings": trainings,
+        "outside_per_train_s": round(outside / trainings, 3) if trainings else None,
+        "parts_s": {k: round(v, 2) for k, v in parts.items()},
+    }
+
+
+def _print_command_bench(args: argparse.Namespace) -> int:
+    import shlex
+
+    command = [*(TUNE_COMMAND if args.tune else STUDY_COMMAND), *shlex.split(args.command_args)]
+    row = measure_command(command)
+    if args.json:
+        print(json.dumps(row, indent=2))
+        return 0
+    print(row["command"])
+    print(
+        f"wall {row['wall_s']:.1f} s, training epochs {row['epochs_s']:.1f} s: "
+        f"ratio {row['ratio']:.2f}; {row['trainings']} trainings, "
+        f"{row['outside_per_train_s']:.2f} s each outside their epochs (evaluation included)"
+    )
+    for part, seconds in row["parts_s"].items():
+        print(f"  {part:<44}{seconds:>8.1f} s{100 * seconds / row['wall_s']:>6.0f} %")
+    return 0

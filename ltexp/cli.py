@@ -240,6 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+        from ltexp.timing import write_if_asked
+
+        write_if_asked()
 
 
 def _main(argv: Sequence[str] | None) -> int:

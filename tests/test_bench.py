@@ -41,3 +41,47 @@ def test_bench_json_fields() -> None:
         s = r["streamed_img_s"]  # the streamed path, beside the resident one
         assert s > 0 and abs(r["streamed_ratio"] - s / m) <= (s / m) * (0.05 / s + 0.05 / m) + 6e-5
         assert r["device"] == "cpu" and r["batch_size"] == 32 and r["image_size"] == 32
+
+
+def _bench_command(*options: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "ltexp", "bench", "--json", *options],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out)
+
+
+@pytest.mark.slow
+def test_bench_study_accounts_for_every_second_of_a_study() -> None:
+    small = "--models tiny_cnn --losses ce,bs --train-splits lt --epochs 2 --bootstrap-samples 50"
+    row = _bench_command("--study", "--args", small)
+    assert row["command"].startswith("ltexp main --preset demo --models tiny_cnn")
+    assert row["trainings"] == 2
+    parts = row["parts_s"]
+    assert all(seconds >= 0 for seconds in parts.values()), parts
+    # the parts are the whole wall clock, and the ratio is of the same two numbers
+    assert sum(parts.values()) == pytest.approx(row["wall_s"], abs=0.05)
+    assert parts["training epochs (train + validation)"] == pytest.approx(row["epochs_s"], abs=0.01)
+    assert row["ratio"] == pytest.approx(row["wall_s"] / row["epochs_s"], rel=1e-2)
+    assert parts["evaluate runs"] > 0 and parts["registering the best checkpoint"] > 0
+    assert 0 < row["outside_per_train_s"] < row["wall_s"] / 2
+
+
+@pytest.mark.slow
+def test_bench_tune_measures_each_trial_and_a_failed_command_is_one_line() -> None:
+    row = _bench_command("--tune", "--args", "--trials 2 --epochs 2")
+    assert row["command"].startswith("ltexp tune --preset demo")
+    assert row["trainings"] == 2 and row["epochs_s"] > 0
+    assert row["parts_s"]["evaluate runs"] == 0  # trials are not evaluated on the test sets
+    failed = subprocess.run(
+        [sys.executable, "-m", "ltexp", "bench", "--study", "--args", "--models no_such_model"],
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode == 2
+    (line,) = failed.stderr.strip().splitlines()
+    assert (
+        line.startswith("ltexp bench: error: the measured `ltexp main") and "no_such_model" in line
+    )

@@ -41,7 +41,7 @@ def test_steps_import_no_step_and_the_library_imports_none() -> None:
 # inside functions: a deferred import is still a dependency). A package's modules are in its
 # layer unless a module is named on its own (``ltexp.tracking.schema`` is only names).
 LAYERS = (
-    ("errors", "discover", "progress", "resources", "checkpoint", "distributed"),
+    ("errors", "discover", "progress", "resources", "checkpoint", "distributed", "timing"),
     ("data", "losses", "models"),
     ("config",),
     ("tracking.schema",),

@@ -36,6 +36,8 @@ from ltexp.distributed import DistContext, device_for
 from ltexp.distributed import init as init_distributed
 from ltexp.errors import ConfigError, TrackingError
 from ltexp.models import count_parameters
+from ltexp.timing import add as add_time
+from ltexp.timing import timed
 from ltexp.tracking import claims, registered_models, runs, schema
 from ltexp.tracking.datasets import find_prepared_run, load_prepared
 from ltexp.tracking.inputs import log_split_inputs
@@ -243,12 +245,14 @@ def _train(
     )
     best_acc, best_epoch = session.best_val_acc1, session.best_epoch
     for result in session.epochs_left():
-        if result.improved:
-            save_weights(session.model.state_dict(), folder / BEST)
-        session.history.append({"epoch": result.epoch, **result.metrics})
-        # checkpoint before logging: an epoch's metrics are never logged for an epoch that a
-        # resume would run again (and re-sent on resume if they were lost in flight)
-        session.resume_state(result, chash).save(last)
+        add_time("train.epochs", result.metrics[schema.EPOCH_SECONDS])
+        with timed("train.checkpoint"):
+            if result.improved:
+                save_weights(session.model.state_dict(), folder / BEST)
+            session.history.append({"epoch": result.epoch, **result.metrics})
+            # checkpoint before logging: an epoch's metrics are never logged for an epoch that
+            # a resume would run again (and re-sent on resume if they were lost in flight)
+            session.resume_state(result, chash).save(last)
         runs.log_epoch(result.metrics, result.epoch)
         best_acc, best_epoch = result.best_val_acc1, result.best_epoch
         if hooks.on_epoch is not None:
@@ -288,12 +292,13 @@ def _train(
         **cfg.loss_settings(),
         **({"drw_epoch": t.drw_epoch, "drw_beta": t.drw_beta} if t.drw_epoch is not None else {}),
     }
-    uri = registered_models.register_best(
-        folder / BEST,
-        info,
-        registered,
-        tags,
-        logged_name=schema.logged_model_name(cells.run_name(identity)),
-        params=model_params,
-    )
+    with timed("train.register"):
+        uri = registered_models.register_best(
+            folder / BEST,
+            info,
+            registered,
+            tags,
+            logged_name=schema.logged_model_name(cells.run_name(identity)),
+            params=model_params,
+        )
     return TrainResult(run_id, best_acc, best_epoch, uri)

@@ -33,6 +33,7 @@ from ltexp.config import Config, runtime_keys
 from ltexp.errors import LtexpError, RunStopped
 from ltexp.steps.prepare_data import run_prepare_data
 from ltexp.steps.train import TrainHooks, run_train
+from ltexp.timing import timed
 from ltexp.tracking import claims, runs, schema
 from ltexp.tracking.datasets import find_prepared_run
 from ltexp.tracking.queries import ENDED_UNFINISHED, where
@@ -255,7 +256,8 @@ def _objective(
             trial=f"{name}/{trial.number}",
         )
         try:
-            result = run_train(cfg, parent_run_id=tune_run, hooks=hooks)
+            with timed("train"):
+                result = run_train(cfg, parent_run_id=tune_run, hooks=hooks)
         except RunStopped as stopped:
             progress(f"trial {trial.number} {_show(values)}: {stopped}")
             _tag_trial(cell, trial.number, name, "PRUNED")
