@@ -193,9 +193,16 @@ def test_a_model_of_nans_is_not_evaluated(trained, tmp_path: Path) -> None:
 
 
 def test_a_version_without_a_run_or_with_files_outside_its_run_is_refused_unread(
-    trained, tmp_path: Path
+    trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import tempfile
+
     import ltexp
+
+    # a temporary folder of this test's own: other processes may create theirs in /tmp meanwhile
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
 
     client = mlflow.MlflowClient()
     name = "ltexp-digits-planted"
@@ -208,13 +215,6 @@ def test_a_version_without_a_run_or_with_files_outside_its_run_is_refused_unread
     outside.mkdir()
     (outside / "secret").write_text("x")
     elsewhere = client.create_model_version(name, source=str(outside), run_id=cell.train.run_id)
-    before = set(Path(tempfile_root()).iterdir())
     with pytest.raises(TrackingError, match="outside its run's artifacts"):
         ltexp.load_model(f"models:/{name}/{elsewhere.version}")
-    assert set(Path(tempfile_root()).iterdir()) == before  # nothing was copied
-
-
-def tempfile_root() -> str:
-    import tempfile
-
-    return tempfile.gettempdir()
+    assert not any(private.iterdir())  # nothing was copied
