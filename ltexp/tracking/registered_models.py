@@ -122,15 +122,15 @@ def log_and_register(
             serialization_format="pickle",  # MLflow's name for every non-pt2 format
             input_example=example.numpy(),
             signature=signature,
-            registered_model_name=registered_name,
             extra_files=[str(weights), str(meta)],
             pip_requirements=_requirements(),
             params={k: str(v) for k, v in (params or {}).items()},
         )
-    version = logged.registered_model_version
-    c = runs.client()
-    for key, value in version_tags.items():
-        c.set_model_version_tag(registered_name, str(version), key, value)
+        # registered here rather than by log_model: the version is created with its tags in
+        # one request instead of one request per tag
+        version = mlflow.register_model(
+            f"models:/{logged.model_id}", registered_name, tags=version_tags
+        ).version
     return f"models:/{registered_name}/{version}"
 
 

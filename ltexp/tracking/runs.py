@@ -433,12 +433,77 @@ def _close(run_id: str, status: int, error: str | None) -> None:
             raise
 
 
+class EpochSender:
+    """One background thread that sends each epoch's metrics and heartbeat to the tracking
+    store as one ``log_batch`` request, so a training loop never waits on the server.
+
+    MLflow's own asynchronous logging would do the same, but its queue wakes once a second:
+    flushing it, and ending any run that used it, waits up to a second each time (two seconds
+    per train run of the demo study). Here a flush returns as soon as the queue is empty.
+    """
+
+    def __init__(self) -> None:
+        import queue
+
+        self._queue: queue.Queue = queue.Queue()
+        self._errors: list[BaseException] = []
+        self._thread: Any = None
+        self._pid = 0
+
+    def put(self, run_id: str, metrics: dict[str, float], step: int, tags: dict[str, str]) -> None:
+        """Queue one request; start the thread on first use (and again in a forked child)."""
+        import threading
+
+        if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+            self.__init__()
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._send, name="ltexp-epochs", daemon=True)
+            self._thread.start()
+        self._queue.put((run_id, metrics, step, tags, int(time.time() * 1000)))
+
+    def _send(self) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        while True:
+            run_id, metrics, step, tags, millis = self._queue.get()
+            try:
+                client().log_batch(
+                    run_id,
+                    metrics=[Metric(k, float(v), millis, step) for k, v in metrics.items()],
+                    tags=[RunTag(k, v) for k, v in tags.items()],
+                    synchronous=True,
+                )
+            except BaseException as e:  # noqa: BLE001 - raised by wait()
+                self._errors.append(e)
+            finally:
+                self._queue.task_done()
+
+    def wait(self, seconds: float) -> bool:
+        """Whether everything queued was sent (or failed) within ``seconds``; raises the first
+        error a request met."""
+        q = self._queue
+        end = time.monotonic() + seconds
+        with q.all_tasks_done:
+            while q.unfinished_tasks:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                q.all_tasks_done.wait(left)
+        if self._errors:
+            error, self._errors = self._errors[0], []
+            raise error
+        return True
+
+
+_SENDER = EpochSender()
+
+
 def log_epoch(metrics: dict[str, float], epoch: int) -> None:
     """Queue one epoch's metrics (``step=epoch``) and heartbeat; never waits on the server."""
     global _ASYNC_PENDING
     _ASYNC_PENDING = True
-    mlflow.log_metrics(metrics, step=epoch, synchronous=False)
-    mlflow.set_tag(schema.HEARTBEAT, f"{time.time():.0f}", synchronous=False)
+    run_id = mlflow.active_run().info.run_id
+    _SENDER.put(run_id, metrics, epoch, {schema.HEARTBEAT: f"{time.time():.0f}"})
 
 
 def flush(deadline: float | None = None) -> None:
@@ -449,27 +514,13 @@ def flush(deadline: float | None = None) -> None:
         TrackingError: they were not delivered in time (the server counts as gone).
     """
     global _ASYNC_PENDING
-    import threading
-
-    errors: list[BaseException] = []
-
-    def deliver() -> None:
-        try:
-            mlflow.flush_async_logging()
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    worker = threading.Thread(target=deliver, daemon=True)
-    worker.start()
     wait = env_seconds("LTEXP_FLUSH_SECONDS", FLUSH_SECONDS) if deadline is None else deadline
-    worker.join(wait)
-    if worker.is_alive():
+    if not _SENDER.wait(wait):  # raises the error a request met
         give_up_on_server()
-        worker.join(60)  # what is left fails fast now
+        with contextlib.suppress(Exception):
+            _SENDER.wait(60)  # what is left fails fast now
         raise TrackingError(f"the tracking server {safe_uri()} did not take the queued metrics")
     _ASYNC_PENDING = False
-    if errors:
-        raise errors[0]
 
 
 def log_params(params: dict[str, Any]) -> None:

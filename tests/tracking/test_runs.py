@@ -87,3 +87,35 @@ def test_credentials_never_leave_the_uri() -> None:
         "see postgresql://***@db/x and https://***@h"
     )
     assert runs.error_line(ValueError("bad http://a:b@h")) == "ValueError: bad http://***@h"
+
+
+def test_each_epoch_is_one_batch_with_its_heartbeat_and_flush_delivers_all(tracking: str) -> None:
+    exp = runs.experiment_id("e")
+    with runs.step_run(schema.Step.TRAIN, experiment_id=exp) as run:
+        for epoch in (1, 2, 3):
+            runs.log_epoch({schema.VAL_ACC1: epoch / 10, schema.TRAIN_LOSS: 1 / epoch}, epoch)
+        runs.flush()
+        run_id = run.info.run_id
+        client = mlflow.MlflowClient()
+        val = client.get_metric_history(run_id, schema.VAL_ACC1)
+        loss = client.get_metric_history(run_id, schema.TRAIN_LOSS)
+        assert [(m.step, m.value) for m in val] == [(1, 0.1), (2, 0.2), (3, 0.3)]
+        # one request per epoch: the epoch's metrics share its timestamp
+        assert [m.timestamp for m in val] == [m.timestamp for m in loss]
+        assert schema.HEARTBEAT in client.get_run(run_id).data.tags
+    assert _run(run_id).info.status == "FINISHED"
+
+
+def test_a_request_the_store_refused_is_raised_by_flush(tracking: str) -> None:
+    exp = runs.experiment_id("e")
+    with runs.step_run(schema.Step.TRAIN, experiment_id=exp) as run:
+        runs.log_epoch({schema.VAL_ACC1: 0.5}, 1)
+        runs.flush()
+        runs.log_epoch({schema.VAL_ACC1: float("nan"), "bad key ../..": 1.0}, 2)
+        with pytest.raises(mlflow.exceptions.MlflowException):
+            runs.flush()
+        runs.flush()  # the error was reported once; nothing else is pending
+        steps = [
+            m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_acc1")
+        ]
+        assert steps == [1]
