@@ -335,7 +335,7 @@ def measure_command(command: list[str]) -> dict[str, Any]:
     trainings = counts.get("train", 0)
     inside = sum(phases.get(k, 0.0) for k in ("prepare", "train", "evaluate", "report"))
     parts = {
-        "start-up, imports, study run, exit": wall - inside,
+        "start-up, imports, the study or search run, exit": wall - inside,
         "prepare data": phases.get("prepare", 0.0),
         "training epochs (train + validation)": epochs,
         "checkpoints (every epoch)": phases.get("train.checkpoint", 0.0),

@@ -102,9 +102,12 @@ def run_tune(
     storage_url = resolve_storage(t.tune_storage)
     runs.check_database(storage_url, "tune_storage")
     study = _study(optuna, name, storage_url, t)
-    data_run = (
-        cfg.train.data_run or find_prepared_run(cfg) or run_prepare_data(cfg, claim_launched=False)
-    )
+    with timed("prepare"):
+        data_run = (
+            cfg.train.data_run
+            or find_prepared_run(cfg)
+            or run_prepare_data(cfg, claim_launched=False)
+        )
     base = cfg.replace(data_run=data_run, evaluate_after=False, register=False, resume="false")
     tr = cfg.train
     cell = schema.tune_cell(tr.model, tr.loss, tr.train_split)
