@@ -112,6 +112,16 @@ def thesis(thesis_store: Path):
         yield thesis_store
 
 
+@pytest.fixture(scope="module")
+def thesis_report(thesis_store: Path) -> Path:
+    """The report of the thesis grid with the preset's options, built once for the tests that
+    only read it (a report of 56 cells with its figures takes seconds)."""
+    from tests.conftest import store_in
+
+    with store_in(thesis_store):
+        return _report(thesis_store, "default").output_dir
+
+
 def _report(folder: Path, name: str, **overrides: object):
     cfg = build_config("thesis", {"output_dir": str(folder / name), **overrides})
     return run_aggregate(cfg.replace(experiment="thesis-cifar100"))
@@ -123,8 +133,8 @@ def _md_table(md: str, title: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines()[2:]]
 
 
-def test_every_numbered_table_and_figure_of_the_thesis(thesis: Path) -> None:
-    out = _report(thesis, "full").output_dir
+def test_every_numbered_table_and_figure_of_the_thesis(thesis_report: Path) -> None:
+    out = thesis_report
     md, tex = (out / "report.md").read_text(), (out / "report.tex").read_text()
     for n in ["3.2", "3.3", *(f"4.{i}" for i in range(1, 12))]:
         assert f"### Table {n}: " in md, n
@@ -139,8 +149,8 @@ def test_every_numbered_table_and_figure_of_the_thesis(thesis: Path) -> None:
     assert "Table 4.8: ConvNeXt-Base trained on the long-tailed set" in md
 
 
-def test_table_3_2_is_the_protocol_s_split_sizes(thesis: Path) -> None:
-    md = (_report(thesis, "sizes").output_dir / "report.md").read_text()
+def test_table_3_2_is_the_protocol_s_split_sizes(thesis_report: Path) -> None:
+    md = (thesis_report / "report.md").read_text()
     rows = {r[0]: r[1] for r in _md_table(md, "Table 3.2")}
     # the protocol's numbers (docs/protocol.md), not the code's output
     assert rows == {
@@ -156,8 +166,8 @@ def test_table_3_2_is_the_protocol_s_split_sizes(thesis: Path) -> None:
     assert "measured on 38 test images" in md
 
 
-def test_table_3_3_lists_the_backbones_with_published_sizes(thesis: Path) -> None:
-    md = (_report(thesis, "backbones").output_dir / "report.md").read_text()
+def test_table_3_3_lists_the_backbones_with_published_sizes(thesis_report: Path) -> None:
+    md = (thesis_report / "report.md").read_text()
     rows = {r[0]: r[1:] for r in _md_table(md, "Table 3.3")}
     # parameters with a 100-way head and the weights' ImageNet top-1, as the thesis lists them
     # (MobileNetV2's V1 weights: 71.878; the thesis's 72.154 is the V2 weights', see protocol)
@@ -167,8 +177,10 @@ def test_table_3_3_lists_the_backbones_with_published_sizes(thesis: Path) -> Non
     assert rows["ViT-B/16"][0] == "ViT" and rows["ViT-B/16"][2:] == ["85.88", "—"]
 
 
-def test_table_4_9_carries_the_four_references_and_sources_in_both_formats(thesis: Path) -> None:
-    out = _report(thesis, "refs").output_dir
+def test_table_4_9_carries_the_four_references_and_sources_in_both_formats(
+    thesis_report: Path,
+) -> None:
+    out = thesis_report
     md, tex = (out / "report.md").read_text(), (out / "report.tex").read_text()
     rows = {r[0]: r for r in _md_table(md, "Table 4.9")}
     expected = {
@@ -192,9 +204,9 @@ def _key(title: str) -> str:
 
 
 def test_single_seed_cells_show_their_interval_and_percent_prints_the_thesis_way(
-    thesis: Path,
+    thesis: Path, thesis_report: Path
 ) -> None:
-    md = (_report(thesis, "ci").output_dir / "report.md").read_text()
+    md = (thesis_report / "report.md").read_text()
     first = _md_table(md, "Table 4.1")[0]
     v = _value("resnet50", "ce", "balanced")
     assert first[0] == "Softmax loss"
@@ -206,10 +218,10 @@ def test_single_seed_cells_show_their_interval_and_percent_prints_the_thesis_way
     assert csv.loc[0, "balanced"] == pytest.approx(v)  # CSVs stay fractions
 
 
-def test_rows_that_are_the_softmax_loss_by_construction_say_so(thesis: Path) -> None:
+def test_rows_that_are_the_softmax_loss_by_construction_say_so(thesis_report: Path) -> None:
     """Issue 25: on balanced training WCE, CB, BS and SEQL are CE (uniform weights, a constant
     logit shift, no class under SEQL's 0.005 threshold at 1/100): not findings of their own."""
-    out = _report(thesis, "same").output_dir
+    out = thesis_report
     md = (out / "report.md").read_text()
     balanced = {row[0] for row in _md_table(md, "Table 4.1:")}
     marked = {"Weighted Softmax loss", "Class-balanced loss", "Balanced Softmax loss"}
@@ -226,8 +238,8 @@ def test_rows_that_are_the_softmax_loss_by_construction_say_so(thesis: Path) -> 
     assert not same.filter(like="_significant").any().any()
 
 
-def test_paired_comparisons_equal_a_direct_computation(thesis: Path) -> None:
-    out = _report(thesis, "paired").output_dir
+def test_paired_comparisons_equal_a_direct_computation(thesis: Path, thesis_report: Path) -> None:
+    out = thesis_report
     paired = pd.read_csv(out / "paired_vs_softmax.csv")
     assert len(paired) == len(MODELS) * 2 * (len(LOSSES) - 1)
     row = paired[
