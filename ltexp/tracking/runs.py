@@ -438,36 +438,40 @@ class EpochSender:
     store as one ``log_batch`` request, so a training loop never waits on the server.
 
     MLflow's own asynchronous logging would do the same, but its queue wakes once a second:
-    flushing it, and ending any run that used it, waits up to a second each time (two seconds
-    per train run of the demo study). Here a flush returns as soon as the queue is empty.
+    flushing it, and ending any run that used it, waits up to a second each time (up to two
+    seconds per train run). Here a flush returns as soon as the queue is empty.
     """
 
     def __init__(self) -> None:
+        self._start(pid=0)
+
+    def _start(self, pid: int) -> None:
         import queue
+        import threading
 
         self._queue: queue.Queue = queue.Queue()
         self._errors: list[BaseException] = []
-        self._thread: Any = None
-        self._pid = 0
+        self._pid = pid
+        self._thread = threading.Thread(target=self._send, name="ltexp-epochs", daemon=True)
 
     def put(self, run_id: str, metrics: dict[str, float], step: int, tags: dict[str, str]) -> None:
         """Queue one request; start the thread on first use (and again in a forked child)."""
-        import threading
-
-        if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-            self.__init__()
-            self._pid = os.getpid()
-            self._thread = threading.Thread(target=self._send, name="ltexp-epochs", daemon=True)
+        died = self._thread.ident is not None and not self._thread.is_alive()
+        if self._pid != os.getpid() or died:
+            self._start(pid=os.getpid())
+        if self._thread.ident is None:
             self._thread.start()
-        self._queue.put((run_id, metrics, step, tags, int(time.time() * 1000)))
+        # the store of the moment the epoch ended, whatever the process points at later
+        uri = mlflow.get_tracking_uri()
+        self._queue.put((uri, run_id, metrics, step, tags, int(time.time() * 1000)))
 
     def _send(self) -> None:
         from mlflow.entities import Metric, RunTag
 
         while True:
-            run_id, metrics, step, tags, millis = self._queue.get()
+            uri, run_id, metrics, step, tags, millis = self._queue.get()
             try:
-                client().log_batch(
+                MlflowClient(uri).log_batch(
                     run_id,
                     metrics=[Metric(k, float(v), millis, step) for k, v in metrics.items()],
                     tags=[RunTag(k, v) for k, v in tags.items()],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -119,3 +120,16 @@ def test_a_request_the_store_refused_is_raised_by_flush(tracking: str) -> None:
             m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_acc1")
         ]
         assert steps == [1]
+
+
+def test_queued_epochs_go_to_the_store_they_were_logged_in(tracking: str, tmp_path: Path) -> None:
+    exp = runs.experiment_id("e")
+    with runs.step_run(schema.Step.TRAIN, experiment_id=exp) as run:
+        runs.log_epoch({schema.VAL_ACC1: 0.25}, 1)
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'other.db'}")  # before it was sent
+        try:
+            runs.flush()
+        finally:
+            mlflow.set_tracking_uri(tracking)
+        history = mlflow.MlflowClient().get_metric_history(run.info.run_id, schema.VAL_ACC1)
+        assert [(m.step, m.value) for m in history] == [(1, 0.25)]
