@@ -39,7 +39,8 @@ COMMAND_HELP = {
     "tune": "search one cell's hyper-parameters on the validation set (Optuna; trials are runs)",
     "decouple": "re-balance a trained model's classifier: cRT, tau-normalisation or LWS "
     "(Kang et al. 2020; a decouple run registered as stage 2, then a child evaluate run)",
-    "bench": "measure training throughput: model-only ceiling vs ltexp's real training step",
+    "bench": "measure training throughput (model-only ceiling vs ltexp's real training step), "
+    "or where a whole study's wall clock goes (--study, --tune)",
 }
 
 
