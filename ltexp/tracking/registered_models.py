@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -194,8 +195,45 @@ def update_champion(registered_name: str, cell: str | None = None) -> str:
     another cell (the name's cell was trained with other settings before: other epochs, another
     learning rate), it moves to this cell's best, and a warning says so. Within a cell the
     alias moves only to a strictly better version: on a tie the current champion stays.
+
+    Several processes may register versions of one name at once: after moving the alias, the
+    versions are read again until the alias is on the best one (a process that registered later
+    may have moved it meanwhile), and an alias that another process wrote at the same moment is
+    not an error but a reason to look again.
     """
     c = runs.client()
+    for attempt in range(CHAMPION_ATTEMPTS):
+        chosen, current = _champion_choice(c, registered_name, cell)
+        cell = cell or chosen.tags.get(schema.VersionTag.CELL, "")
+        if current is not None and current.version == chosen.version:
+            return str(chosen.version)
+        if current is not None and current.tags.get(schema.VersionTag.CELL, "") != cell:
+            log.warning(
+                "%s@%s moves from version %s to version %s: they were trained with different "
+                "settings (cell %s, then %s); versions of one cell only are compared",
+                registered_name,
+                schema.CHAMPION_ALIAS,
+                current.version,
+                chosen.version,
+                current.tags.get(schema.VersionTag.CELL, "") or "unrecorded",
+                cell,
+            )
+        try:
+            c.set_registered_model_alias(
+                registered_name, schema.CHAMPION_ALIAS, str(chosen.version)
+            )
+        except mlflow.exceptions.MlflowException:
+            if attempt == CHAMPION_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))  # another process wrote the alias at this moment
+    return str(chosen.version)
+
+
+CHAMPION_ATTEMPTS = 5  # reads of the versions before the last alias write stands
+
+
+def _champion_choice(c: Any, registered_name: str, cell: str | None) -> tuple[Any, Any]:
+    """(the version that should be champion, the current champion or None)."""
     versions = c.search_model_versions(versions_of(registered_name))
     if not versions:
         raise TrackingError(f"registered model {registered_name!r} has no versions")
@@ -215,20 +253,8 @@ def update_champion(registered_name: str, cell: str | None = None) -> str:
     best = max(same, key=lambda v: (score(v), -int(v.version)))  # first of the best
     current = next((v for v in versions if schema.CHAMPION_ALIAS in (v.aliases or [])), None)
     if current is not None and cell_of(current) == cell and score(current) >= score(best):
-        return str(current.version)
-    if current is not None and cell_of(current) != cell:
-        log.warning(
-            "%s@%s moves from version %s to version %s: they were trained with different "
-            "settings (cell %s, then %s); versions of one cell only are compared",
-            registered_name,
-            schema.CHAMPION_ALIAS,
-            current.version,
-            best.version,
-            cell_of(current) or "unrecorded",
-            cell,
-        )
-    c.set_registered_model_alias(registered_name, schema.CHAMPION_ALIAS, str(best.version))
-    return str(best.version)
+        return current, current  # on a tie the champion stays
+    return best, current
 
 
 def ltexp_model_names() -> str:
