@@ -372,5 +372,5 @@ def _print_command_bench(args: argparse.Namespace) -> int:
         f"{row['outside_per_train_s']:.2f} s each outside their epochs (evaluation included)"
     )
     for part, seconds in row["parts_s"].items():
-        print(f"  {part:<44}{seconds:>8.1f} s{100 * seconds / row['wall_s']:>6.0f} %")
+        print(f"  {part:<50}{seconds:>8.1f} s{100 * seconds / row['wall_s']:>6.0f} %")
     return 0

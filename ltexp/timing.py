@@ -1,8 +1,11 @@
 """Where a command's time goes: wall-clock seconds per phase, summed over the process.
 
-The steps wrap their phases in :func:`timed` (``prepare``, ``train.setup``, ``train.epochs``,
-``train.checkpoint``, ``train.register``, ``train.close``, ``evaluate``, ``report``, …). The cost
-is two clock reads per phase. With ``LTEXP_TIMINGS=<file>`` in the environment, the ``ltexp``
+The steps are phases (:func:`timed` as a decorator: ``prepare``, ``train``, ``evaluate``,
+``report``) and the train step times its parts (``train.epochs`` from each epoch's own clock,
+``train.checkpoint``, ``train.register``). The cost is two clock reads per phase. Only this
+process's phases count: cells trained by ``--workers`` or Ray processes are not in its totals.
+
+With ``LTEXP_TIMINGS=<file>`` in the environment, the ``ltexp``
 command writes the totals there as JSON when it ends; ``ltexp bench --study`` reads them to say
 where each second of a study went (docs/performance.md).
 """

@@ -27,6 +27,7 @@ from ltexp.report.build import (
     build_report,
     results_frame,
 )
+from ltexp.timing import timed
 from ltexp.tracking import claims, runs, schema
 from ltexp.tracking.queries import FINISHED, where
 
@@ -226,6 +227,7 @@ def publish(files: list[Path], out: Path) -> None:
     shutil.rmtree(previous, ignore_errors=True)
 
 
+@timed("report")
 def run_aggregate(
     cfg: Config,
     grid: Grid | None = None,

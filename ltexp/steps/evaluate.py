@@ -38,6 +38,7 @@ from ltexp.evaluation import topk as top_k
 from ltexp.losses import adjust_logits
 from ltexp.report.plots import confusion_figure, per_class_accuracy_figure
 from ltexp.resources import check_fits, image_batch_bytes
+from ltexp.timing import timed
 from ltexp.tracking import claims, registered_models, runs, schema
 from ltexp.tracking.datasets import load_prepared
 from ltexp.tracking.inputs import log_split_inputs
@@ -55,6 +56,7 @@ def resolve_target(cfg: Config, train_run_id: str | None) -> tuple[mlflow.entiti
     )
 
 
+@timed("evaluate")
 def run_evaluate(
     cfg: Config, train_run_id: str | None = None, parent_run_id: str | None = None
 ) -> tuple[str, dict[str, float]]:

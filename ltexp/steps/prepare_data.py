@@ -14,6 +14,7 @@ from ltexp.data import SPLITS, Protocol, SourceData, load_source, prepare
 from ltexp.data.prepared import manifest_bytes, save_indices
 from ltexp.errors import ConfigError
 from ltexp.report.plots import class_counts_figure
+from ltexp.timing import timed
 from ltexp.tracking import runs, schema
 from ltexp.tracking.inputs import log_split_inputs
 
@@ -45,6 +46,7 @@ def protocol(cfg: Config, source: SourceData) -> Protocol:
     )
 
 
+@timed("prepare")
 def run_prepare_data(
     cfg: Config, parent_run_id: str | None = None, claim_launched: bool = True
 ) -> str:

@@ -33,7 +33,6 @@ from ltexp.steps.decouple import decouple_hash, run_decouple
 from ltexp.steps.evaluate import run_evaluate
 from ltexp.steps.prepare_data import run_prepare_data
 from ltexp.steps.train import TrainHooks, TrainResult, run_train
-from ltexp.timing import timed
 from ltexp.tracking import claims, runs, schema
 from ltexp.tracking.datasets import find_prepared_run, load_prepared, prepared_digest
 from ltexp.tracking.queries import ENDED_UNFINISHED, FINISHED, where
@@ -80,14 +79,12 @@ def run_cell(
         data_run = find_prepared_run(cfg) or run_prepare_data(cfg, claim_launched=False)
         cfg = cfg.replace(data_run=data_run)
     hooks = TrainHooks(tags=tuned_tags(tuned_from), tuned=True) if tuned_from else TrainHooks()
-    with timed("train"):
-        train = run_train(cfg, parent_run_id=parent_run_id, hooks=hooks)
+    train = run_train(cfg, parent_run_id=parent_run_id, hooks=hooks)
     result = CellResult(train)
     if train.model_uri and cfg.train.evaluate_after:
-        with timed("evaluate"):
-            result.evaluate_run_id, result.metrics = run_evaluate(
-                cfg, train_run_id=train.run_id, parent_run_id=train.run_id
-            )
+        result.evaluate_run_id, result.metrics = run_evaluate(
+            cfg, train_run_id=train.run_id, parent_run_id=train.run_id
+        )
     if train.model_uri and cfg.decouple.stage2 != "none":
         result.stage2 = run_stage2(cfg, stage1_run_id=train.run_id, parent_run_id=train.run_id)
     return result
@@ -257,12 +254,11 @@ def run_study(
         if main_id is None:
             runs.log_params(_grid_params(cfg, n_cells))
         # the data, once, before any cell (and before any fan-out to workers)
-        with timed("prepare"):
-            data_run = (
-                cfg.train.data_run
-                or find_prepared_run(cfg)
-                or run_prepare_data(cfg, parent_run_id=study_run)
-            )
+        data_run = (
+            cfg.train.data_run
+            or find_prepared_run(cfg)
+            or run_prepare_data(cfg, parent_run_id=study_run)
+        )
         cfg = cfg.replace(data_run=data_run)
         digest = prepared_digest(data_run)
         if "balanced" in cfg.grid_values("train_split"):  # a set long-tailed as given may
@@ -299,8 +295,7 @@ def run_study(
             [str(x) for x in cfg.grid_values("seed")],
             cell_keys={cells.cell_key(p.identity) for p in [*trained, *decoupled]},
         )
-        with timed("report"):
-            report = run_aggregate(cfg, grid=grid, parent_run_id=study_run)
+        report = run_aggregate(cfg, grid=grid, parent_run_id=study_run)
         result.report_dir = report.output_dir
         mlflow.log_metrics(
             {schema.CELLS_REUSED: len(result.reused), schema.CELLS_RUN: len(result.ran)}

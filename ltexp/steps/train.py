@@ -77,6 +77,7 @@ class TrainHooks:
     tuned: bool = False
 
 
+@timed("train")
 def run_train(
     cfg: Config, parent_run_id: str | None = None, hooks: TrainHooks | None = None
 ) -> TrainResult:

@@ -33,7 +33,6 @@ from ltexp.config import Config, runtime_keys
 from ltexp.errors import LtexpError, RunStopped
 from ltexp.steps.prepare_data import run_prepare_data
 from ltexp.steps.train import TrainHooks, run_train
-from ltexp.timing import timed
 from ltexp.tracking import claims, runs, schema
 from ltexp.tracking.datasets import find_prepared_run
 from ltexp.tracking.queries import ENDED_UNFINISHED, where
@@ -102,12 +101,9 @@ def run_tune(
     storage_url = resolve_storage(t.tune_storage)
     runs.check_database(storage_url, "tune_storage")
     study = _study(optuna, name, storage_url, t)
-    with timed("prepare"):
-        data_run = (
-            cfg.train.data_run
-            or find_prepared_run(cfg)
-            or run_prepare_data(cfg, claim_launched=False)
-        )
+    data_run = (
+        cfg.train.data_run or find_prepared_run(cfg) or run_prepare_data(cfg, claim_launched=False)
+    )
     base = cfg.replace(data_run=data_run, evaluate_after=False, register=False, resume="false")
     tr = cfg.train
     cell = schema.tune_cell(tr.model, tr.loss, tr.train_split)
@@ -259,8 +255,7 @@ def _objective(
             trial=f"{name}/{trial.number}",
         )
         try:
-            with timed("train"):
-                result = run_train(cfg, parent_run_id=tune_run, hooks=hooks)
+            result = run_train(cfg, parent_run_id=tune_run, hooks=hooks)
         except RunStopped as stopped:
             progress(f"trial {trial.number} {_show(values)}: {stopped}")
             _tag_trial(cell, trial.number, name, "PRUNED")
