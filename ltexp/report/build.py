@@ -1,4 +1,5 @@
-"""Write the report: CSV tables, figures, and ``report.md`` / ``report.tex`` that show them all.
+"""Write the report: CSV tables, figures, and ``report.md`` / ``report.tex`` (and the body to
+include in a thesis, ``report_body.tex``) that show them all.
 
 The report is a list of blocks (:mod:`ltexp.report.model`) that the section builders
 (:mod:`ltexp.report.sections`) produce in the thesis's order, from the results of one variant of
@@ -24,7 +25,7 @@ from ltexp.report.model import (
     ReportOptions,
     results_frame,
 )
-from ltexp.report.render import write_latex, write_markdown
+from ltexp.report.render import write_html, write_latex, write_markdown
 from ltexp.report.sections import SECTIONS, Context
 from ltexp.report.tables import (
     LOSS_ORDER,
@@ -91,7 +92,10 @@ def build_report(
     files += write_markdown(
         output_dir, blocks, ctx.fmt, ctx.notes, missing, selection.duplicates, n_runs
     )
-    files += write_latex(output_dir, blocks, ctx.fmt)
+    files += write_latex(output_dir, blocks, ctx.fmt, ctx.notes, missing)
+    files += write_html(
+        output_dir, blocks, ctx.fmt, ctx.notes, missing, selection.duplicates, n_runs
+    )
     return Report(output_dir, files, missing, selection.duplicates, n_runs, ctx.notes)
 
 

@@ -93,7 +93,6 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     notes: list[str] = field(default_factory=list)
-    tex_rows: list[list[str]] | None = None  # when LaTeX needs other text than Markdown
     align: str = ""  # l/r per column (default: the first left, the others right)
 
     def alignment(self) -> str:

@@ -77,6 +77,10 @@ def confusion_figure(confusion: np.ndarray, path: Path, title: str) -> None:
 
 # --- the report's figures ----------------------------------------------------------------------
 
+# one marker and dash per line, so that lines stay apart in grey print and where they coincide
+MARKERS = "osD^v<>ph*"
+LINESTYLES = ("-", "--", "-.", ":")
+
 
 def _style(ax, x: np.ndarray, title: str, ylim: tuple[float, float] | None = (0, 1)) -> None:
     ax.set_xticks(x)
@@ -121,10 +125,21 @@ def lines_figure(cells: pd.DataFrame, model: str, losses: list[str], stem: Path)
     fig, ax = plt.subplots(figsize=(7, 4))
     x = np.arange(len(COLUMNS))
     part = cells[(cells["model"] == model) & (cells["train_split"] == "lt")]
-    for loss in losses:
-        row = part[part["loss"] == loss]
-        if len(row):
-            ax.plot(x, [row.iloc[0][c] for c in COLUMNS], marker="o", label=loss_title(loss))
+    drawn: dict[tuple[float, ...], str] = {}
+    shown = [loss for loss in losses if (part["loss"] == loss).any()]
+    for i, loss in enumerate(shown):
+        values = tuple(float(part[part["loss"] == loss].iloc[0][c]) for c in COLUMNS)
+        label = loss_title(loss)
+        if values in drawn:  # a line under another would vanish: the legend says where it is
+            label += f" (= {drawn[values]})"
+        drawn.setdefault(values, loss_title(loss))
+        ax.plot(
+            x + (i - (len(shown) - 1) / 2) * 0.03,  # a small offset keeps equal points apart
+            values,
+            marker=MARKERS[i % len(MARKERS)],
+            linestyle=LINESTYLES[i % len(LINESTYLES)],
+            label=label,
+        )
     _style(ax, x, f"{model_title(model)}, long-tailed training")
     return _save(fig, stem)
 
@@ -143,11 +158,14 @@ def ranked_counts_figure(counts: np.ndarray, stem: Path, what: str) -> list[Path
 def paired_figure(paired: pd.DataFrame, grid: Grid, stem: Path) -> list[Path]:
     part = paired[paired["train_split"] == "lt"] if "lt" in grid.train_splits else paired
     models = [m for m in grid.models if m in set(part["model"])]
-    fig, axes = plt.subplots(
-        1, max(len(models), 1), figsize=(4.5 * max(len(models), 1), 3.8), squeeze=False
-    )
+    # two panels a row: four side by side shrink to unreadable on a page
+    ncols = min(max(len(models), 1), 2)
+    nrows = -(-max(len(models), 1) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.8 * nrows), squeeze=False)
+    for ax in axes.flat[len(models) :]:
+        ax.set_visible(False)
     x = np.arange(len(COLUMNS))
-    for ax, model in zip(axes[0], models, strict=False):
+    for ax, model in zip(axes.flat, models, strict=False):
         rows = part[part["model"] == model]
         n = max(len(rows), 1)
         for i, (_, r) in enumerate(rows.iterrows()):
@@ -165,6 +183,10 @@ def paired_figure(paired: pd.DataFrame, grid: Grid, stem: Path) -> list[Path]:
         ax.axhline(0, color="black", lw=0.8)
         _style(ax, x, model_title(model), ylim=None)
         ax.set_ylabel("top-1 minus Softmax loss")
+        # five labels on a narrow panel: slanted, so that neighbours never overlap
+        ax.tick_params(axis="x", labelrotation=30)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
     return _save(fig, stem)
 
 
@@ -175,10 +197,9 @@ def reliability_figure(
     confidence (``ltexp.evaluation.reliability``); the diagonal is perfect calibration."""
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="calibrated")
-    markers = "osD^v<>ph*"
     for i, (label, (conf, acc, count)) in enumerate(curves.items()):
         filled = count > 0
-        ax.plot(conf[filled], acc[filled], marker=markers[i % len(markers)], ms=4, label=label)
+        ax.plot(conf[filled], acc[filled], marker=MARKERS[i % len(MARKERS)], ms=4, label=label)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (top-1 softmax probability)")

@@ -306,6 +306,12 @@ def run_aggregate(
                 }
             )
             mlflow.log_artifacts(tmp, artifact_path=schema.REPORT_ARTIFACT_DIR)
+            # the report reads in the UI: the aggregate run and its study link to its page
+            link = runs.ui_link(exp_id, run.info.run_id, schema.REPORT_HTML)
+            for described in filter(None, (run.info.run_id, parent_run_id)):
+                runs.add_to_description(
+                    described, f"[Open the report]({link}): every table and figure, in the UI."
+                )
             publish(report.files, out)
             report.files = [out / p.name for p in report.files]
             report.output_dir = out

@@ -192,9 +192,39 @@ def launched_run_for(experiment_id: str) -> tuple[str | None, str | None]:
 
 
 def link_wrapper(wrapper: str | None, run_id: str) -> None:
-    """Tag an `mlflow run` wrapper run with the run that did its work."""
-    if wrapper:
-        client().set_tag(wrapper, schema.RESUMED_INTO, run_id)
+    """Make an `mlflow run` wrapper run (left in the experiment ``mlflow run`` chose) explain
+    itself: tagged with the run that did its work, named after it, and described with a link."""
+    if not wrapper:
+        return
+    c = client()
+    work = c.get_run(run_id)
+    experiment = c.get_experiment(work.info.experiment_id).name
+    step = work.data.tags.get(schema.STEP, "step")
+    c.set_tag(wrapper, schema.RESUMED_INTO, run_id)
+    c.set_tag(wrapper, schema.RUN_NAME_TAG, f"mlflow-run-{work.info.run_name}")
+    c.set_tag(
+        wrapper,
+        schema.DESCRIPTION_TAG,
+        f"Started by `mlflow run`; ltexp's {step} run is "
+        f"[{work.info.run_name}]({ui_link(work.info.experiment_id, run_id)}) in experiment "
+        f"{experiment!r}, which it belongs with. This run holds nothing else.",
+    )
+
+
+def ui_link(experiment_id: str, run_id: str, artifact: str = "") -> str:
+    """The MLflow UI's address of a run (or of one of its artifacts), relative to the UI's
+    root: a link that works in a run's description on any server."""
+    link = f"#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{link}/artifacts/{artifact}" if artifact else link
+
+
+def add_to_description(run_id: str, text: str) -> None:
+    """Append a paragraph (Markdown) to a run's description, once."""
+    c = client()
+    now = c.get_run(run_id).data.tags.get(schema.DESCRIPTION_TAG, "")
+    if text in now:  # a resumed run
+        return
+    c.set_tag(run_id, schema.DESCRIPTION_TAG, f"{now}\n\n{text}" if now else text)
 
 
 def tag_refusal(reason: str) -> None:

@@ -61,6 +61,8 @@ TUNED_FROM = "ltexp.tuned_from"  # on a study's train run: the tune run whose va
 TUNED_PARAMS = "ltexp.tuned_params"  # JSON of those values
 STAGE1_RUN = "ltexp.stage1_run"  # on a decouple run: the train run whose model it re-balanced
 PARENT_RUN = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+DESCRIPTION_TAG = "mlflow.note.content"  # the run's description (Markdown) in the UI
 # Tags only some runs carry: a failure, a resume, an `mlflow run` wrapper that continued a run.
 CONDITIONAL_TAGS = (
     ERROR,
@@ -319,9 +321,13 @@ TUNE_HISTORY_FIGURE = "optimization_history.png"
 TUNE_IMPORTANCE_FIGURE = "param_importances.png"
 PER_CLASS_ARTIFACT = "per_class_accuracy.csv"
 PER_CLASS_FIGURE = "per_class_accuracy.png"
+# the same numbers as a logged table (mlflow.log_table), which the UI shows and charts
+PER_CLASS_TABLE = "per_class_accuracy.json"
 CONFUSION_FIGURE = "confusion_matrix.png"
 PREDICTIONS_ARTIFACT = "predictions.npz"
 REPORT_ARTIFACT_DIR = "report"
+# the report as one self-contained page, which the UI's artifact view displays
+REPORT_HTML = f"{REPORT_ARTIFACT_DIR}/report.html"
 
 # --- model registry --------------------------------------------------------------------------
 CHAMPION_ALIAS = "champion"

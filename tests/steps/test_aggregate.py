@@ -182,7 +182,7 @@ def test_benchmarks_table_and_report_files(store: str, tmp_path: Path) -> None:
     for name in ("fig_summary_by_model", "fig_summary_by_loss", "fig_resnet50", "fig_vit_b16"):
         assert (out / f"{name}.png").read_bytes()[:8] == PNG
         assert (out / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
-    tex = (out / "report.tex").read_text()
+    tex = (out / "report_body.tex").read_text()
     assert "\\toprule" in tex and "Balanced Softmax loss" in tex
     md = (out / "report.md").read_text()
     assert "± " in md and "Softmax loss" in md and "ViT-B/16" in md
@@ -291,3 +291,32 @@ def test_a_named_experiment_becomes_a_safe_folder_name(store: str, tmp_path: Pat
     result = run_aggregate(cfg)
     assert result.output_dir.resolve() == (Path.cwd() / "reports" / "victim").resolve()
     assert not (tmp_path.parent.parent / "victim").exists()
+
+
+def test_the_mlflow_run_wrapper_in_default_explains_itself_and_the_report_is_linked(
+    tracking: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue's stray run: `mlflow run . -e aggregate` left an empty, randomly named run
+    (gentle-crab-354) in "Default"; the report now opens from the run's description."""
+    study = mlflow.create_experiment("some-study")
+    _log_eval(study, "resnet50", "ce", "lt", 1)
+    wrapper = mlflow.MlflowClient().create_run("0", run_name="gentle-crab-354").info.run_id
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "0")
+    monkeypatch.setenv("MLFLOW_RUN_ID", wrapper)
+    cfg = build_config("thesis", {"output_dir": str(tmp_path / "r")})
+    result = run_aggregate(cfg.replace(experiment="some-study"))
+    assert result.run_id != wrapper
+    assert mlflow.get_run(result.run_id).info.experiment_id == study
+    left = mlflow.get_run(wrapper)
+    assert left.info.run_name == f"mlflow-run-{mlflow.get_run(result.run_id).info.run_name}"
+    assert left.data.tags[schema.RESUMED_INTO] == result.run_id
+    assert f"#/experiments/{study}/runs/{result.run_id})" in left.data.tags[schema.DESCRIPTION_TAG]
+    assert "'some-study'" in left.data.tags[schema.DESCRIPTION_TAG]
+    # the aggregate run's description links to the report page it logged
+    description = mlflow.get_run(result.run_id).data.tags[schema.DESCRIPTION_TAG]
+    link = f"#/experiments/{study}/runs/{result.run_id}/artifacts/{schema.REPORT_HTML}"
+    assert f"[Open the report]({link})" in description
+    logged = mlflow.artifacts.download_artifacts(
+        run_id=result.run_id, artifact_path=schema.REPORT_HTML, dst_path=str(tmp_path / "d")
+    )
+    assert Path(logged).read_text().startswith("<!DOCTYPE html>")

@@ -83,6 +83,9 @@ def test_every_logged_key_is_declared(study) -> None:
     assert set(main.data.params) == set(schema.STUDY_PARAMS)
     assert set(main.data.metrics) == {schema.CELLS_RUN, schema.CELLS_REUSED}
     (aggregate,) = runs["aggregate"]
+    # the study's description opens its report in the UI
+    report = f"/runs/{aggregate.info.run_id}/artifacts/{schema.REPORT_HTML})"
+    assert report in main.data.tags[schema.DESCRIPTION_TAG]
     assert set(aggregate.data.params) == set(schema.AGGREGATE_PARAMS)
     assert set(aggregate.data.metrics) == {schema.MISSING_CELLS, schema.DUPLICATE_CELLS}
     for run in (prepare, train, evaluate):

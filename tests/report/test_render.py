@@ -1,0 +1,57 @@
+"""The report's LaTeX compiles whatever its text holds; its HTML escapes it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ltexp.report.model import Fmt, Table
+from ltexp.report.render import write_html, write_latex
+
+# what captions, notes and names have held: TeX's specials, maths symbols, other scripts
+HOSTILE = r"<b>a_b</b> & 50% #1 $x$ {y} \z ~^ ± − × · ≤ ≥ → … τ γ Σ “q” — 中文 é ü"
+
+
+def _blocks() -> list[Table]:
+    return [
+        Table(
+            "4.1",
+            f"Caption: {HOSTILE}",
+            ["Loss", "Balanced", "Tail"],
+            [[HOSTILE, "0.5000 [0.4000, 0.6000]", "+0.0100 [-0.0200, +0.0400]"]],
+            [f"Note: {HOSTILE}"],
+        )
+    ]
+
+
+def test_hostile_text_compiles(tmp_path: Path) -> None:
+    pdflatex = shutil.which("pdflatex")
+    if pdflatex is None:
+        pytest.skip("pdflatex is not installed (apt-get install texlive-latex-extra)")
+    write_latex(tmp_path, _blocks(), Fmt(False), notes=[HOSTILE], missing=[HOSTILE])
+    done = subprocess.run(
+        [pdflatex, "-interaction=nonstopmode", "-halt-on-error", "report.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+    )
+    log = (tmp_path / "report.log").read_text(errors="replace")
+    assert done.returncode == 0, log[-1500:]
+    assert "Missing character" not in log
+
+
+def test_an_interval_is_set_under_its_value(tmp_path: Path) -> None:
+    write_latex(tmp_path, _blocks(), Fmt(False))
+    body = (tmp_path / "report_body.tex").read_text()
+    assert r"\begin{tabular}[t]{@{}r@{}}0.5000\\\scriptsize [0.4000, 0.6000]\end{tabular}" in body
+    assert r"+0.0100\\\scriptsize [-0.0200, +0.0400]" in body
+
+
+def test_html_escapes_everything(tmp_path: Path) -> None:
+    (page,) = write_html(tmp_path, _blocks(), Fmt(False), [HOSTILE], [], [], 1)
+    text = page.read_text()
+    assert "<b>a_b" not in text and "&lt;b&gt;a_b" in text and "中文" in text
+    assert text.count("<table>") == 1 and "0.5000 [0.4000, 0.6000]" in text
