@@ -18,6 +18,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import torch
 
 from ltexp.config import Config, variant_axes
@@ -183,7 +184,7 @@ def run_evaluate(
             shot_split=shot_split,
         )
         with tempfile.TemporaryDirectory() as tmp:
-            _write_artifacts(
+            per_class = _write_artifacts(
                 Path(tmp),
                 outputs,
                 prepared,
@@ -191,6 +192,8 @@ def run_evaluate(
                 f"{cell['model']} · {cell['loss']} · {cell['train_split']}",
             )
             mlflow.log_artifacts(tmp)
+        # the UI's table view (artifacts, "Evaluation" in the compare view) reads logged tables
+        mlflow.log_table(per_class, artifact_file=schema.PER_CLASS_TABLE)
         return run.info.run_id, metrics
 
 
@@ -230,7 +233,9 @@ def _write_artifacts(
     prepared: PreparedData,
     train_counts: list[int],
     title: str,
-) -> None:
+) -> pd.DataFrame:
+    """Write the per-class CSV, the figures and the predictions into ``out``; return the
+    per-class table (numbers, not text) for the UI's table view."""
     k = prepared.num_classes
     groups = prepared.groups()
     group_of = {c: g for g in FREQUENCY_GROUPS for c in groups[g]}
@@ -240,41 +245,45 @@ def _write_artifacts(
         per_split[split] = per_class_accuracy(labels, logits.argmax(1), k)
     lt_counts = prepared.class_counts("train_lt")
     names = prepared.manifest.get("class_names") or [str(c) for c in range(k)]
-    with open(out / schema.PER_CLASS_ARTIFACT, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
+    header = [
+        "class",
+        "name",
+        "train_count",
+        "train_lt_count",
+        "group",
+        "shot",
+        *(
+            f"{split}_{what}"
+            for split in ("test_balanced", "test_lt")
+            for what in ("n", "acc1", "acc1_ci_low", "acc1_ci_high")
+        ),
+    ]
+    rows = []
+    for c in range(k):
+        columns = []
+        for split in ("test_balanced", "test_lt"):
+            n, acc = per_split[split][0][c], per_split[split][1][c]
+            # the exact binomial interval: a class has a few test images
+            low, high = binomial_interval(round(acc * n) if n else 0, int(n))
+            columns += [int(n), _fmt(acc), _fmt(low), _fmt(high)]
+        rows.append(
             [
-                "class",
-                "name",
-                "train_count",
-                "train_lt_count",
-                "group",
-                "shot",
-                *(
-                    f"{split}_{what}"
-                    for split in ("test_balanced", "test_lt")
-                    for what in ("n", "acc1", "acc1_ci_low", "acc1_ci_high")
-                ),
+                c,
+                spreadsheet_safe(names[c]),
+                train_counts[c],
+                lt_counts[c],
+                group_of.get(c, ""),
+                shot_of.get(c, ""),
+                *columns,
             ]
         )
-        for c in range(k):
-            columns = []
-            for split in ("test_balanced", "test_lt"):
-                n, acc = per_split[split][0][c], per_split[split][1][c]
-                # the exact binomial interval: a class has a few test images
-                low, high = binomial_interval(round(acc * n) if n else 0, int(n))
-                columns += [int(n), _fmt(acc), _fmt(low), _fmt(high)]
-            w.writerow(
-                [
-                    c,
-                    spreadsheet_safe(names[c]),
-                    train_counts[c],
-                    lt_counts[c],
-                    group_of.get(c, ""),
-                    shot_of.get(c, ""),
-                    *columns,
-                ]
-            )
+    with open(out / schema.PER_CLASS_ARTIFACT, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    per_class = pd.DataFrame(rows, columns=header)
+    numeric = [c for c in header if c.endswith(("_acc1", "_ci_low", "_ci_high"))]
+    per_class[numeric] = per_class[numeric].apply(pd.to_numeric, errors="coerce")
     # the balanced test set where the set has one (every class equally weighted)
     shown = "test_balanced" if prepared.has("test_balanced") else "test_lt"
     per_class_accuracy_figure(
@@ -301,6 +310,7 @@ def _write_artifacts(
             )
         },
     )
+    return per_class
 
 
 def _fmt(value: float) -> str:

@@ -151,6 +151,15 @@ def test_evaluate_metrics_match_saved_predictions(trained, tmp_path: Path) -> No
     tail = table[table["group"] == "tail"]
     hits = (tail["test_lt_acc1"] * tail["test_lt_n"]).sum()
     assert m["test_tail_acc1"] == pytest.approx(hits / tail["test_lt_n"].sum())
+    # the same numbers as a logged table, which the UI's table view reads
+    logged = mlflow.MlflowClient().load_table(
+        run.info.experiment_id, schema.PER_CLASS_TABLE, run_ids=[run.info.run_id]
+    )
+    assert list(logged["class"]) == list(table["class"])
+    assert np.allclose(logged["test_lt_acc1"], table["test_lt_acc1"], equal_nan=True)
+    assert json.loads(run.data.tags["mlflow.loggedArtifacts"]) == [
+        {"path": schema.PER_CLASS_TABLE, "type": "table"}
+    ]
 
 
 def test_evaluate_by_model_uri_with_post_hoc_adjustment(trained) -> None:
