@@ -8,6 +8,8 @@ folder, the file expected, and the ways out.
 
 from __future__ import annotations
 
+import socket
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,11 +61,17 @@ def _timm(model_name: str) -> Callable[[bool], nn.Module]:
 
         if not pretrained:
             return timm.create_model(model_name, pretrained=False)
+        from huggingface_hub import constants
+
+        unreachable = not constants.HF_HUB_OFFLINE and not _reachable(constants.ENDPOINT)
+        if unreachable:
+            # one probe instead of the hub client's minute of retries and warnings; weights
+            # already in the cache still load offline
+            constants.HF_HUB_OFFLINE = True
         try:
             return timm.create_model(model_name, pretrained=True)
         except Exception as e:  # noqa: BLE001 - turned into one clear line below
-            from huggingface_hub import constants
-
+            reason = f"{constants.ENDPOINT} is not reachable" if unreachable else _first_line(e)
             cfg = timm.models.get_pretrained_cfg(model_name)
             hub_id = getattr(cfg, "hf_hub_id", None) or model_name
             folder = "models--" + hub_id.replace("/", "--")
@@ -71,10 +79,21 @@ def _timm(model_name: str) -> Callable[[bool], nn.Module]:
                 f"pretrained weights of timm model {model_name} are not in the "
                 f"Hugging Face cache {constants.HF_HUB_CACHE!r} (expected "
                 f"{folder}/snapshots/<rev>/model.safetensors) and could not be "
-                f"downloaded ({_first_line(e)}); {_WAYS_OUT}"
+                f"downloaded ({reason}); {_WAYS_OUT}"
             ) from None
 
     return create
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _first_line(e: BaseException) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import socket
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,36 @@ def test_offline_timm_weights_error_names_cache(
     msg = str(err.value)
     assert "Hugging Face cache" in msg and "vit_base_patch16_224.augreg2_in21k_ft_in1k" in msg
     assert "pretrained=false" in msg
+
+
+def test_an_unreachable_hub_is_said_at_once_without_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
+    """The issue's `-e train -P model=vit_b16` offline: a minute of Hugging Face retry warnings
+    before the clear line. One probe of the hub now decides, and the line says why."""
+    import huggingface_hub.constants as hc
+
+    from ltexp.models import pretrained
+
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)  # as a user's shell has it
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    probed: list[str] = []
+    monkeypatch.setattr(pretrained, "_reachable", lambda url: probed.append(url) or False)
+    with pytest.raises(WeightsError, match=r"huggingface\.co is not reachable"):
+        build_model("vit_b16", 100, pretrained=True)
+    assert probed == [hc.ENDPOINT] and hc.HF_HUB_OFFLINE is True
+    assert "Retrying" not in capfd.readouterr().err
+
+
+def test_reachable_is_a_tcp_connection() -> None:
+    from ltexp.models.pretrained import _reachable
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert _reachable(f"http://127.0.0.1:{port}")
+    assert not _reachable(f"http://127.0.0.1:{port}", timeout=1)  # closed now
 
 
 def test_local_weights_round_trip(tmp_path: Path) -> None:
