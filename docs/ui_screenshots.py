@@ -1,20 +1,23 @@
 """Make the README's MLflow UI screenshots from a real `mlflow ui`, in headless Chromium.
 
-    apt-get install -y chromium && .venv/bin/pip install playwright
-    .venv/bin/python docs/ui_screenshots.py            # a small demo study, then the pictures
+    apt-get install -y chromium
+    .venv/bin/python docs/ui_screenshots.py     # the demo study (28 cells), then the pictures
     .venv/bin/python docs/ui_screenshots.py --store sqlite:///mlflow.db --experiment demo-digits
 
-Writes docs/ui_runs_table.png (the Runs view: train runs only, the cell params and the five
-headline test metrics as columns, sorted by tail accuracy) and docs/ui_runs_charts.png (the
-chart view of the same runs, test metrics only). Playwright drives Debian's Chromium
-(`--chromium`); it downloads no browser of its own.
+Each picture is the page at the address a study prints (`results table: ...`): the experiment's
+saved results view (ltexp.tracking.runs.save_results_view), as docs/ui_runs_table.png (the train
+runs flat, the cell params and the headline test metrics as columns, best balanced accuracy
+first) and, in the UI's chart mode, docs/ui_runs_charts.png (test metrics only). Each PNG carries
+the digest of the commands that made it (:func:`commands_digest`); tests/test_docs.py fails when
+the commands change and the pictures were not made again.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -24,14 +27,8 @@ import urllib.request
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
-COLUMNS = [
-    "model",
-    "loss",
-    "train_split",
-    *(f"test_{g}_acc1" for g in ("balanced", "lt", "head", "middle", "tail")),
-]
-TRAIN_RUNS = "tags.`ltexp.step` = 'train'"
 CHROMIUM_ARGS = [
+    "--headless=new",
     "--no-sandbox",
     "--disable-gpu",
     "--disable-quic",
@@ -39,11 +36,31 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    "--hide-scrollbars",
+    "--window-size=1600,900",
+    "--virtual-time-budget=60000",  # the page's requests and its charts, before the picture
 ]
+# picture -> what is added to the results view's address
+PICTURES = {"ui_runs_table.png": "", "ui_runs_charts.png": "&compareRunsMode=CHART"}
+DIGEST_KEY = "ltexp-screenshot-commands"
+
+
+def commands(base: str, view: str) -> dict[str, list[str]]:
+    """The Chromium command line of each picture (``view``: the results view's UI path)."""
+    return {
+        name: ["chromium", *CHROMIUM_ARGS, f"--screenshot={name}", f"{base}/{view}{extra}"]
+        for name, extra in PICTURES.items()
+    }
+
+
+def commands_digest() -> str:
+    """What the pictures depend on: the commands, with the server and experiment left out."""
+    text = json.dumps(commands("BASE", "VIEW"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def demo_store(folder: Path) -> tuple[str, str]:
-    """A reduced demo study (2 models × 4 losses × 2 training sets, 3 epochs) in ``folder``."""
+    """The README's demo study (2 models × 7 losses × 2 training sets) in ``folder``."""
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
     subprocess.run(
@@ -56,10 +73,6 @@ def demo_store(folder: Path) -> tuple[str, str]:
             "demo",
             "--experiment",
             "demo-digits",
-            "--losses",
-            "ce,focal,bs,ldam",
-            "--epochs",
-            "3",
             "--system-metrics",
             "false",
             "--checkpoint-dir",
@@ -114,51 +127,27 @@ def start_ui(uri: str, folder: Path) -> tuple[subprocess.Popen, str]:
 
 
 def experiment_id(base: str, name: str) -> str:
-    import json
-
     url = f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name={name}"
     with urllib.request.urlopen(url, timeout=10) as r:
         return json.loads(r.read())["experiment"]["experiment_id"]
 
 
-def screenshots(base: str, exp_id: str, chromium: str) -> None:
-    from playwright.sync_api import sync_playwright
+def screenshots(base: str, exp_id: str, chromium: str, uri: str) -> None:
+    import mlflow
+    from PIL import Image, PngImagePlugin
 
-    def toggle_column(page, name: str) -> None:
-        page.get_by_placeholder("Search columns").fill(name)
-        page.wait_for_timeout(300)
-        title = re.compile(f"^{re.escape(name)}$")
-        page.locator(".du-bois-light-tree-title", has_text=title).first.click()
+    from ltexp.tracking import runs
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1600, "height": 900})
-        # "Model training" mode of the UI (the sidebar toggle), the Runs view
-        page.goto(f"{base}/#/experiments/{exp_id}/runs?workflowType=machine_learning")
-        page.wait_for_timeout(4000)
-        if page.get_by_role("button", name="Close").count():
-            page.get_by_role("button", name="Close").first.click()  # the assistant panel
-        page.get_by_placeholder('metrics.rmse < 1 and params.model = "tree"').fill(TRAIN_RUNS)
-        page.keyboard.press("Enter")
-        page.wait_for_timeout(2000)
-        page.get_by_role("button", name="Columns").click()
-        for name in ["Dataset", "Source", "Models", *COLUMNS]:
-            toggle_column(page, name)
-        page.keyboard.press("Escape")
-        page.wait_for_timeout(500)
-        study_row = page.locator("div[role=row]").filter(has_text="study-").first
-        if study_row.count():
-            study_row.locator("button[data-component-id*=runnamecellrenderer]").first.click()
-            page.wait_for_timeout(1000)
-        page.locator('[col-id="metrics.`test_tail_acc1`"]').first.click()  # sort by tail
-        page.wait_for_timeout(1500)
-        page.screenshot(path=str(DOCS / "ui_runs_table.png"))
-        page.locator("input[value=CHART]").evaluate("e => e.click()")
-        page.wait_for_timeout(2000)
-        page.get_by_placeholder("Search metric charts").fill("test_")
-        page.wait_for_timeout(2000)
-        page.screenshot(path=str(DOCS / "ui_runs_charts.png"))
-        browser.close()
+    mlflow.set_tracking_uri(uri)
+    view = runs.save_results_view(exp_id)  # as the study saved it
+    info = PngImagePlugin.PngInfo()
+    info.add_text(DIGEST_KEY, commands_digest())
+    for name, command in commands(base, view).items():
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run(
+                [chromium, *command[1:]], cwd=tmp, check=True, capture_output=True, timeout=300
+            )
+            Image.open(Path(tmp) / name).save(DOCS / name, pnginfo=info)
 
 
 def main() -> int:
@@ -172,7 +161,7 @@ def main() -> int:
         uri, experiment = (args.store, args.experiment) if args.store else demo_store(folder)
         server, base = start_ui(uri, folder)
         try:
-            screenshots(base, experiment_id(base, experiment), args.chromium)
+            screenshots(base, experiment_id(base, experiment), args.chromium, uri)
         finally:
             server.terminate()
             server.wait(timeout=30)

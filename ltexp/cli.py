@@ -198,10 +198,13 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
 
     def main_(cfg: Config, args: argparse.Namespace) -> int:
         from ltexp.steps.study import run_study
+        from ltexp.tracking.runs import LOCAL_UI
 
         result = run_study(cfg, parent_run_id=args.parent_run_id, progress=_print)
         print(f"study run: {result.run_id}  report: {result.report_dir}")
-        print("browse the runs with `mlflow ui` (same folder, or MLFLOW_TRACKING_URI)")
+        local = result.results_view.startswith(LOCAL_UI)
+        hint = "  (start `mlflow ui` in this folder first)" if local else ""
+        print(f"results table: {result.results_view}{hint}")
         return 0
 
     def tune(cfg: Config, args: argparse.Namespace) -> int:

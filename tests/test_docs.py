@@ -42,3 +42,22 @@ def test_scale_out_is_its_own_extra_and_ci_installs_it() -> None:
     assert "pip install -q -e '.[dev,ray]'" in (root / ".ci" / "run").read_text()
     readme = (root / "README.md").read_text()
     assert "`.[dev,ray]`" in readme and "download.pytorch.org/whl/cpu" in readme
+
+
+def test_the_ui_screenshots_were_made_by_the_current_commands() -> None:
+    """The issue: the pictures showed 16 runs of an older grid. Each carries the digest of the
+    commands that made it; changing the commands without making them again fails here."""
+    import importlib.util
+
+    from PIL import Image
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("ui_screenshots", root / "docs/ui_screenshots.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name in module.PICTURES:
+        with Image.open(root / "docs" / name) as picture:
+            assert picture.text.get(module.DIGEST_KEY) == module.commands_digest(), name
+    # the pictures are of the address a study prints: the view ltexp saves
+    view = module.commands("http://ui", "#/experiments/1/runs?x")["ui_runs_table.png"][-1]
+    assert view == "http://ui/#/experiments/1/runs?x"

@@ -61,6 +61,7 @@ class StudyResult:
     report_dir: Path | None
     reused: list[str] = field(default_factory=list)
     ran: list[str] = field(default_factory=list)
+    results_view: str = ""  # the UI's runs table of the results (runs.save_results_view)
 
 
 def run_cell(
@@ -297,6 +298,13 @@ def run_study(
         )
         report = run_aggregate(cfg, grid=grid, parent_run_id=study_run)
         result.report_dir = report.output_dir
+        view = runs.save_results_view(exp_id)
+        result.results_view = runs.ui_address(view)
+        runs.add_to_description(
+            study_run,
+            f"[The results table]({view}): the train runs with their test accuracies as "
+            f"columns, best first.",
+        )
         mlflow.log_metrics(
             {schema.CELLS_REUSED: len(result.reused), schema.CELLS_RUN: len(result.ran)}
         )

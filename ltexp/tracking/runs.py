@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -216,6 +217,44 @@ def ui_link(experiment_id: str, run_id: str, artifact: str = "") -> str:
     root: a link that works in a run's description on any server."""
     link = f"#/experiments/{experiment_id}/runs/{run_id}"
     return f"{link}/artifacts/{artifact}" if artifact else link
+
+
+def save_results_view(experiment_id: str) -> str:
+    """Save the experiment's results view and return its UI address (relative to the UI's root):
+    the train runs, flat (the study's parent row is filtered out, so nothing is collapsed), with
+    the cell params and the headline test metrics as columns, best balanced-test accuracy first.
+    It is written again by every study (it names no run, so one view serves them all)."""
+    balanced = schema.HEADLINE_TEST_METRICS[0]
+    state = {
+        "searchFilter": f"tags.`{schema.STEP}` = '{schema.Step.TRAIN.value}'",
+        "orderByKey": f"metrics.`{balanced}`",
+        "orderByAsc": False,
+        "selectedColumns": [
+            *(f"params.`{p}`" for p in schema.CELL_PARAMS if p != "dataset"),
+            *(f"metrics.`{m}`" for m in schema.HEADLINE_TEST_METRICS),
+        ],
+        "chartsSearchFilter": "test_",  # the chart mode: test metrics, not the epochs' curves
+    }
+    client().set_experiment_tag(
+        experiment_id, schema.SHARED_VIEW_PREFIX + schema.RESULTS_VIEW, json.dumps(state)
+    )
+    # workflowType: the "Model training" side of the UI, which shows the runs table
+    return (
+        f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        f"&viewStateShareKey={schema.RESULTS_VIEW}"
+    )
+
+
+LOCAL_UI = "http://127.0.0.1:5000/"  # `mlflow ui`'s default address
+
+
+def ui_address(path: str) -> str:
+    """A UI path as an address to open: on the tracking server when there is one, else on the
+    local `mlflow ui` (its default address)."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return f"{safe_uri(uri).rstrip('/')}/{path}"
+    return f"{LOCAL_UI}{path}"
 
 
 def add_to_description(run_id: str, text: str) -> None:

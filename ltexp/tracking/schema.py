@@ -309,6 +309,12 @@ def test_metric_split(
 # what a train run carries of its checkpoint's evaluation: the report's five columns
 HEADLINE_TEST_METRICS = tuple(REPORT_COLUMNS.values())
 
+# --- the UI -----------------------------------------------------------------------------------
+# a view of the runs table saved on the experiment (MLflow's shared views: the experiment tag
+# mlflow.sharedViewState.<key>, opened by ?viewStateShareKey=<key>): filter, sort and columns
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
+RESULTS_VIEW = "ltexp-results"
+
 # --- artifacts -------------------------------------------------------------------------------
 CONFIG_ARTIFACT = "config.yaml"
 MANIFEST_ARTIFACT = "manifest.json"

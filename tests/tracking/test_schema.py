@@ -4,6 +4,7 @@ used by the code."""
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import mlflow
@@ -86,6 +87,19 @@ def test_every_logged_key_is_declared(study) -> None:
     # the study's description opens its report in the UI
     report = f"/runs/{aggregate.info.run_id}/artifacts/{schema.REPORT_HTML})"
     assert report in main.data.tags[schema.DESCRIPTION_TAG]
+    # and its results table: a view saved on the experiment, in MLflow's shared-view format
+    exp = mlflow.get_experiment(main.info.experiment_id)
+    view = json.loads(exp.tags[f"mlflow.sharedViewState.{schema.RESULTS_VIEW}"])
+    assert view["searchFilter"] == "tags.`ltexp.step` = 'train'"
+    assert view["orderByKey"] == "metrics.`test_balanced_acc1`" and view["orderByAsc"] is False
+    assert view["selectedColumns"] == [
+        *(f"params.`{p}`" for p in ("model", "loss", "train_split", "seed")),
+        *(f"metrics.`test_{g}_acc1`" for g in ("balanced", "lt", "head", "middle", "tail")),
+    ]
+    assert "viewStateShareKey=ltexp-results)" in main.data.tags[schema.DESCRIPTION_TAG]
+    # the view's filter is one MLflow's search accepts, and finds every train run
+    found = mlflow.search_runs([exp.experiment_id], view["searchFilter"], output_format="list")
+    assert {r.info.run_id for r in found} == {r.info.run_id for r in runs["train"]}
     assert set(aggregate.data.params) == set(schema.AGGREGATE_PARAMS)
     assert set(aggregate.data.metrics) == {schema.MISSING_CELLS, schema.DUPLICATE_CELLS}
     for run in (prepare, train, evaluate):
