@@ -112,6 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if command == "train":  # a study's worker: the search whose values this cell uses
             p.add_argument("--tuned-from", dest="tuned_from", default=None, help=argparse.SUPPRESS)
+        p.add_argument(
+            "-v",
+            "--verbose",
+            nargs="?",
+            const="true",
+            default="",
+            help="also print each epoch, each registration and libraries' notices (by default: "
+            "one line per cell and per step, and warnings); -P verbose=true under mlflow run",
+        )
     bench = sub.add_parser("bench", help=COMMAND_HELP["bench"], description=COMMAND_HELP["bench"])
     from ltexp.bench import add_bench_arguments
 
@@ -120,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    skip = {"command", "preset", "parent_run_id", "tuned_from"}
+    skip = {"command", "preset", "parent_run_id", "tuned_from", "verbose"}
     values = {k: ",".join(v) if isinstance(v, list) else v for k, v in vars(args).items()}
     return {k: v for k, v in values.items() if k not in skip and v != ""}
 
@@ -250,8 +259,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if str(getattr(args, "verbose", "")).lower() in ("true", "1", "yes"):
+        os.environ["LTEXP_LOG_LEVEL"] = "INFO"  # the study's worker processes inherit it
     logging.basicConfig(
-        level=os.environ.get("LTEXP_LOG_LEVEL", "INFO"),
+        level=os.environ.get("LTEXP_LOG_LEVEL", "WARNING"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,  # this call's stderr, also when main() runs again in one process
     )
@@ -262,8 +275,6 @@ def _main(argv: Sequence[str] | None) -> int:
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     # MLflow's INFO lines (database migrations, system-metrics threads) drown ltexp's own
     logging.getLogger("mlflow").setLevel(os.environ.get("LTEXP_MLFLOW_LOG_LEVEL", "WARNING"))
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
         if args.command == "bench":
             from ltexp.bench import run_bench

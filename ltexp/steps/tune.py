@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,8 +154,6 @@ def run_tune(
 
 
 def _study(optuna: Any, name: str, storage_url: str, t: Any) -> Any:
-    import warnings
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     with _schema_lock(storage_url):
@@ -360,7 +359,11 @@ def _plots(optuna: Any, study: Any, out: Path) -> None:
         (schema.TUNE_IMPORTANCE_FIGURE, ovm.plot_param_importances),
     ):
         try:
-            ax = draw(study)
+            with warnings.catch_warnings():
+                # Optuna's notices about its own estimates (too few trials for importances,
+                # experimental plots): nothing a user of the figure acts on
+                warnings.filterwarnings("ignore", category=UserWarning, module="optuna")
+                ax = draw(study)
             ax.figure.tight_layout()
             ax.figure.savefig(out / name, dpi=120)
             plt.close(ax.figure)

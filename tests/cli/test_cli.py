@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -291,3 +292,24 @@ def test_careless_input_is_one_line_and_leaves_nothing(
     assert code == 2 and len(err) == 1 and message in err[-1], err
     assert _count_runs() == before
     assert {p for p in set(tmp_path.rglob("*")) - files if p.name != "mlflow.db"} == set()
+
+
+def test_default_output_is_one_line_per_cell_and_step_and_v_adds_the_rest(
+    tmp_path: Path, tracking: str, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
+    """The issue's demo printed 372 lines for 28 cells: every epoch, two registration lines per
+    cell, libraries' INFO lines. Now: a line per cell and per step; -v shows the rest."""
+    monkeypatch.delenv("LTEXP_LOG_LEVEL", raising=False)  # as a user's shell has it
+    grid = ["--models", "tiny_cnn", "--losses", "ce,bs", "--train-splits", "lt"]
+    assert main(["main", *tiny_args(tmp_path), *grid]) == 0
+    out, err = capfd.readouterr()
+    lines = (out + err).strip().splitlines()
+    assert [line for line in lines if line.startswith("[")] == [
+        line for line in lines if re.match(r"\[\d/2\] tiny_cnn-(ce|bs)-lt-s42: trained", line)
+    ]
+    assert len(lines) <= 2 + 4, lines  # 2 cells; data, report, study and results-table lines
+    assert not [line for line in lines if "epoch 1/2" in line or "Successfully" in line]
+    assert main(["main", *tiny_args(tmp_path), *grid, "--force", "--verbose"]) == 0
+    verbose = capfd.readouterr()
+    shown = verbose.out + verbose.err
+    assert shown.count("epoch 2/2") == 2 and "Created version '2'" in shown
