@@ -141,7 +141,13 @@ EDITS = {
     'num_classes "10"': (_json_edit(num_classes="10"), "num_classes must be an integer"),
     "num_classes 10.7": (_json_edit(num_classes=10.7), "num_classes must be an integer"),
     "an unknown model": (_json_edit(model="os.system"), "unknown model 'os.system'"),
-    "JSON nested 200,000 deep": (_nested(200_000), "more than a model description holds"),
+    "class names of another count": (_json_edit(class_names=["a"]), "a list of 10 names"),
+    "class names not text": (_json_edit(class_names=[1] * 10), "names of at most 200"),
+    "a class name of 10 kB": (
+        _json_edit(class_names=["x" * 10_000] * 10),
+        "names of at most 200",
+    ),
+    "JSON nested 600,000 deep": (_nested(600_000), "more than a model description holds"),
     "JSON nested 30,000 deep": (_nested(30_000), "not JSON"),
     "weights of NaNs": (_nan_weights, None),
 }
@@ -176,6 +182,20 @@ def test_a_model_description_is_checked_field_by_field(tmp_path: Path, edit, mes
     edit(extra)
     with pytest.raises(TrackingError, match=message):
         read_model_info(extra / "ltexp_model.json", "m")
+
+
+def test_a_description_from_before_class_names_still_loads(tmp_path: Path) -> None:
+    import json
+
+    from ltexp.tracking.registered_models import ModelInfo, read_model_info
+
+    info = ModelInfo("tiny_cnn", 10, "linear", 32, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2))
+    older = {k: v for k, v in info.__dict__.items() if k != "class_names"}
+    (tmp_path / "ltexp_model.json").write_text(json.dumps(older))
+    assert read_model_info(tmp_path / "ltexp_model.json", "m").class_names == ()
+    named = {**older, "class_names": [f"c{i}" for i in range(10)]}
+    (tmp_path / "ltexp_model.json").write_text(json.dumps(named))
+    assert read_model_info(tmp_path / "ltexp_model.json", "m").class_names[3] == "c3"
 
 
 def test_a_model_of_nans_is_not_evaluated(trained, tmp_path: Path) -> None:

@@ -64,6 +64,16 @@ class PreparedData:
     def dataset(self) -> str:
         return str(self.manifest["dataset"])
 
+    @property
+    def class_names(self) -> list[str]:
+        """The name of each label (the label itself where the source names none)."""
+        names = self.manifest.get("class_names") or []
+        return (
+            [str(n) for n in names]
+            if len(names) == self.num_classes
+            else [str(c) for c in range(self.num_classes)]
+        )
+
     def class_counts(self, split: str) -> list[int]:
         """Images per class of ``split``, indexed by label."""
         return list(self.manifest["splits"][split]["per_class"])

@@ -244,7 +244,7 @@ def _write_artifacts(
     for split, (labels, logits) in outputs.items():
         per_split[split] = per_class_accuracy(labels, logits.argmax(1), k)
     lt_counts = prepared.class_counts("train_lt")
-    names = prepared.manifest.get("class_names") or [str(c) for c in range(k)]
+    names = prepared.class_names
     header = [
         "class",
         "name",

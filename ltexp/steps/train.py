@@ -271,7 +271,13 @@ def _train(
     if not cfg.train.register:
         return TrainResult(run_id, best_acc, best_epoch, "")
     info = registered_models.ModelInfo(
-        t.model, prepared.num_classes, spec.head, spec.image_size, PROTOCOL_MEAN, PROTOCOL_STD
+        t.model,
+        prepared.num_classes,
+        spec.head,
+        spec.image_size,
+        PROTOCOL_MEAN,
+        PROTOCOL_STD,
+        tuple(prepared.class_names),
     )
     tags = {
         schema.VersionTag.RUN_ID: run_id,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import math
@@ -46,6 +47,10 @@ from ltexp.tracking.queries import ltexp_models, versions_of
 
 log = logging.getLogger(__name__)
 WEIGHTS_FILE = "weights.safetensors"
+OUTPUT_DOC = (
+    "logits, one per class (N x num_classes); softmax over a row gives the probabilities, its "
+    "argmax the index of the predicted class in class_names"
+)
 MODEL_INFO_FILE = "ltexp_model.json"
 EXTRA_FILES_DIR = "extra_files"
 
@@ -60,6 +65,8 @@ class ModelInfo:
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    # output i of the model is class_names[i] (empty: a version registered before they were kept)
+    class_names: tuple[str, ...] = ()
 
 
 @contextlib.contextmanager
@@ -126,12 +133,22 @@ def log_and_register(
             extra_files=[str(weights), str(meta)],
             pip_requirements=_requirements(),
             params={k: str(v) for k, v in (params or {}).items()},
+            # what a client of the model (or of `mlflow models serve`) needs besides the
+            # logits: mlflow.models.get_model_info(uri).metadata
+            metadata={
+                "class_names": list(info.class_names) or [str(c) for c in range(out_dim)],
+                "output": OUTPUT_DOC,
+            },
         )
         # registered here rather than by log_model: the version is created with its tags in
-        # one request instead of one request per tag
-        version = mlflow.register_model(
-            f"models:/{logged.model_id}", registered_name, tags=version_tags
-        ).version
+        # one request instead of one request per tag. MLflow prints two lines per registration
+        # to stderr; they are kept for -v (the cell's own line says what was registered)
+        with contextlib.redirect_stderr(io.StringIO()) as said:
+            version = mlflow.register_model(
+                f"models:/{logged.model_id}", registered_name, tags=version_tags
+            ).version
+        for line in said.getvalue().splitlines():
+            log.info("%s", line)
     return f"models:/{registered_name}/{version}"
 
 
@@ -422,7 +439,8 @@ def load_classifier(model_uri: str, device: torch.device | str) -> tuple[nn.Modu
     return model.to(device).eval(), info
 
 
-MAX_MODEL_INFO_BYTES = 65_536  # an ltexp_model.json is a few hundred bytes
+MAX_MODEL_INFO_BYTES = 1_048_576  # an ltexp_model.json: a few hundred bytes and the classes
+MAX_CLASS_NAME = 200
 
 
 def read_model_info(path: Path, model_uri: str) -> ModelInfo:
@@ -443,7 +461,8 @@ def read_model_info(path: Path, model_uri: str) -> ModelInfo:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, RecursionError):
         raise refuse("not JSON") from None
-    if not isinstance(raw, dict) or set(raw) != {f for f in ModelInfo.__dataclass_fields__}:
+    fields = set(ModelInfo.__dataclass_fields__)
+    if not isinstance(raw, dict) or not fields - {"class_names"} <= set(raw) <= fields:
         raise refuse(f"it needs exactly the fields {', '.join(ModelInfo.__dataclass_fields__)}")
 
     def integer(name: str, low: int, high: int) -> int:
@@ -467,13 +486,20 @@ def read_model_info(path: Path, model_uri: str) -> ModelInfo:
         raise refuse(f"unknown model {raw['model']!r:.40}") from None
     if raw["head"] not in HEADS:
         raise refuse(f"head must be one of {', '.join(HEADS)}")
+    num_classes = integer("num_classes", 2, 1_000_000)
+    names = raw.get("class_names", [])
+    if not isinstance(names, list) or (names and len(names) != num_classes):
+        raise refuse(f"class_names must be a list of {num_classes} names")
+    if not all(isinstance(n, str) and len(n) <= MAX_CLASS_NAME for n in names):
+        raise refuse(f"class_names must be names of at most {MAX_CLASS_NAME} characters")
     return ModelInfo(
         raw["model"],
-        integer("num_classes", 2, 1_000_000),
+        num_classes,
         raw["head"],
         integer("image_size", 8, 4096),
         triple("mean"),
         triple("std"),
+        tuple(names),
     )
 
 

@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 import torch
 
+import ltexp
 from ltexp.cli import main
 from ltexp.tracking import schema
+from ltexp.tracking.datasets import load_prepared
 from ltexp.tracking.registered_models import logged_model_id
 from tests.conftest import free_port
 
@@ -85,6 +87,26 @@ def test_the_three_loads_give_the_same_logits(trained, monkeypatch: pytest.Monke
     served = mlflow.pyfunc.load_model(CHAMPION).predict(x.numpy())
     assert torch.allclose(scripted, rebuilt, atol=1e-5)
     assert np.allclose(served, rebuilt.numpy(), atol=1e-5)
+
+
+def test_the_model_carries_its_class_names_for_a_client(trained) -> None:
+    """The issue: `mlflow models serve` answers bare logits and a client needed a side table.
+    The names travel with the model (its MLmodel metadata, and ltexp_model.json), and the
+    documented recipe turns a served answer into probabilities and names."""
+    cfg, result, _cell = trained
+    meta = mlflow.models.get_model_info(CHAMPION).metadata
+    data_run = mlflow.get_run(result.run_id).data.tags[schema.DATA_RUN]
+    prepared = load_prepared(data_run, cfg.data.data_root, False)
+    assert meta["class_names"] == prepared.class_names and len(meta["class_names"]) == 10
+    assert "softmax" in meta["output"] and "class_names" in meta["output"]
+    x = np.random.default_rng(1).normal(size=(4, 3, 32, 32)).astype(np.float32)
+    logits = mlflow.pyfunc.load_model(CHAMPION).predict(x)
+    probabilities = torch.softmax(torch.from_numpy(np.asarray(logits)), dim=1)
+    assert torch.allclose(probabilities.sum(1), torch.ones(4))
+    names = [meta["class_names"][i] for i in probabilities.argmax(1).tolist()]
+    with torch.no_grad():
+        expected = ltexp.load_model(CHAMPION)(torch.from_numpy(x)).argmax(1).tolist()
+    assert names == [prepared.class_names[i] for i in expected]
 
 
 @pytest.mark.slow
