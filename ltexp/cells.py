@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ltexp.config import Config, all_fields, axes, axis, registry_names, runtime_keys
+from ltexp.config.sections import STAGE2_EPOCHS
 from ltexp.errors import ConfigError, unknown_name_error
 
 _CODE_VERSION: str | None = None
@@ -186,7 +187,8 @@ def _stage2_settings(cfg: Config) -> dict[str, Any]:
     d = cfg.decouple
     if d.stage2 == "tau_norm":  # no training: only τ and its form matter
         return {"stage2_tau": d.stage2_tau, "stage2_tau_form": d.stage2_tau_form}
-    return {"stage2_epochs": d.stage2_epochs, "stage2_lr": d.stage2_lr}
+    # the epochs it will train: a default and its explicit value are one cell
+    return {"stage2_epochs": d.epochs(d.stage2), "stage2_lr": d.stage2_lr}
 
 
 def identity_hash(ident: Mapping[str, Any]) -> str:
@@ -247,9 +249,16 @@ def variant(ident: Mapping[str, Any]) -> str:
         parts.append(TUNED)
     fields = all_fields()
     for key in method_keys(str(ident.get("loss", "")), fields):
-        if key in ident and not _same(ident[key], fields[key].default):
+        if key in ident and not _same(ident[key], _default(key, ident, fields)):
             parts.append(f"{key}={_shown(ident[key])}")
     return "+".join(parts)
+
+
+def _default(key: str, ident: Mapping[str, Any], fields: Mapping[str, Any]) -> Any:
+    """An option's default for this cell: a second stage's epochs default per method."""
+    if key == "stage2_epochs":
+        return STAGE2_EPOCHS.get(str(ident.get("stage2")), fields[key].default)
+    return fields[key].default
 
 
 def _off(a: Any, ident: Mapping[str, Any]) -> bool:

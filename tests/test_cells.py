@@ -171,3 +171,19 @@ def test_unknown_grid_values_are_all_named_at_once() -> None:
     cfg = build_config("demo", {"models": "tiny_cnn,nope", "samplers": "instance,rare"})
     with pytest.raises(ConfigError, match=r"unknown model 'nope'.*unknown sampler 'rare'"):
         cells.grid_cells(cfg)
+
+
+def test_a_second_stage_trains_its_paper_s_epochs_and_the_default_is_one_cell() -> None:
+    """Kang et al.'s released configs: cRT 10 epochs, LWS 5 (config/*/cls_lws.yaml)."""
+    base = build_config("demo")
+    plain = cells.identity(base, "d" * 64)
+    crt = cells.stage2_identity(plain, base.replace(stage2="crt"))
+    lws = cells.stage2_identity(plain, base.replace(stage2="lws"))
+    assert crt["stage2_epochs"] == 10 and lws["stage2_epochs"] == 5
+    # the default and the same number given are one cell, named without the option
+    given_5 = cells.stage2_identity(plain, base.replace(stage2="lws", stage2_epochs=5))
+    assert cells.identity_hash(given_5) == cells.identity_hash(lws)
+    assert cells.variant(lws) == "lws"
+    other = cells.stage2_identity(plain, base.replace(stage2="lws", stage2_epochs=10))
+    assert cells.variant(other) == "lws+stage2_epochs=10"
+    assert cells.identity_hash(other) != cells.identity_hash(lws)

@@ -365,14 +365,18 @@ class TuneConfig:
 
 # the second stages of Kang et al. 2020 (ltexp/training/decoupling.py implements them)
 STAGE2_METHODS = ("crt", "tau_norm", "lws")
+# epochs of the methods that train, as Kang et al.'s released configs set them
+# (facebookresearch/classifier-balancing, config/*/cls_crt.yaml and cls_lws.yaml)
+STAGE2_EPOCHS = {"crt": 10, "lws": 5}
 
 
 @dataclass(frozen=True)
 class DecoupleConfig:
     """The second stage of Kang et al. 2020 (``ltexp decouple``, ltexp/training/decoupling.py).
 
-    Defaults are the paper's: 10 epochs of class-balanced classifier re-training with a cosine
-    schedule; τ chosen on the validation set.
+    Defaults are the paper's: class-balanced classifier re-training with a cosine schedule for
+    10 epochs (cRT) or 5 (LWS), as their released configs set them; τ chosen on the validation
+    set.
     """
 
     stage2: str = _opt(
@@ -382,8 +386,11 @@ class DecoupleConfig:
         choices=("none", *STAGE2_METHODS),
         commands=("train", "decouple"),  # a study's second stages are study_stage2
     )
-    stage2_epochs: int = _opt(
-        10, "epochs of cRT and LWS (Kang et al. 2020: 10)", low=1, method=True
+    stage2_epochs: int | None = _opt(
+        None,
+        "epochs of cRT and LWS (default: Kang et al. 2020's configs, cRT 10 and LWS 5)",
+        low=1,
+        method=True,
     )
     stage2_lr: float | None = _opt(
         None,
@@ -408,6 +415,10 @@ class DecoupleConfig:
         choices=("kang", "keep_bias"),
         method=True,
     )
+
+    def epochs(self, method: str) -> int:
+        """The epochs of ``method`` (crt or lws): the option, else its paper's."""
+        return self.stage2_epochs or STAGE2_EPOCHS[method]
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,7 @@ def run_decouple(
     base = cfg.replace(**{k: params[k] for k in STAGE1_OPTIONS if k in params})
     t = base.train
     lr = d.stage2_lr or t.lr
+    epochs = d.epochs(method) if method != "tau_norm" else 0
     identity = cells.stage2_identity(stage1_identity(stage1), cfg)
     chash = decouple_hash(stage1.info.run_id, identity)
     exp_id = stage1.info.experiment_id
@@ -163,7 +164,7 @@ def run_decouple(
                 train=True,
                 seed=t.seed,
                 sampler="class_balanced",  # cRT and LWS re-balance by sampling
-                epochs=d.stage2_epochs,
+                epochs=epochs,
                 augment=resolve_augment(t.augment, prepared),
                 max_resident_bytes=resident_budget(cfg.runtime.data_on_device_gb, device),
                 **batch,
@@ -177,7 +178,7 @@ def run_decouple(
                 val_batches,
                 stage1=base,
                 lr=lr,
-                epochs=d.stage2_epochs,
+                epochs=epochs,
                 class_counts=prepared.class_counts(training_set),
                 groups=prepared.groups(),
                 amp=amp,
@@ -191,13 +192,13 @@ def run_decouple(
                     "%s epoch %d/%d  val_acc1 %.4f",
                     method,
                     result.epoch,
-                    d.stage2_epochs,
+                    epochs,
                     result.metrics[schema.VAL_ACC1],
                 )
         settings = (
             {"stage2_tau": tau, "stage2_tau_form": d.stage2_tau_form}
             if tau is not None
-            else {"stage2_epochs": d.stage2_epochs, "stage2_lr": lr}
+            else {"stage2_epochs": epochs, "stage2_lr": lr}
         )
         stage1_params = {k: v for k, v in params.items() if k not in schema.MODEL_DIGEST_PARAMS}
         runs.log_params(
