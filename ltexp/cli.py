@@ -39,6 +39,8 @@ COMMAND_HELP = {
     "tune": "search one cell's hyper-parameters on the validation set (Optuna; trials are runs)",
     "decouple": "re-balance a trained model's classifier: cRT, tau-normalisation or LWS "
     "(Kang et al. 2020; a decouple run registered as stage 2, then a child evaluate run)",
+    "plan": "say what `main` with the same options would run, reuse and resume, what it would "
+    "cost on this device and what is missing, without creating any run (exit 1: not ready)",
     "bench": "measure training throughput (model-only ceiling vs ltexp's real training step), "
     "or where a whole study's wall clock goes (--study, --tune)",
 }
@@ -121,6 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
             help="also print each epoch, each registration and libraries' notices (by default: "
             "one line per cell and per step, and warnings); -P verbose=true under mlflow run",
         )
+    plan = sub.add_parser("plan", help=COMMAND_HELP["plan"], description=COMMAND_HELP["plan"])
+    _add_config_options(plan, "main")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON, for scripts")
+    plan.add_argument(
+        "--bench-file",
+        "--bench_file",
+        dest="bench_file",
+        default="",
+        help="speeds from `ltexp bench --json` (default: measure each backbone's training step, "
+        "a few seconds each)",
+    )
+    plan.add_argument("-v", "--verbose", nargs="?", const="true", default="", help="more output")
     bench = sub.add_parser("bench", help=COMMAND_HELP["bench"], description=COMMAND_HELP["bench"])
     from ltexp.bench import add_bench_arguments
 
@@ -129,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    skip = {"command", "preset", "parent_run_id", "tuned_from", "verbose"}
+    skip = {"command", "preset", "parent_run_id", "tuned_from", "verbose", "json", "bench_file"}
     values = {k: ",".join(v) if isinstance(v, list) else v for k, v in vars(args).items()}
     return {k: v for k, v in values.items() if k not in skip and v != ""}
 
@@ -143,7 +157,7 @@ def command_config(args: argparse.Namespace) -> Config:
 def default_preset(command: str) -> str:
     """``main`` runs the embedded demo (no download, a CPU is enough); every other command runs
     the protocol (CIFAR-100, the pretrained backbones) unless a preset says otherwise."""
-    return DEMO_PRESET if command == "main" else PROTOCOL_PRESET
+    return DEMO_PRESET if command in ("main", "plan") else PROTOCOL_PRESET
 
 
 def _print(line: str) -> None:
@@ -216,6 +230,14 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
         print(f"results table: {result.results_view}{hint}")
         return 0
 
+    def plan(cfg: Config, args: argparse.Namespace) -> int:
+        from ltexp.steps.plan import make_plan, record_on_launched_run
+
+        result = make_plan(cfg, bench_file=args.bench_file)
+        record_on_launched_run(result)
+        print(result.to_json() if args.json else result.text())
+        return 0 if result.ready else 1
+
     def tune(cfg: Config, args: argparse.Namespace) -> int:
         from ltexp.steps.tune import run_tune
 
@@ -238,6 +260,7 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
         "aggregate": aggregate,
         "main": main_,
         "tune": tune,
+        "plan": plan,
     }
 
 
@@ -284,7 +307,8 @@ def _main(argv: Sequence[str] | None) -> int:
         from ltexp.tracking.runs import bounded_retries, prepare_store
 
         bounded_retries()
-        prepare_store()
+        if args.command != "plan":  # a store that does not answer is one line of the plan
+            prepare_store()
         return _handlers()[args.command](cfg, args)
     except LtexpError as e:
         from ltexp.tracking.runs import redact, tag_refusal

@@ -49,3 +49,18 @@ def resident_budget(gib: float | None, device: object) -> int | None:
     if getattr(device, "type", str(device)) != "cuda":
         return None
     return free_memory(str(device)) // 2
+
+
+def reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds: one probe
+    before a download, instead of a client's minute of retries."""
+    import socket
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False

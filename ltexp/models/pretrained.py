@@ -8,8 +8,6 @@ folder, the file expected, and the ways out.
 
 from __future__ import annotations
 
-import socket
-import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ltexp import resources
 from ltexp.errors import OFFLINE_ALTERNATIVE, ConfigError, WeightsError
 from ltexp.models.registry import ModelSpec, register_model, register_prefix
 
@@ -37,6 +36,12 @@ def _torchvision(builder_name: str, weights_name: str) -> Callable[[bool], nn.Mo
         weights = tvm.get_weight(weights_name)
         cache = Path(torch.hub.get_dir()) / "checkpoints"
         expected = cache / Path(weights.url).name
+        if not expected.is_file() and not resources.reachable(weights.url):
+            host = "/".join(weights.url.split("/")[:3])
+            raise WeightsError(
+                f"pretrained weights {weights_name} are not in the cache {str(cache)!r} "
+                f"(expected {expected.name}) and {host} is not reachable; {_WAYS_OUT}"
+            )
         try:
             return builder(weights=weights)
         except Exception as e:  # noqa: BLE001 - turned into one clear line below
@@ -63,7 +68,7 @@ def _timm(model_name: str) -> Callable[[bool], nn.Module]:
             return timm.create_model(model_name, pretrained=False)
         from huggingface_hub import constants
 
-        unreachable = not constants.HF_HUB_OFFLINE and not _reachable(constants.ENDPOINT)
+        unreachable = not constants.HF_HUB_OFFLINE and not resources.reachable(constants.ENDPOINT)
         if unreachable:
             # one probe instead of the hub client's minute of retries and warnings; weights
             # already in the cache still load offline
@@ -83,17 +88,6 @@ def _timm(model_name: str) -> Callable[[bool], nn.Module]:
             ) from None
 
     return create
-
-
-def _reachable(url: str, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds."""
-    parts = urllib.parse.urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _first_line(e: BaseException) -> str:

@@ -332,6 +332,7 @@ PER_CLASS_TABLE = "per_class_accuracy.json"
 CONFUSION_FIGURE = "confusion_matrix.png"
 PREDICTIONS_ARTIFACT = "predictions.npz"
 REPORT_ARTIFACT_DIR = "report"
+PLAN_ARTIFACT = "plan.json"  # on the run `mlflow run -e plan` creates (ltexp plan creates none)
 # the report as one self-contained page, which the UI's artifact view displays
 REPORT_HTML = f"{REPORT_ARTIFACT_DIR}/report.html"
 

@@ -107,12 +107,12 @@ def test_an_unreachable_hub_is_said_at_once_without_retries(
     before the clear line. One probe of the hub now decides, and the line says why."""
     import huggingface_hub.constants as hc
 
-    from ltexp.models import pretrained
+    from ltexp import resources
 
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)  # as a user's shell has it
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hf"))
     probed: list[str] = []
-    monkeypatch.setattr(pretrained, "_reachable", lambda url: probed.append(url) or False)
+    monkeypatch.setattr(resources, "reachable", lambda url: probed.append(url) or False)
     with pytest.raises(WeightsError, match=r"huggingface\.co is not reachable"):
         build_model("vit_b16", 100, pretrained=True)
     assert probed == [hc.ENDPOINT] and hc.HF_HUB_OFFLINE is True
@@ -120,14 +120,14 @@ def test_an_unreachable_hub_is_said_at_once_without_retries(
 
 
 def test_reachable_is_a_tcp_connection() -> None:
-    from ltexp.models.pretrained import _reachable
+    from ltexp.resources import reachable
 
     with socket.socket() as listening:
         listening.bind(("127.0.0.1", 0))
         listening.listen()
         port = listening.getsockname()[1]
-        assert _reachable(f"http://127.0.0.1:{port}")
-    assert not _reachable(f"http://127.0.0.1:{port}", timeout=1)  # closed now
+        assert reachable(f"http://127.0.0.1:{port}")
+    assert not reachable(f"http://127.0.0.1:{port}", timeout=1)  # closed now
 
 
 def test_local_weights_round_trip(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 
 from ltexp.steps.study import run_study
 from ltexp.tracking import schema
@@ -155,12 +156,15 @@ def test_study_with_workers_against_a_postgres_tracking_server(
 
 @pytest.mark.slow
 def test_torchrun_data_parallel_run_on_cpu(tmp_path: Path) -> None:
-    """``torchrun --nproc_per_node=2`` (gloo): one run, logged by rank 0 only."""
+    """``torchrun --nproc_per_node=2`` (gloo), with a sampler and a mixing axis: one run, logged
+    by rank 0 only, whose registered model loads and was evaluated."""
     from tests.conftest import tiny_args
 
     torchrun = Path(sys.executable).parent / "torchrun"
     args = [str(torchrun), "--nproc_per_node=2", "-m", "ltexp", "train"]
-    args += tiny_args(tmp_path, epochs=2, train_split="balanced")
+    args += tiny_args(
+        tmp_path, epochs=2, train_split="balanced", sampler="class_balanced", mixing="mixup"
+    )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = subprocess.run(
         args,
@@ -179,3 +183,10 @@ def test_torchrun_data_parallel_run_on_cpu(tmp_path: Path) -> None:
     history = mlflow.MlflowClient().get_metric_history(train.info.run_id, "train_loss")
     assert sorted(m.step for m in history) == [1, 2]
     assert len(list((tmp_path / "ckpt").glob("*/last.pt"))) == 1
+    assert train.data.params["sampler"] == "class_balanced"
+    assert train.data.params["mixing"] == "mixup"
+    import ltexp
+
+    mlflow.set_tracking_uri(uri)
+    model = ltexp.load_model(train.data.tags[schema.MODEL_URI])
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
