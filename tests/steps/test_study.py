@@ -193,3 +193,22 @@ def test_mlflow_run_entry_points(tmp_path: Path) -> None:
         text=True,
     )
     assert ok.returncode == 0, ok.stderr[-2000:]
+    # the plan of the study that ran: its cell reused; MLflow's own run holds the plan
+    grid = ["-P", "models=tiny_cnn", "-P", "losses=ldam", "-P", "train_splits=lt"]
+    grid += ["-P", "epochs=1", "-P", f"checkpoint_dir={tmp_path / 'ckpt'}"]
+    planned = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "plan", *grid, *common],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    assert "1 cells: 0 new, 0 resumed, 1 reused" in planned.stdout
+    (plan_run,) = mlflow.search_runs(
+        search_all_experiments=True,
+        output_format="list",
+        filter_string="attributes.run_name = 'plan-demo-digits'",
+    )
+    plan = mlflow.artifacts.load_dict(f"runs:/{plan_run.info.run_id}/plan.json")
+    assert plan["ready"] is True and plan["cells"][0]["status"] == "reused"
