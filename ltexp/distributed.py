@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ltexp import accelerator
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -47,7 +49,7 @@ def init(ctx: DistContext, device: torch.device) -> None:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(
-            "nccl" if device.type == "cuda" else "gloo", rank=ctx.rank, world_size=ctx.world_size
+            accelerator.process_group_backend(device), rank=ctx.rank, world_size=ctx.world_size
         )
 
 

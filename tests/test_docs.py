@@ -61,3 +61,29 @@ def test_the_ui_screenshots_were_made_by_the_current_commands() -> None:
     # the pictures are of the address a study prints: the view ltexp saves
     view = module.commands("http://ui", "#/experiments/1/runs?x")["ui_runs_table.png"][-1]
     assert view == "http://ui/#/experiments/1/runs?x"
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_its_steps_on_the_cpu(tmp_path: Path) -> None:
+    """scripts/gpu_check.py --smoke: the bench, a cell with bf16 and channels_last, a kill -9
+    and resume, written to one JSON (on a GPU the same steps run the protocol's models)."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "smoke.json"
+    done = subprocess.run(
+        [sys.executable, str(root / "scripts" / "gpu_check.py"), "--smoke", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["ok"] and report["device"] == "cpu"
+    assert report["bench"]["results"][0]["model"] == "tiny_cnn"
+    assert report["cell"]["loaded_output_shape"] == "(2, 10)"
+    resume = report["resume"]
+    # the checkpoint of every epoch in the store was written before its metrics were sent
+    assert resume["resumed_from_epoch"] >= resume["killed_after_epoch"] >= 1

@@ -8,7 +8,7 @@ from pathlib import Path
 
 LTEXP = Path(__file__).resolve().parent.parent / "ltexp"
 STEPS = {"prepare_data", "train", "evaluate", "aggregate", "decouple"}
-ORCHESTRATORS = {"study", "tune"}
+ORCHESTRATORS = {"study", "tune", "plan"}  # plan: what study would do, without doing it
 
 
 def _imported_steps(path: Path) -> set[str]:
@@ -41,7 +41,16 @@ def test_steps_import_no_step_and_the_library_imports_none() -> None:
 # inside functions: a deferred import is still a dependency). A package's modules are in its
 # layer unless a module is named on its own (``ltexp.tracking.schema`` is only names).
 LAYERS = (
-    ("errors", "discover", "progress", "resources", "checkpoint", "distributed", "timing"),
+    (
+        "errors",
+        "discover",
+        "progress",
+        "resources",
+        "accelerator",
+        "checkpoint",
+        "distributed",
+        "timing",
+    ),
     ("data", "losses", "models"),
     ("config",),
     ("tracking.schema",),

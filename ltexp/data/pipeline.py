@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ltexp import accelerator
 from ltexp.data.samplers import sample_order
 
 # The protocol normalises every dataset with these channel statistics (SPEC.md: the thesis's
@@ -38,7 +39,7 @@ def to_tensor_images(images: np.ndarray | Tensor, device: torch.device | str) ->
     x = torch.as_tensor(images)
     if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
         raise ValueError(f"images must be uint8 (N, H, W, 3), got {x.dtype} {list(x.shape)}")
-    return x.to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous()
+    return accelerator.to_device(x, device).permute(0, 3, 1, 2).contiguous()
 
 
 def crop_flip(x: Tensor, offsets: Tensor, flip: Tensor, padding: int) -> Tensor:
@@ -175,10 +176,8 @@ class TensorBatches:
         nbytes = int(np.prod(images.shape))  # uint8: a byte per value
         self.streamed = max_resident_bytes is not None and nbytes > max_resident_bytes
         if self.streamed:
-            self.images = _host_images(images, pin=self.device.type == "cuda")
-            self.copy_stream = (
-                torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-            )
+            self.images = accelerator.host_buffer(_host_images(images), self.device)
+            self.copy_stream = accelerator.copy_stream(self.device)
         else:
             self.images = to_tensor_images(images, self.device)
         self.cpu_labels = torch.as_tensor(labels, dtype=torch.long).cpu()
@@ -229,9 +228,9 @@ class TensorBatches:
             order = torch.cat([order, order[: total - n]])[shard]
             offsets, flip = offsets[shard], flip[shard]
         return EpochPlan(
-            order.to(self.device, non_blocking=True),
-            offsets.to(self.device, non_blocking=True),
-            flip.to(self.device, non_blocking=True),
+            accelerator.to_device(order, self.device),
+            accelerator.to_device(offsets, self.device),
+            accelerator.to_device(flip, self.device),
             order,
         )
 
@@ -272,31 +271,18 @@ class TensorBatches:
         """``(B, 3, H, W)`` uint8 batches on the device, gathered on the host; on a GPU the next
         batch is copied on a side stream while the current one trains."""
         order = plan.cpu_order if plan.cpu_order is not None else plan.order.cpu()
-        starts = range(0, len(order), self.batch_size)
-        if self.copy_stream is None:
-            for start in starts:
-                yield self.images[order[start : start + self.batch_size]].permute(0, 3, 1, 2)
-            return
-        pending = None
-        for start in [*starts, None]:
-            ready = pending
-            if start is not None:
-                host = self.images[order[start : start + self.batch_size]].pin_memory()
-                with torch.cuda.stream(self.copy_stream):
-                    copied = host.to(self.device, non_blocking=True)
-                    done = torch.cuda.Event()
-                    done.record(self.copy_stream)
-                pending = (copied, done, host)
-            if ready is not None:
-                copied, done, _host = ready  # the pinned source lives until its copy is done
-                torch.cuda.current_stream(self.device).wait_event(done)
-                copied.record_stream(torch.cuda.current_stream(self.device))
-                yield copied.permute(0, 3, 1, 2)
+        # a generator: each host batch is gathered only when the prefetch asks for it
+        host = (
+            self.images[order[start : start + self.batch_size]]
+            for start in range(0, len(order), self.batch_size)
+        )
+        for batch in accelerator.prefetched(host, self.device, self.copy_stream):
+            yield batch.permute(0, 3, 1, 2)
 
 
-def _host_images(images: np.ndarray | Tensor, pin: bool) -> Tensor:
-    """``(N, H, W, 3)`` uint8 kept on the host (pinned for fast copies to a GPU)."""
+def _host_images(images: np.ndarray | Tensor) -> Tensor:
+    """``(N, H, W, 3)`` uint8 kept on the host."""
     x = torch.as_tensor(np.ascontiguousarray(images) if isinstance(images, np.ndarray) else images)
     if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
         raise ValueError(f"images must be uint8 (N, H, W, 3), got {x.dtype} {list(x.shape)}")
-    return x.pin_memory() if pin else x
+    return x

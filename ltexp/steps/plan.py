@@ -100,6 +100,11 @@ class Plan:
             f"checkpoint disk: {self.disk_needed / 2**30:.2f} GiB needed, "
             f"{self.disk_free / 2**30:.1f} GiB free"
         )
+        if self.device.startswith("cuda"):
+            lines.append(
+                "GPU paths ltexp's CI cannot run (fused Adam, pinned memory, NCCL, bf16 on CUDA): "
+                "check them once with `python scripts/gpu_check.py` (under 10 minutes)"
+            )
         lines += [f"missing: {p}" for p in self.problems]
         lines.append("ready to start" if self.ready else "not ready: see the missing lines above")
         return "\n".join(lines)

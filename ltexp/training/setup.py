@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ltexp import accelerator
 from ltexp.config import Config
 from ltexp.errors import ConfigError, unknown_name_error
 from ltexp.resources import check_fits, image_batch_bytes
@@ -193,18 +194,20 @@ def make_optimizer(
     momentum: float,
     device: torch.device,
 ) -> torch.optim.Optimizer:
-    """Adam / AdamW / SGD; fused kernels on CUDA (one launch for all parameters)."""
-    fused = {"fused": True} if device.type == "cuda" else {}
+    """Adam / AdamW / SGD (on CUDA with fused kernels: :mod:`ltexp.accelerator`)."""
+    options = accelerator.optimizer_options(device)
     if name == "adam":
         return torch.optim.Adam(
-            params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **fused
+            params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **options
         )
     if name == "adamw":
         return torch.optim.AdamW(
-            params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **fused
+            params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **options
         )
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **fused)
+        return torch.optim.SGD(
+            params, lr=lr, momentum=momentum, weight_decay=weight_decay, **options
+        )
     raise ConfigError(f"unknown optimizer {name!r}; valid: adam, adamw, sgd")
 
 
