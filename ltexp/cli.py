@@ -114,15 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if command == "train":  # a study's worker: the search whose values this cell uses
             p.add_argument("--tuned-from", dest="tuned_from", default=None, help=argparse.SUPPRESS)
-        p.add_argument(
-            "-v",
-            "--verbose",
-            nargs="?",
-            const="true",
-            default="",
-            help="also print each epoch, each registration and libraries' notices (by default: "
-            "one line per cell and per step, and warnings); -P verbose=true under mlflow run",
-        )
+        _add_verbose(p)
     plan = sub.add_parser("plan", help=COMMAND_HELP["plan"], description=COMMAND_HELP["plan"])
     _add_config_options(plan, "main")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON, for scripts")
@@ -134,12 +126,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="speeds from `ltexp bench --json` (default: measure each backbone's training step, "
         "a few seconds each)",
     )
-    plan.add_argument("-v", "--verbose", nargs="?", const="true", default="", help="more output")
+    _add_verbose(plan)
     bench = sub.add_parser("bench", help=COMMAND_HELP["bench"], description=COMMAND_HELP["bench"])
     from ltexp.bench import add_bench_arguments
 
     add_bench_arguments(bench)
     return parser
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        nargs="?",
+        const="true",
+        default="",
+        help="also print each epoch, each registration and libraries' notices (by default: "
+        "one line per cell and per step, and warnings); -P verbose=true under mlflow run",
+    )
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -19,6 +19,7 @@ docs/performance.md); plus :data:`STUDY_OVERHEAD_S` once (imports, data, the rep
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -212,14 +213,16 @@ def _data(cfg: Config, problems: list[str]) -> Any:
         source = load_source(d.dataset, d.data_root, False, **cfg.dataset_options())
         return prepare(source, protocol(cfg, source))[0]
     except LtexpError as e:
-        line = str(e)
-        if d.download and "cifar" in d.dataset:
-            from ltexp.resources import reachable
+        from ltexp.data.cifar import CIFAR10, CIFAR100
+        from ltexp.resources import reachable
 
-            host = "https://www.cs.toronto.edu"
+        line = str(e)
+        release = {r.name: r for r in (CIFAR100, CIFAR10)}.get(d.dataset)
+        if d.download and release is not None:
+            host = "/".join(release.url.split("/")[:3])
             line += (
                 f" (it downloads from {host}, which answers)"
-                if reachable(host)
+                if reachable(release.url)
                 else f" ({host}, where it downloads from, does not answer here)"
             )
         problems.append(f"data: {line}")
@@ -357,9 +360,11 @@ def _cost(
     tests = ("test_balanced", "test_lt")
     evaluated = sum(len(prepared.splits[s]) for s in tests if prepared.has(s))
     val = len(prepared.splits["val"]) if prepared.has("val") else 0
-    epochs = cfg.decouple.epochs(cfg.decouple.stage2) if second_stage else t.epochs
-    if second_stage and cfg.decouple.stage2 == "tau_norm":
-        epochs = 0
+    method = cfg.decouple.stage2
+    if not second_stage:
+        epochs = t.epochs
+    else:  # tau_norm trains nothing: it rescales the classifier's rows
+        epochs = 0 if method == "tau_norm" else cfg.decouple.epochs(method)
     # a second stage trains the classifier only: its backward pass stops at the head
     step = speed * (EVAL_SPEEDUP if second_stage else 1.0)
     images = epochs * train
@@ -396,14 +401,18 @@ def _store_state(
 def _checkpoint_bytes(cfg: Config) -> int:
     """A cell's checkpoints: the best weights and the last state (weights and Adam's two
     moments), in fp32."""
+    return _parameters(cfg.train.model) * 4 * (1 + 3)
+
+
+@functools.cache
+def _parameters(model: str) -> int:
+    """Parameters of ``model`` (built on the meta device: no memory, no weights)."""
     import torch
 
     from ltexp.models import build_model
 
     with torch.device("meta"):
-        model = build_model(cfg.train.model, 100, pretrained=False)
-    n = sum(p.numel() for p in model.parameters())
-    return n * 4 * (1 + 3)
+        return sum(p.numel() for p in build_model(model, 100, pretrained=False).parameters())
 
 
 def _existing(folder: Path) -> Path:

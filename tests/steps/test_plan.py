@@ -29,7 +29,7 @@ def _all_runs() -> list:
 
 
 def _config(tmp_path: Path, **extra: object):
-    return build_config("demo", tiny_overrides(tmp_path, **GRID, **extra))
+    return build_config("demo", tiny_overrides(tmp_path, **{**GRID, **extra}))
 
 
 def test_a_new_store_plans_every_cell_and_creates_no_run(tmp_path: Path, tracking: str) -> None:
@@ -165,3 +165,15 @@ def test_the_estimate_is_within_a_factor_two_of_the_real_study(tmp_path: Path) -
     assert done.returncode == 0, done.stderr[-2000:]
     print(f"plan estimate {estimate:.0f} s, real {real:.0f} s")
     assert 0.5 <= real / estimate <= 2.0, (real, estimate)
+
+
+def test_second_stages_are_planned_with_their_own_epochs(tmp_path: Path, tracking: str) -> None:
+    """τ-norm trains nothing; LWS its 5 epochs (Kang et al.'s configs) over the training set."""
+    cfg = _config(tmp_path, losses="ce", train_splits="lt", study_stage2="none,tau_norm,lws")
+    plan = make_plan(cfg, measure=lambda cfg: 1000.0)
+    by_stage = {c.identity.get("stage2", "none"): c for c in plan.cells}
+    assert set(by_stage) == {"none", "tau_norm", "lws"}
+    assert by_stage["none"].images == 2 * TRAIN_IMAGES["lt"]
+    assert by_stage["tau_norm"].images == 0
+    assert by_stage["lws"].images == 5 * TRAIN_IMAGES["lt"]
+    assert all(c.status == "new" for c in plan.cells) and plan.seconds is not None

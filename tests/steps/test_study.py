@@ -174,35 +174,27 @@ def test_mlflow_run_entry_points(tmp_path: Path) -> None:
         filter_string="tags.`ltexp.step` = 'train'",
     )[0]
     assert train.data.params["head"] == "linear"  # the protocol's head, for ldam too
-    bad = subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train", "-P", "lr=-1", *common],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
+
+    def mlflow_run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "mlflow", "run", str(REPO), *args, *common],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+
+    bad = mlflow_run("-e", "train", "-P", "lr=-1")
     assert bad.returncode != 0 and "lr must be > 0" in bad.stderr
     # values as a user types them: MLflow logs them raw, ltexp normalised; both are one value
     typed = ["-P", "deterministic=yes", "-P", "betas=.9,.999", "-P", "epochs=1"]
     typed += ["-P", "preset=demo", "-P", f"checkpoint_dir={tmp_path / 'ckpt'}"]
-    ok = subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "train", *typed, *common],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
+    ok = mlflow_run("-e", "train", *typed)
     assert ok.returncode == 0, ok.stderr[-2000:]
     # the plan of the study that ran: its cell reused; MLflow's own run holds the plan
     grid = ["-P", "models=tiny_cnn", "-P", "losses=ldam", "-P", "train_splits=lt"]
     grid += ["-P", "epochs=1", "-P", f"checkpoint_dir={tmp_path / 'ckpt'}"]
-    planned = subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "plan", *grid, *common],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
+    planned = mlflow_run("-e", "plan", *grid)
     assert planned.returncode == 0, planned.stderr[-2000:]
     assert "1 cells: 0 new, 0 resumed, 1 reused" in planned.stdout
     (plan_run,) = mlflow.search_runs(
