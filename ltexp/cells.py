@@ -32,7 +32,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from ltexp.config import Config, all_fields, axes, axis, registry_names, runtime_keys
+from ltexp.config import (
+    Config,
+    added_keys,
+    all_fields,
+    axes,
+    axis,
+    registry_names,
+    runtime_keys,
+)
 from ltexp.config.sections import STAGE2_EPOCHS
 from ltexp.errors import ConfigError, unknown_name_error
 
@@ -128,6 +136,14 @@ def grid_cells(cfg: Config) -> list[Cell]:
 
 
 def _known(registry: str, value: Any) -> bool:
+    if registry == "finetunes":  # freeze:<k> is a family
+        from ltexp.models.finetune import parse_finetune
+
+        try:
+            parse_finetune(value)
+        except ConfigError:
+            return False
+        return True
     if registry == "models":  # timm:<name> is a family, resolved on demand
         from ltexp.models import model_spec
 
@@ -145,11 +161,16 @@ def _known(registry: str, value: Any) -> bool:
 def settings(cfg: Config) -> dict[str, Any]:
     """Every option of ``cfg`` that changes what a train run computes, by flat key: the train
     options, the arithmetic precision, the resolved image size, the loss's own
-    hyper-parameters (``focal_gamma``). Runtime-only options are left out."""
+    hyper-parameters (``focal_gamma``). Runtime-only options are left out, and so are options
+    added after runs were recorded while they are at their default (``added=`` in
+    :mod:`ltexp.config`): a run recorded before ``finetune`` existed is the ``full`` cell."""
     from ltexp.models import input_size
 
     nested = cfg.to_dict(("train", "runtime"))
     out = _without_runtime({**nested["train"], **nested["runtime"]})
+    for key, default in added_keys().items():
+        if key in out and _same(out[key], default):
+            del out[key]
     out["image_size"] = input_size(cfg.train.model, cfg.train.image_size)
     out.update(cfg.loss_settings())
     return out
@@ -244,7 +265,7 @@ def variant(ident: Mapping[str, Any]) -> str:
     """What makes a cell other than its plain thesis cell, joined by ``+`` (empty for a plain
     cell): each axis off its plain value (``class_balanced``, ``crt``), ``tuned``, then each
     method option off its default (``head=cosine``, ``drw_epoch=160``, ``focal_gamma=1``)."""
-    parts = [str(ident[a.key]) for a in axes() if a.plain is not None and _off(a, ident)]
+    parts = [a.named(ident[a.key]) for a in axes() if a.plain is not None and _off(a, ident)]
     if ident.get(TUNED):
         parts.append(TUNED)
     fields = all_fields()

@@ -99,11 +99,14 @@ def predict_test_sets(
     amp: torch.dtype | None,
     channels_last: bool = False,
     adjust: Callable[[Any], Any] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``(labels, logits)`` of each split (float32 NumPy); a split the set lacks has no rows.
 
     Args:
         adjust: applied to each split's logits (a post-hoc logit adjustment), or None.
+        mean, std: the model's input normalisation (default: the protocol's).
     """
     import torch
 
@@ -124,6 +127,7 @@ def predict_test_sets(
             image_size=image_size,
             dtype=amp or torch.float32,
             channels_last=channels_last,
+            **({"mean": tuple(mean), "std": tuple(std)} if mean is not None else {}),
         )
         logits = predict(model, batches, amp, desc=f"evaluate {split}")
         if adjust is not None:

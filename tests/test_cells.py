@@ -33,6 +33,10 @@ GRIDS = st.fixed_dictionaries(
         "seeds": _values([1, 7, 42]),
         "samplers": _values(list(SAMPLERS)),
         "study_mixing": _values(list(MIXINGS)),
+        "finetunes": _values(
+            ["full", "linear", "freeze:1", "freeze:2", "gradual", "bitfit", "lora"]
+        ),
+        "normalizations": _values(["cifar", "weights"]),
         "study_stage2": _values(["none", *METHODS]),
     }
 )
@@ -48,6 +52,11 @@ SETTINGS = st.fixed_dictionaries(
         "epochs": st.integers(1, 4),
         "mixing_alpha": st.sampled_from([0.4, 1.0]),
         "image_size": st.sampled_from([32, 40]),
+        "llrd": st.sampled_from([0.65, 1.0]),
+        "lora_rank": st.sampled_from([4, 8]),
+        "label_smoothing": st.sampled_from([0.0, 0.1]),
+        "warmup_epochs": st.integers(0, 2),
+        "gradual_epochs": st.integers(1, 3),
     },
 )
 

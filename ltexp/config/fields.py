@@ -27,6 +27,7 @@ def _opt(
     commands: tuple[str, ...] = (),
     also_under: str = "",
     key: str = "",
+    added: str = "",
 ) -> Any:
     """A config field: default, one-line help, checks, and what the field is.
 
@@ -40,6 +41,9 @@ def _opt(
         also_under: a YAML section where presets written before the field moved may still give it.
         key: the flat name (``-P key=…``, ``--key``) when the field's own name is another
             section's key (``study.mixing`` is ``study_mixing``; ``mixing`` is the cell's).
+        added: the ltexp version that added an option of what a run computes. Runs recorded
+            before it have no value for it, so a cell's identity leaves it out while it is at
+            its default: those runs stay the same cells, never trained again.
     """
     meta = {
         "help": help,
@@ -54,6 +58,7 @@ def _opt(
         "commands": commands,
         "also_under": also_under,
         "key": key,
+        "added": added,
     }
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -81,6 +86,7 @@ class FieldSpec:
     also_under: str = ""
     method: bool = False
     owner: str = ""  # the loss or dataset of a registry-declared field; the axis of a grid option
+    added: str = ""  # the version that added it: left out of an identity at its default
 
     def help_text(self) -> str:
         """The help, with the registry's names when the field takes one."""
@@ -124,6 +130,10 @@ def registry_names(registry: str) -> list[str]:
         from ltexp.data.splits import TRAINING_SETS
 
         return list(TRAINING_SETS)
+    if registry == "finetunes":
+        from ltexp.models.finetune import FINETUNE_MODES
+
+        return list(FINETUNE_MODES)
     if registry == "second_stages":
         from ltexp.config.sections import STAGE2_METHODS
 

@@ -34,6 +34,9 @@ class Axis:
             trained cell's model afterwards (a decouple run).
         options: the options that belong to the axis's values (a second stage's epochs): a
             cell that sets them is still that value of the axis, named with them.
+        name_format: how a variant names a value off the plain one (``norm_{}``: a bare
+            ``weights`` would not say what it is); a ``:`` in the value is dropped
+            (``freeze:2`` is ``freeze2``: registered-model names take no colon).
     """
 
     key: str
@@ -46,6 +49,11 @@ class Axis:
     registry: str = ""
     stage: int = 1
     options: tuple[str, ...] = ()
+    name_format: str = "{}"
+
+    def named(self, value: Any) -> str:
+        """The value as a variant names it."""
+        return self.name_format.format(str(value).replace(":", ""))
 
 
 AXES: tuple[Axis, ...] = (  # read with axes(): register_axis() adds to it
@@ -91,6 +99,25 @@ AXES: tuple[Axis, ...] = (  # read with axes(): register_axis() adds to it
         ("none",),
         plain="none",
         registry="mixings",
+    ),
+    Axis(
+        "finetune",
+        "finetunes",
+        "fine-tuning",
+        "how much of each backbone the grid's cells train (full, linear, freeze:<k>, gradual, "
+        "bitfit, lora)",
+        ("full",),
+        plain="full",
+        registry="finetunes",
+    ),
+    Axis(
+        "normalize",
+        "normalizations",
+        "normalisation",
+        "input normalisations of the grid: cifar (the protocol) or weights (the weights' own)",
+        ("cifar",),
+        plain="cifar",
+        name_format="norm_{}",
     ),
     Axis(
         "stage2",

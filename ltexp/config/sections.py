@@ -108,6 +108,55 @@ class TrainConfig:
     image_size: int | None = _opt(
         None, "input side in pixels (default: the model's, 224 for the pretrained backbones)", low=8
     )
+    finetune: str = _opt(
+        "full",
+        "how much of the backbone trains: full (everything: the protocol), linear (the "
+        "classifier on a frozen backbone), freeze:<k> (the first k stages frozen), gradual "
+        "(unfrozen from the top, one stage every gradual_epochs), bitfit (biases and norms), "
+        "lora (low-rank updates through peft, merged at export); ltexp/models/finetune.py",
+        registry="finetunes",
+        added="0.2",
+    )
+    gradual_epochs: int = _opt(
+        1,
+        "finetune=gradual: epochs between two unfreezings (ULMFiT, Howard and Ruder 2018: 1)",
+        low=1,
+        method=True,
+        added="0.2",
+    )
+    lora_rank: int = _opt(
+        8,
+        "finetune=lora: rank r of the updates (Hu et al. 2022 find 4-8 enough)",
+        low=1,
+        method=True,
+        added="0.2",
+    )
+    lora_alpha: float = _opt(
+        16.0,
+        "finetune=lora: α; the update is scaled by α/r (2 at the default rank, as peft's "
+        "examples set it)",
+        low=0.0,
+        low_open=True,
+        method=True,
+        added="0.2",
+    )
+    llrd: float = _opt(
+        1.0,
+        "layer-wise learning-rate decay: stage i of n trains at lr·llrd^(n−i), the classifier at "
+        "lr (BEiT, Bao et al. 2022: 0.65 for ViT-B; 1 = off)",
+        low=0.0,
+        low_open=True,
+        high=1.0,
+        method=True,
+        added="0.2",
+    )
+    normalize: str = _opt(
+        "cifar",
+        "input normalisation: cifar (the protocol's CIFAR statistics, for every model) or "
+        "weights (the pretrained weights' own mean and std, from the library's metadata)",
+        choices=("cifar", "weights"),
+        added="0.2",
+    )
     optimizer: str = _opt("adam", "optimizer", choices=("adam", "adamw", "sgd"))
     # above 10 no optimiser here trains (large-batch SGD recipes stay below 2): a typo, refused
     # before a run exists rather than a run that diverges
@@ -121,6 +170,22 @@ class TrainConfig:
     batch_size: int = _opt(128, "training batch size (thesis: 128)", low=1)
     epochs: int = _opt(90, "training epochs (thesis: 90)", low=1)
     scheduler: str = _opt("step", "learning-rate schedule", choices=("step", "cosine", "none"))
+    warmup_epochs: int = _opt(
+        0,
+        "epochs of linear learning-rate warmup before the schedule (thesis: none)",
+        low=0,
+        added="0.2",
+    )
+    label_smoothing: float = _opt(
+        0.0,
+        "label smoothing ε of the softmax cross-entropy losses (ce, wce, cb, cb_raw; Szegedy et "
+        "al. 2016; thesis: none)",
+        low=0.0,
+        high=1.0,
+        high_open=True,
+        method=True,
+        added="0.2",
+    )
     step_size: int = _opt(30, "StepLR period in epochs (thesis: 30)", low=1)
     lr_gamma: float = _opt(0.1, "StepLR factor (thesis: 0.1)", low=0.0, low_open=True, high=1.0)
     drw_epoch: int | None = _opt(
@@ -494,11 +559,13 @@ class Config:
     preset: str = DEFAULT_PRESET
 
     def loss_hparams(self, loss: str | None = None) -> dict[str, float]:
-        """Keyword arguments for ``build_loss(loss, ...)`` (DRW settings included)."""
+        """Keyword arguments for ``build_loss(loss, ...)`` (DRW and label smoothing included)."""
         hparams = dict(self.losses.get(loss or self.train.loss, {}))
         if self.train.drw_epoch is not None:
             hparams["drw_epoch"] = self.train.drw_epoch
             hparams["drw_beta"] = self.train.drw_beta
+        if self.train.label_smoothing:
+            hparams["label_smoothing"] = self.train.label_smoothing
         return hparams
 
     def loss_settings(self, loss: str | None = None) -> dict[str, float]:
@@ -597,6 +664,7 @@ def section_fields(section: str) -> list[FieldSpec]:
                 m.get("commands") or SECTION_COMMANDS[section],
                 m.get("also_under", ""),
                 m.get("method", False),
+                added=m.get("added", ""),
             )
         )
     return specs
@@ -692,6 +760,12 @@ def all_fields() -> dict[str, FieldSpec]:
 def command_fields(command: str) -> list[FieldSpec]:
     """The fields a command takes (its options)."""
     return [f for f in all_fields().values() if command in f.commands]
+
+
+def added_keys() -> dict[str, Any]:
+    """Options added after runs were recorded (``added=``), with their defaults: an identity
+    leaves each out while it is at that default."""
+    return {k: f.default for k, f in all_fields().items() if f.added}
 
 
 def runtime_keys() -> frozenset[str]:

@@ -63,7 +63,11 @@ class ClassAwareLoss(nn.Module):
             ``drw_epoch`` epochs and on afterwards. The weights deferred are the loss's own, or
             class-balanced weights with ``drw_beta`` for a loss that has none. None: no DRW.
         drw_beta: β of the deferred class-balanced weights (Cao et al. 2019: 0.9999).
+        label_smoothing: ε of label smoothing (Szegedy et al. 2016), for a loss that
+            :attr:`smoothable` says takes it (the softmax cross-entropy family).
     """
+
+    smoothable = False  # the loss's target is a softmax's, which label smoothing changes
 
     def __init__(
         self,
@@ -71,9 +75,19 @@ class ClassAwareLoss(nn.Module):
         class_weights: Tensor | None = None,
         drw_epoch: int | None = None,
         drw_beta: float = 0.9999,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         counts = validate_class_counts(class_counts)
+        if label_smoothing and not self.smoothable:
+            raise ConfigError(
+                f"label_smoothing={label_smoothing:g} applies to the softmax cross-entropy "
+                f"losses (ce, wce, cb, cb_raw); {type(self).__name__} has its own form of the "
+                f"target: use label_smoothing=0"
+            )
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = float(label_smoothing)
         if drw_epoch is not None and drw_epoch < 0:
             raise ConfigError(f"drw_epoch must be >= 0, got {drw_epoch}")
         if not 0.0 <= drw_beta < 1.0:

@@ -17,10 +17,15 @@ from ltexp.losses.registry import HParam, register_loss
 
 
 class CrossEntropyLoss(ClassAwareLoss):
-    """``−log softmax(z)_y``, optionally class-weighted (see :class:`ClassAwareLoss`)."""
+    """``−log softmax(z)_y``, optionally class-weighted (see :class:`ClassAwareLoss`) and with
+    label smoothing (the target ``(1 − ε)·onehot(y) + ε/K``)."""
+
+    smoothable = True
 
     def per_sample(self, logits: Tensor, target: Tensor) -> Tensor:
-        return F.cross_entropy(logits, target, reduction="none")
+        return F.cross_entropy(
+            logits, target, reduction="none", label_smoothing=self.label_smoothing
+        )
 
 
 @register_loss("ce", "Softmax loss", paper="softmax cross-entropy")

@@ -36,8 +36,9 @@ class LossSpec:
 
 LOSSES: dict[str, LossSpec] = {}
 
-# Keywords every loss accepts (deferred re-weighting, Cao et al. 2019), handled by the base class.
-COMMON_HPARAMS = ("drw_epoch", "drw_beta")
+# Keywords every loss accepts, handled by the base class: deferred re-weighting (Cao et al.
+# 2019) and label smoothing (refused by a loss whose target is not a softmax's).
+COMMON_HPARAMS = ("drw_epoch", "drw_beta", "label_smoothing")
 
 
 def register_loss(

@@ -107,7 +107,38 @@ def _torchvision_top1(weights_name: str) -> Callable[[], float | None]:
     return top1
 
 
-def _torchvision_spec(name: str, builder: str, weights: str, classifier: str, title: str):
+def _torchvision_normalization(weights_name: str) -> Callable[[], tuple[tuple, tuple]]:
+    """The mean and std of the weights' own preprocessing (torchvision's metadata, no download)."""
+
+    def stats() -> tuple[tuple, tuple]:
+        import torchvision.models as tvm
+
+        preset = tvm.get_weight(weights_name).transforms()
+        return tuple(preset.mean), tuple(preset.std)
+
+    return stats
+
+
+def _timm_normalization(model_name: str) -> Callable[[], tuple[tuple, tuple]]:
+    """The mean and std of a timm model's pretrained config (no download)."""
+
+    def stats() -> tuple[tuple, tuple]:
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(model_name)
+        return tuple(cfg.mean), tuple(cfg.std)
+
+    return stats
+
+
+def _torchvision_spec(
+    name: str,
+    builder: str,
+    weights: str,
+    classifier: str,
+    title: str,
+    stages: tuple[tuple[str, ...], ...],
+):
     return ModelSpec(
         name,
         _torchvision(builder, weights),
@@ -119,11 +150,49 @@ def _torchvision_spec(name: str, builder: str, weights: str, classifier: str, ti
         kind="CNN",
         pretraining="ImageNet-1K",
         imagenet_top1=_torchvision_top1(weights),
+        stages=stages,
+        normalization=_torchvision_normalization(weights),
     )
 
 
+# Stages, bottom to top (finetune=freeze:<k>, gradual, llrd): the stem, then each group of
+# blocks at one resolution (ResNet's layer1-4; MobileNetV2's seven bottleneck sequences of its
+# Table 2 and its last 1x1 convolution; ConvNeXt's four stages, each with the downsampling
+# layer before it); a ViT's patch embedding with its class token and position embedding, then
+# each of its 12 blocks (BEiT's layer ids).
+_RESNET50_STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
+_MOBILENET_V2_STAGES = tuple(
+    tuple(f"features.{i}" for i in blocks)
+    for blocks in (
+        (0,),
+        (1,),
+        (2, 3),
+        (4, 5, 6),
+        (7, 8, 9, 10),
+        (11, 12, 13),
+        (14, 15, 16),
+        (17,),
+        (18,),
+    )
+)
+_CONVNEXT_STAGES = (
+    ("features.0",),
+    ("features.1",),
+    ("features.2", "features.3"),
+    ("features.4", "features.5"),
+    ("features.6", "features.7"),
+)
+_VIT_STAGES = (("cls_token", "pos_embed", "patch_embed"), *((f"blocks.{i}",) for i in range(12)))
+
 register_model(
-    _torchvision_spec("resnet50", "resnet50", "ResNet50_Weights.IMAGENET1K_V2", "fc", "ResNet-50")
+    _torchvision_spec(
+        "resnet50",
+        "resnet50",
+        "ResNet50_Weights.IMAGENET1K_V2",
+        "fc",
+        "ResNet-50",
+        _RESNET50_STAGES,
+    )
 )
 register_model(
     _torchvision_spec(
@@ -132,6 +201,7 @@ register_model(
         "MobileNet_V2_Weights.IMAGENET1K_V1",
         "classifier.1",
         "MobileNetV2",
+        _MOBILENET_V2_STAGES,
     )
 )
 register_model(
@@ -141,6 +211,7 @@ register_model(
         "ConvNeXt_Base_Weights.DEFAULT",
         "classifier.2",
         "ConvNeXt-Base",
+        _CONVNEXT_STAGES,
     )
 )
 # timm's default tag of vit_base_patch16_224: ImageNet-21k pretrained, ImageNet-1k fine-tuned.
@@ -157,6 +228,11 @@ register_model(
         display_name="ViT-B/16",
         kind="ViT",
         pretraining="ImageNet-21K, fine-tuned on ImageNet-1K",
+        stages=_VIT_STAGES,
+        # LoRA on the attention projections, as Hu et al. (2022) adapt W_q and W_v (timm fuses
+        # q, k and v into one qkv layer)
+        lora_targets=r"blocks\.\d+\.attn\.qkv",
+        normalization=_timm_normalization("vit_base_patch16_224.augreg2_in21k_ft_in1k"),
     )
 )
 
@@ -181,6 +257,7 @@ def timm_spec(name: str) -> ModelSpec:
         fixed_input_size=bool(getattr(cfg, "fixed_input_size", False)),
         kind="ViT" if model_name.startswith(("vit", "deit", "eva", "beit")) else "CNN",
         pretraining=f"timm weights {getattr(cfg, 'tag', '') or 'default'}",
+        normalization=_timm_normalization(model_name),
     )
 
 

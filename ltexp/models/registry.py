@@ -30,6 +30,13 @@ class ModelSpec:
         pretraining: what ``weights`` were trained on (``ImageNet-1K``; ``none`` from scratch).
         imagenet_top1: ImageNet-1K top-1 (%) of ``weights`` from the library's own metadata, or
             None where the library publishes none.
+        stages: the backbone's stages, bottom to top, each the dotted names of the modules (or
+            parameters) it holds: what ``finetune=freeze:<k>``, ``gradual`` and ``llrd`` count
+            in (:mod:`ltexp.models.finetune`; empty: its generic rule).
+        lora_targets: a regular expression of the module names LoRA adapts (empty: every
+            ``Linear`` and ungrouped ``Conv2d`` of the stages).
+        normalization: the mean and std the pretrained weights were trained with, read from the
+            library's metadata (``normalize=weights``); None for a model without weights.
     """
 
     name: str
@@ -43,6 +50,9 @@ class ModelSpec:
     kind: str = "CNN"
     pretraining: str = "none (trained from scratch)"
     imagenet_top1: Callable[[], float | None] = lambda: None
+    stages: tuple[tuple[str, ...], ...] = ()
+    lora_targets: str = ""
+    normalization: Callable[[], tuple[tuple[float, ...], tuple[float, ...]]] | None = None
 
     @property
     def title(self) -> str:

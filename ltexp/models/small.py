@@ -99,7 +99,14 @@ def _from_scratch(factory: Callable[[], nn.Module]) -> Callable[[bool], nn.Modul
 
 register_model(
     ModelSpec(
-        "tiny_cnn", _from_scratch(TinyCNN), "fc", 32, "ltexp", "none", display_name="Tiny CNN"
+        "tiny_cnn",
+        _from_scratch(TinyCNN),
+        "fc",
+        32,
+        "ltexp",
+        "none",
+        display_name="Tiny CNN",
+        stages=(("features.0",), ("features.2",), ("features.4",)),  # its three conv blocks
     )
 )
 for _depth in (8, 20, 32):  # variants are data: ResNet-8/20/32 of He et al. (2016)
@@ -112,5 +119,14 @@ for _depth in (8, 20, 32):  # variants are data: ResNet-8/20/32 of He et al. (20
             "ltexp",
             "none",
             display_name=f"ResNet-{_depth} (CIFAR)",
+            # the stem, then He et al.'s three stages of n blocks (16, 32, 64 channels)
+            stages=(
+                ("conv1", "bn1"),
+                *(
+                    tuple(f"layers.{i}" for i in range(s * _n, (s + 1) * _n))
+                    for s in range(3)
+                    for _n in [(_depth - 2) // 6]
+                ),
+            ),
         )
     )

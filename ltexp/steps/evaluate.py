@@ -99,6 +99,8 @@ def run_evaluate(
         amp=amp,
         channels_last=channels_last,
         adjust=(lambda logits: adjust_logits(logits, train_counts, tau)) if tau else None,
+        mean=info.mean,
+        std=info.std,
     )
     temperature = 1.0
     if scaling:  # fitted on validation, never on a test split

@@ -30,12 +30,12 @@ from ltexp.checkpoint import (
 )
 from ltexp.config import Config
 from ltexp.data import PreparedData
-from ltexp.data.pipeline import PROTOCOL_MEAN, PROTOCOL_STD
 from ltexp.data.splits import TRAINING_SETS
 from ltexp.distributed import DistContext, device_for
 from ltexp.distributed import init as init_distributed
 from ltexp.errors import ConfigError, TrackingError
 from ltexp.models import count_parameters
+from ltexp.models.finetune import plain_state_dict
 from ltexp.timing import add as add_time
 from ltexp.timing import timed
 from ltexp.tracking import claims, registered_models, runs, schema
@@ -241,15 +241,25 @@ def _train(
         runs.deliver_history(run_id, session.history)
         mlflow.set_tag(schema.RESUMED_FROM_EPOCH, str(session.start_epoch - 1))
         log.info("resuming run %s after epoch %d", run_id, session.start_epoch - 1)
+    trainable = (
+        session.finetune.trainable_count(session.start_epoch)
+        if session.finetune
+        else count_parameters(session.model)
+    )
     runs.log_params(
-        {schema.NUM_PARAMS: count_parameters(session.model), schema.WORLD_SIZE: ctx.world_size}
+        {
+            schema.NUM_PARAMS: count_parameters(session.model),
+            schema.TRAINABLE_PARAMS: trainable,
+            schema.WORLD_SIZE: ctx.world_size,
+        }
     )
     best_acc, best_epoch = session.best_val_acc1, session.best_epoch
     for result in session.epochs_left():
         add_time("train.epochs", result.metrics[schema.EPOCH_SECONDS])
         with timed("train.checkpoint"):
             if result.improved:
-                save_weights(session.model.state_dict(), folder / BEST)
+                # LoRA's updates merged: the best checkpoint is the plain architecture's
+                save_weights(plain_state_dict(session.model), folder / BEST)
             session.history.append({"epoch": result.epoch, **result.metrics})
             # checkpoint before logging: an epoch's metrics are never logged for an epoch that
             # a resume would run again (and re-sent on resume if they were lost in flight)
@@ -275,8 +285,8 @@ def _train(
         prepared.num_classes,
         spec.head,
         spec.image_size,
-        PROTOCOL_MEAN,
-        PROTOCOL_STD,
+        spec.mean,
+        spec.std,
         tuple(prepared.class_names),
     )
     tags = {

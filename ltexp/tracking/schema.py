@@ -122,6 +122,9 @@ CELL_PARAMS = ("dataset", *(a.key for a in axes() if a.plain is None))
 TRAIN_RUN_ID = "train_run_id"  # the run of the tested model: a train or a decouple run
 MODEL_URI_PARAM = "model_uri"
 NUM_PARAMS = "num_params"
+# parameters that receive gradients (a param at the start; with finetune≠full also a metric per
+# epoch, which gradual unfreezing raises)
+TRAINABLE_PARAMS = "trainable_params"
 # the sha256 of the files ltexp loads a registered version from, on the run that registered it
 # (params cannot be changed afterwards): a version whose files differ is refused
 MODEL_DIGEST_PARAMS = ("model_weights_sha256", "model_info_sha256")

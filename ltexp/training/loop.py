@@ -22,6 +22,7 @@ from ltexp.data.pipeline import TensorBatches
 from ltexp.distributed import all_reduce_sum, is_distributed
 from ltexp.errors import TrainingError
 from ltexp.losses.base import ClassAwareLoss
+from ltexp.models.finetune import FinetunePlan
 from ltexp.progress import Progress
 from ltexp.tracking import schema
 from ltexp.training.setup import autocast
@@ -135,14 +136,18 @@ def train_one_epoch(
     show_progress: bool = False,
     epochs: int | None = None,
     mixer: Mixer | None = None,
+    finetune: FinetunePlan | None = None,
 ) -> EpochStats:
-    """One pass over ``batches`` (epoch ``epoch``'s order and augmentation).
+    """One pass over ``batches`` (epoch ``epoch``'s order and augmentation); ``finetune``
+    decides which parameters train in it (None: all).
 
     Raises:
         TrainingError: a non-finite loss (naming the epoch and step).
     """
     device = batches.device
     model.train()
+    if finetune is not None:
+        finetune.start_epoch(epoch)
     loss_fn.set_epoch(epoch)
     mixing = mixer is not None and mixer.active
     if mixing:
@@ -219,6 +224,7 @@ def fit(
     is_main: bool = True,
     eval_model: nn.Module | None = None,
     mixer: Mixer | None = None,
+    finetune: FinetunePlan | None = None,
 ) -> Iterator[EpochResult]:
     """Train epochs ``start_epoch..epochs`` (1-based); yield a result after each.
 
@@ -240,6 +246,7 @@ def fit(
             show_progress=show,
             epochs=epochs,
             mixer=mixer,
+            finetune=finetune,
         )
         scheduler.step()
         # every rank validates the same set with its plain module: no collectives, same result
@@ -262,6 +269,7 @@ def fit(
             schema.VAL_BALANCED_ACC1: val.balanced_acc1,
             **{schema.val_metric(g): a for g, a in val.group_acc1.items()},
             schema.LR: lr,
+            **({schema.TRAINABLE_PARAMS: finetune.trainable_count(epoch)} if finetune else {}),
             schema.EPOCH_SECONDS: time.perf_counter() - started,
             schema.IMAGES_PER_S: train.images / train.seconds,
             **_visits(train_batches, epoch, groups),

@@ -24,8 +24,17 @@ from ltexp.data.mixing import Mixer
 from ltexp.data.pipeline import TensorBatches
 from ltexp.data.splits import TRAINING_SETS
 from ltexp.distributed import DistContext, broadcast
+from ltexp.errors import ConfigError
 from ltexp.losses import build_loss
-from ltexp.models import build_model
+from ltexp.models import build_model, model_spec
+from ltexp.models.finetune import (
+    FinetunePlan,
+    add_lora,
+    generic_stages,
+    layer_decay_groups,
+    lora_targets,
+    plan_finetune,
+)
 from ltexp.resources import GIB, resident_budget
 from ltexp.training.loop import EpochResult, fit
 from ltexp.training.setup import (
@@ -57,6 +66,7 @@ class Session:
     groups: dict[str, list[int]]
     is_main: bool = True
     mixer: Mixer | None = None
+    finetune: FinetunePlan | None = None
     start_epoch: int = 1
     best_val_acc1: float = -1.0
     best_epoch: int = 0
@@ -88,6 +98,7 @@ class Session:
             is_main=self.is_main,
             eval_model=self.model,
             mixer=self.mixer,
+            finetune=self.finetune,
         )
 
     def resume_state(self, result: EpochResult, config_hash: str) -> ResumeState:
@@ -108,12 +119,35 @@ class Session:
 
 
 def build_seeded_model(cfg: Config, spec: TrainSpec, num_classes: int) -> torch.nn.Module:
-    """The model a run trains, on the CPU: weights loaded (or refused), the head drawn from the
-    run's seed, so building it early (to refuse bad weights before a run exists) changes
-    nothing."""
+    """The model a run trains, on the CPU: weights loaded (or refused), the head (and LoRA's
+    adapters) drawn from the run's seed, so building it early (to refuse bad weights before a
+    run exists) changes nothing."""
     set_deterministic(cfg.train.deterministic)
     seed_everything(cfg.train.seed)
-    return build_model(cfg.train.model, num_classes, pretrained=spec.pretrained, head=spec.head)
+    t = cfg.train
+    model = build_model(t.model, num_classes, pretrained=spec.pretrained, head=spec.head)
+    if spec.finetune.mode == "lora":
+        mspec = model_spec(t.model)
+        targets = lora_targets(model, model_stages(model, t.model), mspec.lora_targets)
+        model = add_lora(model, targets, t.lora_rank, t.lora_alpha)
+    return model
+
+
+def model_stages(model: torch.nn.Module, name: str) -> tuple[tuple[str, ...], ...]:
+    """The stages of a backbone: its registry entry's, else the generic rule's."""
+    spec = model_spec(name)
+    return spec.stages or generic_stages(model, spec.classifier)
+
+
+def finetune_plan(cfg: Config, spec: TrainSpec, model: torch.nn.Module) -> FinetunePlan:
+    """What of ``model`` trains when (``finetune``), checked against its stages."""
+    return plan_finetune(
+        model,
+        spec.finetune,
+        model_stages(model, cfg.train.model),
+        model_spec(cfg.train.model).classifier,
+        cfg.train.gradual_epochs,
+    )
 
 
 def build_session(
@@ -136,19 +170,40 @@ def build_session(
     channels_last = rt.channels_last and device.type == "cuda"
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt)
+    plan = finetune_plan(cfg, spec, model)
+    if ctx.enabled and spec.finetune.mode == "gradual":
+        # DDP fixes at construction which parameters it reduces: one unfrozen later would
+        # train apart on each rank
+        raise ConfigError(
+            "finetune=gradual cannot run data-parallel (DDP reduces only the parameters "
+            "trainable when it starts); run it on one device, or choose freeze:<k>"
+        )
+    plan.start_epoch(1)  # before DDP sees which parameters train
     training_set = TRAINING_SETS[t.train_split]
     loss_fn = build_loss(t.loss, prepared.class_counts(training_set), **cfg.loss_hparams()).to(
         device
     )
-    optimizer = optimizer_for(cfg, model.parameters(), device)
+    params = (
+        layer_decay_groups(model.named_parameters(), plan.depths, t.lr, t.llrd)
+        if t.llrd != 1.0
+        else model.parameters()
+    )
+    optimizer = optimizer_for(cfg, params, device)
     scheduler = make_scheduler(
-        t.scheduler, optimizer, epochs=t.epochs, step_size=t.step_size, gamma=t.lr_gamma
+        t.scheduler,
+        optimizer,
+        epochs=t.epochs,
+        step_size=t.step_size,
+        gamma=t.lr_gamma,
+        warmup_epochs=t.warmup_epochs,
     )
     batch = {
         "device": device,
         "image_size": spec.image_size,
         "dtype": spec.amp or torch.float32,
         "channels_last": channels_last,
+        "mean": spec.mean,
+        "std": spec.std,
     }
     split, val = prepared.splits[training_set], prepared.splits["val"]
     resident = resident_budget(rt.data_on_device_gb, device)
@@ -212,6 +267,7 @@ def build_session(
         groups=prepared.groups(),
         is_main=ctx.is_main,
         mixer=mixer,
+        finetune=None if spec.finetune.mode == "full" else plan,
     )
 
 

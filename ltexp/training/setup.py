@@ -21,7 +21,9 @@ from torch import nn
 
 from ltexp import accelerator
 from ltexp.config import Config
+from ltexp.data.pipeline import PROTOCOL_MEAN, PROTOCOL_STD
 from ltexp.errors import ConfigError, unknown_name_error
+from ltexp.models.finetune import Finetune, parse_finetune
 from ltexp.resources import check_fits, image_batch_bytes
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,8 @@ class TrainSpec:
         image_size: the input side (the model's own when not set).
         pretrained: True, False or a local weights file.
         amp: the autocast dtype (None = fp32).
+        finetune: how much of the backbone trains (:mod:`ltexp.models.finetune`).
+        mean, std: the input normalisation (``normalize``): the protocol's or the weights'.
     """
 
     device: torch.device
@@ -44,6 +48,9 @@ class TrainSpec:
     image_size: int
     pretrained: bool | Path
     amp: torch.dtype | None
+    finetune: Finetune = Finetune("full")
+    mean: tuple[float, ...] = PROTOCOL_MEAN
+    std: tuple[float, ...] = PROTOCOL_STD
 
     @property
     def precision_name(self) -> str:
@@ -71,6 +78,26 @@ def parse_pretrained(value: str) -> bool | Path:
             f"pretrained must be true, false or a path to a weights file; {value!r} is not a file"
         )
     return path
+
+
+def resolve_normalization(cfg: Config) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The input mean and std: the protocol's (``normalize=cifar``) or the pretrained weights'
+    own, from the library's metadata (``normalize=weights``).
+
+    Raises:
+        ConfigError: ``weights`` for a model that has no pretrained weights.
+    """
+    from ltexp.models import model_spec
+
+    if cfg.train.normalize == "cifar":
+        return PROTOCOL_MEAN, PROTOCOL_STD
+    spec = model_spec(cfg.train.model)
+    if spec.normalization is None:
+        raise ConfigError(
+            f"normalize=weights: {cfg.train.model} has no pretrained weights, so no statistics "
+            f"of its own; use normalize=cifar"
+        )
+    return spec.normalization()
 
 
 def check_weights(cfg: Config, spec: TrainSpec) -> None:
@@ -119,6 +146,19 @@ def resolve_train(cfg: Config) -> TrainSpec:
         "lower image_size or batch_size",
         device=str(device),
     )
+    if t.warmup_epochs >= t.epochs:
+        raise ConfigError(
+            f"warmup_epochs={t.warmup_epochs} must be below epochs={t.epochs} (the schedule "
+            f"starts after the warmup)"
+        )
+    finetune = parse_finetune(t.finetune)
+    if finetune.mode == "freeze" and spec.stages and finetune.frozen_stages > len(spec.stages):
+        raise ConfigError(
+            f"finetune={t.finetune}: {t.model} has {len(spec.stages)} stages; freeze:<k> takes k "
+            f"from 1 to {len(spec.stages)} (finetune=linear freezes everything but the "
+            f"classifier)"
+        )
+    mean, std = resolve_normalization(cfg)
     if t.drw_epoch is not None and t.drw_epoch >= t.epochs:
         log.warning(
             "drw_epoch=%s >= epochs=%s: class weights never switch on", t.drw_epoch, t.epochs
@@ -129,6 +169,9 @@ def resolve_train(cfg: Config) -> TrainSpec:
         image_size=image_size,
         pretrained=parse_pretrained(t.pretrained),
         amp=autocast_dtype(cfg.runtime.precision, device),
+        finetune=finetune,
+        mean=tuple(mean),
+        std=tuple(std),
     )
 
 
@@ -229,9 +272,25 @@ def optimizer_for(
 
 
 def make_scheduler(
-    name: str, optimizer: torch.optim.Optimizer, *, epochs: int, step_size: int, gamma: float
+    name: str,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    step_size: int,
+    gamma: float,
+    warmup_epochs: int = 0,
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch schedule: StepLR (thesis: ×0.1 every 30 epochs), cosine, or constant."""
+    """Per-epoch schedule: StepLR (thesis: ×0.1 every 30 epochs), cosine, or constant; after
+    ``warmup_epochs`` of linear warmup (epoch e of w at lr·e/(w+1)), the schedule runs over the
+    remaining epochs."""
+    if warmup_epochs:
+        from torch.optim.lr_scheduler import LinearLR, SequentialLR
+
+        warmup = LinearLR(optimizer, 1.0 / (warmup_epochs + 1), 1.0, total_iters=warmup_epochs)
+        main = make_scheduler(
+            name, optimizer, epochs=epochs - warmup_epochs, step_size=step_size, gamma=gamma
+        )
+        return SequentialLR(optimizer, [warmup, main], milestones=[warmup_epochs])
     if name == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
     if name == "cosine":

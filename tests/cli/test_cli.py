@@ -79,10 +79,28 @@ BAD_TRAIN = [
     ({"sampler": "balanced"}, "unknown sampler 'balanced'"),
     ({"mixing": "cutmx"}, "unknown mixing 'cutmx'"),
     ({"stage2": "crtt"}, "unknown stage2 value 'crtt'"),
+    # issue 29: how much to fine-tune, normalisation, the recipe's options
+    (
+        {"model": "cifar_resnet8", "finetune": "freeze:9"},
+        "finetune=freeze:9: cifar_resnet8 has 4 stages; freeze:<k> takes k from 1 to 4",
+    ),
+    ({"finetune": "partial"}, "unknown finetune 'partial'; valid: full, linear, freeze:<k>"),
+    ({"finetune": "freeze:0"}, "freeze:<k> needs k, the number of stages frozen"),
+    ({"normalize": "weights"}, "normalize=weights: tiny_cnn has no pretrained weights"),
+    ({"normalize": "imagenet"}, "unknown normalize value 'imagenet'"),
+    ({"llrd": "1.5"}, "llrd must be <= 1"),
+    ({"lora_rank": "0"}, "lora_rank must be >= 1"),
+    (
+        {"loss": "focal", "label_smoothing": "0.1"},
+        "label_smoothing=0.1 applies to the softmax cross-entropy losses",
+    ),
+    ({"warmup_epochs": "2", "epochs": "2"}, "warmup_epochs=2 must be below epochs=2"),
 ]
 
 
-@pytest.mark.parametrize("bad,message", BAD_TRAIN, ids=[next(iter(b)) for b, _ in BAD_TRAIN])
+@pytest.mark.parametrize(
+    "bad,message", BAD_TRAIN, ids=[f"{next(iter(b))}-{i}" for i, (b, _) in enumerate(BAD_TRAIN)]
+)
 def test_bad_train_input_is_one_line_exit_2_and_no_run(
     bad: dict, message: str, tmp_path: Path, tracking: str, capsys: pytest.CaptureFixture
 ) -> None:
