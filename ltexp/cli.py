@@ -29,7 +29,16 @@ from ltexp.config import (
 )
 from ltexp.errors import LtexpError
 
-COMMANDS = ("prepare-data", "train", "evaluate", "aggregate", "main", "tune", "decouple")
+COMMANDS = (
+    "prepare-data",
+    "train",
+    "evaluate",
+    "aggregate",
+    "main",
+    "tune",
+    "decouple",
+    "ensemble",
+)
 COMMAND_HELP = {
     "prepare-data": "build the data splits of the protocol and record them (a prepare_data run)",
     "train": "fine-tune one model with one loss (a train run, then a child evaluate run)",
@@ -39,6 +48,8 @@ COMMAND_HELP = {
     "tune": "search one cell's hyper-parameters on the validation set (Optuna; trials are runs)",
     "decouple": "re-balance a trained model's classifier: cRT, tau-normalisation or LWS "
     "(Kang et al. 2020; a decouple run registered as stage 2, then a child evaluate run)",
+    "ensemble": "average registered models into one (an ensemble run, registered like any model, "
+    "then a child evaluate run)",
     "plan": "say what `main` with the same options would run, reuse and resume, what it would "
     "cost on this device and what is missing, without creating any run (exit 1: not ready)",
     "bench": "measure training throughput (model-only ceiling vs ltexp's real training step), "
@@ -78,6 +89,8 @@ def _add_config_options(parser: argparse.ArgumentParser, command: str) -> None:
             flags.append(f"--{spec.key}")
         if command == "prepare-data" and spec.key == "split_seed":
             flags.append("--seed")
+        if command == "ensemble" and spec.key == "members":  # ltexp ensemble --model-uri A …
+            flags += ["--model-uri", "--model_uri"]
         # a yes/no option alone means yes: `--percent` is `--percent true`; a list option may
         # be repeated: `--space a=… --space b=…` is `--space a=…,b=…`
         flag_alone = {"nargs": "?", "const": "true"} if spec.type is bool else {}
@@ -104,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         p = sub.add_parser(command, help=COMMAND_HELP[command], description=COMMAND_HELP[command])
         _add_config_options(p, command)
-        if command in ("train", "evaluate", "main", "tune", "decouple"):
+        if command in ("train", "evaluate", "main", "tune", "decouple", "ensemble"):
             p.add_argument(
                 "--parent-run-id",
                 "--parent_run_id",
@@ -256,8 +269,22 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
         _print_stage2(run_stage2(cfg, parent_run_id=args.parent_run_id))
         return 0
 
+    def ensemble(cfg: Config, args: argparse.Namespace) -> int:
+        from ltexp.steps.study import run_ensembled
+
+        result = run_ensembled(cfg, parent_run_id=args.parent_run_id)
+        built = result.train
+        print(
+            f"ensemble run: {built.run_id}  val_acc1 {built.best_val_acc1:.4f}  "
+            f"model {built.model_uri}"
+        )
+        if result.evaluate_run_id:
+            print(f"evaluate run: {result.evaluate_run_id}")
+        return 0
+
     return {
         "decouple": decouple,
+        "ensemble": ensemble,
         "prepare-data": prepare_data,
         "train": train,
         "evaluate": evaluate,

@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 LTEXP = Path(__file__).resolve().parent.parent / "ltexp"
-STEPS = {"prepare_data", "train", "evaluate", "aggregate", "decouple"}
+STEPS = {"prepare_data", "train", "evaluate", "aggregate", "decouple", "ensemble"}
 ORCHESTRATORS = {"study", "tune", "plan"}  # plan: what study would do, without doing it
 
 

@@ -24,13 +24,13 @@ class DataConfig:
         "~/.cache/ltexp",
         "folder the dataset files are read from / downloaded to",
         runtime=True,
-        commands=("prepare-data", "train", "evaluate", "main", "tune", "decouple"),
+        commands=("prepare-data", "train", "evaluate", "main", "tune", "decouple", "ensemble"),
     )
     download: bool = _opt(
         True,
         "download the dataset when its files are missing",
         runtime=True,
-        commands=("prepare-data", "train", "evaluate", "main", "tune", "decouple"),
+        commands=("prepare-data", "train", "evaluate", "main", "tune", "decouple", "ensemble"),
     )
     profile: str = _opt("exp", "imbalance profile of the long-tailed splits", registry="profiles")
     imbalance_ratio: float = _opt(
@@ -259,7 +259,7 @@ class TrainConfig:
         True,
         "evaluate the best checkpoint at the end (a child run)",
         runtime=True,
-        commands=("train", "main", "tune", "decouple"),
+        commands=("train", "main", "tune", "decouple", "ensemble"),
     )
     register: bool = _opt(
         True,
@@ -487,6 +487,33 @@ class DecoupleConfig:
 
 
 @dataclass(frozen=True)
+class EnsembleConfig:
+    """Ensembles of registered models (``ltexp ensemble``, ltexp/models/ensemble.py)."""
+
+    members: list[str] = _opt(
+        None,
+        "the registered models to ensemble (models:/<name>@champion, models:/<name>/<version>); "
+        "--model-uri repeated, or comma-separated",
+        factory=list,
+        commands=("ensemble",),
+    )
+    combine: str = _opt(
+        "logits",
+        "how the members' outputs are averaged: logits (the output stays logits) or probs (the "
+        "log of the mean probability)",
+        choices=("logits", "probs"),
+        commands=("ensemble", "main"),
+    )
+    ensemble_top_k: int = _opt(
+        0,
+        "after the grid, ensemble the k losses with the best validation top-1 of each backbone, "
+        "training set and variant, and evaluate and report each ensemble (0: none)",
+        low=0,
+        commands=("main",),
+    )
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     """The aggregate step: tables and figures from the tracking server."""
 
@@ -524,6 +551,7 @@ SECTIONS: dict[str, type] = {
     "report": ReportConfig,
     "tune": TuneConfig,
     "decouple": DecoupleConfig,
+    "ensemble": EnsembleConfig,
 }
 # The commands that take a section's fields (a field may name its own).
 SECTION_COMMANDS: dict[str, tuple[str, ...]] = {
@@ -531,12 +559,13 @@ SECTION_COMMANDS: dict[str, tuple[str, ...]] = {
     "datasets": ("prepare-data", "train", "main", "tune"),
     "train": ("train", "main", "tune"),
     "losses": ("train", "main", "tune"),
-    "runtime": ("train", "evaluate", "main", "tune", "decouple"),
+    "runtime": ("train", "evaluate", "main", "tune", "decouple", "ensemble"),
     "evaluate": ("train", "evaluate", "main", "decouple"),
     "study": ("main",),
     "report": ("aggregate", "main"),
     "tune": ("tune",),
     "decouple": ("train", "decouple", "main"),
+    "ensemble": ("ensemble", "main"),
 }
 
 
@@ -556,6 +585,7 @@ class Config:
     report: ReportConfig = field(default_factory=ReportConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     decouple: DecoupleConfig = field(default_factory=DecoupleConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     preset: str = DEFAULT_PRESET
 
     def loss_hparams(self, loss: str | None = None) -> dict[str, float]:

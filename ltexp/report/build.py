@@ -53,7 +53,13 @@ def build_report(
         inputs = ReportInputs(inputs)
     options = options or ReportOptions()
     output_dir.mkdir(parents=True, exist_ok=True)
-    selection = select_latest(inputs.results)
+    # ensembles are results of their own (a table of them beside their members), never a cell
+    frame = inputs.results
+    is_ensemble = (
+        frame["ensemble"].notna() if "ensemble" in frame else pd.Series(False, index=frame.index)
+    )
+    ensembles = frame[is_ensemble].reset_index(drop=True)
+    selection = select_latest(frame[~is_ensemble].reset_index(drop=True))
     # the thesis's tables hold one variant of each cell; every other result is in tables of its
     # own, labelled with what differs
     choice = choose(selection.results, grid.cell_keys if grid else None, options.variant)
@@ -85,6 +91,7 @@ def build_report(
         references,
         numbered=_is_full_thesis_grid(grid, cells),
         notes=[*inputs.notes, *choice.notes, *problems],
+        ensembles=ensembles,
     )
     blocks: list[Block] = [block for section in SECTIONS for block in section(ctx)]
     n_runs = len(choice.results)

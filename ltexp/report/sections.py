@@ -87,6 +87,7 @@ class Context:
     references: pd.DataFrame
     numbered: bool
     notes: list[str] = field(default_factory=list)
+    ensembles: pd.DataFrame = field(default_factory=pd.DataFrame)  # ensembles' results
     files: list[Path] = field(default_factory=list)
     _same: dict[tuple[str, str], bool] = field(default_factory=dict, repr=False)
 
@@ -479,6 +480,74 @@ def calibration_section(ctx: Context) -> list[Block]:
     return blocks
 
 
+def ensembles_section(ctx: Context) -> list[Block]:
+    """Each ensemble beside its best member (``ensembles.csv``): the member with the best
+    validation top-1, chosen as a user would choose without the ensemble (never by test)."""
+    if not len(ctx.ensembles):
+        return []
+    every = ctx.every_result
+    if "train_run_id" not in every:
+        every = every.assign(train_run_id="")
+    members_of = every.set_index("train_run_id", drop=False)
+    latest = ctx.ensembles.sort_values("end_time").drop_duplicates("ensemble", keep="last")
+    columns = [c for c in ENSEMBLE_COLUMNS if c in latest]
+    rows = []
+    for e in latest.to_dict("records"):
+        listed = str(e["members"]).split(",")
+        ids = [i for i in listed if i in members_of.index]
+        best = members_of.loc[ids].sort_values("best_val_acc1", ascending=False).head(1)
+        row = {
+            "ensemble": e["ensemble"],
+            "combine": e["combine"],
+            "members": len(listed),
+            "members_reported": len(ids),
+            "train_split": e["train_split"],
+            "best_member": best["label"].iloc[0] if len(best) and "label" in best else "",
+            **{c: e[c] for c in columns},
+        }
+        for c in ("balanced", "long_tailed"):
+            member_value = best[c].iloc[0] if len(best) else float("nan")
+            row[f"best_member_{c}"] = member_value
+            row[f"delta_{c}"] = e[c] - member_value
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    ctx.write_csv(table, "ensembles.csv")
+    fmt = ctx.fmt
+    titles = [ENSEMBLE_COLUMNS[c] for c in columns]
+    return [
+        Table(
+            "",
+            "Ensembles of registered models beside their best member (beyond the thesis)",
+            ["Ensemble", *titles, "Δ balanced", "Δ long-tailed"],
+            [
+                [
+                    str(r["ensemble"]),
+                    *(fmt(r[c]) for c in columns),
+                    fmt(r["delta_balanced"], signed=True),
+                    fmt(r["delta_long_tailed"], signed=True),
+                ]
+                for r in rows
+            ],
+            notes=[
+                "Top-1 of each ensemble on the test sets; Δ: the ensemble minus its best member, "
+                "the member with the best validation top-1 (ensembles.csv names it and has every "
+                "column). An ensemble averages its members' logits (combine=probs: their "
+                "probabilities)."
+            ],
+        )
+    ]
+
+
+# the ensembles table's columns (the report's result columns), and their titles
+ENSEMBLE_COLUMNS = {
+    "balanced": "Balanced",
+    "long_tailed": "Long-tailed",
+    "head": "Head",
+    "middle": "Middle",
+    "tail": "Tail",
+}
+
+
 SECTIONS: tuple[Callable[[Context], list[Block]], ...] = (
     data_section,
     results_section,
@@ -489,6 +558,7 @@ SECTIONS: tuple[Callable[[Context], list[Block]], ...] = (
     paired_softmax_section,
     axes_section,
     variants_section,
+    ensembles_section,
 )
 
 

@@ -55,6 +55,9 @@ def query_results(experiment_id: str, dataset: str = "") -> list[dict]:
     ]
     tuned = {r.info.run_id: r.data.tags.get(schema.TUNED_PARAMS, "") for r in models}
     identity = {r.info.run_id: _identity(r) for r in models}
+    by_id = {r.info.run_id: r for r in models}
+    # an ensemble's members, by the versions it lists: their train (or decouple) runs
+    run_of_version = {r.data.tags.get(schema.MODEL_URI): r.info.run_id for r in models}
     records = []
     for run in found:
         p, m = run.data.params, run.data.metrics
@@ -70,6 +73,8 @@ def query_results(experiment_id: str, dataset: str = "") -> list[dict]:
             "data_digest": run.data.tags.get(schema.DATA_DIGEST, ""),
             "tuned_params": tuned.get(p.get(schema.TRAIN_RUN_ID, ""), ""),
             "identity": identity.get(p.get(schema.TRAIN_RUN_ID, "")),
+            "train_run_id": p.get(schema.TRAIN_RUN_ID, ""),
+            "best_val_acc1": _val_acc1(by_id.get(p.get(schema.TRAIN_RUN_ID, ""))),
             **{k: p[k] for k in schema.CELL_PARAMS},
             **{a.key: p.get(a.key, a.plain) for a in variant_axes()},
         }
@@ -78,8 +83,18 @@ def query_results(experiment_id: str, dataset: str = "") -> list[dict]:
             record[f"{col}_ci_low"] = m.get(name + "_ci_low")
             record[f"{col}_ci_high"] = m.get(name + "_ci_high")
             record[f"{col}_ece"] = m.get(name.removesuffix("_acc1") + "_ece")
+        model_run = by_id.get(p.get(schema.TRAIN_RUN_ID, ""))
+        if model_run is not None and model_run.data.tags.get(schema.STEP) == schema.Step.ENSEMBLE:
+            versions = model_run.data.tags.get(schema.ENSEMBLE_MEMBERS, "").split(",")
+            record["ensemble"] = model_run.info.run_name
+            record["members"] = ",".join(run_of_version.get(v, "") for v in versions)
+            record["combine"] = model_run.data.params.get("combine", "logits")
         records.append(record)
     return records
+
+
+def _val_acc1(run: mlflow.entities.Run | None) -> float | None:
+    return None if run is None else run.data.metrics.get(schema.BEST_VAL_ACC1)
 
 
 def _identity(run: mlflow.entities.Run) -> dict | None:

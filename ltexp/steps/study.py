@@ -27,6 +27,7 @@ from ltexp.cells import Cell, code_version, grid_cells, study_hash
 from ltexp.checkpoint import ensure_folder
 from ltexp.config import Config, axes
 from ltexp.distributed import DistContext
+from ltexp.errors import ConfigError
 from ltexp.report.build import Grid
 from ltexp.steps.aggregate import run_aggregate
 from ltexp.steps.decouple import decouple_hash, run_decouple
@@ -102,6 +103,33 @@ def run_stage2(
         result.evaluate_run_id, result.metrics = run_evaluate(
             cfg, train_run_id=stage2.run_id, parent_run_id=stage2.run_id
         )
+    return result
+
+
+def run_ensembled(
+    cfg: Config, members: list[str] | None = None, parent_run_id: str | None = None
+) -> CellResult:
+    """Build (or find) the ensemble of ``members`` (default ``cfg.ensemble.members``), then
+    evaluate it as a child of its run unless it has an evaluation or ``evaluate_after=false``."""
+    from ltexp.steps.ensemble import run_ensemble
+
+    built = run_ensemble(cfg, members, parent_run_id=parent_run_id)
+    result = CellResult(built)
+    if built.model_uri and cfg.train.evaluate_after:
+        exp_id = runs.client().get_run(built.run_id).info.experiment_id
+        evaluated = runs.search_all(
+            [exp_id],
+            where(
+                schema.Step.EVALUATE, status=FINISHED, params={schema.TRAIN_RUN_ID: built.run_id}
+            ),
+        )
+        if evaluated:
+            result.evaluate_run_id = evaluated[0].info.run_id
+            result.metrics = dict(evaluated[0].data.metrics)
+        else:
+            result.evaluate_run_id, result.metrics = run_evaluate(
+                cfg, train_run_id=built.run_id, parent_run_id=built.run_id
+            )
     return result
 
 
@@ -224,6 +252,8 @@ def run_study(
         progress: receives one line per cell (the CLI prints them).
     """
     n_cells = len({c.stage1() for c in grid_cells(cfg)})  # every unknown value refused first
+    if cfg.ensemble.ensemble_top_k == 1:
+        raise ConfigError("ensemble_top_k=1 is one model, not an ensemble; use 0 (none) or k >= 2")
     executors.check_available(cfg)
     cfg = cfg.replace(
         experiment=runs.experiment_name(
@@ -291,6 +321,7 @@ def run_study(
         ran = _run_cells(todo, len(trained), cfg, exp_id, study_run, progress)
         result.ran.extend(ran)
         _second_stages(trained, decoupled, cfg, exp_id, result, progress)
+        _ensembles(trained, cfg, exp_id, study_run, result, progress)
         grid = Grid(
             *(list(map(str, cfg.grid_values(k))) for k in ("model", "loss", "train_split")),
             [str(x) for x in cfg.grid_values("seed")],
@@ -357,6 +388,58 @@ def _second_stages(
             + f" ({time.perf_counter() - started:.1f}s)"
         )
         result.ran.append(name)
+
+
+def ensemble_groups(trained: list[PlannedCell], exp_id: str, k: int) -> list[tuple[str, list[str]]]:
+    """The study's ensembles: per backbone, training set, seed and variant, the registered
+    models of the ``k`` losses with the best validation top-1 (``(label, model URIs)``; a group
+    with fewer than two trained models has none)."""
+    finished = finished_cells(exp_id)
+    groups: dict[tuple, list[tuple[float, int, str]]] = {}
+    for order, planned in enumerate(trained):
+        train_id, _ = finished.get(planned.config_hash, (None, None))
+        if train_id is None:
+            continue
+        run = runs.client().get_run(train_id)
+        uri = run.data.tags.get(schema.MODEL_URI)
+        if not uri:
+            continue
+        key = tuple((k_, v) for k_, v in planned.cell.values if k_ != "loss")
+        val = run.data.metrics.get(schema.BEST_VAL_ACC1, -1.0)
+        groups.setdefault(key, []).append((-val, order, uri))
+    out = []
+    for key, found in groups.items():
+        if len(found) >= 2:
+            label = "-".join(str(v) for _, v in key)
+            out.append((label, [uri for *_, uri in sorted(found)[:k]]))
+    return out
+
+
+def _ensembles(
+    trained: list[PlannedCell],
+    cfg: Config,
+    exp_id: str,
+    study_run: str,
+    result: StudyResult,
+    progress: Progress,
+) -> None:
+    """``ensemble_top_k``: the ensemble of the best k losses (by validation) of each backbone,
+    training set, seed and variant, built (or found) and evaluated after the grid."""
+    k = cfg.ensemble.ensemble_top_k
+    if k < 2:
+        return
+    groups = ensemble_groups(trained, exp_id, k)
+    for i, (label, uris) in enumerate(groups, start=1):
+        started = time.perf_counter()
+        out = run_ensembled(cfg, uris, parent_run_id=study_run)
+        lt = out.metrics.get(schema.test_metric("lt"))
+        progress(
+            f"[ensemble {i}/{len(groups)}] {label}: top {len(uris)} by validation, ensemble "
+            f"{out.train.run_id}, val_acc1 {out.train.best_val_acc1:.4f}"
+            + (f", test_lt_acc1 {lt:.4f}" if lt is not None else "")
+            + f" ({time.perf_counter() - started:.1f}s)"
+        )
+        result.ran.append(f"ensemble {label}")
 
 
 def _evaluated_stage2(exp_id: str, stage1_run_id: str, identity: dict[str, Any]) -> str | None:

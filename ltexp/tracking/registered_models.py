@@ -67,6 +67,22 @@ class ModelInfo:
     std: tuple[float, float, float]
     # output i of the model is class_names[i] (empty: a version registered before they were kept)
     class_names: tuple[str, ...] = ()
+    # an ensemble (model "ensemble"): its members' own descriptions and how it combines them
+    members: tuple[ModelInfo, ...] = ()
+    combine: str = ""
+
+
+def build_classifier(info: ModelInfo) -> nn.Module:
+    """The untrained module a version's weights load into: the backbone, or an ensemble of
+    its members' backbones."""
+    from ltexp.models import build_model
+    from ltexp.models.ensemble import Ensemble
+
+    if info.members:
+        members = [build_classifier(m) for m in info.members]
+        stats = [(m.mean, m.std) for m in info.members]
+        return Ensemble(members, info.combine, stats)
+    return build_model(info.model, info.num_classes, pretrained=False, head=info.head)
 
 
 @contextlib.contextmanager
@@ -397,8 +413,6 @@ def load_classifier(model_uri: str, device: torch.device | str) -> tuple[nn.Modu
         TrackingError: the version cannot be downloaded, or lacks ltexp's files (a model that
             ltexp did not register, or a tampered one) — it is refused, never loaded.
     """
-    from ltexp.models import build_model
-
     digests = _registered_digests(model_uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -422,7 +436,7 @@ def load_classifier(model_uri: str, device: torch.device | str) -> tuple[nn.Modu
                     f"(sha256 differs from the run's {param}); it is refused"
                 )
         info = read_model_info(info_path, model_uri)
-        model = build_model(info.model, info.num_classes, pretrained=False, head=info.head)
+        model = build_classifier(info)
         try:
             model.load_state_dict(load_weights(weights_path))
         except (RuntimeError, TrainingError) as e:
@@ -443,6 +457,9 @@ MAX_MODEL_INFO_BYTES = 1_048_576  # an ltexp_model.json: a few hundred bytes and
 MAX_CLASS_NAME = 200
 
 
+MAX_MEMBERS = 64  # an ensemble of more is not a description any study writes
+
+
 def read_model_info(path: Path, model_uri: str) -> ModelInfo:
     """A version's ``ltexp_model.json``, checked field by field before anything is built.
 
@@ -450,7 +467,6 @@ def read_model_info(path: Path, model_uri: str) -> ModelInfo:
         TrackingError: not JSON, nested or large beyond a model description, or a field of the
             wrong type or outside its range (``num_classes`` 1e12, "10" or 10.7).
     """
-    from ltexp.models import HEADS, model_spec
 
     def refuse(why: str) -> TrackingError:
         return TrackingError(f"model {model_uri!r} has a corrupt {MODEL_INFO_FILE}: {why}")
@@ -461,8 +477,17 @@ def read_model_info(path: Path, model_uri: str) -> ModelInfo:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, RecursionError):
         raise refuse("not JSON") from None
+    return _model_info(raw, refuse, nested=False)
+
+
+def _model_info(raw: Any, refuse: Any, *, nested: bool) -> ModelInfo:
+    """One description checked (an ensemble's members each in turn, one level deep)."""
+    from ltexp.models import HEADS, model_spec
+    from ltexp.models.ensemble import COMBINES, ENSEMBLE
+
     fields = set(ModelInfo.__dataclass_fields__)
-    if not isinstance(raw, dict) or not fields - {"class_names"} <= set(raw) <= fields:
+    optional = {"class_names", "members", "combine"}
+    if not isinstance(raw, dict) or not fields - optional <= set(raw) <= fields:
         raise refuse(f"it needs exactly the fields {', '.join(ModelInfo.__dataclass_fields__)}")
 
     def integer(name: str, low: int, high: int) -> int:
@@ -480,10 +505,14 @@ def read_model_info(path: Path, model_uri: str) -> ModelInfo:
 
     if not isinstance(raw["model"], str) or not isinstance(raw["head"], str):
         raise refuse("model and head must be names")
-    try:
-        model_spec(raw["model"])
-    except ConfigError:
-        raise refuse(f"unknown model {raw['model']!r:.40}") from None
+    ensemble = raw["model"] == ENSEMBLE
+    if ensemble and nested:
+        raise refuse("an ensemble's member cannot be an ensemble")
+    if not ensemble:
+        try:
+            model_spec(raw["model"])
+        except ConfigError:
+            raise refuse(f"unknown model {raw['model']!r:.40}") from None
     if raw["head"] not in HEADS:
         raise refuse(f"head must be one of {', '.join(HEADS)}")
     num_classes = integer("num_classes", 2, 1_000_000)
@@ -492,6 +521,19 @@ def read_model_info(path: Path, model_uri: str) -> ModelInfo:
         raise refuse(f"class_names must be a list of {num_classes} names")
     if not all(isinstance(n, str) and len(n) <= MAX_CLASS_NAME for n in names):
         raise refuse(f"class_names must be names of at most {MAX_CLASS_NAME} characters")
+    members: tuple[ModelInfo, ...] = ()
+    combine = raw.get("combine", "")
+    if ensemble:
+        listed = raw.get("members")
+        if not isinstance(listed, list) or not 2 <= len(listed) <= MAX_MEMBERS:
+            raise refuse(f"an ensemble needs a list of 2 to {MAX_MEMBERS} members")
+        members = tuple(_model_info(m, refuse, nested=True) for m in listed)
+        if combine not in COMBINES:
+            raise refuse(f"combine must be one of {', '.join(COMBINES)}")
+        if any(m.num_classes != num_classes for m in members):
+            raise refuse("an ensemble's members must all have its num_classes")
+    elif raw.get("members") or combine:
+        raise refuse("members and combine belong to an ensemble only")
     return ModelInfo(
         raw["model"],
         num_classes,
@@ -500,6 +542,8 @@ def read_model_info(path: Path, model_uri: str) -> ModelInfo:
         triple("mean"),
         triple("std"),
         tuple(names),
+        members,
+        combine,
     )
 
 

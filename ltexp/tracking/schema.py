@@ -11,6 +11,7 @@ group names, so the training loop and the report can use it too.
 
 from __future__ import annotations
 
+import hashlib
 from enum import StrEnum
 from pathlib import PurePath
 
@@ -33,10 +34,12 @@ class Step(StrEnum):
     MAIN = "main"
     TUNE = "tune"
     DECOUPLE = "decouple"
+    ENSEMBLE = "ensemble"
 
 
 # the steps whose runs hold a registered model that evaluate tests
-MODEL_STEPS = (Step.TRAIN, Step.DECOUPLE)
+MODEL_STEPS = (Step.TRAIN, Step.DECOUPLE, Step.ENSEMBLE)
+ENSEMBLE_MEMBERS = "ltexp.ensemble_members"  # an ensemble run's members: version URIs, by comma
 
 
 CONFIG_HASH = "ltexp.config_hash"  # sha256 of the run's identity (ltexp.cells)
@@ -75,6 +78,7 @@ CONDITIONAL_TAGS = (
     BEST_PARAMS,
     TUNED_FROM,
     TUNED_PARAMS,
+    ENSEMBLE_MEMBERS,
 )
 RUN_TAGS = (
     STEP,
@@ -170,19 +174,8 @@ PREPARE_DATA_PARAMS = (
 # prepare_data of an image-file set: the sha256 of its decoded cache (pixels and labels)
 IMAGE_CACHE_DIGEST = "image_cache_sha256"
 DATASET_OPTION_PREFIX = "dataset_"  # prepare_data: dataset_<option> for each loader option
-STUDY_PARAMS = (
-    "models",
-    "losses",
-    "train_splits",
-    "seeds",
-    "preset",
-    "dataset",
-    "n_cells",
-    "epochs",
-    "samplers",
-    "study_mixing",
-    "study_stage2",
-)
+# a study run's params: each grid axis's values (models, …, study_stage2), and the rest
+STUDY_PARAMS = (*(a.grid_key for a in axes()), "preset", "dataset", "n_cells", "epochs")
 AGGREGATE_PARAMS = ("experiment", "dataset", "n_evaluate_runs")
 TUNE_PARAMS = (
     "dataset",
@@ -207,6 +200,19 @@ DECOUPLE_PARAMS = (
     "stage2_tau",
     "stage2_tau_form",
     "stage1_run_id",
+)
+# An ensemble run's params: the cell params (model "ensemble", the members' losses and seeds
+# joined by +), how it combines, and its members.
+ENSEMBLE_PARAMS = (
+    "dataset",
+    "model",
+    "loss",
+    "train_split",
+    "seed",
+    "combine",
+    "num_members",
+    "members",
+    "num_params",
 )
 TAU_SEARCH_ARTIFACT = "tau_search.csv"
 TUNE_METRICS = ("best_value", "trials_complete", "trials_pruned", "trials_failed")
@@ -356,6 +362,7 @@ class VersionTag(StrEnum):
     CELL = "cell"  # ltexp.cells.cell_key: the champion is chosen among versions of one cell
     STAGE = "stage"  # 1: trained; 2: a decoupled classifier (Kang et al. 2020)
     METHOD = "method"  # the decoupling method of a stage-2 version: crt, tau_norm, lws
+    MEMBERS = "members"  # an ensemble version's members (version URIs, by comma)
 
 
 def logged_model_name(run_name: str) -> str:
@@ -385,6 +392,31 @@ def run_name(model: str, loss: str, train_split: str, seed: int | str, variant: 
     (``ltexp.cells.variant``) after it (``resnet50-bs-lt-s42-class_balanced+crt``)."""
     name = f"{model.replace(':', '_')}-{loss}-{train_split}-s{seed}"
     return f"{name}-{variant}" if variant else name
+
+
+_MAX_NAME = 200  # a registered-model name beyond this is shortened to a digest of its members
+
+
+def _ensemble_body(labels: list[str], train_split: str, combine: str) -> str:
+    body = "+".join(labels) + f"-{train_split}" + ("" if combine == "logits" else f"-{combine}")
+    if len(body) > _MAX_NAME - 40:
+        digest = hashlib.sha256(body.encode()).hexdigest()[:12]
+        body = f"{len(labels)}members-{digest}-{train_split}"
+    return body
+
+
+def ensemble_run_name(labels: list[str], train_split: str, combine: str = "logits") -> str:
+    """``ensemble-<member>+<member>-<split>``: what an ensemble run is, at a glance (each member
+    as ``<model>-<loss>`` and its variant)."""
+    return f"ensemble-{_ensemble_body(labels, train_split, combine)}"
+
+
+def ensemble_model_name(
+    dataset: str, labels: list[str], train_split: str, combine: str = "logits"
+) -> str:
+    """``ltexp-<dataset>-ensemble-<member>+<member>-<split>``: an ensemble's registered model
+    (its members listed again in its tags and description)."""
+    return f"{REGISTERED_PREFIX}{dataset}-ensemble-{_ensemble_body(labels, train_split, combine)}"
 
 
 def trial_run_name(cell_run_name: str, number: int) -> str:

@@ -35,7 +35,8 @@ def study(tiny_config):
 
 def test_every_logged_key_is_declared(study) -> None:
     runs = _all_runs()
-    assert set(runs) == set(schema.Step) - {schema.Step.TUNE}  # tests/steps/test_tune.py
+    # tune: tests/steps/test_tune.py; ensemble: tests/steps/test_ensemble.py
+    assert set(runs) == set(schema.Step) - {schema.Step.TUNE, schema.Step.ENSEMBLE}
     assert len(runs["evaluate"]) == 2  # of the train run and of its tau_norm second stage
     config_keys = set(all_fields())
     declared_tags = set(schema.RUN_TAGS)
@@ -45,7 +46,8 @@ def test_every_logged_key_is_declared(study) -> None:
             assert own_tags <= declared_tags, (step, own_tags - declared_tags)
     (train,) = runs["train"]
     allowed = config_keys | set(schema.TRAIN_RESOLVED_PARAMS) | {"preset"}
-    allowed |= {schema.NUM_PARAMS, schema.WORLD_SIZE, *schema.MODEL_DIGEST_PARAMS}
+    allowed |= {schema.NUM_PARAMS, schema.TRAINABLE_PARAMS, schema.WORLD_SIZE}
+    allowed |= set(schema.MODEL_DIGEST_PARAMS)
     assert set(train.data.params) <= allowed, set(train.data.params) - allowed
     assert "ldam_max_margin" in train.data.params  # the loss's own hyper-parameters
     metrics = set(train.data.metrics)
@@ -118,8 +120,9 @@ def test_every_logged_key_is_declared(study) -> None:
     (stage2,) = client.search_model_versions(
         f"name = '{schema.registered_model_name('digits', 'tiny_cnn', 'ldam', 'lt', 'tau_norm')}'"
     )
-    assert set(stage2.tags) == {t.value for t in schema.VersionTag}
-    assert set(stage1.tags) == {t.value for t in schema.VersionTag} - {schema.VersionTag.METHOD}
+    every = {t.value for t in schema.VersionTag} - {schema.VersionTag.MEMBERS}  # an ensemble's
+    assert set(stage2.tags) == every
+    assert set(stage1.tags) == every - {schema.VersionTag.METHOD}
 
 
 def _schema_names() -> set[str]:
