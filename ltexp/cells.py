@@ -38,6 +38,7 @@ from ltexp.config import (
     all_fields,
     axes,
     axis,
+    conditional_keys,
     registry_names,
     runtime_keys,
 )
@@ -163,11 +164,16 @@ def settings(cfg: Config) -> dict[str, Any]:
     options, the arithmetic precision, the resolved image size, the loss's own
     hyper-parameters (``focal_gamma``). Runtime-only options are left out, and so are options
     added after runs were recorded while they are at their default (``added=`` in
-    :mod:`ltexp.config`): a run recorded before ``finetune`` existed is the ``full`` cell."""
+    :mod:`ltexp.config`): a run recorded before ``finetune`` existed is the ``full`` cell; and
+    options that matter only under another's value when it is another (``applies_when=``:
+    ``lora_rank`` of a cell that is not LoRA)."""
     from ltexp.models import input_size
 
     nested = cfg.to_dict(("train", "runtime"))
     out = _without_runtime({**nested["train"], **nested["runtime"]})
+    for key, (other, value) in conditional_keys().items():  # lora_rank without lora
+        if key in out and out.get(other) != value:
+            del out[key]
     for key, default in added_keys().items():
         if key in out and _same(out[key], default):
             del out[key]

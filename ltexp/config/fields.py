@@ -28,6 +28,7 @@ def _opt(
     also_under: str = "",
     key: str = "",
     added: str = "",
+    applies_when: tuple[str, str] = ("", ""),
 ) -> Any:
     """A config field: default, one-line help, checks, and what the field is.
 
@@ -44,6 +45,9 @@ def _opt(
         added: the ltexp version that added an option of what a run computes. Runs recorded
             before it have no value for it, so a cell's identity leaves it out while it is at
             its default: those runs stay the same cells, never trained again.
+        applies_when: ``(key, value)``: the option changes training only when option ``key``
+            has ``value`` (``lora_rank`` with ``finetune=lora``); otherwise a cell's identity
+            leaves it out, so a value that changes nothing makes no other cell.
     """
     meta = {
         "help": help,
@@ -59,6 +63,7 @@ def _opt(
         "also_under": also_under,
         "key": key,
         "added": added,
+        "applies_when": applies_when,
     }
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -87,6 +92,7 @@ class FieldSpec:
     method: bool = False
     owner: str = ""  # the loss or dataset of a registry-declared field; the axis of a grid option
     added: str = ""  # the version that added it: left out of an identity at its default
+    applies_when: tuple[str, str] = ("", "")  # (key, value) it matters under; see _opt
 
     def help_text(self) -> str:
         """The help, with the registry's names when the field takes one."""

@@ -123,6 +123,7 @@ class TrainConfig:
         low=1,
         method=True,
         added="0.2",
+        applies_when=("finetune", "gradual"),
     )
     lora_rank: int = _opt(
         8,
@@ -130,6 +131,7 @@ class TrainConfig:
         low=1,
         method=True,
         added="0.2",
+        applies_when=("finetune", "lora"),
     )
     lora_alpha: float = _opt(
         16.0,
@@ -139,6 +141,7 @@ class TrainConfig:
         low_open=True,
         method=True,
         added="0.2",
+        applies_when=("finetune", "lora"),
     )
     llrd: float = _opt(
         1.0,
@@ -695,6 +698,7 @@ def section_fields(section: str) -> list[FieldSpec]:
                 m.get("also_under", ""),
                 m.get("method", False),
                 added=m.get("added", ""),
+                applies_when=m.get("applies_when", ("", "")),
             )
         )
     return specs
@@ -796,6 +800,11 @@ def added_keys() -> dict[str, Any]:
     """Options added after runs were recorded (``added=``), with their defaults: an identity
     leaves each out while it is at that default."""
     return {k: f.default for k, f in all_fields().items() if f.added}
+
+
+def conditional_keys() -> dict[str, tuple[str, str]]:
+    """Options that matter only under another option's value (``applies_when=``)."""
+    return {k: f.applies_when for k, f in all_fields().items() if f.applies_when[0]}
 
 
 def runtime_keys() -> frozenset[str]:

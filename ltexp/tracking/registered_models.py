@@ -368,9 +368,10 @@ def model_run(
         if run and step in {s.value for s in steps}:
             return run, uri
         if step:
+            article = "an" if step[0] in "aeiou" else "a"
             raise TrackingError(
-                f"model_uri {model_uri!r} is the model of a {step} run; this needs the model of "
-                f"a {what} run"
+                f"model_uri {model_uri!r} is the model of {article} {step} run; this needs the "
+                f"model of a {what} run"
             )
         raise TrackingError(
             f"model_uri {model_uri!r} was not registered by ltexp (its run is not an ltexp "

@@ -350,7 +350,8 @@ def get_run(run_id: str, step: schema.Step | tuple[schema.Step, ...] | None = No
     steps = (step,) if isinstance(step, schema.Step) else step
     if steps and run.data.tags.get(schema.STEP) not in {s.value for s in steps}:
         got = run.data.tags.get(schema.STEP, "not an ltexp run")
-        wanted = " or ".join(s.value for s in steps)
+        names = [s.value for s in steps]
+        wanted = " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 2 else names)
         article = "an" if got[0] in "aeiou" else "a"
         raise TrackingError(f"run {run_id!r} is {article} {got} run, not a {wanted} run")
     return run

@@ -155,7 +155,11 @@ def test_an_ensemble_is_not_a_member(two_cells, capsys) -> None:
             ["ensemble", "--preset", "demo", "--members", f"{uris[0]},{ensemble.model_uri}"]
         )
     err = capsys.readouterr().err
-    assert code != 0 and "is the model of a ensemble run" in err
+    assert (
+        code != 0
+        and "is the model of an ensemble run; this needs the model of a train or decouple run"
+        in err
+    )
     assert Path(folder).is_dir()
 
 

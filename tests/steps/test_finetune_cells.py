@@ -94,6 +94,11 @@ def test_the_plain_cell_keeps_its_identity_and_every_mode_is_another_cell() -> N
         assert cells.run_name(cells.identity(base.replace(finetune=value), DIGEST)) == name
     weights = cells.identity(base.replace(normalize="weights"), DIGEST)
     assert cells.variant(weights) == "norm_weights"
+    # an option of another mode changes nothing that is trained: the same cell, the same name
+    for idle in ({"lora_rank": 4}, {"lora_alpha": 4.0}, {"gradual_epochs": 3}):
+        assert cells.identity(base.replace(**idle), DIGEST) == plain, idle
+    linear = cells.identity(base.replace(finetune="linear"), DIGEST)
+    assert cells.identity(base.replace(finetune="linear", lora_rank=2), DIGEST) == linear
 
 
 def test_normalize_weights_takes_the_weights_own_statistics() -> None:

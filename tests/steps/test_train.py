@@ -174,7 +174,9 @@ def test_evaluate_by_model_uri_with_post_hoc_adjustment(trained) -> None:
 def test_evaluate_refuses_a_run_that_is_not_a_train_run(trained) -> None:
     cfg, _result, cell = trained
     cfg = cfg.replace(train_run=cell.evaluate_run_id)
-    with pytest.raises(TrackingError, match="is an evaluate run, not a train or decouple run"):
+    with pytest.raises(
+        TrackingError, match="is an evaluate run, not a train, decouple or ensemble run"
+    ):
         run_evaluate(cfg)
 
 
