@@ -238,3 +238,51 @@ def test_a_version_without_a_run_or_with_files_outside_its_run_is_refused_unread
     with pytest.raises(TrackingError, match="outside its run's artifacts"):
         ltexp.load_model(f"models:/{name}/{elsewhere.version}")
     assert not any(private.iterdir())  # nothing was copied
+
+
+def _ensemble_description(**changes: object) -> dict:
+    from dataclasses import asdict
+
+    from ltexp.tracking.registered_models import ModelInfo
+
+    member = ModelInfo("tiny_cnn", 10, "linear", 32, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2))
+    info = ModelInfo(
+        "ensemble", 10, "linear", 32, member.mean, member.std, (), (member, member), "logits"
+    )
+    return {**asdict(info), **changes}
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"members": []}, "a list of 2 to 64 members"),
+        ({"members": "tiny_cnn,tiny_cnn"}, "a list of 2 to 64 members"),
+        ({"combine": "vote"}, "combine must be one of logits, probs"),
+        ({"members": [_ensemble_description()] * 2}, "an ensemble's member cannot be"),
+        ({"members": [{"model": "os.system"}] * 2}, "it needs exactly the fields"),
+        (
+            {"members": [{**_ensemble_description()["members"][0], "num_classes": 5}] * 2},
+            "must all have its num_classes",
+        ),
+        ({"members": [_ensemble_description()["members"][0]] * 65}, "a list of 2 to 64"),
+    ],
+    ids=["none", "text", "combine", "nested", "member fields", "classes", "too many"],
+)
+def test_an_ensembles_description_is_checked_member_by_member(
+    tmp_path: Path, changes: dict, message: str
+) -> None:
+    import json
+
+    from ltexp.tracking.registered_models import read_model_info
+
+    path = tmp_path / "ltexp_model.json"
+    path.write_text(json.dumps(_ensemble_description()))
+    assert len(read_model_info(path, "m").members) == 2
+    path.write_text(json.dumps(_ensemble_description(**changes)))
+    with pytest.raises(TrackingError, match=message):
+        read_model_info(path, "m")
+    # members and combine on a model that is not an ensemble are refused too
+    plain = {**_ensemble_description()["members"][0], "combine": "logits"}
+    path.write_text(json.dumps(plain))
+    with pytest.raises(TrackingError, match="belong to an ensemble only"):
+        read_model_info(path, "m")
