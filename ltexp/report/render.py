@@ -74,7 +74,9 @@ _TEX_SYMBOLS = {
     **{
         g: f"$\\{n}$"
         for g, n in zip(
-            "αβγδλτΣ", ("alpha", "beta", "gamma", "delta", "lambda", "tau", "Sigma"), strict=True
+            "αβγδλτΣΔ",
+            ("alpha", "beta", "gamma", "delta", "lambda", "tau", "Sigma", "Delta"),
+            strict=True,
         )
     },
 }

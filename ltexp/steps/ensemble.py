@@ -89,7 +89,8 @@ def run_ensemble(
 ) -> TrainResult:
     """Build the ensemble of ``members`` (default ``cfg.ensemble.members``) and register it; an
     ensemble of the same versions built before is returned instead (unless ``force``)."""
-    resolved = resolve_members(members if members is not None else cfg.ensemble.members)
+    asked = [m.strip() for m in (members if members is not None else cfg.ensemble.members)]
+    resolved = resolve_members(asked)
     member_runs = [run for _, run in resolved]
     params = [r.data.params for r in member_runs]
     digest = _common(
@@ -182,6 +183,8 @@ def run_ensemble(
             "+".join(sorted({p.get("seed", "") for p in params})),
             combine,
             len(versions),
+            # as asked (what `mlflow run -P members=…` logged already), and as resolved
+            ",".join(m for m in asked if m),
             ",".join(versions),
             sum(p.numel() for p in ensemble.parameters()),
         )

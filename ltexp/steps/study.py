@@ -25,7 +25,7 @@ import mlflow
 from ltexp import cells, executors
 from ltexp.cells import Cell, code_version, grid_cells, study_hash
 from ltexp.checkpoint import ensure_folder
-from ltexp.config import Config, axes
+from ltexp.config import Config, axes, axis
 from ltexp.distributed import DistContext
 from ltexp.errors import ConfigError
 from ltexp.report.build import Grid
@@ -410,7 +410,11 @@ def ensemble_groups(trained: list[PlannedCell], exp_id: str, k: int) -> list[tup
     out = []
     for key, found in groups.items():
         if len(found) >= 2:
-            label = "-".join(str(v) for _, v in key)
+            values = dict(key)
+            off = [axis(a).named(v) for a, v in key if axis(a).plain not in (None, v)]
+            label = schema.run_name(
+                values["model"], f"top{k}", values["train_split"], values["seed"], "+".join(off)
+            )
             out.append((label, [uri for *_, uri in sorted(found)[:k]]))
     return out
 

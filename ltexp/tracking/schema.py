@@ -202,7 +202,8 @@ DECOUPLE_PARAMS = (
     "stage1_run_id",
 )
 # An ensemble run's params: the cell params (model "ensemble", the members' losses and seeds
-# joined by +), how it combines, and its members.
+# joined by +), how it combines, and its members as asked (models:/<name>@champion) and as the
+# versions they resolved to.
 ENSEMBLE_PARAMS = (
     "dataset",
     "model",
@@ -212,6 +213,7 @@ ENSEMBLE_PARAMS = (
     "combine",
     "num_members",
     "members",
+    "member_versions",
     "num_params",
 )
 TAU_SEARCH_ARTIFACT = "tau_search.csv"

@@ -12,7 +12,7 @@ from ltexp.report.model import Fmt, Table
 from ltexp.report.render import write_html, write_latex
 
 # what captions, notes and names have held: TeX's specials, maths symbols, other scripts
-HOSTILE = r"<b>a_b</b> & 50% #1 $x$ {y} \z ~^ ± − × · ≤ ≥ → … τ γ Σ “q” — 中文 é ü"
+HOSTILE = r"<b>a_b</b> & 50% #1 $x$ {y} \z ~^ ± − × · ≤ ≥ → … τ γ Σ Δ “q” — 中文 é ü"
 
 
 def _blocks() -> list[Table]:
@@ -48,6 +48,8 @@ def test_an_interval_is_set_under_its_value(tmp_path: Path) -> None:
     body = (tmp_path / "report_body.tex").read_text()
     assert r"\begin{tabular}[t]{@{}r@{}}0.5000\\\scriptsize [0.4000, 0.6000]\end{tabular}" in body
     assert r"+0.0100\\\scriptsize [-0.0200, +0.0400]" in body
+    # the ensembles table's Δ is set as a symbol, not lost as "?"
+    assert r"$\Sigma$ $\Delta$" in body
 
 
 def test_html_escapes_everything(tmp_path: Path) -> None:

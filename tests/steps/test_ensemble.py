@@ -181,7 +181,11 @@ def test_a_study_ensembles_its_best_losses_and_reports_each_axis(tiny_config) ->
     lines: list[str] = []
     result = run_study(cfg, progress=lines.append)
     assert step_counts()["ensemble"] == 2  # the full and the linear cells' losses
-    assert sum("[ensemble " in line for line in lines) == 2
+    said = [line for line in lines if line.startswith("[ensemble ")]
+    assert [line.split(":")[0] for line in said] == [
+        "[ensemble 1/2] tiny_cnn-top2-lt-s42",
+        "[ensemble 2/2] tiny_cnn-top2-lt-s42-linear",
+    ]
     report = result.report_dir
     by_finetune = pd.read_csv(report / "by_finetune.csv")
     assert set(by_finetune["finetune"]) == {"full", "linear"}

@@ -204,3 +204,18 @@ def test_mlflow_run_entry_points(tmp_path: Path) -> None:
     )
     plan = mlflow.artifacts.load_dict(f"runs:/{plan_run.info.run_id}/plan.json")
     assert plan["ready"] is True and plan["cells"][0]["status"] == "reused"
+    # an ensemble of the two cells' champions: MLflow logs -P members as given, ltexp the same
+    # value, and the versions they resolved to beside it
+    members = [f"models:/ltexp-digits-tiny_cnn-{loss}-lt@champion" for loss in ("ldam", "ce")]
+    built = mlflow_run("-e", "ensemble", "-P", "preset=demo", "-P", f"members={','.join(members)}")
+    assert built.returncode == 0, built.stderr[-2000:]
+    (ensemble,) = mlflow.search_runs(
+        search_all_experiments=True,
+        output_format="list",
+        filter_string="tags.`ltexp.step` = 'ensemble'",
+    )
+    assert ensemble.data.params["members"] == ",".join(members)
+    assert ensemble.data.params["member_versions"] == ",".join(
+        m.replace("@champion", "/1") for m in members
+    )
+    assert ensemble.data.tags[schema.MODEL_URI].startswith("models:/ltexp-digits-ensemble-")
