@@ -4,6 +4,7 @@ for it, and the introspection that turns them into one table of flat keys."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -673,6 +674,13 @@ def _plain(value: Any) -> Any:
 
 def section_fields(section: str) -> list[FieldSpec]:
     """The fields of one dataclass section, as :class:`FieldSpec`."""
+    return list(_section_fields(section))
+
+
+@functools.cache
+def _section_fields(section: str) -> tuple[FieldSpec, ...]:
+    # read once per process: resolving the annotations (typing.get_type_hints) is most of what
+    # building a config costs, and the sections are fixed dataclasses
     cls = SECTIONS[section]
     hints = typing.get_type_hints(cls)
     specs = []
@@ -701,7 +709,7 @@ def section_fields(section: str) -> list[FieldSpec]:
                 applies_when=m.get("applies_when", ("", "")),
             )
         )
-    return specs
+    return tuple(specs)
 
 
 def loss_fields() -> list[FieldSpec]:
@@ -796,15 +804,32 @@ def command_fields(command: str) -> list[FieldSpec]:
     return [f for f in all_fields().values() if command in f.commands]
 
 
+@functools.cache
 def added_keys() -> dict[str, Any]:
     """Options added after runs were recorded (``added=``), with their defaults: an identity
-    leaves each out while it is at that default."""
-    return {k: f.default for k, f in all_fields().items() if f.added}
+    leaves each out while it is at that default. (Sections are fixed dataclasses, so this is
+    read once: every identity asks it.)"""
+    return {
+        f.metadata.get("key") or f.name: _field_default(f)
+        for cls in SECTIONS.values()
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("added")
+    }
 
 
+@functools.cache
 def conditional_keys() -> dict[str, tuple[str, str]]:
     """Options that matter only under another option's value (``applies_when=``)."""
-    return {k: f.applies_when for k, f in all_fields().items() if f.applies_when[0]}
+    return {
+        f.metadata.get("key") or f.name: f.metadata["applies_when"]
+        for cls in SECTIONS.values()
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("applies_when", ("", ""))[0]
+    }
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
 def runtime_keys() -> frozenset[str]:

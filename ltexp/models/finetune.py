@@ -29,6 +29,7 @@ classifier) at ``lr``.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -158,12 +159,12 @@ def add_lora(model: nn.Module, targets: list[str], rank: int, alpha: float) -> n
 
 
 def lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The peft LoRA layers of ``model`` (none when peft is not installed or not used)."""
-    try:
-        from peft.tuners.lora import LoraLayer
-    except ImportError:
+    """The peft LoRA layers of ``model`` (none when peft was never imported: importing it
+    costs seconds, and a model without LoRA is every model but a ``finetune=lora`` one)."""
+    lora = sys.modules.get("peft.tuners.lora")
+    if lora is None:
         return []
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, lora.LoraLayer)]
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
