@@ -365,8 +365,10 @@ def _cost(
         epochs = t.epochs
     else:  # tau_norm trains nothing: it rescales the classifier's rows
         epochs = 0 if method == "tau_norm" else cfg.decouple.epochs(method)
-    # a second stage trains the classifier only: its backward pass stops at the head
-    step = speed * (EVAL_SPEEDUP if second_stage else 1.0)
+    # a second stage and a linear probe train the classifier only: the backward pass stops at
+    # the head (other finetune modes still pass gradients down through the frozen layers)
+    head_only = second_stage or t.finetune == "linear"
+    step = speed * (EVAL_SPEEDUP if head_only else 1.0)
     images = epochs * train
     seconds = images / step + (epochs * val + evaluated) / (speed * EVAL_SPEEDUP)
     return images, seconds + CELL_OVERHEAD_S

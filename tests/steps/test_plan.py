@@ -177,3 +177,13 @@ def test_second_stages_are_planned_with_their_own_epochs(tmp_path: Path, trackin
     assert by_stage["tau_norm"].images == 0
     assert by_stage["lws"].images == 5 * TRAIN_IMAGES["lt"]
     assert all(c.status == "new" for c in plan.cells) and plan.seconds is not None
+
+
+def test_a_linear_probe_is_planned_as_a_forward_mostly_cell(tmp_path: Path, tracking: str) -> None:
+    """A linear probe's backward pass stops at the classifier: the same images, less time."""
+    cfg = _config(tmp_path, losses="ce", train_splits="lt", finetunes="full,linear")
+    plan = make_plan(cfg, measure=lambda cfg: 1000.0)
+    by_mode = {c.identity.get("finetune", "full"): c for c in plan.cells}
+    assert set(by_mode) == {"full", "linear"}
+    assert by_mode["full"].images == by_mode["linear"].images == 2 * TRAIN_IMAGES["lt"]
+    assert by_mode["linear"].seconds < by_mode["full"].seconds
