@@ -42,7 +42,11 @@ def _train_runs(uri: str) -> list:
 def _start_training(
     tmp_path: Path, env: dict[str, str], capture: bool = True, **extra: object
 ) -> subprocess.Popen:
-    """``ltexp train`` in the background; with ``capture``, read its stderr by communicate()."""
+    """``ltexp train`` in the background; with ``capture``, read its stderr by communicate().
+
+    Ctrl-C reaches it as from a terminal: a test run started in the background by a shell
+    without job control (``nohup … &``) inherits SIGINT ignored, and Python then never turns
+    it into KeyboardInterrupt."""
     return subprocess.Popen(
         _train_cmd(tmp_path, **extra),
         env=env,
@@ -50,7 +54,12 @@ def _start_training(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE if capture else subprocess.DEVNULL,
         text=True,
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _outcome(uri: str, ckpt: Path) -> tuple[dict, dict]:
