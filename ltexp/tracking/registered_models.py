@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import math
+import os
 import tempfile
 import time
 import warnings
@@ -36,20 +37,22 @@ from typing import Any
 import mlflow
 import numpy as np
 import torch
-from mlflow.models import ModelSignature
-from mlflow.types import Schema, TensorSpec
+from mlflow.models import Model, ModelSignature
+from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 from torch import nn
 
 from ltexp.checkpoint import load_weights, save_weights
 from ltexp.errors import ConfigError, TrackingError, TrainingError
-from ltexp.tracking import runs, schema
+from ltexp.tracking import ltexp_classifier, runs, schema
 from ltexp.tracking.queries import ltexp_models, versions_of
 
 log = logging.getLogger(__name__)
 WEIGHTS_FILE = "weights.safetensors"
 OUTPUT_DOC = (
     "logits, one per class (N x num_classes); softmax over a row gives the probabilities, its "
-    "argmax the index of the predicted class in class_names"
+    "argmax the index of the predicted class in class_names. pyfunc and mlflow models serve "
+    "also answer params {'output': 'probabilities'} (a column per class name) and "
+    "{'output': 'classes'} (class_index, class_name, probability)"
 )
 MODEL_INFO_FILE = "ltexp_model.json"
 EXTRA_FILES_DIR = "extra_files"
@@ -127,10 +130,14 @@ def log_and_register(
     example = torch.zeros(2, 3, side, side)
     with torch.no_grad():
         out_dim = cpu_model(example).shape[1]
-    # unnamed tensors: pyfunc and the serving endpoint take a plain (N, 3, S, S) array
+    # unnamed tensors: pyfunc and the serving endpoint take a plain (N, 3, S, S) array; the
+    # outputs schema is the default answer's (logits)
     signature = ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, side, side))]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, out_dim))]),
+        params=ParamSchema(
+            [ParamSpec(ltexp_classifier.OUTPUT_PARAM, "string", ltexp_classifier.OUTPUTS[0])]
+        ),
     )
     with tempfile.TemporaryDirectory() as tmp, _quiet_logging():
         weights = Path(tmp) / WEIGHTS_FILE
@@ -140,9 +147,13 @@ def log_and_register(
         runs.log_params(
             dict(zip(schema.MODEL_DIGEST_PARAMS, map(_sha256, (weights, meta)), strict=True))
         )
-        logged = mlflow.pytorch.log_model(
-            torch.jit.script(cpu_model),
+        logged = Model.log(
+            artifact_path=None,
             name=logged_name,
+            flavor=_ClassifierFlavor,
+            flavor_name="mlflow.pytorch",
+            pytorch_model=torch.jit.script(cpu_model),
+            code_paths=[ltexp_classifier.__file__],
             serialization_format="pickle",  # MLflow's name for every non-pt2 format
             input_example=example.numpy(),
             signature=signature,
@@ -152,7 +163,8 @@ def log_and_register(
             # what a client of the model (or of `mlflow models serve`) needs besides the
             # logits: mlflow.models.get_model_info(uri).metadata
             metadata={
-                "class_names": list(info.class_names) or [str(c) for c in range(out_dim)],
+                ltexp_classifier.CLASS_NAMES_KEY: list(info.class_names)
+                or [str(c) for c in range(out_dim)],
                 "output": OUTPUT_DOC,
             },
         )
@@ -166,6 +178,19 @@ def log_and_register(
         for line in said.getvalue().splitlines():
             log.info("%s", line)
     return f"models:/{registered_name}/{version}"
+
+
+class _ClassifierFlavor:
+    """MLflow's PyTorch flavor whose pyfunc loader is :mod:`ltexp.tracking.ltexp_classifier`
+    (shipped in the model's ``code/``): ``mlflow.pytorch.load_model`` is unchanged, and pyfunc
+    and ``mlflow models serve`` can also answer probabilities or class names."""
+
+    @staticmethod
+    def save_model(path: str, mlflow_model: Model, **kwargs: Any) -> None:
+        mlflow.pytorch.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
+        pyfunc_conf = mlflow_model.flavors[mlflow.pyfunc.FLAVOR_NAME]
+        pyfunc_conf[mlflow.pyfunc.MAIN] = ltexp_classifier.__name__.rsplit(".", 1)[-1]
+        mlflow_model.save(str(Path(path) / "MLmodel"))
 
 
 def _sha256(path: Path) -> str:
@@ -406,6 +431,21 @@ def logged_model_id(model_uri: str) -> str | None:
     )
 
 
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """MLflow draws a progress bar per download, even when stderr is no terminal; a caller
+    who asked for it (the variable set) keeps it."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
 def load_classifier(model_uri: str, device: torch.device | str) -> tuple[nn.Module, ModelInfo]:
     """Rebuild a registered ltexp classifier on ``device`` from its code and safetensors
     weights, in eval mode. Nothing but tensors and JSON is read: no pickle, no TorchScript.
@@ -417,7 +457,10 @@ def load_classifier(model_uri: str, device: torch.device | str) -> tuple[nn.Modu
     digests = _registered_digests(model_uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
+            with _no_progress_bar():
+                local = Path(
+                    mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+                )
         except Exception as e:  # noqa: BLE001
             raise TrackingError(
                 f"cannot download model {model_uri!r} ({runs.error_line(e)[:160]})"

@@ -109,6 +109,40 @@ def test_the_model_carries_its_class_names_for_a_client(trained) -> None:
     assert names == [prepared.class_names[i] for i in expected]
 
 
+def test_pyfunc_answers_probabilities_and_named_classes_on_request(trained) -> None:
+    """The issue: a client of `mlflow models serve` needed a side table to name the classes.
+    The pyfunc answers logits by default (as mlflow.pytorch's loader), and named probabilities
+    or the predicted class when asked, quietly (no torch warning about TorchScript loading)."""
+    import warnings
+
+    cfg, result, _cell = trained
+    data_run = mlflow.get_run(result.run_id).data.tags[schema.DATA_RUN]
+    names = load_prepared(data_run, cfg.data.data_root, False).class_names
+    x = np.random.default_rng(2).normal(size=(5, 3, 32, 32)).astype(np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = mlflow.pyfunc.load_model(CHAMPION)
+    assert not [w for w in caught if "torch" in str(w.filename)], [str(w) for w in caught]
+    with torch.no_grad():
+        expected = torch.softmax(ltexp.load_model(CHAMPION)(torch.from_numpy(x)), 1).numpy()
+    assert np.asarray(model.predict(x)).shape == (5, 10)  # logits, the default
+    assert np.allclose(model.predict(x, params={"output": "logits"}), model.predict(x))
+    probabilities = model.predict(x, params={"output": "probabilities"})
+    assert list(probabilities.columns) == names
+    assert np.allclose(probabilities.to_numpy(), expected, atol=1e-5)
+    classes = model.predict(x, params={"output": "classes"})
+    assert list(classes.columns) == ["class_index", "class_name", "probability"]
+    assert classes["class_index"].tolist() == expected.argmax(1).tolist()
+    assert classes["class_name"].tolist() == [names[i] for i in expected.argmax(1)]
+    assert np.allclose(classes["probability"], expected.max(1), atol=1e-5)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="logits, probabilities, classes"):
+        model.predict(x, params={"output": "labels"})
+    signature = mlflow.models.get_model_info(CHAMPION).signature
+    assert signature.params.to_dict() == [
+        {"name": "output", "type": "string", "default": "logits", "shape": None}
+    ]
+
+
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_invocations(trained, tmp_path: Path) -> None:
     port = free_port()
@@ -145,6 +179,17 @@ def test_mlflow_models_serve_answers_invocations(trained, tmp_path: Path) -> Non
         with torch.no_grad():
             expected = ltexp.load_model(CHAMPION)(torch.from_numpy(x)).numpy()
         assert predictions.shape == (2, 10) and np.allclose(predictions, expected, atol=1e-4)
+        # the named answer, as the README shows it
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": x.tolist(), "params": {"output": "classes"}}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            named = json.loads(response.read())["predictions"]
+        names = mlflow.models.get_model_info(CHAMPION).metadata["class_names"]
+        assert [row["class_name"] for row in named] == [names[i] for i in expected.argmax(1)]
+        assert all(0 < row["probability"] <= 1 for row in named)
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -1,0 +1,88 @@
+"""How a registered ltexp classifier answers through pyfunc and ``mlflow models serve``.
+
+Each registered version ships this file in its ``code/`` folder and names it as its pyfunc
+loader, so it imports nothing of ltexp: a serving environment needs only torch, numpy, pandas
+and mlflow, as for any MLflow PyTorch model. The TorchScript program is loaded by MLflow's own
+PyTorch loader; this adds what a client needs besides logits, chosen by the ``output`` param:
+
+- ``logits`` (default): the (N, K) array that ``mlflow.pytorch.load_model`` returns, so a
+  client of the plain PyTorch flavor sees the same numbers;
+- ``probabilities``: softmax over each row, one column per class name;
+- ``classes``: the predicted class per row: ``class_index``, ``class_name``, ``probability``.
+
+Served: ``{"inputs": [...], "params": {"output": "classes"}}``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+OUTPUT_PARAM = "output"
+OUTPUTS = ("logits", "probabilities", "classes")
+# the MLmodel metadata key that lists the classes, in output order
+CLASS_NAMES_KEY = "class_names"
+
+
+def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> ClassifierPredictor:
+    """pyfunc's entry point: ``data_path`` is the model's ``data/`` folder."""
+    from mlflow.models import Model
+    from mlflow.pytorch import _load_pyfunc as load_pytorch
+
+    metadata = Model.load(Path(data_path).parent).metadata or {}
+    with warnings.catch_warnings():
+        # MLflow reads TorchScript through torch.load, and torch says that it dispatches to
+        # torch.jit.load and that TorchScript is deprecated: nothing a model client can act on
+        warnings.filterwarnings("ignore", message=".*TorchScript archive.*", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=FutureWarning)
+        predictor = load_pytorch(data_path, model_config=model_config)
+    return ClassifierPredictor(predictor, metadata.get(CLASS_NAMES_KEY, []))
+
+
+class ClassifierPredictor:
+    """MLflow's PyTorch predictor, answering logits, probabilities or named classes."""
+
+    def __init__(self, logits_predictor: Any, class_names: list[str]) -> None:
+        self._logits = logits_predictor
+        self.class_names = [str(c) for c in class_names]
+
+    def get_raw_model(self) -> Any:
+        """The scripted module, as for MLflow's own PyTorch pyfunc."""
+        return self._logits.get_raw_model()
+
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+        """Logits (ndarray), or a DataFrame of probabilities or of predicted classes."""
+        params = dict(params or {})
+        output = params.pop(OUTPUT_PARAM, None) or OUTPUTS[0]
+        if output not in OUTPUTS:
+            from mlflow.exceptions import MlflowException
+            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+            raise MlflowException(
+                f"output={output!r} is not an answer of this model; use one of "
+                f"{', '.join(OUTPUTS)}",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
+        logits = self._logits.predict(data, params or None)
+        if output == "logits":
+            return logits
+        index = data.index if isinstance(data, pd.DataFrame) else None
+        scores = np.asarray(logits, dtype=np.float64)
+        scores = np.exp(scores - scores.max(axis=1, keepdims=True))
+        probabilities = scores / scores.sum(axis=1, keepdims=True)
+        names = self.class_names or [str(i) for i in range(probabilities.shape[1])]
+        if output == "probabilities":
+            return pd.DataFrame(probabilities, columns=names, index=index)
+        best = probabilities.argmax(axis=1)
+        return pd.DataFrame(
+            {
+                "class_index": best,
+                "class_name": [names[i] for i in best],
+                "probability": probabilities[np.arange(len(best)), best],
+            },
+            index=index,
+        )
