@@ -16,7 +16,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from ltexp import cells
 from ltexp.config import Config, variant_axes
 from ltexp.errors import ConfigError, TrackingError
 from ltexp.report.build import (
@@ -54,7 +53,7 @@ def query_results(experiment_id: str, dataset: str = "") -> list[dict]:
         run for step in schema.MODEL_STEPS for run in runs.search_all([experiment_id], where(step))
     ]
     tuned = {r.info.run_id: r.data.tags.get(schema.TUNED_PARAMS, "") for r in models}
-    identity = {r.info.run_id: _identity(r) for r in models}
+    identity = {r.info.run_id: runs.recorded_identity(r) or None for r in models}
     by_id = {r.info.run_id: r for r in models}
     # an ensemble's members, by the versions it lists: their train (or decouple) runs
     run_of_version = {r.data.tags.get(schema.MODEL_URI): r.info.run_id for r in models}
@@ -95,21 +94,6 @@ def query_results(experiment_id: str, dataset: str = "") -> list[dict]:
 
 def _val_acc1(run: mlflow.entities.Run | None) -> float | None:
     return None if run is None else run.data.metrics.get(schema.BEST_VAL_ACC1)
-
-
-def _identity(run: mlflow.entities.Run) -> dict | None:
-    """The identity a train or decouple run recorded; read back from its params when it
-    predates the tag; None when it has neither (a run another tool logged)."""
-    text = run.data.tags.get(schema.IDENTITY)
-    if text:
-        try:
-            value = json.loads(text)
-        except ValueError:
-            value = None
-        if isinstance(value, dict):
-            return value
-    ident = cells.identity_from_params(run.data.params)
-    return ident or None
 
 
 def _number(text: str) -> float:

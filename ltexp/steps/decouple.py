@@ -15,7 +15,6 @@ another learning rate) and a cosine schedule; the backbone runs in eval mode thr
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -57,10 +56,7 @@ STAGE1_OPTIONS = ("seed", "batch_size", "optimizer", "lr", "weight_decay", "mome
 
 def stage1_identity(stage1: mlflow.entities.Run) -> dict:
     """The identity a train run recorded (read back from its params if it predates the tag)."""
-    recorded = stage1.data.tags.get(schema.IDENTITY)
-    if recorded:
-        return json.loads(recorded)
-    return cells.identity_from_params(stage1.data.params)
+    return runs.recorded_identity(stage1)
 
 
 def decouple_hash(stage1_run_id: str, identity: dict) -> str:

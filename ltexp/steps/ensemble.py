@@ -67,21 +67,10 @@ def _common(values: list[str], what: str, why: str) -> str:
 def member_label(run: mlflow.entities.Run) -> str:
     """A member as an ensemble's name lists it: ``<model>-<loss>`` and its variant."""
     p = run.data.params
-    ident = _identity(run)
+    ident = runs.recorded_identity(run)
     variant = cells.variant(ident) if ident else ""
     label = f"{p.get('model', '?').replace(':', '_')}-{p.get('loss', '?')}"
     return f"{label}-{variant}" if variant else label
-
-
-def _identity(run: mlflow.entities.Run) -> dict:
-    import json
-
-    text = run.data.tags.get(schema.IDENTITY)
-    try:
-        value = json.loads(text) if text else {}
-    except ValueError:
-        value = {}
-    return value if isinstance(value, dict) else {}
 
 
 def run_ensemble(

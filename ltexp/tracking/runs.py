@@ -23,7 +23,7 @@ import mlflow
 from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
-from ltexp.cells import code_version
+from ltexp.cells import code_version, identity_from_params
 from ltexp.errors import LtexpError, RunStopped, TrackingError
 from ltexp.tracking import schema
 
@@ -355,6 +355,21 @@ def get_run(run_id: str, step: schema.Step | tuple[schema.Step, ...] | None = No
         article = "an" if got[0] in "aeiou" else "a"
         raise TrackingError(f"run {run_id!r} is {article} {got} run, not a {wanted} run")
     return run
+
+
+def recorded_identity(run: Run) -> dict[str, Any]:
+    """The identity a train or decouple run recorded (its ``ltexp.identity`` tag), read back
+    from its params when it predates the tag or the tag is not an identity (a hand-edited or
+    hostile one); empty for a run that has neither (a run another tool logged)."""
+    text = run.data.tags.get(schema.IDENTITY)
+    if text:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if isinstance(value, dict):
+            return value
+    return identity_from_params(run.data.params)
 
 
 def pid_alive(pid: int) -> bool:

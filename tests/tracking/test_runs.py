@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -133,3 +134,28 @@ def test_queued_epochs_go_to_the_store_they_were_logged_in(tracking: str, tmp_pa
             mlflow.set_tracking_uri(tracking)
         history = mlflow.MlflowClient().get_metric_history(run.info.run_id, schema.VAL_ACC1)
         assert [(m.step, m.value) for m in history] == [(1, 0.25)]
+
+
+def _run_with(tags: dict[str, str], params: dict[str, str]) -> mlflow.entities.Run:
+    with mlflow.start_run() as run:
+        mlflow.log_params(params)
+        mlflow.set_tags({k: v for k, v in tags.items() if v})
+    return mlflow.get_run(run.info.run_id)
+
+
+@pytest.mark.parametrize("tag", ["{not json", "[1, 2]", '"lt"', ""])
+def test_an_identity_tag_that_is_no_identity_is_read_back_from_the_params(
+    tracking: str, tag: str
+) -> None:
+    """Aggregate, decouple and ensemble read a run's identity through one function; decouple
+    used to raise a JSONDecodeError on a hand-edited tag."""
+    params = {"loss": "focal", "focal_gamma": "2.0", "lr": "0.1", "not_an_option": "x"}
+    ident = runs.recorded_identity(_run_with({schema.IDENTITY: tag}, params))
+    assert ident == {"loss": "focal", "focal_gamma": 2.0, "lr": 0.1}
+
+
+def test_a_recorded_identity_wins_and_a_foreign_run_has_none(tracking: str) -> None:
+    recorded = {"loss": "ce", "epochs": 8}
+    run = _run_with({schema.IDENTITY: json.dumps(recorded)}, {"loss": "focal"})
+    assert runs.recorded_identity(run) == recorded
+    assert runs.recorded_identity(_run_with({}, {"alpha": "1"})) == {}
