@@ -102,6 +102,9 @@ def test_every_logged_key_is_declared(study) -> None:
     # the view's filter is one MLflow's search accepts, and finds every train run
     found = mlflow.search_runs([exp.experiment_id], view["searchFilter"], output_format="list")
     assert {r.info.run_id for r in found} == {r.info.run_id for r in runs["train"]}
+    # the compare page's default chart plots the first metric its runs share, in the store's
+    # order: the validation accuracy, not train_loss (issue 27)
+    assert all(next(iter(r.data.metrics)) == "val_acc1" for r in found)
     assert set(aggregate.data.params) == set(schema.AGGREGATE_PARAMS)
     assert set(aggregate.data.metrics) == {schema.MISSING_CELLS, schema.DUPLICATE_CELLS}
     for run in (prepare, train, evaluate):
