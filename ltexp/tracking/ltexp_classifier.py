@@ -48,7 +48,7 @@ class ClassifierPredictor:
 
     def __init__(self, logits_predictor: Any, class_names: list[str]) -> None:
         self._logits = logits_predictor
-        self.class_names = [str(c) for c in class_names]
+        self.class_names = [str(c) for c in class_names] if isinstance(class_names, list) else []
 
     def get_raw_model(self) -> Any:
         """The scripted module, as for MLflow's own PyTorch pyfunc."""
@@ -59,13 +59,8 @@ class ClassifierPredictor:
         params = dict(params or {})
         output = params.pop(OUTPUT_PARAM, None) or OUTPUTS[0]
         if output not in OUTPUTS:
-            from mlflow.exceptions import MlflowException
-            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
-            raise MlflowException(
-                f"output={output!r} is not an answer of this model; use one of "
-                f"{', '.join(OUTPUTS)}",
-                error_code=INVALID_PARAMETER_VALUE,
+            raise _invalid(
+                f"output={output!r} is not an answer of this model; use one of {', '.join(OUTPUTS)}"
             )
         logits = self._logits.predict(data, params or None)
         if output == "logits":
@@ -75,6 +70,11 @@ class ClassifierPredictor:
         scores = np.exp(scores - scores.max(axis=1, keepdims=True))
         probabilities = scores / scores.sum(axis=1, keepdims=True)
         names = self.class_names or [str(i) for i in range(probabilities.shape[1])]
+        if len(names) != probabilities.shape[1] or len(set(names)) != len(names):
+            raise _invalid(
+                f"the model's metadata names {len(names)} classes (or repeats one) for "
+                f"{probabilities.shape[1]} outputs: ask for output=logits"
+            )
         if output == "probabilities":
             return pd.DataFrame(probabilities, columns=names, index=index)
         best = probabilities.argmax(axis=1)
@@ -86,3 +86,10 @@ class ClassifierPredictor:
             },
             index=index,
         )
+
+
+def _invalid(message: str) -> Exception:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
