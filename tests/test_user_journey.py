@@ -125,6 +125,8 @@ def test_the_readme_journey(clone: Path, user_env: dict[str, str]) -> None:
                 out = run(line, clone, env)
                 assert out.returncode == 0, out.stderr[-3000:]
                 assert out.stdout.strip().splitlines()[-1] == "torch.Size([2, 10])"
+                # quietly: no library warnings, no download progress bars (issue 27)
+                assert "Warning" not in out.stderr and "Downloading" not in out.stderr, out.stderr
             elif "-e evaluate" in line:
                 out = run(line, clone, env)
                 assert out.returncode == 0, out.stderr[-3000:]
