@@ -3,7 +3,9 @@
 Each version is an MLflow ``pytorch`` model holding a TorchScript program
 (``torch.jit.script``), named after its cell (``resnet50-ldam-lt-s42``), with the cell's params,
 and two extra files: ``extra_files/weights.safetensors`` (the best-validation weights) and
-``extra_files/ltexp_model.json`` (architecture, classes, head, input size, normalisation).
+``extra_files/ltexp_model.json`` (architecture, classes, head, input size, normalisation); its
+pyfunc loader is ``code/ltexp_classifier.py`` (:mod:`ltexp.tracking.ltexp_classifier`), which
+answers logits, or on request probabilities and class names.
 
 Why TorchScript and not ``pt2`` (``torch.export``): what ``mlflow.pytorch.load_model`` returns
 for a pt2 model refuses ``.eval()``, ``.train()`` and moving to another device, and every
