@@ -54,11 +54,6 @@ log = logging.getLogger(__name__)
 STAGE1_OPTIONS = ("seed", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "eps")
 
 
-def stage1_identity(stage1: mlflow.entities.Run) -> dict:
-    """The identity a train run recorded (read back from its params if it predates the tag)."""
-    return runs.recorded_identity(stage1)
-
-
 def decouple_hash(stage1_run_id: str, identity: dict) -> str:
     """The ``ltexp.config_hash`` of a decouple run: its identity and its stage-1 run (a stage 1
     trained again is decoupled again)."""
@@ -96,7 +91,7 @@ def run_decouple(
     t = base.train
     lr = d.stage2_lr or t.lr
     epochs = d.epochs(method) if method != "tau_norm" else 0
-    identity = cells.stage2_identity(stage1_identity(stage1), cfg)
+    identity = cells.stage2_identity(runs.recorded_identity(stage1), cfg)
     chash = decouple_hash(stage1.info.run_id, identity)
     exp_id = stage1.info.experiment_id
     claims.reap_dead_runs()

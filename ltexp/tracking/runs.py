@@ -592,10 +592,15 @@ def log_epoch(metrics: dict[str, float], epoch: int) -> None:
     global _ASYNC_PENDING
     _ASYNC_PENDING = True
     run_id = mlflow.active_run().info.run_id
-    # the validation accuracy first: the store keeps a run's metrics in the order they first
-    # came, and the UI's compare page charts the first one its runs share by default
-    first = {k: metrics[k] for k in (schema.VAL_ACC1,) if k in metrics}
-    _SENDER.put(run_id, {**first, **metrics}, epoch, {schema.HEARTBEAT: f"{time.time():.0f}"})
+    _SENDER.put(run_id, _val_acc1_first(metrics), epoch, {schema.HEARTBEAT: f"{time.time():.0f}"})
+
+
+def _val_acc1_first(metrics: dict[str, float]) -> dict[str, float]:
+    """An epoch's metrics, validation accuracy first: the store keeps a run's metrics in the
+    order they first came, and the UI's compare page charts the first one its runs share."""
+    if schema.VAL_ACC1 not in metrics:
+        return metrics
+    return {schema.VAL_ACC1: metrics[schema.VAL_ACC1], **metrics}
 
 
 def flush(deadline: float | None = None) -> None:
@@ -676,7 +681,7 @@ def deliver_history(run_id: str, history: list[dict[str, float]]) -> None:
     for row in history:
         if row["epoch"] not in logged:
             metrics = {k: v for k, v in row.items() if k != "epoch"}
-            mlflow.log_metrics(metrics, step=int(row["epoch"]))
+            mlflow.log_metrics(_val_acc1_first(metrics), step=int(row["epoch"]))
 
 
 def ensure_delivered(run_id: str, history: list[dict[str, float]], kept_in: str) -> None:

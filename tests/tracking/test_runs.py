@@ -59,6 +59,18 @@ def test_missing_epochs_are_delivered_once(tracking: str) -> None:
     assert sorted((m.step, m.value) for m in got) == [(1, 0.1), (2, 0.2), (3, 0.3)]
 
 
+def test_re_sent_epochs_reach_the_store_validation_accuracy_first(tracking: str) -> None:
+    """A run whose first epochs were lost in flight gets them from its checkpoint's history;
+    the store still lists val_acc1 first, as the UI's compare page reads it (issue 27)."""
+    history = [{"epoch": 1, schema.TRAIN_LOSS: 2.0, schema.VAL_ACC1: 0.1}]
+    with runs.step_run(schema.Step.TRAIN, experiment_id=runs.experiment_id("e")) as run:
+        runs.deliver_history(run.info.run_id, history)
+    assert list(mlflow.get_run(run.info.run_id).data.metrics) == [
+        schema.VAL_ACC1,
+        schema.TRAIN_LOSS,
+    ]
+
+
 def test_experiment_names_creation_and_search(tracking: str) -> None:
     assert runs.default_experiment("demo", "digits") == "demo-digits"
     assert runs.default_experiment("configs/mine.yaml", "cifar100") == "mine-cifar100"
