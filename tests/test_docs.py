@@ -87,3 +87,32 @@ def test_the_gpu_check_runs_its_steps_on_the_cpu(tmp_path: Path) -> None:
     resume = report["resume"]
     # the checkpoint of every epoch in the store was written before its metrics were sent
     assert resume["resumed_from_epoch"] >= resume["killed_after_epoch"] >= 1
+
+
+@pytest.mark.slow
+def test_the_store_floor_stores_what_it_measures(tmp_path: Path) -> None:
+    """scripts/store_floor.py (docs/performance.md): each measured cell is a train run with a
+    nested evaluate run and a registered version, and the JSON names each part's seconds."""
+    import json
+    import subprocess
+    import sys
+
+    import mlflow
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "store_floor.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--cells", "2", "--folder", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    seconds = json.loads(done.stdout.strip().splitlines()[-1])
+    parts = ("train run", "registration", "evaluate run")
+    assert set(seconds) == {*parts, "cell"} and all(seconds[p] > 0 for p in parts)
+    assert seconds["cell"] == pytest.approx(sum(seconds[p] for p in parts), abs=1e-3)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("store-floor").experiment_id])
+    assert len(runs) == 6  # the uncounted first cell and two measured, each two runs
+    assert len([r for r in runs if "mlflow.parentRunId" in r.data.tags]) == 3
+    assert len(client.search_model_versions("name = 'store-floor'")) == 3
