@@ -62,12 +62,13 @@ def measure(folder: Path, cells: int) -> dict[str, float]:
     import torch
 
     from ltexp.models import build_model
+    from ltexp.tracking.registered_models import model_requirements
 
     mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
     mlflow.set_experiment("store-floor")
     client = mlflow.MlflowClient()
     model = torch.jit.script(build_model("tiny_cnn", 10, pretrained=False).eval())
-    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
+    requirements = model_requirements()  # as ltexp registers a version
     _cell(client, model, requirements, 0)
     totals: dict[str, float] = {}
     for i in range(1, cells + 1):
@@ -76,11 +77,21 @@ def measure(folder: Path, cells: int) -> dict[str, float]:
     return {**{p: round(s, 4) for p, s in totals.items()}, "cell": round(sum(totals.values()), 4)}
 
 
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of cells, 1 or more")
+    return int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cells", type=int, default=10, help="cells measured (default 10)")
-    parser.add_argument("--folder", type=Path, help="where the store goes (default: a new temp)")
+    parser.add_argument("--cells", type=_count, default=10, help="cells measured (default 10)")
+    parser.add_argument(
+        "--folder", type=Path, help="an existing folder for the store (default: a new temp)"
+    )
     args = parser.parse_args()
+    if args.folder and not args.folder.is_dir():
+        parser.error(f"--folder {args.folder} is not a folder; give an existing one")
     warnings.simplefilter("ignore")
     logging.disable(logging.WARNING)  # MLflow's per-version lines
     if args.folder:

@@ -89,6 +89,28 @@ def test_the_gpu_check_runs_its_steps_on_the_cpu(tmp_path: Path) -> None:
     assert resume["resumed_from_epoch"] >= resume["killed_after_epoch"] >= 1
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--cells", "0"], "'0' is not a whole number of cells, 1 or more"),
+        (["--cells", "-3"], "'-3' is not a whole number of cells, 1 or more"),
+        (["--folder", "no/such/folder"], "--folder no/such/folder is not a folder"),
+    ],
+)
+def test_the_store_floor_refuses_bad_arguments_before_storing_anything(
+    tmp_path: Path, args: list[str], said: str
+) -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "store_floor.py"
+    done = subprocess.run(
+        [sys.executable, str(script), *args], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and said in done.stderr.splitlines()[-1], done.stderr
+    assert done.stdout == "" and list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_the_store_floor_stores_what_it_measures(tmp_path: Path) -> None:
     """scripts/store_floor.py (docs/performance.md): each measured cell is a train run with a

@@ -160,7 +160,7 @@ def log_and_register(
             input_example=example.numpy(),
             signature=signature,
             extra_files=[str(weights), str(meta)],
-            pip_requirements=_requirements(),
+            pip_requirements=model_requirements(),
             params={k: str(v) for k, v in (params or {}).items()},
             # what a client of the model (or of `mlflow models serve`) needs besides the
             # logits: mlflow.models.get_model_info(uri).metadata
@@ -199,7 +199,8 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _requirements() -> list[str]:
+def model_requirements() -> list[str]:
+    """The pip requirements a registered version lists: this torch and this MLflow, pinned."""
     return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
 
 
