@@ -183,6 +183,40 @@ def test_a_report_cut_off_while_it_is_written_leaves_the_previous_one_whole(
     assert sorted(p.name for p in out.parent.iterdir()) == ["study"]  # nothing left beside it
 
 
+def _publish_many(built: str, out: str, times: int) -> None:
+    from ltexp.steps import aggregate
+
+    files = sorted(Path(built).iterdir())
+    for _ in range(times):
+        aggregate.publish(files, Path(out))
+
+
+def test_two_reports_published_at_once_both_land_whole(tmp_path: Path) -> None:
+    """Two studies that end together publish the same report folder: each waits for the other,
+    neither removes the other's files mid-way (this failed as 'No such file or directory')."""
+    import multiprocessing
+
+    out = tmp_path / "reports" / "study"
+    builts = []
+    for who in ("a", "b"):
+        built = tmp_path / f"built-{who}"
+        built.mkdir()
+        for name in ("report.md", "runs.csv", "fig.png", "fig.pdf"):
+            (built / name).write_text(f"{who} {name}")
+        builts.append(built)
+    fork = multiprocessing.get_context("fork")  # the test's imports are already loaded
+    procs = [fork.Process(target=_publish_many, args=(str(b), str(out), 40)) for b in builts]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    texts = {p.name: p.read_text() for p in out.iterdir()}
+    assert sorted(texts) == ["fig.pdf", "fig.png", "report.md", "runs.csv"]
+    assert len({t.split()[0] for t in texts.values()}) == 1  # one whole report, not a mix
+    assert sorted(p.name for p in out.parent.iterdir()) == ["study"]
+
+
 def test_an_aggregate_run_left_running_by_a_killed_process_is_failed_by_the_next(
     trained, tmp_path: Path
 ) -> None:

@@ -410,6 +410,8 @@ def _two_studies(tmp_path: Path, uri: str) -> None:
     ]
     outs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-1500:] for o in outs]
+    # both published one report folder, in turn: nothing half-moved is left beside it
+    assert [p.name for p in (tmp_path / "reports").iterdir()] == ["demo-digits"]
     mlflow.set_tracking_uri(uri)
     counts = step_counts(uri)
     assert counts["train"] == 2 and counts["evaluate"] == 2

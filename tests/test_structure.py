@@ -50,6 +50,7 @@ LAYERS = (
         "checkpoint",
         "distributed",
         "timing",
+        "locks",
     ),
     ("data", "losses", "models"),
     ("config",),

@@ -16,6 +16,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
+from ltexp import locks
 from ltexp.config import Config, variant_axes
 from ltexp.errors import ConfigError, TrackingError
 from ltexp.report.build import (
@@ -172,25 +173,27 @@ def report_folder(name: str) -> Path:
 
 def _check_writable(path: Path) -> None:
     """Refuse a report folder that cannot be made or written, before anything is built; a
-    folder made only to test it is removed again."""
-    missing = []
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        missing.append(probe)
-        probe = probe.parent
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path):
-            pass
-    except OSError as e:
-        raise ConfigError(
-            f"output_dir {str(path)!r} cannot be written ({e.strerror or e}); choose another "
-            f"output_dir"
-        ) from None
-    finally:
-        for folder in missing:  # innermost first: leave no empty folders behind
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+    folder made only to test it is removed again. Under the report's lock: a publish moving
+    the folder meanwhile would lose the probe, or find it and refuse the folder as not its own."""
+    with locks.held("report", path):
+        missing = []
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            missing.append(probe)
+            probe = probe.parent
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path):
+                pass
+        except OSError as e:
+            raise ConfigError(
+                f"output_dir {str(path)!r} cannot be written ({e.strerror or e}); choose "
+                f"another output_dir"
+            ) from None
+        finally:
+            for folder in missing:  # innermost first: leave no empty folders behind
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
 
 REPORT_SUFFIXES = (".csv", ".png", ".pdf", ".md", ".tex", ".html", ".json")
@@ -200,10 +203,16 @@ def publish(files: list[Path], out: Path) -> None:
     """Put a built report in ``out`` at once: copied into a folder beside it, which then takes
     its place, so that a killed process leaves the previous report or the new one, never half.
     A folder that holds more than a report (a user's folder) gets each file replaced atomically
-    instead, and keeps the rest."""
+    instead, and keeps the rest. Two processes publishing the same folder take turns (two
+    studies ending together), so neither removes the files the other is copying."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with locks.held("report", out):
+        _publish(files, out)
+
+
+def _publish(files: list[Path], out: Path) -> None:
     parent = out.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    for stale in parent.glob(f".{out.name}.*-*"):  # what a killed publish left
+    for stale in parent.glob(f".{out.name}.*-*"):  # what a killed publish left: the lock is ours
         shutil.rmtree(stale, ignore_errors=True)
     own = not out.exists() or all(
         p.is_file() and p.suffix in REPORT_SUFFIXES for p in out.iterdir()

@@ -23,6 +23,7 @@ import mlflow
 from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
+from ltexp import locks
 from ltexp.cells import code_version, identity_from_params
 from ltexp.errors import LtexpError, RunStopped, TrackingError
 from ltexp.tracking import schema
@@ -104,14 +105,7 @@ def prepare_store() -> None:
         return
     if not uri.startswith("sqlite:///"):
         return
-    import fcntl
-    import hashlib
-    import tempfile
-
-    path = uri.removeprefix("sqlite:///")
-    key = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
-    with open(os.path.join(tempfile.gettempdir(), f"ltexp-store-{key}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locks.held("store", uri.removeprefix("sqlite:///")):
         client().search_experiments(max_results=1)  # creates or migrates the tables
 
 
