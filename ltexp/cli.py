@@ -17,8 +17,6 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from mlflow.exceptions import MlflowException
-
 from ltexp.config import (
     DEMO_PRESET,
     PROTOCOL_PRESET,
@@ -295,6 +293,14 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
     }
 
 
+def _mlflow_error() -> type[Exception]:
+    """MLflow's exception class, imported only once an error reaches ``except`` (the clause is
+    evaluated then): ``ltexp --help`` and a refused option do not wait 3 s for MLflow."""
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``ltexp`` command; return its exit status.
 
@@ -347,7 +353,7 @@ def _main(argv: Sequence[str] | None) -> int:
         tag_refusal(str(e))
         print(f"ltexp {args.command}: error: {redact(str(e))}", file=sys.stderr)
         return e.exit_code
-    except MlflowException as e:  # the tracking server refused or could not be reached
+    except _mlflow_error() as e:  # the tracking server refused or could not be reached
         from ltexp.tracking.runs import redact, safe_uri
 
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__

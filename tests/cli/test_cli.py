@@ -28,6 +28,22 @@ def _count_runs() -> int:
     return len(mlflow.search_runs(search_all_experiments=True, output_format="list"))
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"]], ids=str)
+def test_help_does_not_wait_for_mlflow(argv: list[str]) -> None:
+    """MLflow takes 3 s to import: asking for help never loads it."""
+    probe = (
+        "import sys\n"
+        "from ltexp.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit as e:\n"
+        "    print('exit', e.code)\n"
+        "print('mlflow' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stdout.splitlines()[-2:] == ["exit 0", "False"]
+
+
 def test_help_explains_every_option() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "ltexp", "train", "--help"],
