@@ -295,7 +295,8 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
 
 def _mlflow_error() -> type[Exception]:
     """MLflow's exception class, imported only once an error reaches ``except`` (the clause is
-    evaluated then): ``ltexp --help`` and a refused option do not wait 3 s for MLflow."""
+    evaluated then): ``ltexp --help`` and an option the parser refuses do not wait 3 s for
+    MLflow."""
     from mlflow.exceptions import MlflowException
 
     return MlflowException

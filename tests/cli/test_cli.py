@@ -28,9 +28,14 @@ def _count_runs() -> int:
     return len(mlflow.search_runs(search_all_experiments=True, output_format="list"))
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"]], ids=str)
-def test_help_does_not_wait_for_mlflow(argv: list[str]) -> None:
-    """MLflow takes 3 s to import: asking for help never loads it."""
+@pytest.mark.parametrize(
+    ("argv", "status"),
+    [(["--help"], 0), (["train", "--help"], 0), (["train", "--no-such-option", "1"], 2)],
+    ids=str,
+)
+def test_help_and_unknown_options_do_not_wait_for_mlflow(argv: list[str], status: int) -> None:
+    """MLflow takes 3 s to import: asking for help, or an option that does not exist, never
+    loads it."""
     probe = (
         "import sys\n"
         "from ltexp.cli import main\n"
@@ -41,7 +46,7 @@ def test_help_does_not_wait_for_mlflow(argv: list[str]) -> None:
         "print('mlflow' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
-    assert done.stdout.splitlines()[-2:] == ["exit 0", "False"]
+    assert done.stdout.splitlines()[-2:] == [f"exit {status}", "False"]
 
 
 def test_help_explains_every_option() -> None:
