@@ -269,35 +269,3 @@ def test_an_artifact_store_on_a_full_disk_is_one_line(
     assert "No space left on device (/artifacts/manifest.json); free space there" in err[0]
     (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert run.info.status == "FAILED" and "No space left" in run.data.tags["ltexp.error"]
-
-
-def test_a_lock_leaves_no_file_behind_and_still_excludes(tmp_path: Path) -> None:
-    """The report lock's file is removed by its holder; a second holder waits until then."""
-    import glob
-    import multiprocessing
-    import tempfile
-
-    from ltexp import locks
-
-    pattern = os.path.join(tempfile.gettempdir(), "ltexp-test-*.lock")
-    log = tmp_path / "log"
-
-    def hold(who: str) -> None:
-        with locks.held("test", tmp_path / "guarded"):
-            with open(log, "a") as f:
-                f.write(f"{who} in\n")
-            time.sleep(0.3)
-            with open(log, "a") as f:
-                f.write(f"{who} out\n")
-
-    fork = multiprocessing.get_context("fork")
-    procs = [fork.Process(target=hold, args=(who,)) for who in ("a", "b", "c")]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=60)
-    assert [p.exitcode for p in procs] == [0, 0, 0]
-    lines = log.read_text().split()
-    pairs = [lines[i : i + 4] for i in range(0, len(lines), 4)]
-    assert all(p[0] == p[2] and p[1] == "in" and p[3] == "out" for p in pairs)  # never interleaved
-    assert glob.glob(pattern) == []
