@@ -57,7 +57,7 @@ LAYERS = (
     ("tracking.schema",),
     ("cells", "tuning"),
     ("training",),
-    ("evaluation",),
+    ("evaluation", "statistics"),
     ("tracking",),
     ("report",),
     ("executors", "bench"),

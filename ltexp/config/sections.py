@@ -353,12 +353,12 @@ class EvaluateConfig:
     )
     bootstrap_samples: int = _opt(
         1000,
-        "bootstrap resamples of the report's paired comparisons (more than 100,000 do not move "
-        "an interval's third decimal)",
+        "unused since the report's intervals became analytic (ltexp/statistics.py); accepted, "
+        "and logged by evaluate, so that existing commands and presets still run",
         low=10,
         high=100_000,
     )
-    bootstrap_seed: int = _opt(0, "seed of the bootstrap resampling", low=0)
+    bootstrap_seed: int = _opt(0, "unused, as bootstrap_samples", low=0)
 
 
 @dataclass(frozen=True)
@@ -536,8 +536,9 @@ class ReportConfig:
     )
     intervals: bool = _opt(
         True,
-        "show each single-seed cell's 95% interval in report.md (Clopper-Pearson: the test "
-        "images of that one trained model)",
+        "show each cell's 95% interval in the results tables (one seed: Clopper-Pearson over "
+        "the test images of that one model; several: over seeds and test images); false: the "
+        "mean, ± the seeds' std with several",
     )
     references: str = _opt(
         "",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ltexp.report.correctness import Correctness, with_seed_intervals
 from ltexp.report.model import (
     Block,
     Fmt,
@@ -77,7 +78,8 @@ def build_report(
     for line in selection.duplicates:
         log.warning("duplicate results: %s", line)
     references, problems = reference_results(options.references or None)
-    cells = cell_means(results)
+    correctness = Correctness(inputs.predictions, inputs.manifest) if inputs.predictions else None
+    cells = with_seed_intervals(cell_means(results), results, correctness)
     ctx = Context(
         output_dir,
         Fmt(options.percent),
@@ -85,6 +87,7 @@ def build_report(
         options,
         inputs.manifest,
         inputs.predictions,
+        correctness,
         results,
         choice.results,
         cells,

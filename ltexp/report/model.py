@@ -41,7 +41,6 @@ class ReportOptions:
         percent: percentages with two decimals in report.md/.tex (CSVs stay fractions).
         intervals: each single-seed cell of Tables 4.1-4.8 with its 95 % Clopper-Pearson interval in
             report.md.
-        bootstrap_samples, bootstrap_seed: the paired bootstrap's resamples and seed.
         references: a CSV of published results (default: the thesis's, shipped with ltexp).
         variant: the variant of each cell the thesis tables hold (default: the plain one;
             :mod:`ltexp.report.variants`).
@@ -49,8 +48,6 @@ class ReportOptions:
 
     percent: bool = False
     intervals: bool = True
-    bootstrap_samples: int = 1000
-    bootstrap_seed: int = 0
     references: str = ""
     variant: str = ""
 

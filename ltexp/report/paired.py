@@ -1,38 +1,25 @@
-"""Paired comparisons: is a loss better than the Softmax loss?
+"""Paired comparisons: is a loss better than the Softmax loss, a variant better than its cell?
 
 Two methods tested on the same images are compared image by image: the difference of their
-top-1 accuracies, averaged over each method's seeds. Its uncertainty has two sources, and the
-interval states which it covers (docs/protocol.md, "Statistics"):
-
-- **test-set sampling**: which images the test set happens to hold. The images are resampled
-  jointly for both methods (a paired bootstrap, Efron & Tibshirani 1993, ch. 13), which keeps the
-  correlation of their errors. With one seed per method this is all an interval can cover: it
-  says whether *these two trained models* differ on this test set, not whether one *method* is
-  better, since a second seed of the same method differs by 0.2-0.6 points as well. Such an
-  interval marks nothing as significant.
-- **training noise**: which model a seed happens to train. With two seeds or more (on either
-  side), the seed-to-seed variance of each method's accuracy is estimated and added to the
-  test-sampling variance, and the interval is ``diff ± t_ν · SE`` with Welch-Satterthwaite
-  degrees of freedom ν from the seeds (Welch 1947): with 2-5 seeds a bootstrap over seeds
-  resamples from too few values to see their spread, and the t quantile pays for estimating it
-  from so few. Only such an interval, excluding 0, is marked significant; a simulation of
-  methods that differ only by seed noise (``tests/report/test_paired.py``) shows the marks fall
-  below the nominal 5 %.
+top-1 accuracies, each averaged over its seeds, with the interval and p-value of
+:func:`ltexp.statistics.paired_difference` (seeds and test images, each variance counted once).
+With one seed a side the interval covers the test images only and nothing is marked. Each table
+is one family of comparisons: a difference is marked (``*``) where Holm's correction over the
+table's differences that cover training noise still rejects at 5 %; the CSVs keep the
+uncorrected p-values beside the corrected ones (docs/protocol.md, "Statistics").
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from ltexp.evaluation import bootstrap_means, percentile_interval
-from ltexp.report.model import Block, Figure, Fmt, Grid, Predictions, ReportOptions, Table
+from ltexp.report.correctness import Correctness
+from ltexp.report.model import Block, Figure, Fmt, Grid, Table
 from ltexp.report.tables import (
     BASELINE_LOSS,
     COLUMN_TITLES,
@@ -45,121 +32,26 @@ from ltexp.report.tables import (
     model_title,
 )
 from ltexp.report.variants import axes_of
-
-
-@dataclass(frozen=True)
-class PairedDifference:
-    """``acc(a) − acc(b)`` on ``n`` images, averaged over each side's seeds, and its interval.
-
-    Attributes:
-        seeds: the seeds of a and of b.
-        training_noise: the interval covers training noise too (two seeds or more on a side);
-            else it covers test-set sampling only.
-    """
-
-    diff: float
-    ci_low: float
-    ci_high: float
-    n: int
-    seeds: tuple[int, int] = (1, 1)
-    training_noise: bool = False
-
-    @property
-    def excludes_zero(self) -> bool:
-        """The interval excludes 0 (whatever it covers)."""
-        return self.n > 0 and (self.ci_low > 0 or self.ci_high < 0)
-
-    @property
-    def significant(self) -> bool:
-        """One method is better than the other: an interval that covers training noise and
-        excludes 0. With one seed per method nothing is (see the module docstring)."""
-        return self.training_noise and self.excludes_zero
-
-
-def paired_bootstrap(
-    correct_a: np.ndarray,
-    correct_b: np.ndarray,
-    samples: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> PairedDifference:
-    """Difference of top-1 accuracy of method a and method b on the same images.
-
-    Args:
-        correct_a, correct_b: 0/1 per image, ``(N,)``, or ``(S, N)`` for S seeds (a and b may
-            have different numbers of seeds); image i of a and of b is the same image.
-        samples: bootstrap resamples of the test images.
-        seed: seed of the resampling.
-        level: the interval's coverage.
-
-    Returns:
-        The mean difference and its interval (NaN when there are no images): the paired
-        bootstrap's percentile interval with one seed a side; with more, ``diff ± t_ν · SE``
-        with the seeds' variance added (see the module docstring).
-    """
-    a = np.atleast_2d(np.asarray(correct_a, dtype=np.float64))
-    b = np.atleast_2d(np.asarray(correct_b, dtype=np.float64))
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"paired predictions differ in images: {a.shape} vs {b.shape}")
-    per_image = a.mean(axis=0) - b.mean(axis=0)  # each side over its seeds
-    n, seeds = per_image.size, (len(a), len(b))
-    if n == 0:
-        return PairedDifference(float("nan"), float("nan"), float("nan"), 0, seeds)
-    diff = float(per_image.mean())
-    test_means = bootstrap_means(per_image, samples, seed)
-    if max(seeds) < 2:
-        low, high = percentile_interval(test_means, level)
-        return PairedDifference(diff, low, high, n, seeds)
-    seed_var, dof = _seed_variance(a.mean(axis=1), b.mean(axis=1))
-    se = float(np.sqrt(seed_var + test_means.var(ddof=1)))
-    half = float(stats.t.ppf(0.5 + level / 2, dof)) * se
-    return PairedDifference(diff, diff - half, diff + half, n, seeds, training_noise=True)
-
-
-def _seed_variance(acc_a: np.ndarray, acc_b: np.ndarray) -> tuple[float, float]:
-    """The variance of ``mean(acc_a) − mean(acc_b)`` from the seeds' spread, and its Welch-
-    Satterthwaite degrees of freedom. A side with one seed borrows the other side's variance
-    (the same training procedure on another loss: the closest estimate there is)."""
-    s_a, s_b = len(acc_a), len(acc_b)
-    v_a = acc_a.var(ddof=1) if s_a > 1 else np.nan
-    v_b = acc_b.var(ddof=1) if s_b > 1 else np.nan
-    if s_a < 2:
-        return v_b * (1 / s_a + 1 / s_b), float(s_b - 1)
-    if s_b < 2:
-        return v_a * (1 / s_a + 1 / s_b), float(s_a - 1)
-    parts = (v_a / s_a, v_b / s_b)
-    total = parts[0] + parts[1]
-    denominator = parts[0] ** 2 / (s_a - 1) + parts[1] ** 2 / (s_b - 1)
-    dof = total**2 / denominator if denominator > 0 else float(min(s_a, s_b) - 1)
-    return float(total), float(max(dof, 1.0))
-
+from ltexp.statistics import ALPHA, NO_IMAGES, holm, paired_difference
 
 # --- the report's paired tables ------------------------------------------------------------
 
 
-def _correct(pred: Mapping[str, np.ndarray], split: str) -> tuple[np.ndarray, np.ndarray]:
-    labels = np.asarray(pred[f"{split}_labels"])
-    return labels, (np.asarray(pred[f"{split}_top5"])[:, 0] == labels).astype(np.float64)
-
-
 def paired_frame(
     results: pd.DataFrame,
-    predictions: Predictions,
-    manifest: dict[str, Any] | None,
+    correctness: Correctness,
     grid: Grid,
-    options: ReportOptions,
     same_as_softmax: Callable[[str, str], bool] = lambda loss, split: False,
-) -> tuple[pd.DataFrame, int]:
+) -> pd.DataFrame:
     """Every loss against the Softmax loss, per backbone, training set and column: the paired
-    difference of top-1 on the same test images (see :mod:`ltexp.report.paired`); and how many
-    runs had no predictions to compare.
+    difference of top-1 on the same test images (see :mod:`ltexp.report.paired`), marked after
+    Holm's correction over each training set's table.
 
     Args:
         same_as_softmax: ``(loss, training set)`` is the Softmax loss by construction there
-            (:func:`ltexp.losses.same_as_cross_entropy`): its row is marked so, never significant.
+            (:func:`ltexp.losses.same_as_cross_entropy`): its row is marked so, never significant,
+            and not counted in the family.
     """
-    groups = _thirds(manifest)
-    load = _OnceEach(predictions)
     rows = []
     for model, split in itertools.product(grid.models, grid.train_splits):
         part = results[(results["model"] == model) & (results["train_split"] == split)]
@@ -168,14 +60,12 @@ def paired_frame(
             if loss == BASELINE_LOSS:
                 continue
             other = part[part["loss"] == loss].set_index("seed")["run_id"]
-            row = _paired_row(
-                base, other, load, groups, options, f"{model}/{split}: {loss} and {BASELINE_LOSS}"
-            )
+            row = _paired_row(base, other, correctness)
             if row is None:
                 continue
             identical = same_as_softmax(loss, split)
             if identical:  # a difference here is seed noise, whatever its interval says
-                row.update({f"{c}_significant": False for c in COLUMNS})
+                row.update({f"{c}_p_value": np.nan for c in COLUMNS})
             rows.append(
                 {
                     "model": model,
@@ -185,94 +75,59 @@ def paired_frame(
                     "same_as_softmax": identical,
                 }
             )
-    return pd.DataFrame(rows), load.unreadable()
+    frame = pd.DataFrame(rows)
+    return with_marks(frame, "train_split") if len(frame) else frame
 
 
-class _OnceEach:
-    """An evaluate run's predictions by run id, each read from the store once."""
-
-    def __init__(self, predictions: Predictions) -> None:
-        self.predictions = predictions
-        self.loaded: dict[str, Mapping[str, np.ndarray] | None] = {}
-
-    def __call__(self, run_id: str) -> Mapping[str, np.ndarray] | None:
-        if run_id not in self.loaded:
-            self.loaded[run_id] = self.predictions(run_id)
-        return self.loaded[run_id]
-
-    def unreadable(self) -> int:
-        """Runs read that had no predictions."""
-        return sum(p is None for p in self.loaded.values())
-
-
-def _thirds(manifest: dict[str, Any] | None) -> dict[str, list[int]]:
-    """The head/middle/tail classes of the manifest (none without one)."""
-    return {g: manifest["groups"][g] for g in ("head", "middle", "tail")} if manifest else {}
-
-
-def _paired_row(
-    base: pd.Series,
-    other: pd.Series,
-    load: Predictions,
-    groups: dict[str, list[int]],
-    options: ReportOptions,
-    what: str,
-) -> dict[str, Any] | None:
+def _paired_row(base: pd.Series, other: pd.Series, correctness: Correctness) -> dict | None:
     """``other`` minus ``base`` (run ids by seed), each over its seeds with predictions, per
-    column: the paired difference of top-1 (:func:`paired_bootstrap`); None when a side has no
-    predictions."""
-    mine = [s for s in sorted(other.index) if load(other[s]) is not None]
-    theirs = [s for s in sorted(base.index) if load(base[s]) is not None]
+    column (:func:`ltexp.statistics.paired_difference`); None when a side has no predictions."""
+    mine = correctness.readable(other[s] for s in sorted(other.index))
+    theirs = correctness.readable(base[s] for s in sorted(base.index))
     if not mine or not theirs:
         return None
     row: dict[str, Any] = {"n_seeds": len(mine), "n_seeds_baseline": len(theirs)}
-    for column, test_split, group in (
-        ("balanced", "test_balanced", None),
-        ("long_tailed", "test_lt", None),
-        ("head", "test_lt", "head"),
-        ("middle", "test_lt", "middle"),
-        ("tail", "test_lt", "tail"),
-    ):
-        if group is not None and group not in groups:
-            diff = PairedDifference(np.nan, np.nan, np.nan, 0)
-        else:
-            sides = []
-            for runs, seeds in ((other, mine), (base, theirs)):
-                tested = [_correct(load(runs[s]), test_split) for s in seeds]
-                sides.append(tested)
-            labels = sides[0][0][0]
-            if any(not np.array_equal(labels, lab) for side in sides for lab, _ in side):
-                raise ValueError(f"{what} were tested on different {test_split} images")
-            a_rows = [c for _, c in sides[0]]
-            b_rows = [c for _, c in sides[1]]
-            mask = np.isin(labels, groups[group]) if group else np.ones(len(labels), bool)
-            diff = paired_bootstrap(
-                np.stack(a_rows)[:, mask],
-                np.stack(b_rows)[:, mask],
-                options.bootstrap_samples,
-                options.bootstrap_seed,
-            )
-        row[column] = diff.diff
+    for column in COLUMNS:
+        a, b = correctness.column(mine, column), correctness.column(theirs, column)
+        same_images = a is not None and b is not None and a.shape[1] == b.shape[1]
+        diff = paired_difference(a, b) if same_images else NO_IMAGES
+        row[column] = diff.value
         row[f"{column}_ci_low"] = diff.ci_low
         row[f"{column}_ci_high"] = diff.ci_high
         row[f"{column}_n"] = diff.n
         row[f"{column}_excludes_zero"] = diff.excludes_zero
-        row[f"{column}_significant"] = diff.significant
+        row[f"{column}_p_value"] = diff.p_value
     return row
 
 
-def paired_vs_plain(
-    results: pd.DataFrame,
-    predictions: Predictions,
-    manifest: dict[str, Any] | None,
-    options: ReportOptions,
-) -> pd.DataFrame:
+def with_marks(paired: pd.DataFrame, family: str | None = None) -> pd.DataFrame:
+    """``paired`` with ``<column>_p_holm`` (Holm-adjusted over each family: the rows sharing
+    ``family``'s value, or all rows) and ``<column>_significant`` (the adjusted p-value below
+    5 %). A p-value is NaN where the interval does not cover training noise; it is not
+    counted."""
+    out = paired.copy()
+    p_columns = [f"{c}_p_value" for c in COLUMNS]
+    keys = out[family] if family else pd.Series("", index=out.index)
+    for c in COLUMNS:
+        out[f"{c}_p_holm"] = np.nan
+    for _, index in out.groupby(keys, sort=False).groups.items():
+        adjusted = holm(out.loc[index, p_columns].to_numpy(dtype=float).ravel())
+        out.loc[index, [f"{c}_p_holm" for c in COLUMNS]] = adjusted.reshape(len(index), -1)
+    for c in COLUMNS:
+        out[f"{c}_significant"] = out[f"{c}_p_holm"].lt(ALPHA)
+    return out
+
+
+def tested(paired: pd.DataFrame) -> int:
+    """How many differences of ``paired`` were tested (cover training noise)."""
+    return int(paired[[f"{c}_p_value" for c in COLUMNS]].notna().to_numpy().sum())
+
+
+def paired_vs_plain(results: pd.DataFrame, correctness: Correctness) -> pd.DataFrame:
     """Every result outside the thesis tables against the thesis tables' cell of the same model,
-    loss and training set, on the seeds both have: the paired difference of top-1 on the same
-    test images. ``axis`` names what differs (``sampler``, ``sampler+mixing``, ``settings``),
-    ``value`` the variant's label."""
-    groups = _thirds(manifest)
-    load = _OnceEach(predictions)
+    loss and training set: the paired difference of top-1 on the same test images, marked after
+    Holm's correction over the whole table. ``axis`` names what differs (``sampler``,
+    ``sampler+mixing``, ``settings``), ``value`` the variant's label."""
     plain = results[results["thesis"]]
     rows = []
     keys = ["model", "train_split", "loss", "label"]
@@ -281,12 +136,7 @@ def paired_vs_plain(
             (plain["model"] == model) & (plain["train_split"] == split) & (plain["loss"] == loss)
         ]
         row = _paired_row(
-            base.set_index("seed")["run_id"],
-            other.set_index("seed")["run_id"],
-            load,
-            groups,
-            options,
-            f"{model}/{split}/{loss}: {label} and the thesis tables' cell",
+            base.set_index("seed")["run_id"], other.set_index("seed")["run_id"], correctness
         )
         if row is not None:
             first = other.iloc[0]
@@ -300,7 +150,8 @@ def paired_vs_plain(
                     **row,
                 }
             )
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    return with_marks(frame) if len(frame) else frame
 
 
 def _what_differs(row: Any) -> str:
@@ -313,8 +164,8 @@ def _what_differs(row: Any) -> str:
 
 
 def paired_cells(row: Any, fmt: Fmt) -> list[str]:
-    """A paired difference per column with its interval; ``*`` where it is significant (an
-    interval over training noise and test images that excludes 0)."""
+    """A paired difference per column with its interval; ``*`` where it is significant (it
+    covers training noise and Holm's correction over the table still rejects)."""
     cells = []
     for c in COLUMNS:
         text = fmt.interval(row[c], row[f"{c}_ci_low"], row[f"{c}_ci_high"], signed=True)
@@ -336,22 +187,27 @@ def loss_label(row: Any) -> str:
 
 
 def paired_note(paired: pd.DataFrame) -> str:
-    """What the intervals of a paired table cover, in words."""
+    """What the intervals and marks of a paired table mean, in words."""
     one_seed = (paired[["n_seeds", "n_seeds_baseline"]].max(axis=1) < 2).any()
     several = (paired[["n_seeds", "n_seeds_baseline"]].max(axis=1) >= 2).any()
     parts = ["Difference of top-1 accuracy, each side averaged over its seeds."]
     if several:
+        count = tested(paired)
+        marked = int(paired[[f"{c}_significant" for c in COLUMNS]].to_numpy().sum())
         parts.append(
             "Where a side has two seeds or more, in brackets the 95 % interval over training "
-            "noise (the seeds' spread, Welch's t) and test images (paired bootstrap); * where it "
-            "excludes 0."
+            "noise and test images (seeds × images variance components, Satterthwaite's t; "
+            "docs/protocol.md, Statistics). * marks a difference that stays significant after "
+            f"Holm's correction over the {count} differences of this table that were tested "
+            f"(family-wise error 5 %): {marked} marked. The CSV has each uncorrected p-value "
+            "(p_value) beside the corrected one (p_holm)."
         )
     if one_seed:
         parts.append(
-            "Where each side has one seed, in brackets the 95 % paired-bootstrap interval over "
-            "the test images only: it says whether these two trained models differ on this "
-            "test set, not whether the method is better (another seed moves a model too), so "
-            "nothing is marked; train more seeds (seeds=1,2,3) to compare methods."
+            "Where each side has one seed, in brackets the 95 % interval over the test images "
+            "only: it says whether these two trained models differ on this test set, not "
+            "whether the method is better (another seed moves a model too), so nothing is "
+            "marked; train more seeds (seeds=1,2,3) to compare methods."
         )
     return " ".join(parts)
 
@@ -384,8 +240,7 @@ def paired_softmax_blocks(
     blocks.append(
         Figure(
             number("4.7"),
-            "Each loss minus the Softmax loss, long-tailed training, with 95 % paired-bootstrap "
-            "intervals",
+            "Each loss minus the Softmax loss, long-tailed training, with 95 % paired intervals",
             "fig_paired_vs_softmax",
         )
     )

@@ -20,6 +20,7 @@ import pandas as pd
 from ltexp.data.splits import FEW_SHOT_MAX, MANY_SHOT_MIN
 from ltexp.evaluation import CALIBRATION_BINS, reliability, softmax_confidence
 from ltexp.report import plots
+from ltexp.report.correctness import EXACT, SEEDS_AND_IMAGES, SEEDS_ONLY, Correctness
 from ltexp.report.model import (
     DASH,
     Block,
@@ -81,6 +82,7 @@ class Context:
     options: ReportOptions
     manifest: dict[str, Any] | None
     predictions: Predictions | None
+    correctness: Correctness | None
     results: pd.DataFrame
     every_result: pd.DataFrame
     cells: pd.DataFrame
@@ -191,7 +193,8 @@ def data_section(ctx: Context) -> list[Block]:
 
 def results_section(ctx: Context) -> list[Block]:
     """``runs.csv`` (every result), and Tables 4.1-4.8: per backbone and training set, one row
-    per loss, with seed means ± std or, for one seed, the run's Clopper-Pearson interval."""
+    per loss: the mean over seeds with its 95 % interval (one seed: the run's Clopper-Pearson
+    interval; several: over seeds and test images, :mod:`ltexp.statistics`)."""
     fmt, every_result = ctx.fmt, ctx.every_result
     # the axes appear only when the grid has them: a thesis grid's runs.csv stays as it was
     axes = [a for a, plain in axis_params().items() if (every_result[a] != plain).any()]
@@ -209,32 +212,23 @@ def results_section(ctx: Context) -> list[Block]:
         several = "n_seeds" in table
         rows = []
         for _, row in table.iterrows():
-            if several:
-                shown = [fmt.pm(row[c], row[f"{c}_seed_std"]) for c in COLUMNS]
-            else:
-                shown = [
-                    fmt.interval(row[c], row.get(f"{c}_ci_low"), row.get(f"{c}_ci_high"))
-                    if ctx.options.intervals
-                    else fmt(row[c])
-                    for c in COLUMNS
-                ]
+            shown = [
+                fmt.interval(row[c], row.get(f"{c}_ci_low"), row.get(f"{c}_ci_high"))
+                if ctx.options.intervals
+                else fmt.pm(row[c], row[f"{c}_seed_std"])
+                if several and pd.notna(row["n_seeds"]) and row["n_seeds"] > 1
+                else fmt(row[c])
+                for c in COLUMNS
+            ]
             title = loss_title(row["loss"])
             if ctx.same_as_softmax(row["loss"], split):
                 title += " (= Softmax)"
             rows.append([title, *shown])
-        table_notes = []
-        if several:
+        table_notes = [n for n in [_interval_note(table)] if n] if ctx.options.intervals else []
+        if several and not ctx.options.intervals:
             n = table["n_seeds"].dropna()
             table_notes.append(
-                f"Mean ± population std over seeds (n = {', '.join(map(str, sorted(set(n))))}); "
-                f"the CSV has each mean's 95 % interval over the seeds (Student's t: the "
-                f"training noise)."
-            )
-        elif ctx.options.intervals:
-            table_notes.append(
-                "In brackets: the 95 % Clopper-Pearson interval of the run's accuracy. It covers "
-                "test-set sampling of this one trained model; another seed of the same cell "
-                "would differ too (train seeds=1,2,3 to see by how much)."
+                f"Mean ± population std over seeds (n = {', '.join(map(str, sorted(set(n))))})."
             )
         if any(ctx.same_as_softmax(loss, split) for loss in table["loss"]):
             table_notes.append(SAME_AS_SOFTMAX_NOTE)
@@ -252,6 +246,33 @@ def results_section(ctx: Context) -> list[Block]:
             )
         )
     return blocks
+
+
+def _interval_note(table: pd.DataFrame) -> str:
+    """What the intervals of a results table cover (one kind per cell, named by its seeds)."""
+    kinds = set(table["interval"].dropna())
+    seeds = table["n_seeds"].dropna() if "n_seeds" in table else pd.Series([1])
+    parts = []
+    if EXACT in kinds:
+        parts.append(
+            "cells of one seed: the 95 % Clopper-Pearson interval of the run's accuracy, over "
+            "the test images of this one trained model (another seed would differ too: train "
+            "seeds=1,2,3 to see by how much)"
+        )
+    if SEEDS_AND_IMAGES in kinds:
+        n = ", ".join(map(str, sorted({int(v) for v in seeds if v > 1})))
+        parts.append(
+            f"cells of several seeds (n = {n}): the 95 % interval of the mean over seeds and "
+            "test images (seeds × images variance components; an exact binomial interval at "
+            "the effective number of images, never narrower than one model's; docs/protocol.md, "
+            "Statistics)"
+        )
+    if SEEDS_ONLY in kinds:
+        parts.append(
+            "cells of several seeds without predictions: Student's t over the seeds' accuracies "
+            "(the training noise only)"
+        )
+    return "In brackets, " + "; ".join(parts) + "." if parts else ""
 
 
 def comparisons_section(ctx: Context) -> list[Block]:
@@ -357,18 +378,17 @@ def tuned_section(ctx: Context) -> list[Block]:
 def paired_softmax_section(ctx: Context) -> list[Block]:
     """Each loss minus the Softmax loss on the same test images (Tables 4.12-4.13, Figure
     4.7; beyond the thesis)."""
-    if ctx.predictions is None:
+    if ctx.correctness is None:
         return []
     if BASELINE_LOSS not in ctx.grid.losses:
         ctx.notes.append("the grid has no Softmax loss (ce): no paired comparisons")
         return []
-    paired, unreadable = paired_frame(
-        ctx.results, ctx.predictions, ctx.manifest, ctx.grid, ctx.options, ctx.same_as_softmax
-    )
+    paired = paired_frame(ctx.results, ctx.correctness, ctx.grid, ctx.same_as_softmax)
+    unreadable = ctx.correctness.unreadable()
     if unreadable:
         ctx.notes.append(
             f"{unreadable} evaluate run(s) have no readable predictions artifact: their "
-            f"paired comparisons with the Softmax loss are left out"
+            f"paired comparisons and their cells' intervals over seeds are left out"
         )
     if not len(paired):
         return []
@@ -399,8 +419,8 @@ def variants_section(ctx: Context) -> list[Block]:
     table = variants_table(others)
     ctx.write_csv(table, "variants.csv")
     blocks: list[Block] = [_variants_block(table, ctx.fmt, ctx.number)]
-    if ctx.predictions is not None:
-        paired = paired_vs_plain(ctx.every_result, ctx.predictions, ctx.manifest, ctx.options)
+    if ctx.correctness is not None:
+        paired = paired_vs_plain(ctx.every_result, ctx.correctness)
         if len(paired):
             ctx.write_csv(paired, "paired_vs_plain.csv")
             blocks.append(paired_plain_block(paired, ctx.fmt, ctx.tail_note, ctx.number))

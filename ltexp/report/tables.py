@@ -175,7 +175,9 @@ def cell_means(results: pd.DataFrame) -> pd.DataFrame:
     """Per (model, loss, train_split): the mean over seeds, the population std, n, and a 95 %
     interval: of the run when there is a single seed (its test images, Clopper-Pearson); of the
     mean over seeds when there are several (their spread, Student's t with n − 1 degrees of
-    freedom: the training noise a comparison between cells on the same test set meets)."""
+    freedom, within [0, 1]). The report replaces the latter by the interval over seeds and test
+    images where the runs' predictions are there
+    (:func:`ltexp.report.correctness.with_seed_intervals`)."""
     from scipy import stats
 
     keys = ["model", "loss", "train_split"]
@@ -191,16 +193,16 @@ def cell_means(results: pd.DataFrame) -> pd.DataFrame:
     t = stats.t.ppf(0.975, np.maximum(out["n_seeds"] - 1, 1))
     for c in COLUMNS:
         half = t * sample_std[c] / np.sqrt(out["n_seeds"])
-        out.loc[several, f"{c}_ci_low"] = (out[c] - half)[several]
-        out.loc[several, f"{c}_ci_high"] = (out[c] + half)[several]
+        out.loc[several, f"{c}_ci_low"] = (out[c] - half).clip(lower=0.0)[several]
+        out.loc[several, f"{c}_ci_high"] = (out[c] + half).clip(upper=1.0)[several]
     return out
 
 
 def results_table(cells: pd.DataFrame, model: str, split: str, losses: list[str]) -> pd.DataFrame:
     """Tables 4.1-4.8: one row per loss (the given order), the five columns; NaN = missing.
 
-    With several seeds: ``<col>_seed_std``, ``n_seeds`` and the interval of the mean over
-    seeds; with one: the run's interval (``<col>_ci_low/high`` both ways).
+    With several seeds: ``<col>_seed_std``, ``n_seeds`` and the interval of the mean; with one:
+    the run's interval (``<col>_ci_low/high`` both ways); ``interval`` says what each covers.
     """
     sub = cells[(cells["model"] == model) & (cells["train_split"] == split)].set_index("loss")
     table = sub.reindex(losses)
@@ -209,6 +211,7 @@ def results_table(cells: pd.DataFrame, model: str, split: str, losses: list[str]
     if (table["n_seeds"].fillna(0) > 1).any():
         cols += [f"{c}_seed_std" for c in COLUMNS] + ["n_seeds"]
     cols += [f"{c}{s}" for c in COLUMNS for s in CI_SUFFIXES if f"{c}{s}" in table]
+    cols += ["interval"] if "interval" in table else []
     out = table[cols].reset_index()
     if "n_seeds" in out:
         out["n_seeds"] = out["n_seeds"].astype("Int64")

@@ -281,8 +281,6 @@ def run_aggregate(
     options = ReportOptions(
         percent=cfg.report.percent,
         intervals=cfg.report.intervals,
-        bootstrap_samples=cfg.evaluate.bootstrap_samples,
-        bootstrap_seed=cfg.evaluate.bootstrap_seed,
         references=cfg.report.references,
         variant=cfg.report.variant,
     )
