@@ -170,6 +170,13 @@ class TrainConfig:
     )
     eps: float = _opt(1e-8, "Adam epsilon (thesis: 1e-8)", low=0.0, low_open=True)
     weight_decay: float = _opt(0.0, "weight decay (thesis: none)", low=0.0)
+    decay_exempt: bool = _opt(
+        False,
+        "keep biases, normalisation weights and a ViT's cls_token/pos_embed out of weight decay, "
+        "as BEiT and timm do (matters only with weight_decay > 0)",
+        method=True,
+        added="0.3",
+    )
     momentum: float = _opt(0.9, "SGD momentum (only with optimizer=sgd)", low=0.0, high=1.0)
     batch_size: int = _opt(128, "training batch size (thesis: 128)", low=1)
     epochs: int = _opt(90, "training epochs (thesis: 90)", low=1)
@@ -206,6 +213,15 @@ class TrainConfig:
         high=1.0,
         high_open=True,
         method=True,
+    )
+    drw_reduction: str = _opt(
+        "weights",
+        "how DRW's weighted loss averages over a batch: weights = by the sum of the batch's "
+        "class weights, as Cao et al.'s code (F.cross_entropy(weight=...)); batch = by the batch "
+        "size, ltexp's form before 0.3 (about 5x smaller on CIFAR-100-LT)",
+        choices=("weights", "batch"),
+        method=True,
+        added="0.3",
     )
     sampler: str = _opt(
         "instance",
@@ -599,6 +615,7 @@ class Config:
         if self.train.drw_epoch is not None:
             hparams["drw_epoch"] = self.train.drw_epoch
             hparams["drw_beta"] = self.train.drw_beta
+            hparams["drw_reduction"] = self.train.drw_reduction
         if self.train.label_smoothing:
             hparams["label_smoothing"] = self.train.label_smoothing
         return hparams

@@ -16,6 +16,7 @@ from ltexp.losses.registry import (
     list_losses,
     register_loss,
     same_as_cross_entropy,
+    same_as_loss,
 )
 
 # Registration happens on import: every module of this package.
@@ -33,5 +34,6 @@ __all__ = [
     "list_losses",
     "register_loss",
     "same_as_cross_entropy",
+    "same_as_loss",
     "validate_class_counts",
 ]

@@ -2,9 +2,12 @@
 
 A loss subclass implements :meth:`ClassAwareLoss.per_sample` (one value per sample, float32
 logits in); the base class checks inputs, disables autocast, multiplies by the active class
-weights and averages over the batch: ``Σ_i w_{y_i} ℓ_i / B``. Dividing by ``B`` rather than by
-``Σ w`` (what ``F.cross_entropy(weight=...)`` does) keeps the weights' effect on the loss scale,
-as in the class-balanced loss of Cui et al. (2019).
+weights and averages over the batch. A loss's own weights (WCE, CB) average as ``Σ_i w_{y_i} ℓ_i
+/ B``: dividing by ``B`` rather than by ``Σ w`` keeps the weights' effect on the loss scale, as
+in the class-balanced loss of Cui et al. (2019). Weights deferred by DRW average as Cao et al.'s
+code does, ``Σ_i w_{y_i} ℓ_i / Σ_i w_{y_i}`` (``F.cross_entropy(weight=...)``): on CIFAR-100-LT
+a batch's mean weight is about 0.2, so ``/ B`` gave a loss 5× smaller than theirs, and under SGD
+steps 5× smaller; ``drw_reduction="batch"`` keeps that earlier form.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from ltexp.errors import ConfigError
+
+# how DRW's deferred weights average over a batch (ClassAwareLoss, drw_reduction)
+DRW_REDUCTIONS = ("weights", "batch")
 
 
 def validate_class_counts(class_counts: Sequence[int] | Tensor) -> Tensor:
@@ -63,6 +69,8 @@ class ClassAwareLoss(nn.Module):
             ``drw_epoch`` epochs and on afterwards. The weights deferred are the loss's own, or
             class-balanced weights with ``drw_beta`` for a loss that has none. None: no DRW.
         drw_beta: β of the deferred class-balanced weights (Cao et al. 2019: 0.9999).
+        drw_reduction: how the deferred weights average over a batch: ``"weights"``, by the sum
+            of the batch's weights (Cao et al.'s code), or ``"batch"``, by the batch size.
         label_smoothing: ε of label smoothing (Szegedy et al. 2016), for a loss that
             :attr:`smoothable` says takes it (the softmax cross-entropy family).
     """
@@ -76,6 +84,7 @@ class ClassAwareLoss(nn.Module):
         drw_epoch: int | None = None,
         drw_beta: float = 0.9999,
         label_smoothing: float = 0.0,
+        drw_reduction: str = "weights",
     ) -> None:
         super().__init__()
         counts = validate_class_counts(class_counts)
@@ -92,6 +101,11 @@ class ClassAwareLoss(nn.Module):
             raise ConfigError(f"drw_epoch must be >= 0, got {drw_epoch}")
         if not 0.0 <= drw_beta < 1.0:
             raise ConfigError(f"drw_beta must be in [0, 1), got {drw_beta}")
+        if drw_reduction not in DRW_REDUCTIONS:
+            raise ConfigError(
+                f"drw_reduction must be one of {', '.join(DRW_REDUCTIONS)}, got {drw_reduction!r}"
+            )
+        self.drw_reduction = drw_reduction
         self.num_classes = int(counts.numel())
         self.register_buffer("class_counts", counts.float())
         self.register_buffer("log_prior", torch.log(counts / counts.sum()).float())
@@ -148,12 +162,30 @@ class ClassAwareLoss(nn.Module):
                 losses = losses * weights[target]
             return losses
 
+    def _by_weights(self) -> bool:
+        """The batch averages by the sum of its weights: DRW's deferred weights are on and
+        ``drw_reduction`` is ``"weights"``."""
+        return (
+            self.drw_epoch is not None
+            and self.drw_reduction == "weights"
+            and self.active_class_weights() is not None
+        )
+
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        """Mean over the batch of ``w_{y_i} · ℓ_i``, computed in float32 even under autocast."""
-        return self.sample_losses(logits, target).mean()
+        """``Σ w_{y_i} ℓ_i / B`` (or ``/ Σ w_{y_i}`` under DRW, see the module docstring), in
+        float32 even under autocast."""
+        losses = self.sample_losses(logits, target)
+        if self._by_weights():
+            return losses.sum() / self.active_class_weights()[target.long()].float().sum()
+        return losses.mean()
 
     def mixed(self, logits: Tensor, y_a: Tensor, y_b: Tensor, weight_a: Tensor) -> Tensor:
-        """The loss of a mixed batch: mean of ``v_i·ℓ(y_a,i) + (1 − v_i)·ℓ(y_b,i)``
-        (:mod:`ltexp.data.mixing`)."""
+        """The loss of a mixed batch: the average of ``v_i·ℓ(y_a,i) + (1 − v_i)·ℓ(y_b,i)``
+        (:mod:`ltexp.data.mixing`), by the batch size or, under DRW, by the mixed weights."""
         a, b = self.sample_losses(logits, y_a), self.sample_losses(logits, y_b)
-        return (weight_a * a + (1.0 - weight_a) * b).mean()
+        total = (weight_a * a + (1.0 - weight_a) * b).sum()
+        if self._by_weights():
+            w = self.active_class_weights()
+            mixed_w = weight_a * w[y_a.long()] + (1.0 - weight_a) * w[y_b.long()]
+            return total / mixed_w.float().sum()
+        return total / a.numel()

@@ -38,7 +38,7 @@ LOSSES: dict[str, LossSpec] = {}
 
 # Keywords every loss accepts, handled by the base class: deferred re-weighting (Cao et al.
 # 2019) and label smoothing (refused by a loss whose target is not a softmax's).
-COMMON_HPARAMS = ("drw_epoch", "drw_beta", "label_smoothing")
+COMMON_HPARAMS = ("drw_epoch", "drw_beta", "drw_reduction", "label_smoothing")
 
 
 def register_loss(
@@ -69,7 +69,7 @@ def build_loss(
         name: a registered loss (see :func:`list_losses`).
         class_counts: images per class of the training split, indexed by label; all > 0.
         **hparams: the loss's hyper-parameters (defaults from its paper), plus ``drw_epoch`` /
-            ``drw_beta`` for deferred re-weighting.
+            ``drw_beta`` / ``drw_reduction`` for deferred re-weighting.
 
     Raises:
         ConfigError: unknown name or hyper-parameter (the valid ones are listed).
@@ -89,17 +89,19 @@ def build_loss(
     return spec.builder(class_counts, **kwargs)
 
 
-def same_as_cross_entropy(
-    name: str, class_counts: Sequence[int] | torch.Tensor, **hparams: float
+def same_as_loss(
+    name: str,
+    other: str,
+    class_counts: Sequence[int] | torch.Tensor,
+    **hparams: float,
 ) -> bool:
-    """Whether loss ``name`` is exactly the softmax cross-entropy on a training set with these
-    class counts: on a balanced set, class weights are uniform, a logit shift by the log prior is
-    constant and no class is rare, so WCE, CB, BS, LA and SEQL (while its threshold stays below
-    1/K) are CE, and their runs repeat the CE run rather than being findings of their own.
-    Checked on seeded random logits, not declared: it holds or not for these counts and values."""
+    """Whether loss ``name`` (with ``hparams``) is exactly loss ``other`` (at its defaults) on a
+    training set with these class counts. Checked on seeded random logits, not declared: it
+    holds or not for these counts and values (``la`` at τ = 1 is ``bs`` on any counts; on a
+    balanced set WCE, CB, BS, LA and SEQL below its threshold are CE)."""
     counts = torch.as_tensor(list(class_counts), dtype=torch.float64)
     k = len(counts)
-    if name == "ce":
+    if name == other and not hparams:
         return True
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(256, k, generator=generator, dtype=torch.float32) * 4
@@ -108,7 +110,18 @@ def same_as_cross_entropy(
     try:
         with torch.no_grad():
             own = build_loss(name, counts, **hparams)(logits, target)
-            ce = build_loss("ce", counts)(logits, target)
+            theirs = build_loss(other, counts)(logits, target)
     finally:
         torch.random.set_rng_state(rng)
-    return bool(torch.allclose(own, ce, rtol=1e-5, atol=1e-6))
+    return bool(torch.allclose(own, theirs, rtol=1e-5, atol=1e-6))
+
+
+def same_as_cross_entropy(
+    name: str, class_counts: Sequence[int] | torch.Tensor, **hparams: float
+) -> bool:
+    """Whether loss ``name`` is exactly the softmax cross-entropy on a training set with these
+    class counts (:func:`same_as_loss` with ``ce``): on a balanced set, class weights are
+    uniform, a logit shift by the log prior is constant and no class is rare, so WCE, CB, BS, LA
+    and SEQL (while its threshold stays below 1/K) are CE, and their runs repeat the CE run
+    rather than being findings of their own."""
+    return name == "ce" or same_as_loss(name, "ce", class_counts, **hparams)

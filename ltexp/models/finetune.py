@@ -235,6 +235,22 @@ class FinetunePlan:
             if not any(p.requires_grad for p in bn.parameters()):
                 bn.eval()
 
+    def decay_exempt(self, model: nn.Module) -> frozenset[str]:
+        """Parameters BEiT and timm keep out of weight decay: biases, normalisation layers'
+        weights, and what the model's own ``no_weight_decay()`` names (a ViT's ``cls_token``
+        and ``pos_embed``; timm)."""
+        own = {
+            f"{mname}.{pname}" if mname else pname
+            for mname, module in model.named_modules()
+            if callable(getattr(module, "no_weight_decay", None))
+            for pname in module.no_weight_decay()
+        }
+        return frozenset(
+            name
+            for name in self.params
+            if name.endswith(".bias") or name in self.norm_params or name in own
+        )
+
     def trainable_count(self, epoch: int = 1) -> int:
         """Parameters that train in ``epoch`` (the most, for ``gradual``, at its last level)."""
         return sum(p.numel() for n, p in self.params.items() if self.trainable(n, epoch))
@@ -275,16 +291,24 @@ def plan_finetune(
 
 
 def layer_decay_groups(
-    params: Iterable[tuple[str, nn.Parameter]], depths: dict[str, int], lr: float, llrd: float
+    params: Iterable[tuple[str, nn.Parameter]],
+    depths: dict[str, int],
+    lr: float,
+    llrd: float,
+    no_decay: frozenset[str] = frozenset(),
 ) -> list[dict]:
     """Optimizer parameter groups of layer-wise learning-rate decay, the top group first (its
     lr is the one a run logs): stage ``i`` at ``lr · llrd^(n − i)``, the final norm and the
-    classifier at ``lr`` (BEiT's assignment)."""
-    n = max(depths.values()) - 1  # the number of stages
-    groups: dict[int, list[nn.Parameter]] = {}
+    classifier at ``lr`` (BEiT's assignment); ``llrd = 1`` puts every parameter at ``lr``. The
+    parameters named in ``no_decay`` go to groups of their own with ``weight_decay = 0``
+    (:meth:`FinetunePlan.decay_exempt`)."""
+    n = max(depths.values()) - 1 if llrd != 1.0 else 0  # the number of stages
+    groups: dict[tuple[int, bool], list[nn.Parameter]] = {}
     for name, p in params:
-        groups.setdefault(min(depths[name], n), []).append(p)
+        level = min(depths[name], n) if n else 0
+        groups.setdefault((level, name in no_decay), []).append(p)
     return [
-        {"params": groups[level], "lr": lr * llrd ** (n - level)}
-        for level in sorted(groups, reverse=True)
+        {"params": groups[key], "lr": lr * llrd ** (n - key[0])}
+        | ({"weight_decay": 0.0} if key[1] else {})
+        for key in sorted(groups, key=lambda k: (-k[0], k[1]))
     ]

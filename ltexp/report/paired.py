@@ -41,16 +41,16 @@ def paired_frame(
     results: pd.DataFrame,
     correctness: Correctness,
     grid: Grid,
-    same_as_softmax: Callable[[str, str], bool] = lambda loss, split: False,
+    same_as: Callable[[str, str], str] = lambda loss, split: "",
 ) -> pd.DataFrame:
     """Every loss against the Softmax loss, per backbone, training set and column: the paired
     difference of top-1 on the same test images (see :mod:`ltexp.report.paired`), marked after
     Holm's correction over each training set's table.
 
     Args:
-        same_as_softmax: ``(loss, training set)`` is the Softmax loss by construction there
-            (:func:`ltexp.losses.same_as_cross_entropy`): its row is marked so, never significant,
-            and not counted in the family.
+        same_as: ``(loss, training set)`` → the loss of :data:`EQUIVALENTS` it is by
+            construction there (:func:`ltexp.losses.same_as_loss`), or ``""``: such a row is
+            labelled so, never significant, and not counted in the family (it repeats a row).
     """
     rows = []
     for model, split in itertools.product(grid.models, grid.train_splits):
@@ -63,8 +63,8 @@ def paired_frame(
             row = _paired_row(base, other, correctness)
             if row is None:
                 continue
-            identical = same_as_softmax(loss, split)
-            if identical:  # a difference here is seed noise, whatever its interval says
+            other = same_as(loss, split)
+            if other:  # a difference here is seed noise (or another row's), not a finding
                 row.update({f"{c}_p_value": np.nan for c in COLUMNS})
             rows.append(
                 {
@@ -72,7 +72,8 @@ def paired_frame(
                     "train_split": split,
                     "loss": loss,
                     **row,
-                    "same_as_softmax": identical,
+                    "same_as_softmax": other == BASELINE_LOSS,
+                    "same_as": other,
                 }
             )
     frame = pd.DataFrame(rows)
@@ -173,17 +174,34 @@ def paired_cells(row: Any, fmt: Fmt) -> list[str]:
     return cells
 
 
-SAME_AS_SOFTMAX_NOTE = (
-    "= Softmax: the loss is the Softmax loss by construction on this training set (uniform class "
-    "weights, a constant logit shift, no rare class); its runs repeat the Softmax run and are "
-    "not findings of their own."
-)
+# the losses a row can be by construction, and why (the report labels such rows "(= …)")
+EQUIVALENTS = (BASELINE_LOSS, "bs")
+SAME_AS_NOTES = {
+    BASELINE_LOSS: "= Softmax: the loss is the Softmax loss by construction on this training set "
+    "(uniform class weights, a constant logit shift, no rare class); its runs repeat the Softmax "
+    "run and are not findings of their own.",
+    "bs": "= Balanced Softmax: the loss is the Balanced Softmax loss by construction (the "
+    "logit-adjusted loss at τ = 1 shifts the logits by log π, as Balanced Softmax does); its runs "
+    "repeat the Balanced Softmax runs and are not findings of their own.",
+}
+
+
+def equal_label(loss: str, same_as: str) -> str:
+    """A loss's title, with ``(= Softmax)`` (or another loss) where it is that loss by
+    construction."""
+    title = loss_title(loss)
+    return f"{title} (= {loss_title(same_as).removesuffix(' loss')})" if same_as else title
+
+
+def same_as_notes(others: set[str]) -> list[str]:
+    """The notes that explain a table's ``(= …)`` rows, in :data:`EQUIVALENTS`' order."""
+    return [SAME_AS_NOTES[o] for o in EQUIVALENTS if o in others]
 
 
 def loss_label(row: Any) -> str:
-    """A row's loss, marked when it is the Softmax loss by construction there."""
-    title = loss_title(row["loss"])
-    return f"{title} (= Softmax)" if row.get("same_as_softmax", False) else title
+    """A row's loss, marked when it is another loss by construction there."""
+    other = row.get("same_as", "")
+    return equal_label(row["loss"], other if isinstance(other, str) else "")
 
 
 def paired_note(paired: pd.DataFrame) -> str:
@@ -223,9 +241,8 @@ def paired_softmax_blocks(
         rows = []
         for _, r in part.iterrows():
             rows.append([model_title(r["model"]), loss_label(r), *paired_cells(r, fmt)])
-        notes = [paired_note(part), *tail_note]
-        if part.get("same_as_softmax", pd.Series(dtype=bool)).any():
-            notes.insert(1, SAME_AS_SOFTMAX_NOTE)
+        others = set(part["same_as"].fillna("")) if "same_as" in part else set()
+        notes = [paired_note(part), *same_as_notes(others), *tail_note]
         blocks.append(
             Table(
                 number(f"4.{12 + SPLIT_ORDER.index(split)}" if split in SPLIT_ORDER else ""),

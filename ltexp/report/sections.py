@@ -32,11 +32,13 @@ from ltexp.report.model import (
     Table,
 )
 from ltexp.report.paired import (
-    SAME_AS_SOFTMAX_NOTE,
+    EQUIVALENTS,
+    equal_label,
     paired_frame,
     paired_plain_block,
     paired_softmax_blocks,
     paired_vs_plain,
+    same_as_notes,
 )
 from ltexp.report.tables import (
     BASELINE_LOSS,
@@ -91,7 +93,7 @@ class Context:
     notes: list[str] = field(default_factory=list)
     ensembles: pd.DataFrame = field(default_factory=pd.DataFrame)  # ensembles' results
     files: list[Path] = field(default_factory=list)
-    _same: dict[tuple[str, str], bool] = field(default_factory=dict, repr=False)
+    _same: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
 
     def write_csv(self, frame: pd.DataFrame, name: str) -> None:
         path = self.output_dir / name
@@ -102,15 +104,27 @@ class Context:
         """A table's or figure's thesis number, on the full thesis grid only."""
         return n if self.numbered else ""
 
-    def same_as_softmax(self, loss: str, split: str) -> bool:
-        """``loss`` is the Softmax loss by construction on training set ``split`` of these
-        results (:func:`ltexp.losses.same_as_cross_entropy`, with the runs' own values)."""
-        if loss == BASELINE_LOSS or self.manifest is None:
-            return False
+    def same_as(self, loss: str, split: str) -> str:
+        """The loss of :data:`~ltexp.report.paired.EQUIVALENTS` that ``loss`` is by construction
+        on training set ``split`` of these results (:func:`ltexp.losses.same_as_loss`, with the
+        runs' own values), or ``""``."""
+        if self.manifest is None:
+            return ""
         key = (loss, split)
         if key not in self._same:
-            self._same[key] = _same_as_softmax(self.manifest, self.results, loss, split)
+            self._same[key] = next(
+                (
+                    other
+                    for other in EQUIVALENTS
+                    if other != loss and _same_loss(self.manifest, self.results, loss, split, other)
+                ),
+                "",
+            )
         return self._same[key]
+
+    def same_as_softmax(self, loss: str, split: str) -> bool:
+        """``loss`` is the Softmax loss by construction on training set ``split``."""
+        return self.same_as(loss, split) == BASELINE_LOSS
 
     @property
     def tail_note(self) -> list[str]:
@@ -220,18 +234,14 @@ def results_section(ctx: Context) -> list[Block]:
                 else fmt(row[c])
                 for c in COLUMNS
             ]
-            title = loss_title(row["loss"])
-            if ctx.same_as_softmax(row["loss"], split):
-                title += " (= Softmax)"
-            rows.append([title, *shown])
+            rows.append([equal_label(row["loss"], ctx.same_as(row["loss"], split)), *shown])
         table_notes = [n for n in [_interval_note(table)] if n] if ctx.options.intervals else []
         if several and not ctx.options.intervals:
             n = table["n_seeds"].dropna()
             table_notes.append(
                 f"Mean ± population std over seeds (n = {', '.join(map(str, sorted(set(n))))})."
             )
-        if any(ctx.same_as_softmax(loss, split) for loss in table["loss"]):
-            table_notes.append(SAME_AS_SOFTMAX_NOTE)
+        table_notes += same_as_notes({ctx.same_as(loss, split) for loss in table["loss"]})
         table_notes += ctx.tail_note
         key = (model, split)
         num = f"4.{thesis_tables.index(key) + 1}" if key in thesis_tables else ""
@@ -383,7 +393,7 @@ def paired_softmax_section(ctx: Context) -> list[Block]:
     if BASELINE_LOSS not in ctx.grid.losses:
         ctx.notes.append("the grid has no Softmax loss (ce): no paired comparisons")
         return []
-    paired = paired_frame(ctx.results, ctx.correctness, ctx.grid, ctx.same_as_softmax)
+    paired = paired_frame(ctx.results, ctx.correctness, ctx.grid, ctx.same_as)
     unreadable = ctx.correctness.unreadable()
     if unreadable:
         ctx.notes.append(
@@ -740,12 +750,12 @@ def _tuned_table(results: pd.DataFrame, number: Callable[[str], str]) -> Table:
     )
 
 
-def _same_as_softmax(
-    manifest: dict[str, Any], results: pd.DataFrame, loss: str, split: str
+def _same_loss(
+    manifest: dict[str, Any], results: pd.DataFrame, loss: str, split: str, other: str
 ) -> bool:
     from ltexp.config import loss_key
     from ltexp.data.splits import TRAINING_SETS
-    from ltexp.losses import LOSSES, same_as_cross_entropy
+    from ltexp.losses import LOSSES, same_as_loss
 
     info = manifest["splits"].get(TRAINING_SETS.get(split, ""))
     if loss not in LOSSES or not info or not all(info["per_class"]):
@@ -758,5 +768,9 @@ def _same_as_softmax(
         if loss_key(loss, hp.name) in identity
     }
     if identity.get("drw_epoch") is not None:
-        values.update(drw_epoch=identity["drw_epoch"], drw_beta=identity.get("drw_beta", 0.9999))
-    return same_as_cross_entropy(loss, info["per_class"], **values)
+        values.update(
+            drw_epoch=identity["drw_epoch"],
+            drw_beta=identity.get("drw_beta", 0.9999),
+            drw_reduction=identity.get("drw_reduction", "weights"),
+        )
+    return same_as_loss(loss, other, info["per_class"], **values)

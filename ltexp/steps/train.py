@@ -307,7 +307,11 @@ def _train(
         "train_split": t.train_split,
         "seed": t.seed,
         **cfg.loss_settings(),
-        **({"drw_epoch": t.drw_epoch, "drw_beta": t.drw_beta} if t.drw_epoch is not None else {}),
+        **(
+            {"drw_epoch": t.drw_epoch, "drw_beta": t.drw_beta, "drw_reduction": t.drw_reduction}
+            if t.drw_epoch is not None
+            else {}
+        ),
     }
     with timed("train.register"):
         uri = registered_models.register_best(

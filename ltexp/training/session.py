@@ -183,9 +183,10 @@ def build_session(
     loss_fn = build_loss(t.loss, prepared.class_counts(training_set), **cfg.loss_hparams()).to(
         device
     )
+    exempt = plan.decay_exempt(model) if t.decay_exempt and t.weight_decay else frozenset()
     params = (
-        layer_decay_groups(model.named_parameters(), plan.depths, t.lr, t.llrd)
-        if t.llrd != 1.0
+        layer_decay_groups(model.named_parameters(), plan.depths, t.lr, t.llrd, exempt)
+        if t.llrd != 1.0 or exempt
         else model.parameters()
     )
     optimizer = optimizer_for(cfg, params, device)

@@ -207,14 +207,44 @@ def test_losses_compute_in_float32_under_autocast(name: str) -> None:
     assert got.dtype == torch.float32
 
 
-def test_drw_switches_class_balanced_weights_on_after_drw_epoch() -> None:
+def _cao_drw_weights(counts: list[int], beta: float = 0.9999) -> torch.Tensor:
+    """Cao et al.'s DRW weights as their code builds them (LDAM-DRW, cifar_train.py)."""
+    import numpy as np
+
+    effective_num = 1.0 - np.power(beta, counts)
+    weights = (1.0 - beta) / np.array(effective_num)
+    weights = weights / np.sum(weights) * len(counts)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def test_drw_switches_class_balanced_weights_on_after_drw_epoch_as_cao_et_al_code() -> None:
+    """Issue 37: DRW divides by the batch's sum of weights, as nn.CrossEntropyLoss(weight=…)
+    in Cao et al.'s code, not by the batch size (about 5x smaller on a long-tailed batch)."""
     z, y = _inputs(10)
     counts = COUNTS[10]
     loss = build_loss("ce", counts, drw_epoch=3)
     loss.set_epoch(3)
     assert loss(z, y).item() == pytest.approx(reference("ce", z, y, counts), rel=1e-6)
     loss.set_epoch(4)
+    cao = torch.nn.functional.cross_entropy(z, y, weight=_cao_drw_weights(counts))
+    assert loss(z, y).item() == pytest.approx(cao.item(), rel=1e-5)
+    ldam = build_loss("ldam", counts, drw_epoch=0)
+    ldam.set_epoch(1)
+    margins = 0.5 / torch.tensor(counts, dtype=torch.float64) ** 0.25
+    margins = (margins * (0.5 / margins.max())).float()  # max margin 0.5, Cao et al.'s code
+    shifted = z - torch.nn.functional.one_hot(y, len(counts)) * margins[y][:, None]
+    cao_ldam = torch.nn.functional.cross_entropy(30 * shifted, y, weight=_cao_drw_weights(counts))
+    assert ldam(z, y).item() == pytest.approx(cao_ldam.item(), rel=1e-5)
+
+
+def test_drw_reduction_batch_keeps_the_earlier_form() -> None:
+    z, y = _inputs(10)
+    counts = COUNTS[10]
+    loss = build_loss("ce", counts, drw_epoch=0, drw_reduction="batch")
+    loss.set_epoch(1)
     assert loss(z, y).item() == pytest.approx(reference("cb", z, y, counts, beta=0.9999), rel=1e-5)
+    with pytest.raises(ConfigError, match="drw_reduction must be one of weights, batch"):
+        build_loss("ce", counts, drw_epoch=0, drw_reduction="sum")
 
 
 def test_drw_defers_a_weighted_loss_own_weights() -> None:
@@ -223,7 +253,25 @@ def test_drw_defers_a_weighted_loss_own_weights() -> None:
     loss.set_epoch(1)
     assert loss(z, y).item() == pytest.approx(reference("ce", z, y, COUNTS[10]), rel=1e-6)
     loss.set_epoch(2)
-    assert loss(z, y).item() == pytest.approx(reference("wce", z, y, COUNTS[10]), rel=1e-5)
+    own = loss.class_weights
+    expected = torch.nn.functional.cross_entropy(z, y, weight=own)
+    assert loss(z, y).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_drw_under_mixing_averages_by_the_mixed_weights() -> None:
+    z, y = _inputs(10)
+    y_b = y.flip(0)
+    lam = torch.full((len(y),), 0.3)
+    loss = build_loss("ce", COUNTS[10], drw_epoch=0)
+    loss.set_epoch(1)
+    w = loss.class_weights
+    per = torch.nn.functional.cross_entropy(z, y, reduction="none")
+    per_b = torch.nn.functional.cross_entropy(z, y_b, reduction="none")
+    top = (lam * w[y] * per + (1 - lam) * w[y_b] * per_b).sum()
+    expected = top / (lam * w[y] + (1 - lam) * w[y_b]).sum()
+    assert loss.mixed(z, y, y_b, lam).item() == pytest.approx(expected.item(), rel=1e-5)
+    same = loss.mixed(z, y, y, torch.ones(len(y)))
+    assert same.item() == pytest.approx(loss(z, y).item(), rel=1e-6)
 
 
 def test_post_hoc_logit_adjustment() -> None:

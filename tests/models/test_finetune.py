@@ -203,3 +203,28 @@ def test_warmup_rises_linearly_then_hands_over_to_the_schedule() -> None:
         scheduler.step()
     assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert lrs[4:] == sorted(lrs[4:], reverse=True) and lrs[-1] < 0.1
+
+
+def test_decay_exempt_keeps_biases_norms_and_vit_tokens_out_of_weight_decay() -> None:
+    """Issue 37: BEiT and timm exempt biases, norms, cls_token and pos_embed from decay."""
+    torch.manual_seed(0)
+    model = build_model("vit_b16", 10, pretrained=False)
+    spec = model_spec("vit_b16")
+    plan = plan_finetune(model, parse_finetune("full"), spec.stages, spec.classifier)
+    exempt = plan.decay_exempt(model)
+    names = dict(model.named_parameters())
+    tokens = {n for n in names if n.endswith(("cls_token", "pos_embed"))}
+    assert len(tokens) == 2 and tokens <= exempt
+    assert {n for n in names if n.endswith(".bias")} <= exempt
+    assert any("norm" in n and n.endswith(".weight") for n in exempt)
+    decayed = set(names) - exempt
+    # what decays is exactly the matrices and convolution kernels, as timm's rule gives
+    assert decayed == {n for n, p in names.items() if p.ndim > 1 and n not in tokens}
+    groups = layer_decay_groups(model.named_parameters(), plan.depths, 1e-3, 0.65, exempt)
+    zero = {id(p) for g in groups if g.get("weight_decay") == 0.0 for p in g["params"]}
+    assert zero == {id(names[n]) for n in exempt}
+    assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in model.parameters()}
+    assert groups[0]["lr"] == pytest.approx(1e-3) and "weight_decay" not in groups[0]
+    flat = layer_decay_groups(model.named_parameters(), plan.depths, 1e-3, 1.0, exempt)
+    assert [g.get("weight_decay") for g in flat] == [None, 0.0]
+    assert all(g["lr"] == pytest.approx(1e-3) for g in flat)

@@ -109,3 +109,22 @@ def test_a_truncated_predictions_artifact_leaves_that_run_out_with_a_note(
     assert paired.loc["focal", "n_seeds"] == 2 and paired.loc["bs", "n_seeds"] == 3
     table = pd.read_csv(tmp_path / "results_resnet50_lt.csv").set_index("loss")
     assert table.loc["focal", "interval"] == "seeds only"  # its seeds' own spread, said so
+
+
+def test_a_loss_that_is_another_by_construction_is_labelled_and_left_out_of_the_family(
+    manifest: dict, tmp_path: Path
+) -> None:
+    """Issue 37: la at τ = 1 is Balanced Softmax by construction: its rows say so, as the
+    (= Softmax) rows do, and its comparison is not counted twice."""
+    effects = {("resnet50", "ce"): 0.0, ("resnet50", "bs"): 0.3, ("resnet50", "la"): 0.3}
+    study = plant(manifest, effects, seeds=(1, 2, 3))
+    grid = Grid(["resnet50"], ["ce", "bs", "la"], ["lt"])
+    build_report(ReportInputs(study.frame(), manifest, study.load), tmp_path, grid)
+    md = (tmp_path / "report.md").read_text()
+    assert "| Logit-adjusted loss (= Balanced Softmax) |" in md
+    assert "is the Balanced Softmax loss by construction" in md
+    paired = pd.read_csv(tmp_path / "paired_vs_softmax.csv").set_index("loss")
+    assert paired.loc["la", "same_as"] == "bs" and not paired.loc["la", "same_as_softmax"]
+    assert not paired.loc["la"].filter(like="_significant").any()
+    assert paired.loc["bs", "balanced_significant"]
+    assert "over the 5 differences of this table that were tested" in md  # bs's five only

@@ -249,7 +249,8 @@ def test_paired_comparisons_equal_a_direct_computation(thesis: Path, thesis_repo
     assert row["balanced"] == pytest.approx(a.mean() - b.mean())
     direct = paired_difference(a, b)
     assert (row["balanced_ci_low"], row["balanced_ci_high"]) == pytest.approx(
-        (direct.ci_low, direct.ci_high), abs=1e-6  # the CSV's 6 decimals
+        (direct.ci_low, direct.ci_high),
+        abs=1e-6,  # the CSV's 6 decimals
     )
     assert np.isnan(row["balanced_p_value"]) and not row["balanced_significant"]  # one seed
     labels, a = correct("ldam", "test_lt")
