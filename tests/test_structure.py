@@ -51,6 +51,7 @@ LAYERS = (
         "distributed",
         "timing",
         "locks",
+        "textfiles",
     ),
     ("data", "losses", "models"),
     ("config",),

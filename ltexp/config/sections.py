@@ -558,8 +558,15 @@ class ReportConfig:
     )
     references: str = _opt(
         "",
-        "CSV of published results for Table 4.9 (model,benchmark,benchmark_source; default: "
-        "the thesis's four references, shipped with ltexp)",
+        "CSV of published results: Table 4.9's references (model,benchmark,benchmark_source) or "
+        "a paper's per-cell results for the reproduction table (table,model,loss,train_split,"
+        "balanced,long_tailed,head,middle,tail,source); default: the thesis's, shipped with ltexp",
+    )
+    claims: str = _opt(
+        "",
+        "YAML file(s) of a paper's conclusions to check, comma-separated ('thesis': the thesis's, "
+        "ltexp/report/claims/thesis.yaml; grammar in docs/claims.md); default: the thesis's for "
+        "a CIFAR-100 protocol study, none otherwise",
     )
 
 

@@ -26,6 +26,7 @@ from ltexp.report.model import (
     ReportOptions,
     results_frame,
 )
+from ltexp.report.published import read_references
 from ltexp.report.render import write_html, write_latex, write_markdown
 from ltexp.report.sections import SECTIONS, Context
 from ltexp.report.tables import (
@@ -34,7 +35,6 @@ from ltexp.report.tables import (
     SPLIT_ORDER,
     cell_means,
     ordered,
-    reference_results,
     select_latest,
 )
 from ltexp.report.variants import choose
@@ -77,7 +77,7 @@ def build_report(
         log.warning("missing result: %s", line)
     for line in selection.duplicates:
         log.warning("duplicate results: %s", line)
-    references, problems = reference_results(options.references or None)
+    references, published, published_given, problems = read_references(options.references)
     correctness = Correctness(inputs.predictions, inputs.manifest) if inputs.predictions else None
     cells = with_seed_intervals(cell_means(results), results, correctness)
     ctx = Context(
@@ -92,6 +92,8 @@ def build_report(
         choice.results,
         cells,
         references,
+        published,
+        published_given,
         numbered=_is_full_thesis_grid(grid, cells),
         notes=[*inputs.notes, *choice.notes, *problems],
         ensembles=ensembles,
@@ -106,7 +108,7 @@ def build_report(
     files += write_html(
         output_dir, blocks, ctx.fmt, ctx.notes, missing, selection.duplicates, n_runs
     )
-    return Report(output_dir, files, missing, selection.duplicates, n_runs, ctx.notes)
+    return Report(output_dir, files, missing, selection.duplicates, n_runs, ctx.notes, ctx.verdicts)
 
 
 def _missing_cells(results: pd.DataFrame, grid: Grid) -> list[str]:

@@ -41,7 +41,11 @@ class ReportOptions:
         percent: percentages with two decimals in report.md/.tex (CSVs stay fractions).
         intervals: each single-seed cell of Tables 4.1-4.8 with its 95 % Clopper-Pearson interval in
             report.md.
-        references: a CSV of published results (default: the thesis's, shipped with ltexp).
+        references: a CSV of published results: Table 4.9's references
+            (``model,benchmark,benchmark_source``) or a paper's per-cell results
+            (:mod:`ltexp.report.published`); default: the thesis's, shipped with ltexp.
+        claims: the claims files to check (:mod:`ltexp.report.claims`; ``thesis`` is the shipped
+            one); default: the thesis's for a CIFAR-100 protocol study, none otherwise.
         variant: the variant of each cell the thesis tables hold (default: the plain one;
             :mod:`ltexp.report.variants`).
     """
@@ -49,6 +53,7 @@ class ReportOptions:
     percent: bool = False
     intervals: bool = True
     references: str = ""
+    claims: str = ""
     variant: str = ""
 
 
@@ -79,6 +84,7 @@ class Report:
     duplicates: list[str]
     n_runs: int
     notes: list[str] = field(default_factory=list)
+    claims: list[Any] = field(default_factory=list)  # ltexp.report.claims.Verdict, in order
 
 
 @dataclass
@@ -90,7 +96,7 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     notes: list[str] = field(default_factory=list)
-    align: str = ""  # l/r per column (default: the first left, the others right)
+    align: str = ""  # l/r/p per column (p: a paragraph that wraps; default: l then r)
 
     def alignment(self) -> str:
         return self.align or "l" + "r" * (len(self.header) - 1)

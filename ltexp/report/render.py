@@ -171,7 +171,8 @@ def write_latex(
             continue
         spec = block.alignment()
         if block.header[-1] == "Source":  # long citations wrap
-            spec = spec[:-1] + "p{5cm}"
+            spec = spec[:-1] + "p"
+        spec = "".join("p{5cm}" if a == "p" else a for a in spec)  # p: a paragraph that wraps
         parts += [
             "\\begin{table}[tbp]",
             "\\centering",
@@ -182,7 +183,10 @@ def write_latex(
             " & ".join(_tex_escape(h) for h in block.header) + " \\\\",
             "\\midrule",
             *(
-                " & ".join(_tex_cell(c, a) for c, a in zip(row, block.alignment(), strict=True))
+                " & ".join(
+                    _tex_cell(c, "l" if a == "p" else a)
+                    for c, a in zip(row, block.alignment(), strict=True)
+                )
                 + " \\\\"
                 for row in block.rows
             ),

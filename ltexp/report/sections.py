@@ -20,6 +20,14 @@ import pandas as pd
 from ltexp.data.splits import FEW_SHOT_MAX, MANY_SHOT_MIN
 from ltexp.evaluation import CALIBRATION_BINS, reliability, softmax_confidence
 from ltexp.report import plots
+from ltexp.report.claims import (
+    THESIS,
+    Verdict,
+    check_claims,
+    claims_frame,
+    family_size,
+    load_claims,
+)
 from ltexp.report.correctness import EXACT, SEEDS_AND_IMAGES, SEEDS_ONLY, Correctness
 from ltexp.report.model import (
     DASH,
@@ -40,6 +48,7 @@ from ltexp.report.paired import (
     paired_vs_plain,
     same_as_notes,
 )
+from ltexp.report.published import reproduction_frame, reproduction_summary
 from ltexp.report.tables import (
     BASELINE_LOSS,
     COLUMN_TITLES,
@@ -89,10 +98,13 @@ class Context:
     every_result: pd.DataFrame
     cells: pd.DataFrame
     references: pd.DataFrame
+    published: pd.DataFrame
+    published_given: bool
     numbered: bool
     notes: list[str] = field(default_factory=list)
     ensembles: pd.DataFrame = field(default_factory=pd.DataFrame)  # ensembles' results
     files: list[Path] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)  # the claims checked
     _same: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
 
     def write_csv(self, frame: pd.DataFrame, name: str) -> None:
@@ -108,7 +120,7 @@ class Context:
         """The loss of :data:`~ltexp.report.paired.EQUIVALENTS` that ``loss`` is by construction
         on training set ``split`` of these results (:func:`ltexp.losses.same_as_loss`, with the
         runs' own values), or ``""``."""
-        if self.manifest is None:
+        if self.manifest is None or loss == BASELINE_LOSS:
             return ""
         key = (loss, split)
         if key not in self._same:
@@ -131,6 +143,129 @@ class Context:
         if not self.manifest:
             return []
         return _tail_note(int(self.manifest["splits"]["test_tail"]["n"]), self.fmt)
+
+
+def _protocol_study(manifest: dict[str, Any] | None) -> bool:
+    """The results are of CIFAR-100 under the protocol's splits (what the thesis reports)."""
+    return (
+        manifest is not None
+        and manifest.get("dataset") == "cifar100"
+        and manifest.get("protocol", {}).get("mode") != "given"
+    )
+
+
+def claims_section(ctx: Context) -> list[Block]:
+    """What the study says of a paper's conclusions (``claims.csv``; :mod:`ltexp.report.claims`):
+    one row per claim, its verdict, its evidence and the sentence it checks. First in the
+    report."""
+    spec = ctx.options.claims or (THESIS if _protocol_study(ctx.manifest) else "")
+    if not spec:
+        return []
+    if ctx.correctness is None:
+        ctx.notes.append("claims need the evaluate runs' predictions: none were read, none checked")
+        return []
+    claims = load_claims(spec)
+    by_cell = (
+        ctx.results.sort_values("seed")
+        .groupby(["model", "loss", "train_split"])["run_id"]
+        .apply(lambda ids: ctx.correctness.readable(ids))
+    )
+    grid = {
+        "model": ctx.grid.models,
+        "loss": ctx.grid.losses,
+        "train_split": ctx.grid.train_splits,
+    }
+    ctx.verdicts = check_claims(claims, by_cell.to_dict(), ctx.correctness, grid)
+    skipped = len(claims) - len(ctx.verdicts)
+    frame = claims_frame(ctx.verdicts)
+    ctx.write_csv(frame, "claims.csv")
+    if not len(frame):
+        ctx.notes.append(f"none of the {len(claims)} claims concerns the cells of this study")
+        return []
+    tested = family_size(ctx.verdicts)
+    counts = frame["verdict"].value_counts()
+    notes = [
+        f"{len(frame)} claims: {counts.get('reproduced', 0)} reproduced, "
+        f"{counts.get('contradicted', 0)} contradicted, {counts.get('inconclusive', 0)} "
+        f"inconclusive. A claim is reproduced when every difference it needs (paired, on the "
+        f"same test images, over seeds and images) excludes 0 in the claimed direction after "
+        f"Holm's correction over the {tested} differences the claims tested (family-wise error "
+        f"5 %); contradicted when one excludes 0 the other way. With one seed a side a "
+        f"difference cannot be told from training noise: the verdict says what the point "
+        f"estimates say, and that it is not testable.",
+    ]
+    if skipped:
+        notes.append(f"{skipped} claim(s) of the thesis concern cells this study did not train.")
+    return [
+        Table(
+            "",
+            "Claims: what this study says of the paper's conclusions",
+            ["Claim", "Verdict", "Evidence", "Sentence (source)"],
+            [
+                [v.claim.id, v.verdict, v.evidence, f"{v.claim.text} ({v.claim.source})"]
+                for v in ctx.verdicts
+            ],
+            notes,
+            align="llpp",
+        )
+    ]
+
+
+def reproduction_section(ctx: Context) -> list[Block]:
+    """Each cell beside its published value (``reproduction.csv``): the thesis's Tables 4.1-4.8
+    for a CIFAR-100 protocol study, or the paper given with ``references=<csv>``."""
+    if not ctx.published_given and not _protocol_study(ctx.manifest):
+        if ctx.manifest is not None:
+            ctx.notes.append(
+                f"no reproduction table: the published results are CIFAR-100's under the "
+                f"thesis's protocol, and this study is of {ctx.manifest.get('dataset')} (give "
+                f"another paper's with references=<csv>)"
+            )
+        return []
+    if not len(ctx.published):
+        ctx.notes.append(
+            "no reproduction table: ltexp ships no per-cell values of the thesis's Tables "
+            "4.1-4.8 yet (ltexp/report/published_results.csv is empty); give them, or another "
+            "paper's, with references=<csv> (columns: table,model,loss,train_split,balanced,"
+            "long_tailed,head,middle,tail,source)"
+        )
+        return []
+    frame = reproduction_frame(ctx.cells, ctx.published)
+    ctx.write_csv(frame, "reproduction.csv")
+    if not len(frame):
+        ctx.notes.append("no cell of this study has a published value: no reproduction table")
+        return []
+    fmt = ctx.fmt
+    return [
+        Table(
+            "",
+            "Reproduction: each cell beside its published value",
+            ["Backbone", "Training set", "Loss", "Column", "Published", "This study", "Δ", "In"],
+            [
+                [
+                    model_title(r.model),
+                    SPLIT_TITLES.get(r.train_split, r.train_split),
+                    loss_title(r.loss),
+                    COLUMN_TITLES[r.column],
+                    fmt(r.published),
+                    fmt.interval(r.result, r.ci_low, r.ci_high),
+                    fmt(r.difference, signed=True),
+                    "yes" if r.within_interval else "no",
+                ]
+                for r in frame.itertuples()
+            ],
+            [
+                _sentence(reproduction_summary(frame)),
+                "In: the published value lies inside this cell's 95 % interval (one seed: "
+                "Clopper-Pearson over its test images; several: over seeds and test images).",
+            ],
+            align="llllrrrl",
+        )
+    ]
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
 
 
 def data_section(ctx: Context) -> list[Block]:
@@ -579,6 +714,8 @@ ENSEMBLE_COLUMNS = {
 
 
 SECTIONS: tuple[Callable[[Context], list[Block]], ...] = (
+    claims_section,
+    reproduction_section,
     data_section,
     results_section,
     comparisons_section,

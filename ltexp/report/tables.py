@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ltexp.config import grid as config_grid
+from ltexp.textfiles import read_small_text
 from ltexp.tracking.schema import CELL_PARAMS, REPORT_COLUMNS
 
 COLUMNS = tuple(REPORT_COLUMNS)  # balanced, long_tailed, head, middle, tail
@@ -239,16 +240,19 @@ def summary(cells: pd.DataFrame, by: str, over_order: tuple[str, ...]) -> pd.Dat
 # --- references (Table 4.9) --------------------------------------------------------------------
 
 
-def reference_results(path: str | Path | None = None) -> tuple[pd.DataFrame, list[str]]:
+def reference_results(
+    path: str | Path | None = None, text: str | None = None
+) -> tuple[pd.DataFrame, list[str]]:
     """Published CIFAR-100 results per backbone with their sources, and one line per row that
     cannot be used (the row is left out).
 
     Args:
         path: a CSV with ``model,benchmark,benchmark_source`` (benchmark a fraction); default:
             the file shipped with ltexp (the thesis's four references).
+        text: the file's text, when the caller has read it already.
     """
     if path:
-        text = Path(path).expanduser().read_text()
+        text = read_small_text(path, "references file") if text is None else text
         name = str(path)
     else:
         text = resources.files("ltexp.report").joinpath("reference_results.csv").read_text()

@@ -27,6 +27,7 @@ from ltexp.report.build import (
     build_report,
     results_frame,
 )
+from ltexp.report.claims import load_claims
 from ltexp.timing import timed
 from ltexp.tracking import claims, runs, schema
 from ltexp.tracking.queries import FINISHED, where
@@ -247,6 +248,7 @@ def run_aggregate(
     Args:
         announce: receives, first, which experiment is reported and how to choose another.
     """
+    load_claims(cfg.report.claims)  # a bad claims file: one line, before anything is read
     name, why = choose_experiment(cfg)
     exp = runs.client().get_experiment_by_name(name)
     if exp is None:
@@ -282,6 +284,7 @@ def run_aggregate(
         percent=cfg.report.percent,
         intervals=cfg.report.intervals,
         references=cfg.report.references,
+        claims=cfg.report.claims,
         variant=cfg.report.variant,
     )
     launched, wrapper = None, None
@@ -305,12 +308,23 @@ def run_aggregate(
             runs.log_params(
                 {"experiment": name, "dataset": datasets[0], "n_evaluate_runs": len(records)}
             )
+            verdicts = [v.verdict for v in report.claims]
             mlflow.log_metrics(
                 {
                     schema.MISSING_CELLS: len(report.missing),
                     schema.DUPLICATE_CELLS: len(report.duplicates),
+                    **(
+                        {
+                            schema.CLAIMS_REPRODUCED: verdicts.count("reproduced"),
+                            schema.CLAIMS_CONTRADICTED: verdicts.count("contradicted"),
+                            schema.CLAIMS_INCONCLUSIVE: verdicts.count("inconclusive"),
+                        }
+                        if report.claims
+                        else {}
+                    ),
                 }
             )
+            mlflow.set_tags({schema.claim_tag(v.claim.id): v.verdict for v in report.claims})
             mlflow.log_artifacts(tmp, artifact_path=schema.REPORT_ARTIFACT_DIR)
             # the report reads in the UI: the aggregate run and its study link to its page
             link = runs.ui_link(exp_id, run.info.run_id, schema.REPORT_HTML)

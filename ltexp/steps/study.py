@@ -29,6 +29,7 @@ from ltexp.config import Config, axes, axis
 from ltexp.distributed import DistContext
 from ltexp.errors import ConfigError
 from ltexp.report.build import Grid
+from ltexp.report.claims import load_claims
 from ltexp.steps.aggregate import run_aggregate
 from ltexp.steps.decouple import decouple_hash, run_decouple
 from ltexp.steps.evaluate import run_evaluate
@@ -255,6 +256,7 @@ def run_study(
     if cfg.ensemble.ensemble_top_k == 1:
         raise ConfigError("ensemble_top_k=1 is one model, not an ensemble; use 0 (none) or k >= 2")
     executors.check_available(cfg)
+    load_claims(cfg.report.claims)  # a bad claims file is refused now, not after the training
     cfg = cfg.replace(
         experiment=runs.experiment_name(
             cfg.experiment, runs.default_experiment(cfg.preset, cfg.data.dataset)

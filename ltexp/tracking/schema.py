@@ -253,6 +253,11 @@ REPORT_COLUMNS = {
 # the literature's shot-group columns (ImageNet-LT papers): the report's table for a set that is
 # long-tailed as given
 SHOT_COLUMNS = {g: f"test_{g}_acc1" for g in SHOT_GROUPS}
+# the aggregate run's verdicts on a paper's claims (ltexp/report/claims): a tag per claim,
+# ltexp.claim.<id> = reproduced | contradicted | inconclusive (claim_tag), and a count of each
+CLAIMS_REPRODUCED = "claims_reproduced"
+CLAIMS_CONTRADICTED = "claims_contradicted"
+CLAIMS_INCONCLUSIVE = "claims_inconclusive"
 CELLS_RUN = "cells_run"
 CELLS_REUSED = "cells_reused"
 MISSING_CELLS = "missing_cells"
@@ -466,3 +471,8 @@ def default_experiment_name(preset: str, dataset: str) -> str:
     ``preset`` may be a path to a YAML file; its stem is used.
     """
     return f"{PurePath(preset).stem if preset else 'ltexp'}-{dataset}"
+
+
+def claim_tag(claim_id: str) -> str:
+    """``ltexp.claim.<id>``: the aggregate run's verdict on a claim."""
+    return f"ltexp.claim.{claim_id}"

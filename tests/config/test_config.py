@@ -208,6 +208,7 @@ def test_commands_take_the_fields_they_use_and_help_lists_the_registries() -> No
         "percent",
         "intervals",
         "references",
+        "claims",
         "variant",
     }
     model = next(f for f in command_fields("train") if f.key == "model")

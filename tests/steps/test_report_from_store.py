@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from ltexp.config import build_config
+from ltexp.errors import ConfigError
 from ltexp.statistics import paired_difference
 from ltexp.steps.aggregate import run_aggregate
 from ltexp.tracking import schema
@@ -332,3 +333,61 @@ def test_report_html_is_one_self_contained_page_with_every_table_and_figure(
         assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
     # nothing is fetched from elsewhere: the UI shows the page in a sandbox, offline
     assert not re.search(r"""(src|href)=["'](?!data:)""", page)
+
+
+def test_the_thesis_claims_are_checked_logged_and_a_bad_file_leaves_no_run(
+    thesis: Path, thesis_report: Path, tmp_path: Path
+) -> None:
+    """Issue 38: a CIFAR-100 protocol study checks the thesis's claims by default; one seed a
+    cell makes each 'inconclusive', not testable; the aggregate run carries a tag per claim and
+    the three counts; a reproduction table needs published values, and the report says so."""
+    claims = pd.read_csv(thesis_report / "claims.csv")
+    assert len(claims) == 6 and set(claims["verdict"]) == {"inconclusive"}
+    assert claims["evidence"].str.contains("not testable with one seed").all()
+    md = (thesis_report / "report.md").read_text()
+    assert md.index("### Claims:") < md.index("### Table 3.2")
+    assert "ltexp ships no per-cell values of the thesis's Tables 4.1-4.8 yet" in md
+    (run,) = mlflow.search_runs(
+        experiment_names=["thesis-cifar100"],
+        filter_string=f"tags.`{schema.STEP}` = 'aggregate'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    assert run.data.metrics[schema.CLAIMS_INCONCLUSIVE] == 6
+    assert run.data.metrics[schema.CLAIMS_REPRODUCED] == 0
+    assert run.data.tags[schema.claim_tag("vit-lowest-overall")] == "inconclusive"
+
+    # a bad file: one line, and no aggregate run at all (nothing to mark FAILED)
+    before = len(mlflow.search_runs(experiment_names=["thesis-cifar100"], output_format="list"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("claims:\n  - {id: x, text: t, source: s, kind: bigger, a: bs, metric: tail}\n")
+    with pytest.raises(ConfigError, match="unknown kind 'bigger'"):
+        _report(thesis, "bad", claims=str(bad))
+    after = len(mlflow.search_runs(experiment_names=["thesis-cifar100"], output_format="list"))
+    assert after == before
+
+
+def test_published_results_given_make_a_reproduction_table(thesis: Path, tmp_path: Path) -> None:
+    """Replaying published results into the store: every cell at difference 0, inside its
+    interval, and the summary line counts them."""
+    rows = ["table,model,loss,train_split,balanced,long_tailed,head,middle,tail,source"]
+    for model, loss in itertools.product(MODELS, LOSSES):
+        for split in ("balanced", "lt"):
+            v = _value(model, loss, split)
+            cols = [round(v + 0.01 * i, 6) for i in range(5)]
+            rows.append(f"4.x,{model},{loss},{split},{','.join(map(str, cols))},replayed")
+    rows.append("4.x,resnet50,ce,lt,1.7,,,,,out of range")  # malformed: left out, said so
+    published = tmp_path / "published.csv"
+    published.write_text("\n".join(rows) + "\n")
+    out = _report(thesis, "replayed", references=str(published)).output_dir
+    frame = pd.read_csv(out / "reproduction.csv")
+    assert list(frame.columns) == [
+        "model", "loss", "train_split", "column", "published", "result", "difference",
+        "ci_low", "ci_high", "within_interval",
+    ]  # fmt: skip
+    assert len(frame) == 56 * 5
+    assert frame["difference"].abs().max() < 1e-6 and frame["within_interval"].all()
+    md = (out / "report.md").read_text()
+    assert "280 of 280 published results lie within this study's 95 % interval" in md
+    assert "line 58 is malformed" in md  # 1 header + 56 cells, then it
