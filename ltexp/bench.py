@@ -18,9 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -35,13 +37,13 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=bounded_int(1, 65_536),
         default=None,
         help="batch size (default: 128 on CUDA, the demo's 32 on CPU)",
     )
     parser.add_argument(
         "--image-size",
-        type=int,
+        type=bounded_int(8, 4096),
         default=None,
         help="input side (default: the model's, 224 for the pretrained ones)",
     )
@@ -56,13 +58,18 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loss", default="ce", help="loss of the pipeline step (default ce)")
     parser.add_argument(
         "--steps",
-        type=int,
+        type=bounded_int(1, 100_000),
         default=None,
         help="steps per timed repeat (default: 30 on CUDA, 40 on CPU)",
     )
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
     parser.add_argument(
-        "--warmup", type=int, default=1, help="untimed warm-up repeats of both measurements"
+        "--repeats", type=bounded_int(1, 1000), default=5, help="timed repeats (median reported)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=bounded_int(0, 100),
+        default=1,
+        help="untimed warm-up repeats of both measurements",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
@@ -85,6 +92,18 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         help="more options for the measured command, as one string "
         "(`--args '--models tiny_cnn --epochs 2'`)",
     )
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number in [low, high] (argparse prints the one-line error)."""
+
+    def parse(text: str) -> int:
+        stripped = text.strip()
+        if not re.fullmatch(r"[+-]?[0-9]{1,12}", stripped) or not low <= int(stripped) <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}")
+        return int(stripped)
+
+    return parse
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -191,11 +191,13 @@ def _convert_type(tp: Any, value: Any) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
         if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise ValueError(f"expected an integer, got {value!r}")
+            text = value.strip()
+            digits = text.removeprefix("-").removeprefix("+")
+            if len(digits) > 30:  # Python refuses to read 4,300 digits and more
+                raise ValueError(f"expected an integer, got {len(text)} characters")
+            if digits.isascii() and digits.isdigit():  # '²' is a digit to str.isdigit
+                return int(text)
+        raise ValueError(f"expected an integer, got {_shown(value)}")
     if tp is float:
         if isinstance(value, bool):
             raise ValueError(f"expected a number, got {value!r}")
@@ -220,6 +222,12 @@ def _convert_type(tp: Any, value: Any) -> Any:
     raise TypeError(f"unsupported config type {tp!r}")  # pragma: no cover - a bug in this module
 
 
+def _shown(value: Any) -> str:
+    """``repr`` of a value in an error, cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}…"
+
+
 def _split_list(value: Any) -> list[Any]:
     if isinstance(value, list | tuple):
         return list(value)
@@ -240,7 +248,21 @@ def _check_range(spec: FieldSpec, value: Any) -> None:
         if isinstance(v, int | float) and not isinstance(v, bool):
             if spec.low is not None and (v < spec.low or (spec.low_open and v == spec.low)):
                 op = ">" if spec.low_open else ">="
-                raise ConfigError(f"{spec.key} must be {op} {spec.low:g}, got {v!r}")
+                raise ConfigError(
+                    f"{spec.key} must be {op} {_number(spec.low, True)}, got {_number(v)}"
+                )
             if spec.high is not None and (v > spec.high or (spec.high_open and v == spec.high)):
                 op = "<" if spec.high_open else "<="
-                raise ConfigError(f"{spec.key} must be {op} {spec.high:g}, got {v!r}")
+                raise ConfigError(
+                    f"{spec.key} must be {op} {_number(spec.high, True)}, got {_number(v)}"
+                )
+
+
+def _number(v: float, bound: bool = False) -> str:
+    """A value in an error as the user typed it (``repr``), a bound as ``%g`` (seeds' in full);
+    an integer of thousands of digits by its length (Python will not print it)."""
+    if isinstance(v, int) and abs(v).bit_length() > 66:
+        return f"an integer of about {int(abs(v).bit_length() * 0.30103)} digits"
+    if bound:
+        return str(int(v)) if float(v).is_integer() and abs(v) < 1e20 else f"{v:g}"
+    return repr(v)

@@ -75,6 +75,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"config {str(path)!r} is nested too deeply to be a config (sections hold keys)"
         ) from None
+    except ValueError as e:  # an integer of thousands of digits, which Python will not read
+        raise ConfigError(
+            f"config {str(path)!r} holds a value no option can take ({str(e)[:80]})"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -35,23 +35,33 @@ class DataConfig:
     )
     profile: str = _opt("exp", "imbalance profile of the long-tailed splits", registry="profiles")
     imbalance_ratio: float = _opt(
-        100.0, "n_max / n_min of the long-tailed splits (thesis: 100)", low=1.0
+        100.0,
+        "n_max / n_min of the long-tailed splits (thesis: 100)",
+        low=1.0,
+        high=10_000,
     )
     pareto_alpha: float = _opt(
-        6.0, "shape of the pareto profile (ImageNet-LT, Liu et al. 2019: 6)", low=0.0, low_open=True
+        6.0,
+        "shape of the pareto profile (ImageNet-LT, Liu et al. 2019: 6)",
+        low=0.0,
+        low_open=True,
+        high=100.0,
     )
     n_max_train: int | None = _opt(
         None,
         "images per class in train_balanced (default: the dataset's protocol, CIFAR-100: 450)",
         low=1,
+        high=10_000_000,
     )
-    n_max_test: int | None = _opt(None, "images per class in test_balanced (CIFAR-100: 50)", low=1)
+    n_max_test: int | None = _opt(
+        None, "images per class in test_balanced (CIFAR-100: 50)", low=1, high=10_000_000
+    )
     class_order: str = _opt(
         "label",
         "frequency rank of the classes: label (class 0 most "
         "frequent), random (seeded), or a comma list of labels",
     )
-    split_seed: int = _opt(42, "seed of every split choice (thesis: 42)", low=0)
+    split_seed: int = _opt(42, "seed of every split choice (thesis: 42)", low=0, high=2**32 - 1)
     split_mode: str = _opt(
         "auto",
         "protocol (long-tailed splits drawn from a balanced source, CIFAR), given (the set is "
@@ -71,6 +81,7 @@ class DataConfig:
         "image files (imagefolder, filelist): shorter side they are resized to, then centre-"
         "cropped square, in the decoded uint8 cache",
         low=8,
+        high=4096,
     )
     skip_bad_images: bool = _opt(
         False,
@@ -82,6 +93,7 @@ class DataConfig:
         "image files: the largest image decoded, in pixels (its header is read first; a file "
         "declaring more is refused, or skipped with skip_bad_images: decompression bombs)",
         low=1,
+        high=1_000_000_000,
     )
     log_scale_counts: bool = _opt(True, "draw the class-count charts on a log scale", runtime=True)
 
@@ -95,7 +107,7 @@ class TrainConfig:
     train_split: str = _opt(
         "lt", "training set: lt (long-tailed) or balanced", choices=("lt", "balanced")
     )
-    seed: int = _opt(42, "seed of Python, NumPy and torch (thesis: 42)", low=0)
+    seed: int = _opt(42, "seed of Python, NumPy and torch (thesis: 42)", low=0, high=2**32 - 1)
     pretrained: str = _opt(
         "true", "true (library weights), false (random init) or a path to a local state dict"
     )
@@ -107,7 +119,10 @@ class TrainConfig:
         method=True,
     )
     image_size: int | None = _opt(
-        None, "input side in pixels (default: the model's, 224 for the pretrained backbones)", low=8
+        None,
+        "input side in pixels (default: the model's, 224 for the pretrained backbones)",
+        low=8,
+        high=4096,
     )
     finetune: str = _opt(
         "full",
@@ -125,6 +140,7 @@ class TrainConfig:
         method=True,
         added="0.2",
         applies_when=("finetune", "gradual"),
+        high=100_000,
     )
     lora_rank: int = _opt(
         8,
@@ -133,6 +149,7 @@ class TrainConfig:
         method=True,
         added="0.2",
         applies_when=("finetune", "lora"),
+        high=1024,
     )
     lora_alpha: float = _opt(
         16.0,
@@ -143,6 +160,7 @@ class TrainConfig:
         method=True,
         added="0.2",
         applies_when=("finetune", "lora"),
+        high=10_000.0,
     )
     llrd: float = _opt(
         1.0,
@@ -168,8 +186,8 @@ class TrainConfig:
     betas: tuple[float, float] = _opt(
         (0.9, 0.999), "Adam betas (thesis: 0.9,0.999)", low=0.0, high=1.0, high_open=True
     )
-    eps: float = _opt(1e-8, "Adam epsilon (thesis: 1e-8)", low=0.0, low_open=True)
-    weight_decay: float = _opt(0.0, "weight decay (thesis: none)", low=0.0)
+    eps: float = _opt(1e-8, "Adam epsilon (thesis: 1e-8)", low=0.0, low_open=True, high=1.0)
+    weight_decay: float = _opt(0.0, "weight decay (thesis: none)", low=0.0, high=10.0)
     decay_exempt: bool = _opt(
         False,
         "keep biases, normalisation weights and a ViT's cls_token/pos_embed out of weight decay, "
@@ -178,14 +196,15 @@ class TrainConfig:
         added="0.3",
     )
     momentum: float = _opt(0.9, "SGD momentum (only with optimizer=sgd)", low=0.0, high=1.0)
-    batch_size: int = _opt(128, "training batch size (thesis: 128)", low=1)
-    epochs: int = _opt(90, "training epochs (thesis: 90)", low=1)
+    batch_size: int = _opt(128, "training batch size (thesis: 128)", low=1, high=65_536)
+    epochs: int = _opt(90, "training epochs (thesis: 90)", low=1, high=100_000)
     scheduler: str = _opt("step", "learning-rate schedule", choices=("step", "cosine", "none"))
     warmup_epochs: int = _opt(
         0,
         "epochs of linear learning-rate warmup before the schedule (thesis: none)",
         low=0,
         added="0.2",
+        high=100_000,
     )
     label_smoothing: float = _opt(
         0.0,
@@ -197,7 +216,7 @@ class TrainConfig:
         method=True,
         added="0.2",
     )
-    step_size: int = _opt(30, "StepLR period in epochs (thesis: 30)", low=1)
+    step_size: int = _opt(30, "StepLR period in epochs (thesis: 30)", low=1, high=100_000)
     lr_gamma: float = _opt(0.1, "StepLR factor (thesis: 0.1)", low=0.0, low_open=True, high=1.0)
     drw_epoch: int | None = _opt(
         None,
@@ -205,6 +224,7 @@ class TrainConfig:
         "epoch (Cao et al. 2019 use 160 of 200)",
         low=0,
         method=True,
+        high=100_000,
     )
     drw_beta: float = _opt(
         0.9999,
@@ -242,6 +262,7 @@ class TrainConfig:
         low=0.0,
         low_open=True,
         method=True,
+        high=100.0,
     )
     mixing_prob: float | None = _opt(
         None,
@@ -256,6 +277,7 @@ class TrainConfig:
         "Remix κ: the class-size ratio that favours the rarer class (Chou et al. 2020: 3)",
         low=1.0,
         method=True,
+        high=1000.0,
     )
     remix_tau: float = _opt(
         0.5,
@@ -316,7 +338,12 @@ class RuntimeConfig:
         also_under="train",
     )
     num_threads: int | None = _opt(
-        None, "torch CPU threads (default: torch's)", low=1, runtime=True, also_under="train"
+        None,
+        "torch CPU threads (default: torch's)",
+        low=1,
+        runtime=True,
+        also_under="train",
+        high=1024,
     )
     data_on_device_gb: float | None = _opt(
         None,
@@ -325,6 +352,7 @@ class RuntimeConfig:
         low=0.0,
         runtime=True,
         commands=("train", "main", "tune", "decouple"),
+        high=100_000.0,
     )
     eval_batch_size: int = _opt(
         512,
@@ -333,6 +361,7 @@ class RuntimeConfig:
         low=1,
         runtime=True,
         also_under="train",
+        high=65_536,
     )
     system_metrics: bool = _opt(
         True,
@@ -360,6 +389,7 @@ class EvaluateConfig:
         0.0,
         "post-hoc logit adjustment logits - tau*log(prior) (Menon et al. 2021; 0 = off)",
         low=0.0,
+        high=100.0,
     )
     temperature_scaling: bool = _opt(
         False,
@@ -374,7 +404,7 @@ class EvaluateConfig:
         low=10,
         high=100_000,
     )
-    bootstrap_seed: int = _opt(0, "unused, as bootstrap_samples", low=0)
+    bootstrap_seed: int = _opt(0, "unused, as bootstrap_samples", low=0, high=2**32 - 1)
 
 
 @dataclass(frozen=True)
@@ -383,7 +413,11 @@ class StudyConfig:
     axis of :mod:`ltexp.config.grid`, held in :attr:`Config.grid`."""
 
     workers: int = _opt(
-        1, "cells run at once (one per GPU when there are GPUs)", low=1, runtime=True
+        1,
+        "cells run at once (one per GPU when there are GPUs)",
+        low=1,
+        runtime=True,
+        high=1024,
     )
     executor: str = _opt(
         "local",
@@ -415,12 +449,15 @@ class TuneConfig:
         "(e.g. lr=loguniform:1e-5:1e-2)",
         factory=list,
     )
-    trials: int = _opt(20, "trials of the search (finished or pruned), over all workers", low=1)
+    trials: int = _opt(
+        20, "trials of the search (finished or pruned), over all workers", low=1, high=1_000_000
+    )
     timeout: float | None = _opt(
         None,
         "stop starting trials after this many seconds (default: no limit)",
         low=0.0,
         low_open=True,
+        high=1e7,
     )
     objective: str = _opt(
         "val_acc1",
@@ -434,7 +471,7 @@ class TuneConfig:
         "or none",
         choices=("median", "asha", "none"),
     )
-    tune_seed: int = _opt(0, "seed of the sampler", low=0)
+    tune_seed: int = _opt(0, "seed of the sampler", low=0, high=2**32 - 1)
     study_name: str = _opt(
         "",
         "Optuna study name: workers with the same name and storage share one search (default: "
@@ -476,6 +513,7 @@ class DecoupleConfig:
         "epochs of cRT and LWS (default: Kang et al. 2020's configs, cRT 10 and LWS 5)",
         low=1,
         method=True,
+        high=100_000,
     )
     stage2_lr: float | None = _opt(
         None,
@@ -483,6 +521,7 @@ class DecoupleConfig:
         low=0.0,
         low_open=True,
         method=True,
+        high=10.0,
     )
     stage2_tau: float | None = _opt(
         None,
@@ -530,6 +569,7 @@ class EnsembleConfig:
         "training set and variant, and evaluate and report each ensemble (0: none)",
         low=0,
         commands=("main",),
+        high=64,
     )
 
 
@@ -792,6 +832,8 @@ def grid_fields() -> list[FieldSpec]:
     (``mixing``)."""
     from ltexp.config.grid import axes
 
+    # an axis's values have the range of the cell's own option (seeds: seed's)
+    own = {spec.key: spec for section in SECTIONS for spec in section_fields(section)}
     return [
         FieldSpec(
             a.grid_key,
@@ -800,7 +842,8 @@ def grid_fields() -> list[FieldSpec]:
             list[a.item_type],
             list(a.default),
             a.help,
-            low=0 if a.item_type is int else None,
+            low=own[a.key].low if a.key in own else None,
+            high=own[a.key].high if a.key in own else None,
             registry=a.registry,
             commands=SECTION_COMMANDS["study"],
             owner=a.key,

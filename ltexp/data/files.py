@@ -157,7 +157,7 @@ def decode_bytes(data: bytes, size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> 
     import torch
     import torch.nn.functional as F
 
-    check_pixels(data, max_pixels)
+    check_pixels(data, max_pixels, size)
     x = _read_rgb(data)  # (3, H, W) uint8
     h, w = x.shape[1:]
     scale = size / min(h, w)
@@ -171,8 +171,10 @@ def decode_bytes(data: bytes, size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> 
     return x[:, top : top + size, left : left + size].permute(1, 2, 0).numpy()
 
 
-def check_pixels(data: bytes, max_pixels: int) -> None:
-    """Refuse a file whose header declares more than ``max_pixels`` pixels, before decoding.
+def check_pixels(data: bytes, max_pixels: int, size: int = 0) -> None:
+    """Refuse a file whose header declares more than ``max_pixels`` pixels, or whose shorter
+    side resized to ``size`` would make more (a 20000×1 strip is 20,000 pixels, and
+    5,120,000×256 once resized), before decoding.
 
     Raises:
         ValueError: too many pixels; OSError: not an image PIL can read the header of.
@@ -195,6 +197,14 @@ def check_pixels(data: bytes, max_pixels: int) -> None:
         raise ValueError(
             f"its header declares {width}×{height} = {width * height:,} pixels, over "
             f"max_image_pixels={max_pixels:,}"
+        )
+    short = max(1, min(width, height))
+    resized = (max(width, height) * size // short) * size if size else 0
+    if resized > max_pixels:
+        raise ValueError(
+            f"it is {width}×{height}: resizing its shorter side to {size} makes "
+            f"{resized:,} pixels, over max_image_pixels={max_pixels:,} (crop it to a less "
+            f"elongated image)"
         )
 
 

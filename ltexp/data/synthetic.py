@@ -46,11 +46,15 @@ def _sample(
     "synthetic",
     "procedural class-conditional images, seeded, any size",
     options=(
-        DatasetOption("num_classes", 10, "number of classes", key="synthetic_classes", low=2),
-        DatasetOption("train_per_class", 200, "source train images per class", low=2),
-        DatasetOption("test_per_class", 40, "source test (validation) images per class", low=1),
-        DatasetOption("image_size", 32, "image side in pixels", low=8),
-        DatasetOption("seed", 0, "seed of the generated images", low=0),
+        DatasetOption(
+            "num_classes", 10, "number of classes", key="synthetic_classes", low=2, high=100_000
+        ),
+        DatasetOption("train_per_class", 200, "source train images per class", low=2, high=100_000),
+        DatasetOption(
+            "test_per_class", 40, "source test (validation) images per class", low=1, high=100_000
+        ),
+        DatasetOption("image_size", 32, "image side in pixels", low=8, high=1024),
+        DatasetOption("seed", 0, "seed of the generated images", low=0, high=2**32 - 1),
     ),
 )
 def load_synthetic(

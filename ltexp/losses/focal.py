@@ -37,7 +37,9 @@ class FocalLoss(ClassAwareLoss):
 @register_loss(
     "focal",
     "Focal loss",
-    hparams=[HParam("gamma", 2.0, "focusing parameter γ (Lin et al. 2017: 2)", low=0.0)],
+    hparams=[
+        HParam("gamma", 2.0, "focusing parameter γ (Lin et al. 2017: 2)", low=0.0, high=100.0)
+    ],
     paper="Lin et al., Focal Loss for Dense Object Detection, ICCV 2017",
 )
 def build_focal(

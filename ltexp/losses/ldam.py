@@ -47,8 +47,21 @@ class LDAMLoss(ClassAwareLoss):
     "ldam",
     "LDAM loss",
     hparams=[
-        HParam("max_margin", 0.5, "margin of the rarest class (Cao et al. 2019: 0.5)", low=0.0),
-        HParam("scale", 30.0, "logit scale s (Cao et al. 2019: 30)", low=0.0, low_open=True),
+        HParam(
+            "max_margin",
+            0.5,
+            "margin of the rarest class (Cao et al. 2019: 0.5)",
+            low=0.0,
+            high=10.0,
+        ),
+        HParam(
+            "scale",
+            30.0,
+            "logit scale s (Cao et al. 2019: 30)",
+            low=0.0,
+            low_open=True,
+            high=1000.0,
+        ),
     ],
     paper="Cao et al., Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss, "
     "NeurIPS 2019",

@@ -45,7 +45,9 @@ def build_bs(class_counts: Sequence[int] | Tensor, **drw: float) -> LogitAdjuste
 @register_loss(
     "la",
     "Logit-adjusted loss",
-    hparams=[HParam("tau", 1.0, "scale τ of the log prior (Menon et al. 2021: 1)", low=0.0)],
+    hparams=[
+        HParam("tau", 1.0, "scale τ of the log prior (Menon et al. 2021: 1)", low=0.0, high=100.0)
+    ],
     paper="Menon et al., Long-Tail Learning via Logit Adjustment, ICLR 2021",
 )
 def build_la(

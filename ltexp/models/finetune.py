@@ -66,10 +66,12 @@ def parse_finetune(value: str) -> Finetune:
     text = value.strip().lower()
     if text.startswith("freeze:"):
         k = text.removeprefix("freeze:")
-        if not k.isdigit() or int(k) < 1:
+        # ASCII digits only ('²' is a digit to str.isdigit), and few of them: no backbone has
+        # 1,000 stages, and Python will not read 4,300 digits
+        if not re.fullmatch(r"[0-9]{1,3}", k) or int(k) < 1:
             raise ConfigError(
-                f"finetune={value!r}: freeze:<k> needs k, the number of stages frozen from the "
-                f"bottom, as a whole number >= 1 (e.g. freeze:2)"
+                f"finetune={value[:40]!r}: freeze:<k> needs k, the number of stages frozen from "
+                f"the bottom, as a whole number from 1 to 999 (e.g. freeze:2)"
             )
         return Finetune("freeze", int(k))
     if text in FINETUNE_MODES:

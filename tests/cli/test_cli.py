@@ -284,8 +284,14 @@ ROUND_TWO = [
     # (command, options, message)
     ("train", {"betas": "1,1"}, "betas must be < 1"),
     ("main", {"seeds": "-1"}, "seeds must be >= 0"),
-    ("train", {"image_size": "100000"}, "needs about"),
-    ("prepare-data", {"dataset": "synthetic", "synthetic_image_size": "100000"}, "needs about"),
+    ("train", {"image_size": "100000"}, "image_size must be <= 4096"),
+    ("train", {"image_size": "4096", "batch_size": "60000"}, "needs about"),
+    ("prepare-data", {"dataset": "synthetic", "synthetic_image_size": "100000"}, "must be <= 1024"),
+    (
+        "prepare-data",
+        {"dataset": "synthetic", "synthetic_image_size": "1024", "synthetic_classes": "5000"},
+        "needs about",
+    ),
     ("evaluate", {"bootstrap_samples": "1000000000"}, "bootstrap_samples must be <= 100000"),
     ("train", {"pretrained": "notes.txt"}, "is not a plain state dict of tensors"),
     ("train", {"pretrained": "true"}, "have no pretrained weights"),

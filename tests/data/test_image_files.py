@@ -389,6 +389,21 @@ def test_a_real_image_over_the_pixel_limit_is_refused_and_one_under_it_decoded(
     assert load_source("imagefolder", root, storage_size=16, max_image_pixels=60_000)
 
 
+def test_an_image_that_resizing_would_blow_up_is_refused_before_it_is_decoded(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """Issue 39: a 20000×1 PNG is 20,000 pixels, under the limit, and 5,120,000×256 once its
+    shorter side is resized to 256: refused from its header, in one line."""
+    root = _folder(tmp_path)
+    Image.new("RGB", (20_000, 1), "blue").save(root / "train" / "class_01" / "img_0000.png")
+    message = "it is 20000×1: resizing its shorter side to 256 makes 1,310,720,000 pixels"
+    with pytest.raises(DataError, match=message):
+        load_source("imagefolder", root, storage_size=256, max_image_pixels=100_000_000)
+    assert _caches(cache_dir) == []
+    skipped = load_source("imagefolder", root, storage_size=16, skip_bad_images=True)
+    assert skipped.skipped == []  # at 16 px it is 320,000×16 = 5,120,000: under the limit
+
+
 def test_the_same_image_twice_is_refused_under_any_name(tmp_path: Path, cache_dir: Path) -> None:
     root = _folder(tmp_path, test_per_class=2)
     rows = _list_files(root)
