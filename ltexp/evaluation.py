@@ -202,8 +202,10 @@ def score(
 def spreadsheet_safe(text: str) -> str:
     """A CSV cell that a spreadsheet shows as text: a value starting with ``= + - @`` or a
     control character is a formula there (``=cmd|' /C calc'!A0``), so it gets a leading ``'``
-    (OWASP's advice for CSV injection). Class names come from folder names and list files."""
-    return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    (OWASP's advice for CSV injection); other control characters (a terminal's escape bytes)
+    become U+FFFD. Class names come from folder names, list files and registered models."""
+    guarded = f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    return "".join(c if c.isprintable() else "\ufffd" for c in guarded)
 
 
 def per_class_accuracy(

@@ -16,6 +16,32 @@ import numpy as np
 
 from ltexp.errors import DataError, unknown_name_error
 
+# the longest class name a registered model keeps (ltexp.tracking.registered_models refuses
+# longer ones when it loads a version, so a set with one is refused when it is read)
+MAX_CLASS_NAME = 200
+
+
+def check_class_names(names: list[str]) -> None:
+    """Refuse class names a registered model could not keep, or that would write terminal
+    control bytes into a CSV: each 1-200 printable characters.
+
+    Raises:
+        DataError: naming the class, what is wrong and what would be right.
+    """
+    for index, name in enumerate(names):
+        if not isinstance(name, str) or not 1 <= len(name) <= MAX_CLASS_NAME:
+            length = len(name) if isinstance(name, str) else 0
+            raise DataError(
+                f"class {index} is named {str(name)[:40]!r}{'…' if length > 40 else ''} "
+                f"({length} characters): a class name must have 1 to {MAX_CLASS_NAME} "
+                f"characters; rename it (its folder, or its line in the names file)"
+            )
+        if not name.isprintable():
+            raise DataError(
+                f"class {index}'s name {name[:40]!r} holds control characters (a terminal "
+                f"escape, a newline); rename it with printable characters"
+            )
+
 
 @dataclass
 class SourceData:
@@ -54,6 +80,9 @@ class SourceData:
     long_tailed: bool = False
     skipped: list[str] = field(default_factory=list)
     cache: Path | None = None
+
+    def __post_init__(self) -> None:
+        check_class_names(self.class_names)
 
     @property
     def num_classes(self) -> int:

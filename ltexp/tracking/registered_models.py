@@ -44,6 +44,7 @@ from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 from torch import nn
 
 from ltexp.checkpoint import load_weights, save_weights
+from ltexp.data.sources import MAX_CLASS_NAME
 from ltexp.errors import ConfigError, TrackingError, TrainingError
 from ltexp.tracking import ltexp_classifier, runs, schema
 from ltexp.tracking.queries import ltexp_models, versions_of
@@ -127,6 +128,13 @@ def log_and_register(
     Returns:
         ``models:/<name>/<version>``.
     """
+    # the loader's own checks, before anything is logged: never a version it would refuse
+    description = json.loads(json.dumps(asdict(info)))
+    _model_info(
+        description,
+        lambda why: TrackingError(f"cannot register {registered_name!r}: {why}"),
+        nested=False,
+    )
     cpu_model = _unwrap(model).to("cpu").eval()
     side = info.image_size
     example = torch.zeros(2, 3, side, side)
@@ -501,7 +509,6 @@ def load_classifier(model_uri: str, device: torch.device | str) -> tuple[nn.Modu
 
 
 MAX_MODEL_INFO_BYTES = 1_048_576  # an ltexp_model.json: a few hundred bytes and the classes
-MAX_CLASS_NAME = 200
 
 
 MAX_MEMBERS = 64  # an ensemble of more is not a description any study writes

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from ltexp.data import load_source, prepare
 from ltexp.data.splits import Protocol
-from ltexp.errors import ConfigError, DataError
+from ltexp.errors import ConfigError, DataError, TrackingError
 from tests.conftest import write_cifar, write_cifar100
 from tests.data.test_splits import SPEC_COUNTS
 
@@ -163,3 +164,33 @@ def test_synthetic_classes_are_separable_by_their_prototype() -> None:
     t = src.test_images.reshape(len(src.test_labels), -1).astype(float)
     nearest = ((t[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
     assert (nearest == src.test_labels).mean() > 0.9
+
+
+@pytest.mark.parametrize(
+    "name,message",
+    [
+        ("x" * 201, "(201 characters): a class name must have 1 to 200 characters"),
+        ("", "(0 characters)"),
+        ("red\x1b[31m", "holds control characters"),
+        ("two\nlines", "holds control characters"),
+    ],
+)
+def test_a_class_name_a_registered_model_could_not_keep_is_refused_when_read(
+    name: str, message: str
+) -> None:
+    """Issue 39: a class name of 201 characters passed prepare-data and training, was
+    registered, and ltexp's loader then refused the version; now the set is refused at once."""
+    from ltexp.data.sources import SourceData
+
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    labels = np.array([0, 1])
+    with pytest.raises(DataError, match=re.escape(message)):
+        SourceData("x", images, labels, images, labels, ["ok", name], {}, 1, 1)
+
+
+def test_registration_applies_the_loader_s_checks_first() -> None:
+    from ltexp.tracking.registered_models import ModelInfo, log_and_register
+
+    info = ModelInfo("tiny_cnn", 2, "linear", 32, (0.5,) * 3, (0.5,) * 3, ("a", "b" * 300))
+    with pytest.raises(TrackingError, match="cannot register 'x': class_names must be names"):
+        log_and_register(None, info, "x", {}, logged_name="x")  # refused before the model
