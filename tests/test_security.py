@@ -238,6 +238,15 @@ def test_a_version_without_a_run_or_with_files_outside_its_run_is_refused_unread
     with pytest.raises(TrackingError, match="outside its run's artifacts"):
         ltexp.load_model(f"models:/{name}/{elsewhere.version}")
     assert not any(private.iterdir())  # nothing was copied
+    # issue 39: evaluate and decouple of another tool's version were a TypeError
+    from ltexp.cli import main
+
+    other = "someone-elses-model"
+    client.create_registered_model(other)
+    foreign = client.create_model_version(other, source=str(tmp_path))
+    for command in (["evaluate"], ["decouple", "--stage2", "crt"]):
+        args = [*command, "--preset", "demo", "--model-uri", f"models:/{other}/{foreign.version}"]
+        assert main(args) == 2
 
 
 def _ensemble_description(**changes: object) -> dict:

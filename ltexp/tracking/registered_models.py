@@ -396,6 +396,11 @@ def model_run(
     what = " or ".join(s.value for s in steps)
     if model_uri and not run_id:
         uri, source_run = resolve_model_uri(model_uri)
+        if not source_run:  # registered by another tool from a path, or its run was deleted
+            raise TrackingError(
+                f"model_uri {model_uri!r} has no run that registered it, so its data and "
+                f"classes are unknown to ltexp; registered ltexp models: {ltexp_model_names()}"
+            )
         try:
             run = runs.get_run(source_run)
         except TrackingError:
