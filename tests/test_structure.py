@@ -52,6 +52,7 @@ LAYERS = (
         "timing",
         "locks",
         "textfiles",
+        "markdown",
     ),
     ("data", "losses", "models"),
     ("config",),

@@ -11,6 +11,7 @@ import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
+from ltexp.markdown import markdown_text
 from ltexp.report.model import DASH, Block, Figure, Fmt
 
 
@@ -27,28 +28,33 @@ def write_markdown(
     duplicates: list[str],
     n_runs: int,
 ) -> list[Path]:
+    # every text of the report is text, never markup: names and notes come from users too
+    md = markdown_text
     lines = ["# Results", "", f"From {n_runs} evaluate runs; {fmt.unit}.", ""]
     for note in notes:
-        lines += [f"**Note:** {note}", ""]
+        lines += [f"**Note:** {md(note)}", ""]
     if missing:
-        lines += [f"**Missing cells ({len(missing)}), shown as {DASH}:** " + ", ".join(missing), ""]
+        lines += [
+            f"**Missing cells ({len(missing)}), shown as {DASH}:** " + md(", ".join(missing)),
+            "",
+        ]
     if duplicates:
         lines += [
-            "**Duplicate runs (the latest finished one is used):** " + "; ".join(duplicates),
+            "**Duplicate runs (the latest finished one is used):** " + md("; ".join(duplicates)),
             "",
         ]
     for block in blocks:
         if isinstance(block, Figure):
-            lines += [f"![{_label(block.number, 'Figure')}{block.caption}]({block.stem}.png)", ""]
-            lines += [f"*{_label(block.number, 'Figure')}{block.caption}*", ""]
+            caption = md(f"{_label(block.number, 'Figure')}{block.caption}")
+            lines += [f"![{caption}]({block.stem}.png)", "", f"*{caption}*", ""]
             continue
-        lines += [f"### {_label(block.number, 'Table')}{block.caption}", ""]
-        lines.append("| " + " | ".join(block.header) + " |")
+        lines += [f"### {md(_label(block.number, 'Table') + block.caption)}", ""]
+        lines.append("| " + " | ".join(map(md, block.header)) + " |")
         lines.append("|" + "".join("---:|" if a == "r" else "---|" for a in block.alignment()))
-        lines += ["| " + " | ".join(row) + " |" for row in block.rows]
+        lines += ["| " + " | ".join(map(md, row)) + " |" for row in block.rows]
         lines.append("")
         for note in block.notes:
-            lines += [note, ""]
+            lines += [md(note), ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return [path]

@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 from ltexp import locks
 from ltexp.cells import code_version, identity_from_params
 from ltexp.errors import LtexpError, RunStopped, TrackingError
+from ltexp.markdown import markdown_text
 from ltexp.tracking import schema
 
 log = logging.getLogger(__name__)
@@ -455,7 +456,8 @@ def step_run(
             nested=active is not None,
             parent_run_id=None if reparent else parent_run_id,
             tags=all_tags,
-            description=description,
+            # plain text: the UI renders a description as Markdown, and names come from users
+            description=markdown_text(description) if description else description,
             log_system_metrics=system_metrics or None,
         )
     finally:

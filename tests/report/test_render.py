@@ -57,3 +57,40 @@ def test_html_escapes_everything(tmp_path: Path) -> None:
     text = page.read_text()
     assert "<b>a_b" not in text and "&lt;b&gt;a_b" in text and "中文" in text
     assert text.count("<table>") == 1 and "0.5000 [0.4000, 0.6000]" in text
+
+
+def test_names_from_users_reach_markdown_as_text(tmp_path: Path) -> None:
+    """Issue 39: a hostile references row or variant label landed as raw HTML in report.md."""
+    from ltexp.report.render import write_markdown
+
+    hostile = "<script>alert(1)</script> [x](javascript:alert(1)) a|b"
+    table = Table("", f"caption {hostile}", ["A", "B"], [[hostile, "0.5 [0.4, 0.6]"]], [hostile])
+    (path,) = write_markdown(tmp_path, [table], Fmt(False), [hostile], [], [], 1)
+    md = path.read_text()
+    assert "<script>" not in md and "](javascript" not in md
+    assert "&lt;script&gt;" in md and "a\\|b" in md
+    assert "| 0.5 [0.4, 0.6] |" in md  # an interval's brackets stay as they are
+
+
+def test_a_hostile_experiment_name_reaches_the_run_description_as_text(
+    tmp_path: Path, tracking: str
+) -> None:
+    import mlflow
+
+    from ltexp.cli import main
+    from ltexp.tracking import schema
+
+    name = "<script>alert(1)</script>"
+    with mlflow.start_run(experiment_id=mlflow.create_experiment(name)):
+        mlflow.set_tag(schema.STEP, "evaluate")
+        mlflow.log_params(dict.fromkeys(("dataset", "model", "loss", "train_split"), "x"))
+        mlflow.log_params({"seed": 1, "tau": 0})
+        mlflow.log_metric(schema.test_metric("balanced"), 0.5)
+    assert main(["aggregate", "--experiment", name, "--output-dir", str(tmp_path / "r")]) == 0
+    (run,) = mlflow.search_runs(
+        experiment_names=[name],
+        filter_string=f"tags.`{schema.STEP}` = 'aggregate'",
+        output_format="list",
+    )
+    description = run.data.tags[schema.DESCRIPTION_TAG]
+    assert "<script>" not in description and "&lt;script&gt;" in description
