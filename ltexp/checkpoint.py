@@ -244,6 +244,32 @@ def checkpoint_folder(checkpoint_dir: str | Path, run_id: str) -> Path:
     return Path(checkpoint_dir).expanduser() / run_id
 
 
+def folder_problem(path: str | Path) -> str:
+    """Why ``path`` could not be a folder this process writes (``""``: it could), found by
+    making it and a file in it and removing what was made: ``ltexp plan`` refuses what
+    :func:`ensure_folder` would, and leaves nothing behind (``/proc/x``: the kernel refuses a
+    file where permissions alone would allow one)."""
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        return "Not a directory"
+    made = []
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        made.append(probe)
+        probe = probe.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return e.strerror or str(e)
+    finally:
+        for created in made:  # innermost first
+            with contextlib.suppress(OSError):
+                created.rmdir()
+    return ""
+
+
 def ensure_folder(path: str | Path) -> Path:
     """``path`` as a folder this process can write (created if missing), or one clear line."""
     folder = Path(path).expanduser()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from typing import Any
 from ltexp.cells import grid_cells, identity_hash
 from ltexp.config import Config
 from ltexp.errors import ConfigError, LtexpError
+from ltexp.textfiles import read_small_text
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,7 @@ def make_plan(
         cfg.experiment, runs.default_experiment(cfg.preset, cfg.data.dataset)
     )
     store_ok = _check_store(problems)
+    _check_request(cfg, problems, store_ok)
     prepared = _data(cfg, problems)
     digest = prepared.digest() if prepared is not None else UNKNOWN_DIGEST
     trained, decoupled = plan_cells(cfg, digest)
@@ -201,6 +204,26 @@ def _check_store(problems: list[str]) -> bool:
         if not os.access(existing, os.W_OK):
             problems.append(f"{str(folder)!r} is not writable: the store cannot record runs there")
     return True
+
+
+def _check_request(cfg: Config, problems: list[str], store_ok: bool) -> None:
+    """What the study's commands refuse before they start, refused here too: a checkpoint or
+    report folder that cannot be written, a data_run that is no finished prepare_data run."""
+    from ltexp.checkpoint import folder_problem
+    from ltexp.tracking.datasets import prepared_digest
+
+    for key, folder in (
+        ("checkpoint_dir", cfg.runtime.checkpoint_dir),
+        ("output_dir", cfg.report.output_dir),
+    ):
+        why = folder_problem(folder) if folder else ""
+        if why:
+            problems.append(f"{key} {folder!r} cannot be a writable folder ({why})")
+    if cfg.train.data_run and store_ok:
+        try:
+            prepared_digest(cfg.train.data_run)
+        except LtexpError as e:
+            problems.append(f"data_run: {e}")
 
 
 def _data(cfg: Config, problems: list[str]) -> Any:
@@ -270,27 +293,53 @@ def _speeds(
 ) -> dict[str, float]:
     """img/s of each backbone's training step: from ``bench_file``, else measured."""
     if bench_file:
-        try:
-            rows = json.loads(Path(bench_file).expanduser().read_text())
-        except (OSError, ValueError) as e:
-            raise ConfigError(
-                f"bench file {bench_file!r} is not the JSON of `ltexp bench --json` ({e})"
-            ) from None
-        rows = rows if isinstance(rows, list) else [rows]
-        speeds = {
-            r["model"]: float(r["pipeline_img_s"])
-            for r in rows
-            if isinstance(r, dict) and "model" in r and "pipeline_img_s" in r
-        }
-        missing = sorted(set(configs) - set(speeds))
-        if missing:
-            raise ConfigError(
-                f"bench file {bench_file!r} has no pipeline_img_s for {', '.join(missing)}; "
-                f"run `ltexp bench --models {','.join(missing)} --json` and add them"
-            )
-        return {m: speeds[m] for m in configs}
+        return _bench_speeds(bench_file, list(configs))
     measure = measure or measure_step
     return {model: measure(cfg) for model, cfg in configs.items()}
+
+
+# the fastest a training step could be anywhere (images per second): beyond it, a typo
+MAX_SPEED = 1e7
+
+
+def _bench_speeds(bench_file: str, models: list[str]) -> dict[str, float]:
+    """Each model's ``pipeline_img_s`` from ``ltexp bench --json`` output, checked: a regular
+    file of at most 4 MB, JSON (not nested beyond a bench's rows), a positive finite speed of at
+    most :data:`MAX_SPEED` for every model the plan needs.
+
+    Raises:
+        ConfigError: one line naming the file and what is wrong.
+    """
+    text = read_small_text(bench_file, "bench file")
+    what = f"bench file {bench_file!r}"
+    try:
+        rows = json.loads(text)
+    except RecursionError:
+        raise ConfigError(
+            f"{what} is nested too deeply to be `ltexp bench --json` output"
+        ) from None
+    except ValueError as e:
+        raise ConfigError(f"{what} is not the JSON of `ltexp bench --json` ({e})") from None
+    rows = rows if isinstance(rows, list) else [rows]
+    speeds: dict[str, float] = {}
+    for row in rows:
+        if not isinstance(row, dict) or not isinstance(row.get("model"), str):
+            continue
+        value = row.get("pipeline_img_s")
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or not 0 < value <= MAX_SPEED or not math.isfinite(value):  # NaN: not > 0
+            raise ConfigError(
+                f"{what}: pipeline_img_s of {row['model'][:40]!r} is {str(value)[:40]}; it must "
+                f"be a number of images per second above 0 and at most {MAX_SPEED:,.0f}"
+            )
+        speeds[row["model"]] = float(value)
+    missing = sorted(set(models) - set(speeds))
+    if missing:
+        raise ConfigError(
+            f"{what} has no pipeline_img_s for {', '.join(missing)}; "
+            f"run `ltexp bench --models {','.join(missing)} --json` and add them"
+        )
+    return {m: speeds[m] for m in models}
 
 
 def measure_step(cfg: Config, seconds: float = MEASURE_SECONDS) -> float:

@@ -257,6 +257,8 @@ def run_study(
         raise ConfigError("ensemble_top_k=1 is one model, not an ensemble; use 0 (none) or k >= 2")
     executors.check_available(cfg)
     load_claims(cfg.report.claims)  # a bad claims file is refused now, not after the training
+    if cfg.train.data_run:
+        prepared_digest(cfg.train.data_run)  # refused before the study's run exists
     cfg = cfg.replace(
         experiment=runs.experiment_name(
             cfg.experiment, runs.default_experiment(cfg.preset, cfg.data.dataset)

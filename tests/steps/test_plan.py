@@ -4,6 +4,7 @@ creates no run."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -187,3 +188,73 @@ def test_a_linear_probe_is_planned_as_a_forward_mostly_cell(tmp_path: Path, trac
     assert set(by_mode) == {"full", "linear"}
     assert by_mode["full"].images == by_mode["linear"].images == 2 * TRAIN_IMAGES["lt"]
     assert by_mode["linear"].seconds < by_mode["full"].seconds
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (["--checkpoint-dir", "/etc/passwd"], "checkpoint_dir '/etc/passwd' cannot be a writable"),
+        (["--output-dir", "/proc/x"], "output_dir '/proc/x' cannot be a writable folder"),
+        (["--data-run", "../../etc"], "data_run: run '../../etc' does not exist"),
+    ],
+)
+def test_plan_refuses_what_the_commands_refuse(
+    options: list[str],
+    message: str,
+    tmp_path: Path,
+    tracking: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 39: plan said "ready to start" for inputs the commands refuse."""
+    bench = tmp_path / "bench.json"
+    bench.write_text('[{"model": "tiny_cnn", "pipeline_img_s": 500}]')
+    args = [*tiny_args(tmp_path), "--models", "tiny_cnn", "--bench-file", str(bench)]
+    code = main(["plan", *args, *options])
+    out = capsys.readouterr().out
+    assert code == 1 and f"missing: {message}" in out and "ready to start" not in out
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("0", "must be a number of images per second above 0"),
+        ("NaN", "must be a number of images per second above 0"),
+        ("null", "must be a number of images per second above 0"),
+        ('"fast"', "must be a number of images per second above 0"),
+        ("[1, 2]", "must be a number of images per second above 0"),
+        ("1" + "0" * 400, "must be a number of images per second above 0"),
+        ("-5", "must be a number of images per second above 0"),
+        ("Infinity", "must be a number of images per second above 0"),
+        (None, "is nested too deeply"),
+        ("fifo", "is not a regular file"),
+        ("/dev/zero", "is not a regular file"),
+    ],
+)
+def test_a_bench_file_is_checked_not_trusted(
+    content: str | None,
+    message: str,
+    tmp_path: Path,
+    tracking: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "bench.json"
+    if content is None:
+        path.write_text("[" * 100_000 + "]" * 100_000)
+    elif content == "fifo":
+        os.mkfifo(path)
+    elif content.startswith("/"):
+        path = Path(content)
+    else:
+        path.write_text(f'[{{"model": "tiny_cnn", "pipeline_img_s": {content}}}]')
+    code = main(["plan", *tiny_args(tmp_path), "--models", "tiny_cnn", "--bench-file", str(path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_main_refuses_a_data_run_that_is_none_before_its_study_run_exists(
+    tmp_path: Path, tracking: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["main", *tiny_args(tmp_path), "--models", "tiny_cnn", "--data-run", "../../etc"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "run '../../etc' does not exist" in err[-1]
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
