@@ -185,7 +185,7 @@ def claims_section(ctx: Context) -> list[Block]:
     tested = family_size(ctx.verdicts)
     counts = frame["verdict"].value_counts()
     notes = [
-        f"{len(frame)} claims: {counts.get('reproduced', 0)} reproduced, "
+        f"{len(frame)} claim{'s' * (len(frame) != 1)}: {counts.get('reproduced', 0)} reproduced, "
         f"{counts.get('contradicted', 0)} contradicted, {counts.get('inconclusive', 0)} "
         f"inconclusive. A claim is reproduced when every difference it needs (paired, on the "
         f"same test images, over seeds and images) excludes 0 in the claimed direction after "
