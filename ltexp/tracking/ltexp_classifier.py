@@ -26,6 +26,9 @@ OUTPUT_PARAM = "output"
 OUTPUTS = ("logits", "probabilities", "classes")
 # the MLmodel metadata key that lists the classes, in output order
 CLASS_NAMES_KEY = "class_names"
+# the largest input value answered: normalised pixels are a few units (|(1 − 0) / 0.2| = 5);
+# far beyond, the logits overflow and the answer would be NaN
+MAX_INPUT = 1e4
 
 
 def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> ClassifierPredictor:
@@ -62,7 +65,9 @@ class ClassifierPredictor:
             raise _invalid(
                 f"output={output!r} is not an answer of this model; use one of {', '.join(OUTPUTS)}"
             )
+        _refuse_non_finite(data, "the inputs hold", MAX_INPUT)
         logits = self._logits.predict(data, params or None)
+        _refuse_non_finite(logits, "for these inputs the model's logits are")
         if output == "logits":
             return logits
         index = data.index if isinstance(data, pd.DataFrame) else None
@@ -86,6 +91,29 @@ class ClassifierPredictor:
             },
             index=index,
         )
+
+
+def _refuse_non_finite(values: Any, what: str, bound: float = np.inf) -> None:
+    """A NaN or an infinity is not JSON, and a NaN pixel gives no class: refuse it as a bad
+    request (HTTP 400 when served) instead of answering ``"probability": NaN``; so is a value
+    beyond ``bound`` (a 1e38 pixel overflows the logits)."""
+    if isinstance(values, dict):
+        arrays = list(values.values())
+    elif isinstance(values, pd.DataFrame):
+        arrays = [values.select_dtypes("number").to_numpy()]
+    else:
+        arrays = [values]
+    for array in arrays:
+        try:
+            numbers = np.asarray(array, dtype=np.float64)
+        except (TypeError, ValueError):
+            continue  # not numbers: the model's own input check answers
+        if numbers.size and not (np.abs(numbers) <= bound).all():  # NaN fails it too
+            limit = f" or beyond ±{bound:,.0f}" if np.isfinite(bound) else ""
+            raise _invalid(
+                f"{what} not finite (NaN or infinity){limit}; send pixels normalised as the "
+                f"model's description says (values of a few units)"
+            )
 
 
 def _invalid(message: str) -> Exception:

@@ -137,6 +137,15 @@ def test_pyfunc_answers_probabilities_and_named_classes_on_request(trained) -> N
     assert np.allclose(classes["probability"], expected.max(1), atol=1e-5)
     with pytest.raises(mlflow.exceptions.MlflowException, match="logits, probabilities, classes"):
         model.predict(x, params={"output": "labels"})
+    # issue 39: a NaN, infinite or huge pixel was answered "probability": NaN with HTTP 200
+    for bad, message in ((np.nan, "the inputs hold not finite"), (np.inf, "the inputs hold"),
+                         (1e38, "or beyond ±10,000")):  # fmt: skip
+        poisoned = x.copy()
+        poisoned[0, 0, 0, 0] = bad
+        for output in ("logits", "classes"):
+            with pytest.raises(mlflow.exceptions.MlflowException, match=message) as err:
+                model.predict(poisoned, params={"output": output})
+            assert err.value.get_http_status_code() == 400
     signature = mlflow.models.get_model_info(CHAMPION).signature
     assert signature.params.to_dict() == [
         {"name": "output", "type": "string", "default": "logits", "shape": None}
@@ -190,6 +199,18 @@ def test_mlflow_models_serve_answers_invocations(trained, tmp_path: Path) -> Non
         names = mlflow.models.get_model_info(CHAMPION).metadata["class_names"]
         assert [row["class_name"] for row in named] == [names[i] for i in expected.argmax(1)]
         assert all(0 < row["probability"] <= 1 for row in named)
+        # a pixel that overflows the logits: a bad request, not "probability": NaN
+        huge = x.copy()
+        huge[0, 0, 0, 0] = 1e38
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": huge.tolist(), "params": {"output": "classes"}}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        assert refused.value.code == 400
+        assert b"beyond" in refused.value.read()
     finally:
         server.terminate()
         server.wait(timeout=30)
