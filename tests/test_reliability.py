@@ -352,8 +352,27 @@ def test_basic_auth_server_refuses_anonymous_and_serves_the_pipeline(tmp_path: P
         try:
             (run,) = _train_runs(server.uri)
             assert run.info.status == "FINISHED"
+            # issue 39: who can register is the server's permission; a reader cannot
+            from mlflow.server.auth.client import AuthServiceClient
+
+            reader_password = "r3ader-" + os.urandom(6).hex()
+            AuthServiceClient(server.uri).create_user("reader", reader_password)
+            (version,) = mlflow.MlflowClient(server.uri).search_model_versions()
         finally:
             for k in creds:
+                os.environ.pop(k)
+        os.environ.update(
+            {"MLFLOW_TRACKING_USERNAME": "reader", "MLFLOW_TRACKING_PASSWORD": reader_password}
+        )
+        try:
+            reader = mlflow.MlflowClient(server.uri)
+            assert reader.get_registered_model(version.name).name == version.name  # may read
+            with pytest.raises(mlflow.exceptions.MlflowException, match=r"PERMISSION_DENIED|403"):
+                reader.create_model_version(
+                    version.name, source=version.source, run_id=run.info.run_id
+                )
+        finally:
+            for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
                 os.environ.pop(k)
         # no secret anywhere the run stored or printed
         stored = [p for p in folder.rglob("*") if p.is_file() and p.name != "auth.ini"]
