@@ -336,6 +336,10 @@ def _main(argv: Sequence[str] | None) -> int:
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
     # MLflow's INFO lines (database migrations, system-metrics threads) drown ltexp's own
     logging.getLogger("mlflow").setLevel(os.environ.get("LTEXP_MLFLOW_LOG_LEVEL", "WARNING"))
+    # a store's failure is ltexp's one line (ltexp.tracking.runs.store_failure): MLflow's logged
+    # SQLAlchemy tracebacks before it say the same, 20 times over when a server stops mid-run
+    if os.environ.get("LTEXP_LOG_LEVEL", "WARNING") != "INFO":
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     try:
         if args.command == "bench":
             from ltexp.bench import run_bench
@@ -355,14 +359,9 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"ltexp {args.command}: error: {redact(str(e))}", file=sys.stderr)
         return e.exit_code
     except _mlflow_error() as e:  # the tracking server refused or could not be reached
-        from ltexp.tracking.runs import redact, safe_uri
+        from ltexp.tracking.runs import store_failure
 
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        where = safe_uri()
-        print(
-            f"ltexp {args.command}: error: tracking server {where}: {redact(first)}",
-            file=sys.stderr,
-        )
+        print(f"ltexp {args.command}: error: {store_failure(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"ltexp {args.command}: interrupted", file=sys.stderr)

@@ -9,6 +9,8 @@ import io
 import logging
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -269,3 +271,70 @@ def test_an_artifact_store_on_a_full_disk_is_one_line(
     assert "No space left on device (/artifacts/manifest.json); free space there" in err[0]
     (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert run.info.status == "FAILED" and "No space left" in run.data.tags["ltexp.error"]
+
+
+def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ltexp", *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_a_read_only_sqlite_store_is_one_line(tmp_path: Path) -> None:
+    """Issue 39: two tracebacks, then an 'autoflush' line that never said read-only."""
+    store = tmp_path / "mlflow.db"
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
+    data = ["prepare-data", *tiny_args(tmp_path)[:2], "--data-root", str(tmp_path / "d")]
+    first = _cli(data, env, tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    if subprocess.run(["chattr", "+i", str(store)], capture_output=True).returncode:
+        pytest.fail("chattr +i is needed to make the store read-only for root")
+    try:
+        done = _cli([*data, "--split-seed", "3"], env, tmp_path)
+    finally:
+        subprocess.run(["chattr", "-i", str(store)], check=True)
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(err) == 1, err
+    assert "is read-only (attempt to write a readonly database)" in err[0]
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_a_store_and_artifacts_on_a_full_disk_are_one_line(tmp_path: Path) -> None:
+    """Issue 39: a 1.2 MB disk under the store and artifacts gave 15 tracebacks and 587 lines."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode:
+        pytest.fail(f"mounting a small tmpfs needs root here: {mounted.stderr.strip()}")
+    try:
+        env = {"MLFLOW_TRACKING_URI": f"sqlite:///{disk / 'mlflow.db'}"}
+        done = _cli(["train", *tiny_args(tmp_path), "--epochs", "1"], env, disk)
+        lines = [line for line in done.stderr.strip().splitlines() if "system_metrics" not in line]
+        assert done.returncode == 1 and len(lines) == 1, done.stderr[-3000:]
+        assert "is on a full disk" in lines[0] and "free space there" in lines[0]
+        assert "Traceback" not in done.stderr
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_bare_postgresql_uri_without_its_driver_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 39: SQLAlchemy 2.1 maps postgresql:// to psycopg 3, which ltexp's check replaced
+    by psycopg2 and MLflow then died on."""
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is not None:
+        pytest.skip("psycopg 3 is installed here: a bare postgresql:// works")
+    with _store(f"{PG}", tmp_path, monkeypatch):
+        code = main(["prepare-data", *tiny_args(tmp_path)[:2]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "needs the database driver psycopg" in err[0], err

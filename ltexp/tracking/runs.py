@@ -9,7 +9,6 @@ at its experiment.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import logging
 import os
@@ -122,11 +121,15 @@ def check_database(url: str, what: str, timeout: int = 10) -> None:
 
     shown = redact(url)
     args = {"connect_timeout": timeout} if url.startswith(("postgresql", "mysql")) else {}
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
-        url = url.replace("postgresql://", "postgresql+psycopg2://", 1)  # the driver MLflow uses
     try:
         engine = sqlalchemy.create_engine(url, connect_args=args)
-    except (exc.ArgumentError, exc.NoSuchModuleError, ImportError, ValueError) as e:
+    except ImportError as e:  # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, as MLflow
+        raise TrackingError(
+            f"{what} {shown!r} needs the database driver {getattr(e, 'name', '') or e}, which is "
+            f"not installed; install it, or name the one that is: postgresql+psycopg2://… "
+            f"(pip install 'ltexp[server]' installs psycopg2)"
+        ) from None
+    except (exc.ArgumentError, exc.NoSuchModuleError, ValueError) as e:
         raise TrackingError(
             f"{what} {shown!r} is not a database URL ltexp can use ({error_line(e)[:120]});"
             f" give sqlite:///<file> or postgresql://<host>:<port>/<database>"
@@ -411,6 +414,61 @@ def process_tags() -> dict[str, str]:
         schema.HEARTBEAT: f"{time.time():.0f}",
         schema.CODE_VERSION: code_version(),
     }
+
+
+# what a store's failure says, and what would be right (the first match wins)
+_STORE_FAILURES = (
+    (
+        ("readonly database", "read-only file system"),
+        "is read-only ({reason}): make the store's file and its folder writable, or choose "
+        "another store (MLFLOW_TRACKING_URI)",
+    ),
+    (
+        ("database or disk is full", "no space left on device", "disk full"),
+        "is on a full disk ({reason}): free space there; the same command resumes",
+    ),
+    (
+        (
+            "could not connect",
+            "connection refused",
+            "server closed the connection",
+            "terminating connection",
+            "connection reset",
+            "max retries exceeded",
+            "connection aborted",
+        ),
+        "stopped answering ({reason}): start it again; the same command resumes",
+    ),
+)
+# lines of SQLAlchemy's and MLflow's messages that say nothing of the cause
+_NOISE = ("(raised as a result of", "[sql:", "[parameters:", "(background on this error")
+
+
+def store_failure(e: BaseException) -> str:
+    """One line for a tracking store's failure: what is wrong (read-only, a full disk, a
+    server that stopped answering) and what would be right, from the innermost cause's words
+    rather than the first line of a SQLAlchemy message ("raised as a result of Query-invoked
+    autoflush")."""
+    texts = []
+    current: BaseException | None = e
+    while current is not None and len(texts) < 10:
+        texts.append(str(getattr(current, "orig", None) or current))
+        current = current.__cause__ or current.__context__
+    lines = [
+        line.strip()
+        for text in texts
+        for line in text.splitlines()
+        if line.strip() and not line.strip().lower().startswith(_NOISE)
+    ]
+    reason = redact(lines[0] if lines else type(e).__name__)
+    everything = " ".join(texts).lower()
+    for words, what in _STORE_FAILURES:
+        hit = next((w for w in words if w in everything), None)
+        if hit:
+            cause = next((line for line in lines if hit in line.lower()), reason)
+            cause = cause.removeprefix("(sqlite3.OperationalError) ").strip()
+            return f"the tracking store {safe_uri()} " + what.format(reason=redact(cause)[:160])
+    return f"tracking server {safe_uri()}: {reason[:300]}"
 
 
 def error_line(e: BaseException) -> str:
