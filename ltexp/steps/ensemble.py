@@ -190,6 +190,8 @@ def run_ensemble(
                 schema.VersionTag.STAGE: ENSEMBLE,
                 schema.VersionTag.MEMBERS: ",".join(versions),
             }
+            # a process killed while its version was created left it READY on a FAILED run
+            registered_models.drop_orphan_versions(registered, chash)
             uri = registered_models.log_and_register(
                 ensemble,
                 info,

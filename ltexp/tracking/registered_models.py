@@ -244,6 +244,28 @@ def register_best(
     return uri
 
 
+def drop_orphan_versions(registered_name: str, config_hash: str) -> list[str]:
+    """Delete the versions of ``registered_name`` with this identity (``config_hash`` tag)
+    whose run did not finish: a process killed while MLflow created the version row leaves a
+    READY version of a FAILED run, and the same command registers the identity again; now
+    once. Returns the versions deleted."""
+    c = runs.client()
+    active = mlflow.active_run()
+    mine = active.info.run_id if active else None
+    dropped = []
+    for mv in c.search_model_versions(versions_of(registered_name)):
+        if mv.tags.get(schema.VersionTag.CONFIG_HASH) != config_hash or mv.run_id == mine:
+            continue
+        try:
+            status = c.get_run(mv.run_id).info.status if mv.run_id else ""
+        except mlflow.exceptions.MlflowException:
+            status = ""
+        if status != "FINISHED":
+            c.delete_model_version(registered_name, mv.version)
+            dropped.append(mv.version)
+    return dropped
+
+
 def version_of_run(registered_name: str, run_id: str) -> str | None:
     """``models:/<name>/<version>`` registered from ``run_id``, if any."""
     c = runs.client()

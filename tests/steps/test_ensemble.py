@@ -200,3 +200,34 @@ def test_a_study_ensembles_its_best_losses_and_reports_each_axis(tiny_config) ->
     # the ensembles are not cells: the thesis tables hold the two plain losses only
     runs_table = pd.read_csv(report / "runs.csv")
     assert "ensemble" not in set(runs_table["model"])
+
+
+def test_an_ensemble_killed_as_its_version_was_created_is_registered_once(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 39: a process killed once MLflow had created the version row left version 1 READY
+    on a FAILED run, and the same command registered version 2."""
+    from ltexp.config import build_config
+    from ltexp.tracking import registered_models
+
+    folder = tmp_path_factory.mktemp("ensemble-killed")
+    with store_in(folder):
+        cfg = build_config("demo", tiny_overrides(folder, epochs=1, evaluate_after="false"))
+        uris = [run_cell(cfg.replace(loss=loss)).train.model_uri for loss in ("ce", "bs")]
+        real = registered_models.update_champion
+
+        def killed(*args, **kwargs):
+            raise KeyboardInterrupt  # the process dies after the version row exists
+
+        monkeypatch.setattr(registered_models, "update_champion", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_ensembled(cfg, uris)
+        monkeypatch.setattr(registered_models, "update_champion", real)
+        client = mlflow.MlflowClient()
+        (orphan,) = client.search_model_versions("name LIKE 'ltexp-digits-ensemble-%'")
+        name = orphan.name
+        assert client.get_run(orphan.run_id).info.status != "FINISHED"
+        done = run_ensembled(cfg, uris)
+        (version,) = client.search_model_versions(f"name = '{name}'")
+        assert version.run_id == done.train.run_id
+        assert client.get_run(version.run_id).info.status == "FINISHED"
