@@ -338,3 +338,31 @@ def test_a_bare_postgresql_uri_without_its_driver_is_one_line(
         code = main(["prepare-data", *tiny_args(tmp_path)[:2]])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "needs the database driver psycopg" in err[0], err
+
+
+def test_a_full_report_disk_names_the_folder_and_leaves_no_partial_files(tmp_path: Path) -> None:
+    """Issue 39: the error named a temporary file and left .r.incoming-<pid>/ behind."""
+    from ltexp.errors import HostError
+    from ltexp.steps.aggregate import publish
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode:
+        pytest.fail(f"mounting a small tmpfs needs root here: {mounted.stderr.strip()}")
+    try:
+        out = disk / "r"
+        small = tmp_path / "report.md"
+        small.write_text("the previous report\n")
+        publish([small], out)
+        big = tmp_path / "fig.png"
+        big.write_bytes(os.urandom(400 * 1024))
+        with pytest.raises(HostError, match=f"cannot write the report to '{out}'") as err:
+            publish([small, big], out)
+        assert "No space left on device" in str(err.value)
+        assert sorted(p.name for p in disk.iterdir()) == ["r"]  # no .r.incoming-<pid>/
+        assert (out / "report.md").read_text() == "the previous report\n"
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

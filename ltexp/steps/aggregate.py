@@ -18,7 +18,7 @@ import numpy as np
 
 from ltexp import locks
 from ltexp.config import Config, variant_axes
-from ltexp.errors import ConfigError, TrackingError
+from ltexp.errors import ConfigError, HostError, TrackingError
 from ltexp.report.build import (
     Grid,
     Report,
@@ -208,7 +208,17 @@ def publish(files: list[Path], out: Path) -> None:
     studies ending together), so neither removes the files the other is copying."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with locks.held("report", out):
-        _publish(files, out)
+        try:
+            _publish(files, out)
+        except OSError as e:  # a full disk: say where, and leave no half-copied folder
+            for partial in out.parent.glob(f".{out.name}.incoming-{os.getpid()}"):
+                shutil.rmtree(partial, ignore_errors=True)
+            for part in out.glob(".*.incoming") if out.is_dir() else ():
+                part.unlink(missing_ok=True)
+            raise HostError(
+                f"cannot write the report to '{out}' ({e.strerror or e}); free space there or "
+                f"choose another output_dir (the previous report, if any, is unchanged)"
+            ) from None
 
 
 def _publish(files: list[Path], out: Path) -> None:
