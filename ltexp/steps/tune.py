@@ -142,13 +142,16 @@ def run_tune(
                 "storage": runs.redact(storage_url),
             }
         )
-        trial_fn = _objective(base, dims, objective, tune_run, cell, name, progress)
+        trial_fn = _objective(base, dims, objective, tune_run, cell, name, progress, t.trials)
         budget = optuna.study.MaxTrialsCallback(
             t.trials, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         )
         if _counted(optuna, study) < t.trials:
             study.optimize(
-                trial_fn, timeout=t.timeout, callbacks=[budget], catch=(LtexpError, ValueError)
+                trial_fn,
+                timeout=t.timeout,
+                callbacks=[budget],
+                catch=(LtexpError, ValueError, _Surplus),
             )
         return _log_outcome(optuna, study, base, tune_run, progress)
 
@@ -216,6 +219,29 @@ def _counted(optuna: Any, study: Any) -> int:
     return len(study.get_trials(deepcopy=False, states=done))
 
 
+# a trial a worker drew beyond the budget while another drew the last one: closed as FAIL
+# at once, never trained, and not counted among the failed trials
+SURPLUS = "ltexp_surplus"
+
+
+class _Surplus(Exception):
+    """A trial beyond the budget (see :data:`SURPLUS`)."""
+
+
+def _ahead(optuna: Any, trial: Any) -> int:
+    """Trials numbered before ``trial`` that count or may count toward the budget (finished,
+    pruned, running): the storage numbers trials atomically, so two workers asking at once
+    see different counts, and at most the budget's trials are trained."""
+    states = (
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.PRUNED,
+        optuna.trial.TrialState.RUNNING,
+    )
+    return sum(
+        t.number < trial.number for t in trial.study.get_trials(deepcopy=False, states=states)
+    )
+
+
 def _objective(
     base: Config,
     dims: list[Dimension],
@@ -224,11 +250,18 @@ def _objective(
     cell: str,
     name: str,
     progress: Callable[[str], None],
+    budget: int,
 ) -> Callable[[Any], float]:
     """One trial: the cell trained with the suggested values, its best ``objective``."""
     import optuna
 
     def trial_fn(trial: Any) -> float:
+        if _ahead(optuna, trial) >= budget:
+            # another worker asked for a trial at the same moment and the budget is reached
+            # (counted and running trials numbered before this one): close it untrained
+            trial.set_user_attr(SURPLUS, True)
+            trial.study.stop()
+            raise _Surplus(f"trial {trial.number} is beyond the search's {budget} trials")
         values = {d.key: d.suggest(trial) for d in dims}
         cfg = base.replace(**values)
         best = float("-inf")
@@ -317,7 +350,8 @@ def _log_outcome(
     """The best trial's config, the trials and the plots, on the tune run."""
     states = {s.name: 0 for s in optuna.trial.TrialState}
     for trial in study.get_trials(deepcopy=False):
-        states[trial.state.name] += 1
+        if not trial.user_attrs.get(SURPLUS):
+            states[trial.state.name] += 1
     try:
         best = study.best_trial
     except ValueError:

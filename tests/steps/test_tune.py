@@ -287,8 +287,11 @@ def test_two_workers_share_one_search_on_postgresql(tmp_path: Path) -> None:
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         numbers = [t.number for t in study.trials]
         assert len(numbers) == len(set(numbers)) >= 4
-        # trials are never one cell: no worker's trial was refused as another's (issue 23)
-        assert not [t.number for t in study.trials if t.state.name == "FAIL"]
+        # trials are never one cell: no worker's trial was refused as another's (issue 23); a
+        # trial drawn beyond the budget by the other worker is closed untrained (issue 39)
+        trained = [t for t in study.trials if not t.user_attrs.get("ltexp_surplus")]
+        assert not [t.number for t in trained if t.state.name == "FAIL"]
+        assert len(trained) == 4
         mlflow.set_tracking_uri(uri)
         trial_runs = mlflow.search_runs(
             search_all_experiments=True,
@@ -297,9 +300,35 @@ def test_two_workers_share_one_search_on_postgresql(tmp_path: Path) -> None:
             output_format="list",
         )
         tags = [r.data.tags[schema.TRIAL] for r in trial_runs]
-        assert len(tags) == len(set(tags)) >= 4
+        assert len(tags) == len(set(tags)) == 4
     finally:
         _pg_admin(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+@pytest.mark.slow
+def test_two_workers_on_one_sqlite_store_train_the_budget_and_no_more(tmp_path: Path) -> None:
+    """Issue 39: two `ltexp tune --trials 3` workers on one sqlite store ran 4 trials."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    subprocess.run(
+        [sys.executable, "-m", "ltexp", "prepare-data", "--preset", "demo"],
+        env=env,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    procs = [
+        subprocess.Popen(_tune_cmd(tmp_path, 3), env=env, cwd=tmp_path, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-1500:] for e in errors]
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    trial_runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.`{schema.STEP}` = 'train'",
+        output_format="list",
+    )
+    assert len(trial_runs) == 3, [r.data.tags.get(schema.TRIAL) for r in trial_runs]
 
 
 def test_the_readme_s_mlflow_run_tune_command_logs_its_space_as_mlflow_did(
