@@ -15,6 +15,7 @@ import os
 import sys
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from ltexp.config import (
@@ -52,6 +53,8 @@ COMMAND_HELP = {
     "cost on this device and what is missing, without creating any run (exit 1: not ready)",
     "bench": "measure training throughput (model-only ceiling vs ltexp's real training step), "
     "or where a whole study's wall clock goes (--study, --tune)",
+    "serve": "serve a registered version with `mlflow models serve`, rebuilt from its verified "
+    "safetensors weights and ltexp's code: the registry's TorchScript program never runs",
 }
 
 
@@ -139,9 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_verbose(plan)
     bench = sub.add_parser("bench", help=COMMAND_HELP["bench"], description=COMMAND_HELP["bench"])
-    from ltexp.bench import add_bench_arguments
+    from ltexp.bench import add_bench_arguments, bounded_int
 
     add_bench_arguments(bench)
+    serve = sub.add_parser("serve", help=COMMAND_HELP["serve"], description=COMMAND_HELP["serve"])
+    serve.add_argument(
+        "--model-uri", "--model_uri", dest="model_uri", required=True, help="models:/<name>@<alias>"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    serve.add_argument(
+        "--port", type=bounded_int(1, 65_535), default=5001, help="port (default 5001)"
+    )
+    _add_verbose(serve)
     return parser
 
 
@@ -293,6 +305,34 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
     }
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """``ltexp serve``: the version rebuilt and verified, saved aside, served by MLflow."""
+    import subprocess
+    import tempfile
+
+    from ltexp.tracking.registered_models import save_served_model
+    from ltexp.tracking.runs import prepare_store
+
+    prepare_store()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "model"
+        info = save_served_model(args.model_uri, folder)
+        print(
+            f"serving {args.model_uri} ({info.model}, {info.num_classes} classes, rebuilt from "
+            f"its verified weights) at http://{args.host}:{args.port}/invocations",
+            flush=True,
+        )
+        # uvicorn is started from PATH: this environment's, as `mlflow models serve` expects
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        env = {**os.environ, "PATH": path}
+        # the program served is the one just written from verified weights: MLflow may read it
+        # (ltexp's own processes refuse MLflow's pickle-format loading of anything else)
+        env.pop("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", None)
+        command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(folder)]
+        command += ["--env-manager", "local", "-h", args.host, "-p", str(args.port)]
+        return subprocess.call(command, env=env)
+
+
 def _mlflow_error() -> type[Exception]:
     """MLflow's exception class, imported only once an error reaches ``except`` (the clause is
     evaluated then): ``ltexp --help`` and an option the parser refuses do not wait 3 s for
@@ -345,6 +385,8 @@ def _main(argv: Sequence[str] | None) -> int:
             from ltexp.bench import run_bench
 
             return run_bench(args)
+        if args.command == "serve":
+            return _serve(args)
         cfg = command_config(args)
         from ltexp.tracking.runs import bounded_retries, prepare_store
 

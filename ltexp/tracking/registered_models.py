@@ -136,6 +136,44 @@ def log_and_register(
         nested=False,
     )
     cpu_model = _unwrap(model).to("cpu").eval()
+    with tempfile.TemporaryDirectory() as tmp, _quiet_logging():
+        files = _model_files(cpu_model, info, Path(tmp))
+        runs.log_params(dict(zip(schema.MODEL_DIGEST_PARAMS, files.digests, strict=True)))
+        logged = Model.log(
+            artifact_path=None,
+            name=logged_name,
+            flavor=_ClassifierFlavor,
+            flavor_name="mlflow.pytorch",
+            metadata=files.metadata,
+            params={k: str(v) for k, v in (params or {}).items()},
+            **files.flavor_kwargs,
+        )
+        # registered here rather than by log_model: the version is created with its tags in
+        # one request instead of one request per tag. MLflow prints two lines per registration
+        # to stderr; they are kept for -v (the cell's own line says what was registered)
+        with contextlib.redirect_stderr(io.StringIO()) as said:
+            version = mlflow.register_model(
+                f"models:/{logged.model_id}", registered_name, tags=version_tags
+            ).version
+        for line in said.getvalue().splitlines():
+            log.info("%s", line)
+    return f"models:/{registered_name}/{version}"
+
+
+@dataclass
+class _ModelFiles:
+    """What an MLflow model of a classifier is made of (:func:`_model_files`)."""
+
+    flavor_kwargs: dict[str, Any]
+    metadata: dict[str, Any]
+    digests: tuple[str, str]  # sha256 of the weights and of the description
+
+
+def _model_files(cpu_model: nn.Module, info: ModelInfo, tmp: Path) -> _ModelFiles:
+    """The flavor's arguments of ``cpu_model``: the TorchScript program, the safetensors
+    weights and the description as extra files (written into ``tmp``), the signature, an input
+    example, the pyfunc loader's code and the pinned requirements; the metadata a client reads
+    (class names); the digests of the weights and the description."""
     side = info.image_size
     example = torch.zeros(2, 3, side, side)
     with torch.no_grad():
@@ -149,45 +187,44 @@ def log_and_register(
             [ParamSpec(ltexp_classifier.OUTPUT_PARAM, "string", ltexp_classifier.OUTPUTS[0])]
         ),
     )
+    weights = tmp / WEIGHTS_FILE
+    save_weights(cpu_model.state_dict(), weights)
+    meta = tmp / MODEL_INFO_FILE
+    meta.write_text(json.dumps(asdict(info), indent=2))
+    return _ModelFiles(
+        {
+            "pytorch_model": torch.jit.script(cpu_model),
+            "code_paths": [ltexp_classifier.__file__],
+            "serialization_format": "pickle",  # MLflow's name for every non-pt2 format
+            "input_example": example.numpy(),
+            "signature": signature,
+            "extra_files": [str(weights), str(meta)],
+            "pip_requirements": model_requirements(),
+        },
+        # what a client of the model (or of `mlflow models serve`) needs besides the logits:
+        # mlflow.models.get_model_info(uri).metadata
+        {
+            ltexp_classifier.CLASS_NAMES_KEY: list(info.class_names)
+            or [str(c) for c in range(out_dim)],
+            "output": OUTPUT_DOC,
+        },
+        (_sha256(weights), _sha256(meta)),
+    )
+
+
+def save_served_model(model_uri: str, folder: Path) -> ModelInfo:
+    """Save a registered version as an MLflow model in ``folder``, rebuilt from its
+    safetensors weights and ltexp's code after the checks of :func:`load_classifier` (the
+    digests its run recorded): the TorchScript program stored in the registry is never read,
+    so serving ``folder`` runs only ltexp's code (``ltexp serve``)."""
+    version, _ = resolve_model_uri(model_uri)  # an alias moved meanwhile: this version still
+    model, info = load_classifier(version, "cpu")
     with tempfile.TemporaryDirectory() as tmp, _quiet_logging():
-        weights = Path(tmp) / WEIGHTS_FILE
-        save_weights(cpu_model.state_dict(), weights)
-        meta = Path(tmp) / MODEL_INFO_FILE
-        meta.write_text(json.dumps(asdict(info), indent=2))
-        runs.log_params(
-            dict(zip(schema.MODEL_DIGEST_PARAMS, map(_sha256, (weights, meta)), strict=True))
+        files = _model_files(model, info, Path(tmp))
+        _ClassifierFlavor.save_model(
+            str(folder), mlflow_model=Model(metadata=files.metadata), **files.flavor_kwargs
         )
-        logged = Model.log(
-            artifact_path=None,
-            name=logged_name,
-            flavor=_ClassifierFlavor,
-            flavor_name="mlflow.pytorch",
-            pytorch_model=torch.jit.script(cpu_model),
-            code_paths=[ltexp_classifier.__file__],
-            serialization_format="pickle",  # MLflow's name for every non-pt2 format
-            input_example=example.numpy(),
-            signature=signature,
-            extra_files=[str(weights), str(meta)],
-            pip_requirements=model_requirements(),
-            params={k: str(v) for k, v in (params or {}).items()},
-            # what a client of the model (or of `mlflow models serve`) needs besides the
-            # logits: mlflow.models.get_model_info(uri).metadata
-            metadata={
-                ltexp_classifier.CLASS_NAMES_KEY: list(info.class_names)
-                or [str(c) for c in range(out_dim)],
-                "output": OUTPUT_DOC,
-            },
-        )
-        # registered here rather than by log_model: the version is created with its tags in
-        # one request instead of one request per tag. MLflow prints two lines per registration
-        # to stderr; they are kept for -v (the cell's own line says what was registered)
-        with contextlib.redirect_stderr(io.StringIO()) as said:
-            version = mlflow.register_model(
-                f"models:/{logged.model_id}", registered_name, tags=version_tags
-            ).version
-        for line in said.getvalue().splitlines():
-            log.info("%s", line)
-    return f"models:/{registered_name}/{version}"
+    return info
 
 
 class _ClassifierFlavor:

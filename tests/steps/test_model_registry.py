@@ -298,3 +298,80 @@ def test_bad_model_uris_are_one_line_exit_2_and_leave_no_run(
     assert len(err) == 1 and message in err[0] and uri in err[0], err
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert len(runs) == before and not [r for r in runs if r.info.status == "RUNNING"]
+
+
+class _Constant(torch.nn.Module):
+    """A planted program: every image is class 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(x.shape[0], 10)
+        out[:, 0] = 100.0
+        return out
+
+
+def test_ltexp_serve_never_runs_the_registry_s_torchscript_program(trained, tmp_path: Path) -> None:
+    """Issue 39: a TorchScript program planted in a version (with the genuine weights, so its
+    digests match) runs under pyfunc and `mlflow models serve`; `ltexp serve` rebuilds the model
+    from the verified weights and ltexp's code, so what it serves is the genuine classifier."""
+    from ltexp.tracking.registered_models import save_served_model
+
+    client = mlflow.MlflowClient()
+    genuine = client.get_model_version_by_alias("ltexp-digits-tiny_cnn-bs-lt", "champion")
+    local = Path(mlflow.artifacts.download_artifacts(genuine.source, dst_path=str(tmp_path / "g")))
+    program = next(local.rglob("model.pth"))
+    torch.jit.save(torch.jit.script(_Constant()), str(program))
+    mlflow.log_artifacts(str(local), artifact_path="planted", run_id=genuine.run_id)
+    source = f"{client.get_run(genuine.run_id).info.artifact_uri}/planted"
+    name = "ltexp-digits-planted-program"  # its own name: the shared store's others stay
+    client.create_registered_model(name)
+    planted = client.create_model_version(name, source=source, run_id=genuine.run_id)
+    uri = f"models:/{name}/{planted.version}"
+    x = np.random.default_rng(4).normal(size=(6, 3, 32, 32)).astype(np.float32)
+    assert (np.asarray(mlflow.pyfunc.load_model(uri).predict(x)).argmax(1) == 0).all()  # planted
+    info = save_served_model(uri, tmp_path / "served")
+    served = np.asarray(mlflow.pyfunc.load_model(str(tmp_path / "served")).predict(x))
+    with torch.no_grad():
+        expected = ltexp.load_model(CHAMPION)(torch.from_numpy(x)).numpy()
+    assert info.model == "tiny_cnn" and np.allclose(served, expected, atol=1e-5)
+    classes = mlflow.pyfunc.load_model(str(tmp_path / "served")).predict(
+        x, params={"output": "classes"}
+    )
+    assert classes["class_name"].tolist() == [info.class_names[i] for i in expected.argmax(1)]
+
+
+@pytest.mark.slow
+def test_ltexp_serve_answers_invocations_with_the_verified_model(trained, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+    command = [sys.executable, "-m", "ltexp", "serve", "--model-uri", CHAMPION]
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - the server writes to it
+    server = subprocess.Popen(
+        [*command, "--port", str(port)], env=env, cwd=tmp_path, stdout=log, stderr=log
+    )
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, (
+                    tmp_path / "serve.log"
+                ).read_text()[-2000:]
+                time.sleep(0.5)
+        x = np.random.default_rng(5).normal(size=(2, 3, 32, 32)).astype(np.float32)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": x.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            predictions = np.array(json.loads(response.read())["predictions"])
+        with torch.no_grad():
+            expected = ltexp.load_model(CHAMPION)(torch.from_numpy(x)).numpy()
+        assert np.allclose(predictions, expected, atol=1e-4)
+        assert "rebuilt from its verified weights" in (tmp_path / "serve.log").read_text()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
