@@ -2,8 +2,9 @@
 
 On a terminal: a tqdm bar. Otherwise (a log file, ``mlflow run``, a CI job, a cluster's job
 output): one line at least every ``LTEXP_PROGRESS_SECONDS`` (default 30) seconds, such as
-``epoch 3/90  step 120/352  412 img/s  ETA 0:05:12``, so a long step never looks hung. Neither
-reads anything from the GPU: it counts steps and images on the host.
+``[3/28] resnet50-focal-lt-s42 epoch 3/90  step 120/352  412 img/s  ETA 0:05:12``, so a long
+step never looks hung and says which cell it is (:func:`labelled`). Neither reads anything from
+the GPU: it counts steps and images on the host.
 """
 
 from __future__ import annotations
@@ -11,10 +12,25 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any, TextIO
 
 DEFAULT_SECONDS = 30.0
+_LABEL: ContextVar[str] = ContextVar("ltexp_progress_label", default="")
+
+
+@contextmanager
+def labelled(label: str) -> Iterator[None]:
+    """Name what the progress lines inside are about (``[3/28] resnet50-focal-lt-s42``); an
+    inner label does not replace an outer one (a study's cell keeps its index)."""
+    token = _LABEL.set(_LABEL.get() or label)
+    try:
+        yield
+    finally:
+        _LABEL.reset(token)
 
 
 def interval() -> float:
@@ -38,7 +54,8 @@ class Progress:
     def __init__(
         self, total: int, desc: str, *, enabled: bool = True, stream: TextIO | None = None
     ) -> None:
-        self.total, self.desc = total, desc
+        self.total = total
+        self.desc = f"{_LABEL.get()} {desc}" if _LABEL.get() else desc
         self.stream = stream or sys.stdout
         self.enabled = enabled
         self.steps = self.images = 0
@@ -65,7 +82,7 @@ class Progress:
             print(self.line(now), file=self.stream, flush=True)
 
     def line(self, now: float | None = None) -> str:
-        """``<desc>  step s/S  N img/s  ETA h:mm:ss``."""
+        """``<label> <desc>  step s/S  N img/s  ETA h:mm:ss``."""
         elapsed = max((now or time.perf_counter()) - self.started, 1e-9)
         eta = (self.total - self.steps) * elapsed / max(self.steps, 1)
         return (

@@ -363,9 +363,10 @@ class RuntimeConfig:
         also_under="train",
         high=65_536,
     )
-    system_metrics: bool = _opt(
-        True,
-        "log MLflow system metrics (CPU, memory, GPU)",
+    system_metrics: bool | None = _opt(
+        None,
+        "log MLflow system metrics (CPU, memory, GPU; default: when training on a GPU, where "
+        "its utilisation says something; on a CPU they are a thread and four log lines a cell)",
         runtime=True,
         commands=("train", "main", "tune"),
         also_under="train",

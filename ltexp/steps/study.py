@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from ltexp.checkpoint import ensure_folder
 from ltexp.config import Config, axes, axis
 from ltexp.distributed import DistContext
 from ltexp.errors import ConfigError
+from ltexp.progress import labelled
 from ltexp.report.build import Grid
 from ltexp.report.claims import load_claims
 from ltexp.steps.aggregate import run_aggregate
@@ -486,13 +488,20 @@ def _run_cells(
         ran, elsewhere = executors.run_parallel(todo, total, cfg, study_run, progress)
     else:
         ran, elsewhere = [], []
+        clock = StudyClock(len(todo))
         for task in todo:
-            (ran if _run_one(task, total, study_run, progress) else elsewhere).append(task)
+            (ran if _run_one(task, total, study_run, progress, clock) else elsewhere).append(task)
         ran = [t.name for t in ran]
     return ran + _wait_for(elsewhere, total, exp_id, study_run, progress)
 
 
-def _run_one(task: executors.CellTask, total: int, study_run: str, progress: Progress) -> bool:
+def _run_one(
+    task: executors.CellTask,
+    total: int,
+    study_run: str,
+    progress: Progress,
+    clock: StudyClock | None = None,
+) -> bool:
     """Train and evaluate one cell here (or only evaluate it); False when another live process
     has it."""
     started = time.perf_counter()
@@ -503,19 +512,39 @@ def _run_one(task: executors.CellTask, total: int, study_run: str, progress: Pro
             )
             what = f"evaluated (train {task.finished_train} reused)"
         else:
-            out = run_cell(task.config, parent_run_id=study_run, tuned_from=task.tuned_from)
+            with labelled(f"[{task.index}/{total}] {task.name}"):
+                out = run_cell(task.config, parent_run_id=study_run, tuned_from=task.tuned_from)
             metrics = out.metrics
             what = f"trained, best val_acc1 {out.train.best_val_acc1:.4f}"
     except claims.CellTaken as taken:
         progress(f"[{task.index}/{total}] {task.name}: {taken}")
         return False
     lt = metrics.get(schema.test_metric("lt"))
+    seconds = time.perf_counter() - started
     progress(
         f"[{task.index}/{total}] {task.name}: {what}"
         + (f", test_lt_acc1 {lt:.4f}" if lt is not None else "")
-        + f" ({time.perf_counter() - started:.1f}s)"
+        + f" ({seconds:.1f}s)"
+        + (f"; {clock.done(seconds)}" if clock else "")
     )
     return True
+
+
+@dataclass
+class StudyClock:
+    """The study's estimate, updated as its cells finish: the cells left times the mean time
+    of the cells trained here so far."""
+
+    left: int
+    spent: float = 0.0
+    trained: int = 0
+
+    def done(self, seconds: float) -> str:
+        self.left, self.spent, self.trained = self.left - 1, self.spent + seconds, self.trained + 1
+        if self.left <= 0:
+            return "the grid's last cell"
+        eta = timedelta(seconds=round(self.left * self.spent / self.trained))
+        return f"{self.left} cell{'s' * (self.left != 1)} left, about {eta}"
 
 
 POLL_SECONDS = 10.0  # how often a study looks at cells another process is training

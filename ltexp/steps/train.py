@@ -36,6 +36,7 @@ from ltexp.distributed import init as init_distributed
 from ltexp.errors import ConfigError, TrackingError
 from ltexp.models import count_parameters
 from ltexp.models.finetune import plain_state_dict
+from ltexp.progress import labelled
 from ltexp.timing import add as add_time
 from ltexp.timing import timed
 from ltexp.tracking import claims, registered_models, runs, schema
@@ -154,11 +155,15 @@ def run_train(
             f"({len(prepared.splits[training_set]):,} images), seed {t.seed}, {t.epochs} "
             f"epochs; best-validation checkpoint registered as {registered}."
         ),
-        system_metrics=cfg.runtime.system_metrics,
+        system_metrics=(
+            spec.device.type == "cuda"
+            if cfg.runtime.system_metrics is None
+            else cfg.runtime.system_metrics
+        ),
     ) as run:
         run_id = run.info.run_id
         folder = checkpoint_folder(cfg.runtime.checkpoint_dir, run_id)
-        with exclusive(folder):
+        with exclusive(folder), labelled(name):
             if resume_id is None:
                 _log_run_inputs(cfg, spec, prepared, data_run)
             return _train(
