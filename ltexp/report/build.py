@@ -10,12 +10,15 @@ default, in the text; ``percent`` prints percentages with two decimals, as the t
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import logging
+from importlib.metadata import version
 from pathlib import Path
 
 import pandas as pd
 
+from ltexp.cells import code_version
 from ltexp.report.correctness import Correctness, with_seed_intervals
 from ltexp.report.model import (
     Block,
@@ -101,12 +104,17 @@ def build_report(
     blocks: list[Block] = [block for section in SECTIONS for block in section(ctx)]
     n_runs = len(choice.results)
     files = ctx.files
-    files += write_markdown(
-        output_dir, blocks, ctx.fmt, ctx.notes, missing, selection.duplicates, n_runs
+    title = f"Results of {options.experiment}" if options.experiment else "Results"
+    byline = (
+        f"Built {datetime.date.today().isoformat()} by ltexp {version('ltexp')} (code "
+        f"{code_version()}) from {n_runs} evaluate runs; {ctx.fmt.unit}."
     )
-    files += write_latex(output_dir, blocks, ctx.fmt, ctx.notes, missing)
+    files += write_markdown(
+        output_dir, blocks, ctx.fmt, ctx.notes, missing, selection.duplicates, title, byline
+    )
+    files += write_latex(output_dir, blocks, ctx.fmt, ctx.notes, missing, title, byline)
     files += write_html(
-        output_dir, blocks, ctx.fmt, ctx.notes, missing, selection.duplicates, n_runs
+        output_dir, blocks, ctx.fmt, ctx.notes, missing, selection.duplicates, title, byline
     )
     return Report(output_dir, files, missing, selection.duplicates, n_runs, ctx.notes, ctx.verdicts)
 

@@ -48,12 +48,14 @@ class ReportOptions:
             one); default: the thesis's for a CIFAR-100 protocol study, none otherwise.
         variant: the variant of each cell the thesis tables hold (default: the plain one;
             :mod:`ltexp.report.variants`).
+        experiment: the experiment reported, named in the report's title.
     """
 
     percent: bool = False
     intervals: bool = True
     references: str = ""
     claims: str = ""
+    experiment: str = ""  # the experiment reported, for the title
     variant: str = ""
 
 

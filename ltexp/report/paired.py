@@ -231,7 +231,7 @@ def paired_note(paired: pd.DataFrame) -> str:
 
 
 def paired_softmax_blocks(
-    paired: pd.DataFrame, grid: Grid, fmt: Fmt, tail_note: list[str], number: Callable[[str], str]
+    paired: pd.DataFrame, grid: Grid, fmt: Fmt, number: Callable[[str], str]
 ) -> list[Block]:
     blocks: list[Block] = []
     for split in grid.train_splits:
@@ -242,7 +242,7 @@ def paired_softmax_blocks(
         for _, r in part.iterrows():
             rows.append([model_title(r["model"]), loss_label(r), *paired_cells(r, fmt)])
         others = set(part["same_as"].fillna("")) if "same_as" in part else set()
-        notes = [paired_note(part), *same_as_notes(others), *tail_note]
+        notes = [paired_note(part), *same_as_notes(others)]
         blocks.append(
             Table(
                 number(f"4.{12 + SPLIT_ORDER.index(split)}" if split in SPLIT_ORDER else ""),
@@ -264,9 +264,7 @@ def paired_softmax_blocks(
     return blocks
 
 
-def paired_plain_block(
-    paired: pd.DataFrame, fmt: Fmt, tail_note: list[str], number: Callable[[str], str]
-) -> Table:
+def paired_plain_block(paired: pd.DataFrame, fmt: Fmt, number: Callable[[str], str]) -> Table:
     rows = []
     for _, r in paired.iterrows():
         rows.append(
@@ -286,6 +284,6 @@ def paired_plain_block(
         "on the same test images (beyond the thesis)",
         ["Backbone", "Training set", "Loss", "Method", *(COLUMN_TITLES[c] for c in COLUMNS)],
         rows,
-        [paired_note(paired), *tail_note],
+        [paired_note(paired)],
         align="llll" + "r" * len(COLUMNS),
     )

@@ -26,11 +26,12 @@ def write_markdown(
     notes: list[str],
     missing: list[str],
     duplicates: list[str],
-    n_runs: int,
+    title: str,
+    byline: str,
 ) -> list[Path]:
     # every text of the report is text, never markup: names and notes come from users too
     md = markdown_text
-    lines = ["# Results", "", f"From {n_runs} evaluate runs; {fmt.unit}.", ""]
+    lines = [f"# {md(title)}", "", md(byline), ""]
     for note in notes:
         lines += [f"**Note:** {md(note)}", ""]
     if missing:
@@ -146,6 +147,7 @@ def write_latex(
     notes: Sequence[str] = (),
     missing: Sequence[str] = (),
     title: str = "Results",
+    byline: str = "",
 ) -> list[Path]:
     r"""Write ``report_body.tex`` (the tables and figures, to ``\input`` into a thesis: it needs
     ``\usepackage{booktabs,graphicx}``) and ``report.tex``, a document that compiles on its own
@@ -214,7 +216,7 @@ def write_latex(
                 "\\usepackage[margin=2.5cm]{geometry}",
                 f"\\usepackage{{{','.join(_PACKAGES)}}}",
                 f"\\title{{{_tex_escape(title)}}}",
-                "\\date{}",
+                f"\\date{{{_tex_escape(byline)}}}",
                 "\\begin{document}",
                 "\\maketitle",
                 f"\\input{{{BODY.removesuffix('.tex')}}}",
@@ -248,7 +250,8 @@ def write_html(
     notes: Sequence[str],
     missing: Sequence[str],
     duplicates: Sequence[str],
-    n_runs: int,
+    title: str,
+    byline: str,
 ) -> list[Path]:
     """Write ``report.html``: every table and figure in one self-contained file (figures inline
     as PNG), which the MLflow UI's artifact view displays, so the report reads without a
@@ -256,10 +259,10 @@ def write_html(
     esc = html.escape
     parts = [
         "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8"><title>ltexp report</title>',
+        f'<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>',
         f"<style>{_HTML_STYLE}</style></head><body>",
-        "<h1>Results</h1>",
-        f"<p>From {n_runs} evaluate runs; {esc(fmt.unit)}.</p>",
+        f"<h1>{esc(title)}</h1>",
+        f"<p>{esc(byline)}</p>",
     ]
     parts += [f'<p class="warn"><b>Note:</b> {esc(n)}</p>' for n in notes]
     if missing:

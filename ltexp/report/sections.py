@@ -42,6 +42,7 @@ from ltexp.report.model import (
 from ltexp.report.paired import (
     EQUIVALENTS,
     equal_label,
+    paired_cells,
     paired_frame,
     paired_plain_block,
     paired_softmax_blocks,
@@ -106,6 +107,7 @@ class Context:
     files: list[Path] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)  # the claims checked
     _same: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
+    _paired: pd.DataFrame | None = field(default=None, repr=False)
 
     def write_csv(self, frame: pd.DataFrame, name: str) -> None:
         path = self.output_dir / name
@@ -133,6 +135,17 @@ class Context:
                 "",
             )
         return self._same[key]
+
+    def paired(self) -> pd.DataFrame:
+        """Each loss minus the Softmax loss (:func:`ltexp.report.paired.paired_frame`), computed
+        once: the summary and Tables 4.12-4.13 both read it."""
+        if self._paired is None:
+            self._paired = (
+                paired_frame(self.results, self.correctness, self.grid, self.same_as)
+                if self.correctness is not None and BASELINE_LOSS in self.grid.losses
+                else pd.DataFrame()
+            )
+        return self._paired
 
     def same_as_softmax(self, loss: str, split: str) -> bool:
         """``loss`` is the Softmax loss by construction on training set ``split``."""
@@ -207,6 +220,68 @@ def claims_section(ctx: Context) -> list[Block]:
             ],
             notes,
             align="llpp",
+        )
+    ]
+
+
+def summary_section(ctx: Context) -> list[Block]:
+    """What the study found, before any table: per training set and column, the best cell with
+    its interval and its paired difference from the Softmax loss, and what the seeds allow it
+    to claim; the notes that concern every table, said once."""
+    fmt, cells, paired = ctx.fmt, ctx.cells, ctx.paired()
+    rows = []
+    for split in ctx.grid.train_splits:
+        part = cells[cells["train_split"] == split]
+        for column in COLUMNS:
+            ranked = part.dropna(subset=[column])
+            if not len(ranked):
+                continue
+            best = ranked.loc[ranked[column].idxmax()]
+            versus = DASH
+            if best["loss"] == BASELINE_LOSS:
+                versus = "is the Softmax loss"
+            elif len(paired):
+                hit = paired[
+                    (paired["model"] == best["model"])
+                    & (paired["train_split"] == split)
+                    & (paired["loss"] == best["loss"])
+                ]
+                if len(hit):
+                    versus = paired_cells(hit.iloc[0], fmt)[COLUMNS.index(column)]
+            rows.append(
+                [
+                    SPLIT_TITLES.get(split, split),
+                    COLUMN_TITLES[column],
+                    f"{model_title(best['model'])}, {loss_title(best['loss'])}",
+                    fmt.interval(
+                        best[column], best.get(f"{column}_ci_low"), best.get(f"{column}_ci_high")
+                    ),
+                    versus,
+                ]
+            )
+    if not rows:
+        return []
+    seeds = int(cells["n_seeds"].max()) if "n_seeds" in cells and len(cells) else 1
+    notes = [
+        "The best cell of each column (its mean top-1 over its seeds) with its 95 % interval, "
+        "and its paired difference from the Softmax loss of the same backbone on the same test "
+        "images (* : significant after Holm's correction over that paired table)."
+        + (
+            " With one seed per cell no difference can be told from training noise, so none is "
+            "marked: train seeds=1,2,3 to test them."
+            if seeds < 2
+            else ""
+        ),
+        *ctx.tail_note,
+    ]
+    return [
+        Table(
+            "",
+            "Summary: the best cell of each training set and column",
+            ["Training set", "Column", "Best cell", "Top-1", "Minus Softmax"],
+            rows,
+            notes,
+            align="lllrr",
         )
     ]
 
@@ -377,7 +452,6 @@ def results_section(ctx: Context) -> list[Block]:
                 f"Mean ± population std over seeds (n = {', '.join(map(str, sorted(set(n))))})."
             )
         table_notes += same_as_notes({ctx.same_as(loss, split) for loss in table["loss"]})
-        table_notes += ctx.tail_note
         key = (model, split)
         num = f"4.{thesis_tables.index(key) + 1}" if key in thesis_tables else ""
         blocks.append(
@@ -467,6 +541,8 @@ def comparisons_section(ctx: Context) -> list[Block]:
         (summary(ctx.cells, "loss", LOSS_ORDER), "loss", "4.11", "per loss, over the backbones"),
     ):
         ctx.write_csv(frame.drop(columns="n"), f"summary_by_{by}.csv")
+        if not _spread_has_information(ctx, by):
+            continue
         name = model_title if by == "model" else loss_title
         blocks.append(
             Table(
@@ -477,10 +553,27 @@ def comparisons_section(ctx: Context) -> list[Block]:
                     [name(r[by]), *(fmt.pm(r[f"{c}_mean"], r[f"{c}_std"]) for c in COLUMNS)]
                     for _, r in frame.iterrows()
                 ],
-                ["Standard deviation: population (ddof = 0).", *ctx.tail_note],
+                ["Standard deviation: population (ddof = 0)."],
             )
         )
     return blocks
+
+
+def _spread_has_information(ctx: Context, by: str) -> bool:
+    """Whether a mean ± std ``by`` backbone (over the losses) or ``by`` loss (over the
+    backbones) spreads over more than one value; said once when it does not."""
+    other = ctx.grid.losses if by == "model" else ctx.grid.models
+    if len(other) > 1:
+        return True
+    what = "loss" if by == "model" else "backbone"
+    note = (
+        f"the mean ± std per {'backbone' if by == 'model' else 'loss'} over the {what}s (Table "
+        f"{'4.10' if by == 'model' else '4.11'} and its figure) is left out: the grid has one "
+        f"{what}, so every spread would be ± 0"
+    )
+    if note not in ctx.notes:
+        ctx.notes.append(note)
+    return False
 
 
 def figures_section(ctx: Context) -> list[Block]:
@@ -490,9 +583,12 @@ def figures_section(ctx: Context) -> list[Block]:
     by_loss = summary(ctx.cells, "loss", LOSS_ORDER)
     blocks: list[Block] = []
     stem = "fig_summary_by_model"
-    ctx.files += plots.errorbar_figure(by_model, "model", model_title, out=out / stem)
-    what = "mean ± std over the losses, long-tailed training"
-    blocks.append(Figure(number("4.1"), f"{number('Table 4.10') or 'Per backbone'}: {what}", stem))
+    if _spread_has_information(ctx, "model"):
+        ctx.files += plots.errorbar_figure(by_model, "model", model_title, out=out / stem)
+        what = "mean ± std over the losses, long-tailed training"
+        blocks.append(
+            Figure(number("4.1"), f"{number('Table 4.10') or 'Per backbone'}: {what}", stem)
+        )
     for model in ctx.grid.models:
         stem = f"fig_{model.replace(':', '_')}"
         ctx.files += plots.lines_figure(ctx.cells, model, ctx.grid.losses, out / stem)
@@ -506,9 +602,10 @@ def figures_section(ctx: Context) -> list[Block]:
             )
         )
     stem = "fig_summary_by_loss"
-    ctx.files += plots.errorbar_figure(by_loss, "loss", loss_title, out=out / stem)
-    what = "mean ± std over the backbones, long-tailed training"
-    blocks.append(Figure(number("4.6"), f"{number('Table 4.11') or 'Per loss'}: {what}", stem))
+    if _spread_has_information(ctx, "loss"):
+        ctx.files += plots.errorbar_figure(by_loss, "loss", loss_title, out=out / stem)
+        what = "mean ± std over the backbones, long-tailed training"
+        blocks.append(Figure(number("4.6"), f"{number('Table 4.11') or 'Per loss'}: {what}", stem))
     return blocks
 
 
@@ -528,7 +625,7 @@ def paired_softmax_section(ctx: Context) -> list[Block]:
     if BASELINE_LOSS not in ctx.grid.losses:
         ctx.notes.append("the grid has no Softmax loss (ce): no paired comparisons")
         return []
-    paired = paired_frame(ctx.results, ctx.correctness, ctx.grid, ctx.same_as)
+    paired = ctx.paired()
     unreadable = ctx.correctness.unreadable()
     if unreadable:
         ctx.notes.append(
@@ -540,7 +637,7 @@ def paired_softmax_section(ctx: Context) -> list[Block]:
     ctx.write_csv(paired, "paired_vs_softmax.csv")
     stem = ctx.output_dir / "fig_paired_vs_softmax"
     ctx.files += plots.paired_figure(paired, ctx.grid, stem)
-    return paired_softmax_blocks(paired, ctx.grid, ctx.fmt, ctx.tail_note, ctx.number)
+    return paired_softmax_blocks(paired, ctx.grid, ctx.fmt, ctx.number)
 
 
 def axes_section(ctx: Context) -> list[Block]:
@@ -568,7 +665,7 @@ def variants_section(ctx: Context) -> list[Block]:
         paired = paired_vs_plain(ctx.every_result, ctx.correctness)
         if len(paired):
             ctx.write_csv(paired, "paired_vs_plain.csv")
-            blocks.append(paired_plain_block(paired, ctx.fmt, ctx.tail_note, ctx.number))
+            blocks.append(paired_plain_block(paired, ctx.fmt, ctx.number))
     return blocks
 
 
@@ -715,6 +812,7 @@ ENSEMBLE_COLUMNS = {
 
 SECTIONS: tuple[Callable[[Context], list[Block]], ...] = (
     claims_section,
+    summary_section,
     reproduction_section,
     data_section,
     results_section,

@@ -296,6 +296,7 @@ def run_aggregate(
         references=cfg.report.references,
         claims=cfg.report.claims,
         variant=cfg.report.variant,
+        experiment=name,
     )
     launched, wrapper = None, None
     if not parent_run_id and not mlflow.active_run():

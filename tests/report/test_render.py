@@ -53,7 +53,7 @@ def test_an_interval_is_set_under_its_value(tmp_path: Path) -> None:
 
 
 def test_html_escapes_everything(tmp_path: Path) -> None:
-    (page,) = write_html(tmp_path, _blocks(), Fmt(False), [HOSTILE], [], [], 1)
+    (page,) = write_html(tmp_path, _blocks(), Fmt(False), [HOSTILE], [], [], HOSTILE, HOSTILE)
     text = page.read_text()
     assert "<b>a_b" not in text and "&lt;b&gt;a_b" in text and "中文" in text
     assert text.count("<table>") == 1 and "0.5000 [0.4000, 0.6000]" in text
@@ -65,7 +65,7 @@ def test_names_from_users_reach_markdown_as_text(tmp_path: Path) -> None:
 
     hostile = "<script>alert(1)</script> [x](javascript:alert(1)) a|b"
     table = Table("", f"caption {hostile}", ["A", "B"], [[hostile, "0.5 [0.4, 0.6]"]], [hostile])
-    (path,) = write_markdown(tmp_path, [table], Fmt(False), [hostile], [], [], 1)
+    (path,) = write_markdown(tmp_path, [table], Fmt(False), [hostile], [], [], hostile, "x")
     md = path.read_text()
     assert "<script>" not in md and "](javascript" not in md
     assert "&lt;script&gt;" in md and "a\\|b" in md
