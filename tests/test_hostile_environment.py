@@ -68,14 +68,14 @@ def test_mlflow_s_own_log_lines_carry_no_password() -> None:
 def test_a_tracking_store_on_a_closed_port_is_one_line_within_seconds(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    uri = f"postgresql://ltexp:secret@127.0.0.1:{_closed_port()}/test"
+    uri = f"postgresql+psycopg2://ltexp:secret@127.0.0.1:{_closed_port()}/test"
     started = time.monotonic()
     with _store(uri, tmp_path, monkeypatch):
         code = main(["prepare-data", "--preset", "demo"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert (
-        "the tracking store 'postgresql://***@127.0.0.1:" in err[0]
+        "the tracking store 'postgresql+psycopg2://***@127.0.0.1:" in err[0]
         and "cannot be reached" in err[0]
     )
     assert "secret" not in err[0] and time.monotonic() - started < 60
@@ -87,10 +87,12 @@ def test_a_tracking_store_whose_database_is_missing_is_one_line(
 ) -> None:
     if not postgres_reachable():
         pytest.skip(f"no PostgreSQL reachable at {PG}")
-    with _store(PG.rsplit("/", 1)[0] + "/no_such_database", tmp_path, monkeypatch):
+    store = PG.replace("postgresql://", "postgresql+psycopg2://", 1)  # the driver installed
+    with _store(store.rsplit("/", 1)[0] + "/no_such_database", tmp_path, monkeypatch):
         code = main(["prepare-data", "--preset", "demo"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no_such_database" in err[0], err
+    assert "cannot be reached" in err[0]
 
 
 def _tune_args(tmp_path: Path) -> list[str]:
@@ -103,7 +105,7 @@ UNUSABLE_STORAGES = {
     "no scheme": "optuna.db",
     "an unknown scheme": "nosuchdb://host/x",
     "a driver not installed": "postgresql+nosuchdriver://host/x",
-    "a closed port": f"postgresql://u@127.0.0.1:{_closed_port()}/x",
+    "a closed port": f"postgresql+psycopg2://u@127.0.0.1:{_closed_port()}/x",
     "a sqlite file in no folder": "sqlite:////no/such/folder/optuna.db",
 }
 
