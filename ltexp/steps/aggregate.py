@@ -271,6 +271,8 @@ def run_aggregate(
             f"-P experiment=<name> (mlflow run) or --experiment <name>"
         )
     exp_id = exp.experiment_id
+    if schema.EXPERIMENT_KIND_TAG not in exp.tags:  # an experiment of an earlier ltexp
+        runs.mark_model_training(exp_id)
     claims.reap_dead_runs([exp_id])  # an aggregate killed before it finished, among others
     out = Path(cfg.report.output_dir).expanduser() if cfg.report.output_dir else report_folder(name)
     _check_writable(out)

@@ -154,7 +154,8 @@ def client() -> MlflowClient:
 
 
 def experiment_id(name: str) -> str:
-    """Id of experiment ``name``, created if missing (safe when several processes race)."""
+    """Id of experiment ``name``, created if missing (safe when several processes race), marked
+    as model training for the UI (:func:`mark_model_training`)."""
     c = client()
     exp = c.get_experiment_by_name(name)
     if exp is not None:
@@ -163,14 +164,29 @@ def experiment_id(name: str) -> str:
                 f"experiment {name!r} is deleted; restore it "
                 f"(mlflow experiments restore) or choose another name"
             )
+        if schema.EXPERIMENT_KIND_TAG not in exp.tags:
+            mark_model_training(exp.experiment_id)
         return exp.experiment_id
     try:
-        return c.create_experiment(name)
+        created = c.create_experiment(
+            name, tags={schema.EXPERIMENT_KIND_TAG: schema.MODEL_TRAINING_KIND}
+        )
     except mlflow.exceptions.MlflowException:
         exp = c.get_experiment_by_name(name)  # another process created it first
         if exp is None:
             raise
         return exp.experiment_id
+    return created
+
+
+def mark_model_training(experiment_id: str) -> None:
+    """Tell MLflow 3's UI that the experiment trains models: it then opens on the runs table,
+    not on the GenAI traces dashboard (the experiment tag ``mlflow.experimentKind``, as the
+    UI's own experiment-type switch sets it)."""
+    with contextlib.suppress(mlflow.exceptions.MlflowException):  # a reader may not tag
+        client().set_experiment_tag(
+            experiment_id, schema.EXPERIMENT_KIND_TAG, schema.MODEL_TRAINING_KIND
+        )
 
 
 def launched_run_id() -> str | None:
@@ -310,6 +326,9 @@ def resolve_experiment(name: str, default: str) -> str:
         return experiment_id(name)
     launched = launched_experiment_id()
     if launched:
+        exp = client().get_experiment(launched)
+        if schema.EXPERIMENT_KIND_TAG not in exp.tags:
+            mark_model_training(launched)
         return launched
     if mlflow.active_run() is not None:
         return mlflow.active_run().info.experiment_id

@@ -329,6 +329,10 @@ HEADLINE_TEST_METRICS = tuple(REPORT_COLUMNS.values())
 # a view of the runs table saved on the experiment (MLflow's shared views: the experiment tag
 # mlflow.sharedViewState.<key>, opened by ?viewStateShareKey=<key>): filter, sort and columns
 SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
+# the experiment's kind in MLflow 3's UI: model training opens on the runs table, not on the
+# GenAI traces dashboard (the value of the UI's own "custom model development" switch)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
 RESULTS_VIEW = "ltexp-results"
 
 # --- artifacts -------------------------------------------------------------------------------

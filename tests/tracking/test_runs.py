@@ -171,3 +171,16 @@ def test_a_recorded_identity_wins_and_a_foreign_run_has_none(tracking: str) -> N
     run = _run_with({schema.IDENTITY: json.dumps(recorded)}, {"loss": "focal"})
     assert runs.recorded_identity(run) == recorded
     assert runs.recorded_identity(_run_with({}, {"alpha": "1"})) == {}
+
+
+def test_an_experiment_ltexp_uses_is_marked_as_model_training(tracking: str) -> None:
+    """Issue 42: MLflow 3's UI opened the study's experiment on its GenAI dashboard; the
+    experiment's kind says it trains models (where the UI reads it)."""
+    from ltexp.tracking import runs, schema
+
+    created = runs.experiment_id("fresh")
+    older = mlflow.create_experiment("made-by-an-earlier-ltexp")
+    assert runs.experiment_id("made-by-an-earlier-ltexp") == older
+    for exp_id in (created, older):
+        tags = mlflow.MlflowClient().get_experiment(exp_id).tags
+        assert tags[schema.EXPERIMENT_KIND_TAG] == "custom_model_development"
