@@ -185,6 +185,8 @@ def run_evaluate(
             group_split=prepared.group_split,
             shot_split=shot_split,
         )
+        if not (tau or scaling):  # the version's own result: on its card
+            registered_models.add_test_results(model_uri, metrics, run.info)
         with tempfile.TemporaryDirectory() as tmp:
             per_class = _write_artifacts(
                 Path(tmp),

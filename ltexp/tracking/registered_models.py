@@ -153,11 +153,101 @@ def log_and_register(
         # to stderr; they are kept for -v (the cell's own line says what was registered)
         with contextlib.redirect_stderr(io.StringIO()) as said:
             version = mlflow.register_model(
-                f"models:/{logged.model_id}", registered_name, tags=version_tags
+                f"models:/{logged.model_id}",
+                registered_name,
+                tags={**version_tags, **input_tags(info)},
             ).version
         for line in said.getvalue().splitlines():
             log.info("%s", line)
+    c = runs.client()
+    run = mlflow.active_run()
+    c.update_model_version(
+        registered_name, version, description=model_card(info, version_tags, run.info)
+    )
+    if not c.get_registered_model(registered_name).description:
+        c.update_registered_model(registered_name, description=family_card(info, params or {}))
     return f"models:/{registered_name}/{version}"
+
+
+def input_tags(info: ModelInfo) -> dict[str, str]:
+    """What a program needs to feed a version, as its tags (the card says it in words)."""
+    side = info.image_size
+    return {
+        schema.VersionTag.INPUT_SHAPE: f"-1,3,{side},{side}",
+        schema.VersionTag.INPUT_MEAN: ",".join(f"{v:g}" for v in info.mean),
+        schema.VersionTag.INPUT_STD: ",".join(f"{v:g}" for v in info.std),
+    }
+
+
+def model_card(info: ModelInfo, version_tags: dict[str, str], run: Any) -> str:
+    """A version's description (Markdown, as the UI shows it): the cell, the input contract,
+    the answer, the validation top-1; the test top-1 is added by its evaluation
+    (:func:`add_test_results`)."""
+    side = info.image_size
+    mean = ", ".join(f"{v:g}" for v in info.mean)
+    std = ", ".join(f"{v:g}" for v in info.std)
+    link = runs.ui_link(run.experiment_id, run.run_id)
+    cell = version_tags.get(schema.VersionTag.CELL, "")
+    lines = [
+        f"**{info.model}**, {info.num_classes} classes, trained in run [{run.run_id}]({link})"
+        + (f" (cell `{cell}`)" if cell else "")
+        + ".",
+        f"**Input**: float32 `(N, 3, {side}, {side})`: RGB images resized to {side}×{side}, "
+        f"scaled to [0, 1], then normalised per channel: `(x − mean) / std` with mean "
+        f"({mean}) and std ({std}); normalised values are a few units, and a value beyond "
+        f"±10,000 or not finite is refused.",
+        "**Output**: `(N, K)` logits; `params={'output': 'probabilities'}` or `'classes'` for "
+        "named answers (`mlflow.models.get_model_info(uri).metadata['class_names']`).",
+    ]
+    val = version_tags.get(schema.VersionTag.VAL_ACC1)
+    if val:
+        lines.append(f"**Validation top-1** (what chooses the champion): {float(val):.4f}.")
+    return "\n\n".join(lines)
+
+
+def family_card(info: ModelInfo, params: dict[str, Any]) -> str:
+    """A registered model's description: what its versions are."""
+    what = ", ".join(f"{k} {v}" for k, v in params.items() if k in ("model", "loss", "train_split"))
+    return (
+        f"ltexp classifiers of {params.get('dataset', 'a dataset')} ({what or info.model}): one "
+        f"version per trained seed or variant of the cell; `@champion` is the version of the best "
+        f"validation top-1. Each version's description states its input, its answer and its test "
+        f"results."
+    )
+
+
+def add_test_results(model_uri: str, metrics: dict[str, float], run: Any) -> None:
+    """Add an evaluation's test top-1 (with their intervals) to the tested version's card, and
+    as its tag ``test_top1`` (JSON, for programs)."""
+    if not model_uri.startswith("models:/"):
+        return
+    resolved, _ = resolve_model_uri(model_uri)
+    name, _, version = resolved.removeprefix("models:/").rpartition("/")
+    results = {}
+    for column, metric in schema.REPORT_COLUMNS.items():
+        if metric in metrics:
+            results[column] = [
+                round(metrics[metric], 6),
+                round(metrics.get(f"{metric}_ci_low", float("nan")), 6),
+                round(metrics.get(f"{metric}_ci_high", float("nan")), 6),
+            ]
+    if not results:
+        return
+    c = runs.client()
+    shown = "; ".join(
+        f"{k.replace('_', '-')} {v:.4f} [{lo:.4f}, {hi:.4f}]" for k, (v, lo, hi) in results.items()
+    )
+    link = runs.ui_link(run.experiment_id, run.run_id)
+    text = (
+        f"**Test top-1** (evaluate run [{run.run_id}]({link}), 95 % Clopper-Pearson intervals "
+        f"over the test images): {shown}."
+    )
+    with contextlib.suppress(mlflow.exceptions.MlflowException):
+        mv = c.get_model_version(name, version)
+        if text not in (mv.description or ""):
+            described = f"{mv.description}\n\n{text}" if mv.description else text
+            c.update_model_version(name, version, description=described)
+        c.set_model_version_tag(name, version, schema.VersionTag.TEST_TOP1, json.dumps(results))
 
 
 @dataclass

@@ -374,6 +374,11 @@ class VersionTag(StrEnum):
     STAGE = "stage"  # 1: trained; 2: a decoupled classifier (Kang et al. 2020)
     METHOD = "method"  # the decoupling method of a stage-2 version: crt, tau_norm, lws
     MEMBERS = "members"  # an ensemble version's members (version URIs, by comma)
+    # what a program needs to feed the version (its card says it in words)
+    INPUT_SHAPE = "input_shape"  # -1,3,S,S
+    INPUT_MEAN = "input_mean"  # per channel, by comma
+    INPUT_STD = "input_std"
+    TEST_TOP1 = "test_top1"  # JSON {column: [top-1, ci_low, ci_high]}, set by its evaluation
 
 
 def logged_model_name(run_name: str) -> str:

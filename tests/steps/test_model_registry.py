@@ -375,3 +375,29 @@ def test_ltexp_serve_answers_invocations_with_the_verified_model(trained, tmp_pa
         server.terminate()
         server.wait(timeout=30)
         log.close()
+
+
+def test_each_version_carries_a_model_card(trained) -> None:
+    """Issue 42: a version's description said nothing; serving a real image meant reading the
+    protocol and the data code. Now its card states the cell, the input contract and the test
+    results with their intervals, and its tags the same for programs."""
+    _cfg, result, cell = trained
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("ltexp-digits-tiny_cnn-bs-lt", "champion")
+    card = version.description
+    assert f"trained in run [{result.run_id}]" in card
+    assert "**Input**: float32 `(N, 3, 32, 32)`" in card and "`(x − mean) / std`" in card
+    assert "**Validation top-1**" in card and f"evaluate run [{cell.evaluate_run_id}]" in card
+    assert version.tags["input_shape"] == "-1,3,32,32"
+    mean = [float(v) for v in version.tags["input_mean"].split(",")]
+    assert len(mean) == 3 and f"mean ({', '.join(f'{v:g}' for v in mean)})" in card
+    tested = json.loads(version.tags["test_top1"])
+    metrics = client.get_run(cell.evaluate_run_id).data.metrics
+    value, low, high = tested["balanced"]
+    assert value == pytest.approx(metrics["test_balanced_acc1"], abs=1e-6)
+    assert (low, high) == pytest.approx(
+        (metrics["test_balanced_acc1_ci_low"], metrics["test_balanced_acc1_ci_high"]), abs=1e-6
+    )
+    assert f"balanced {value:.4f} [{low:.4f}, {high:.4f}]" in card
+    family = client.get_registered_model("ltexp-digits-tiny_cnn-bs-lt").description
+    assert family.startswith("ltexp classifiers of digits") and "@champion" in family
