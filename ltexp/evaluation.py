@@ -106,7 +106,8 @@ def predict_test_sets(
 
     Args:
         adjust: applied to each split's logits (a post-hoc logit adjustment), or None.
-        mean, std: the model's input normalisation (default: the protocol's).
+        mean: the model's input normalisation's mean (default: the protocol's).
+        std: its standard deviation (default: the protocol's).
     """
     import torch
 
@@ -241,7 +242,8 @@ def score_test_sets(
     the long-tailed test set too (``lt_many``, …).
 
     Args:
-        test_balanced, test_lt: ``(labels, logits)`` of each test split (either may be empty).
+        test_balanced: ``(labels, logits)`` of the balanced test split (may be empty).
+        test_lt: the same of the long-tailed test split (may be empty).
         groups: group name → its classes (head, middle, tail, many, medium, few).
         group_split: the split head/middle/tail are scored on: test_lt, or test_balanced for a
             set long-tailed as given whose only test set is balanced. Many/medium/few are

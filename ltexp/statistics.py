@@ -172,8 +172,9 @@ def paired_difference(correct_a: np.ndarray, correct_b: np.ndarray) -> Interval:
     """``acc(A) − acc(B)`` on the same images, each side averaged over its seeds.
 
     Args:
-        correct_a, correct_b: 0/1 per image, ``(N,)`` or ``(S, N)``; image i of A and of B is
-            the same image (a and b may have different numbers of seeds).
+        correct_a: 0/1 per image of A, ``(N,)`` or ``(S, N)`` for S seeds.
+        correct_b: the same of B; image i of A and of B is the same image (A and B may have
+            different numbers of seeds).
 
     Returns:
         The raw difference and its 95 % interval within [−1, 1] (see the module docstring);

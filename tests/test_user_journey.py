@@ -115,6 +115,10 @@ def test_the_readme_journey(clone: Path, user_env: dict[str, str]) -> None:
                 assert "study run:" in out.stdout and "report: reports/demo-digits" in out.stdout
                 (results_view,) = re.findall(r"^results table: (\S+)", out.stdout, re.M)
                 assert (clone / "reports" / "demo-digits" / "report.md").is_file()
+            elif "-e plan" in line:  # before the study: what it will run and take (issue 42)
+                out = run(line, clone, env)
+                assert out.returncode == 0, out.stderr[-3000:]
+                assert "ready to start" in out.stdout and "estimate" in out.stdout, out.stdout
             elif "-e aggregate" in line:
                 out = run(line, clone, env)
                 assert out.returncode == 0, out.stderr[-3000:]
