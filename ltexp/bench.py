@@ -20,6 +20,7 @@ import json
 import os
 import re
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -117,8 +118,23 @@ def run_bench(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     models = args.model or ["resnet50" if cuda else "tiny_cnn"]
-    rows = [
-        measure(
+    card = (
+        torch.cuda.get_device_name(device)
+        if cuda
+        else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    )
+    # each model's row as soon as it is measured: an ImageNet backbone on a CPU takes minutes
+    shown = sys.stderr if args.json else sys.stdout
+    print(f"{card}, torch {torch.__version__}", file=shown, flush=True)
+    print(
+        f"{'model':<16}{'batch':>6}{'size':>6}{'precision':>10}{'model-only img/s':>18}"
+        f"{'ltexp step img/s':>18}{'ratio':>8}{'streamed img/s':>16}{'ratio':>8}",
+        file=shown,
+        flush=True,
+    )
+    rows = []
+    for name in models:
+        r = measure(
             name,
             device=device,
             batch_size=args.batch_size or (128 if cuda else 32),
@@ -130,27 +146,16 @@ def run_bench(args: argparse.Namespace) -> int:
             repeats=args.repeats,
             warmup=args.warmup,
         )
-        for name in models
-    ]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    card = (
-        torch.cuda.get_device_name(device)
-        if cuda
-        else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-    )
-    print(f"{card}, torch {torch.__version__}")
-    print(
-        f"{'model':<16}{'batch':>6}{'size':>6}{'precision':>10}{'model-only img/s':>18}"
-        f"{'ltexp step img/s':>18}{'ratio':>8}{'streamed img/s':>16}{'ratio':>8}"
-    )
-    for r in rows:
+        rows.append(r)
         print(
             f"{r['model']:<16}{r['batch_size']:>6}{r['image_size']:>6}{r['precision']:>10}"
             f"{r['model_only_img_s']:>18,.0f}{r['pipeline_img_s']:>18,.0f}{r['ratio']:>8.3f}"
-            f"{r['streamed_img_s']:>16,.0f}{r['streamed_ratio']:>8.3f}"
+            f"{r['streamed_img_s']:>16,.0f}{r['streamed_ratio']:>8.3f}",
+            file=shown,
+            flush=True,
         )
+    if args.json:
+        print(json.dumps(rows, indent=2))
     return 0
 
 

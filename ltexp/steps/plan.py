@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -95,10 +96,17 @@ class Plan:
             f"{counts['reused']} reused"
         )
         speeds = ", ".join(f"{m} {v:,.0f} img/s" for m, v in self.speeds.items())
+        untimed = sorted({c.name.split("-")[0] for c in self.cells if c.seconds is None})
         lines.append(
             f"estimate: {_duration(self.seconds) if self.seconds is not None else 'unknown'}"
-            f" on {self.device} ({speeds})"
+            f" on {self.device}" + (f" ({speeds})" if speeds else "")
         )
+        if self.seconds is None and self.device == "cpu" and untimed:
+            lines.append(
+                "  ImageNet-size backbones are not timed on a CPU (minutes and gigabytes each, "
+                "and nothing of the GPU they will train on): run `ltexp bench --model <name> "
+                "--json > bench.json` on the training machine and give --bench-file bench.json"
+            )
         lines.append(
             f"checkpoint disk: {self.disk_needed / 2**30:.2f} GiB needed, "
             f"{self.disk_free / 2**30:.1f} GiB free"
@@ -108,9 +116,25 @@ class Plan:
                 "GPU paths ltexp's CI cannot run (fused Adam, pinned memory, NCCL, bf16 on CUDA): "
                 "check them once with `python scripts/gpu_check.py` (under 10 minutes)"
             )
-        lines += [f"missing: {p}" for p in self.problems]
+        lines += _missing_lines(self.problems)
         lines.append("ready to start" if self.ready else "not ready: see the missing lines above")
         return "\n".join(lines)
+
+
+def _missing_lines(problems: list[str]) -> list[str]:
+    """``missing:`` lines, the advice several of them end with said once after them (the four
+    backbones' weights each ended with the same 300 characters)."""
+    tails = [p.split("; ", 1)[1] if "; " in p else "" for p in problems]
+    shared = [t for t in dict.fromkeys(tails) if t and tails.count(t) > 1]
+    lines = []
+    for problem, tail in zip(problems, tails, strict=True):
+        if tail in shared:
+            mark = "*" * (shared.index(tail) + 1)
+            lines.append(f"missing: {problem.split('; ', 1)[0]} ({mark})")
+        else:
+            lines.append(f"missing: {problem}")
+    lines += [f"({'*' * (i + 1)}) {tail}" for i, tail in enumerate(shared)]
+    return lines
 
 
 def _duration(seconds: float) -> str:
@@ -295,7 +319,30 @@ def _speeds(
     if bench_file:
         return _bench_speeds(bench_file, list(configs))
     measure = measure or measure_step
-    return {model: measure(cfg) for model, cfg in configs.items()}
+    speeds = {}
+    for model, cfg in configs.items():
+        if not _measurable_here(cfg):
+            continue
+        print(f"plan: timing {model}'s training step ({MEASURE_SECONDS:g} s) …", file=sys.stderr)
+        speeds[model] = measure(cfg)
+    return speeds
+
+
+# an input this large is an ImageNet backbone: timing it on a CPU takes minutes and gigabytes
+# each, and says nothing of the GPU it will train on
+CPU_MEASURE_MAX_SIZE = 128
+
+
+def _measurable_here(cfg: Config) -> bool:
+    """Whether the cell's training step is timed here: not an ImageNet-size backbone on a
+    CPU (its estimate is then unknown, and the plan says how to give one)."""
+    from ltexp.models import input_size
+    from ltexp.training import resolve_device
+
+    device = resolve_device(cfg.runtime.device)
+    return device.type != "cpu" or input_size(cfg.train.model, cfg.train.image_size) < (
+        CPU_MEASURE_MAX_SIZE
+    )
 
 
 # the fastest a training step could be anywhere (images per second): beyond it, a typo
@@ -397,6 +444,14 @@ def measure_step(cfg: Config, seconds: float = MEASURE_SECONDS) -> float:
     return speed
 
 
+def epochs_images(cfg: Config, train: int, second_stage: bool) -> int:
+    """Training images a cell processes over its epochs (a second stage's own epochs)."""
+    method = cfg.decouple.stage2
+    if not second_stage:
+        return cfg.train.epochs * train
+    return (0 if method == "tau_norm" else cfg.decouple.epochs(method)) * train
+
+
 def _cost(
     cfg: Config, prepared: Any, speeds: dict[str, float], second_stage: bool
 ) -> tuple[int | None, float | None]:
@@ -404,8 +459,10 @@ def _cost(
     if prepared is None:
         return None, None
     t = cfg.train
-    speed = speeds[t.model]
+    speed = speeds.get(t.model)
     train = len(prepared.splits[prepared.training_split(t.train_split)])
+    if speed is None:  # not timed here (an ImageNet backbone on a CPU)
+        return epochs_images(cfg, train, second_stage), None
     tests = ("test_balanced", "test_lt")
     evaluated = sum(len(prepared.splits[s]) for s in tests if prepared.has(s))
     val = len(prepared.splits["val"]) if prepared.has("val") else 0

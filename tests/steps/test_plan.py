@@ -258,3 +258,22 @@ def test_main_refuses_a_data_run_that_is_none_before_its_study_run_exists(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "run '../../etc' does not exist" in err[-1]
     assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
+
+
+def test_plan_of_the_thesis_on_a_cpu_answers_at_once_and_says_shared_advice_once(
+    tmp_path: Path, tracking: str
+) -> None:
+    """Issue 42: offline, `ltexp plan --preset thesis` timed four ImageNet backbones on the
+    CPU for 30 minutes (7 GB), then said 'unknown', with the same advice on five lines."""
+
+    def never(cfg) -> float:
+        raise AssertionError(f"{cfg.train.model} was timed on the CPU")
+
+    cfg = build_config("thesis", {"data_root": str(tmp_path / "nothing"), "download": "false"})
+    plan = make_plan(cfg, measure=never)
+    text = plan.text()
+    assert plan.seconds is None and "ImageNet-size backbones are not timed on a CPU" in text
+    weights = [line for line in text.splitlines() if line.startswith("missing: weights")]
+    if weights:  # offline: each names its file, the advice once after them
+        assert all(line.endswith("(*)") for line in weights)
+        assert sum(line.startswith("(*) pre-download them") for line in text.splitlines()) == 1
