@@ -191,13 +191,27 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
+def _tested(run_id: str, metrics: dict[str, float]) -> str:
+    """``evaluate run: <id>  balanced 0.8123 [0.8011, 0.8231]  long-tailed …``: the report's
+    five columns with their 95 % intervals, as the evaluation logged them."""
+    from ltexp.tracking.schema import REPORT_COLUMNS
+
+    shown = []
+    for column, metric in REPORT_COLUMNS.items():
+        if metric in metrics:
+            low, high = metrics.get(f"{metric}_ci_low"), metrics.get(f"{metric}_ci_high")
+            interval = f" [{low:.4f}, {high:.4f}]" if low is not None and high is not None else ""
+            shown.append(f"{column.replace('_', '-')} {metrics[metric]:.4f}{interval}")
+    return f"evaluate run: {run_id}  " + "  ".join(shown)
+
+
 def _print_stage2(result: Any) -> None:
     print(
         f"decouple run: {result.train.run_id}  best val_acc1 {result.train.best_val_acc1:.4f}  "
         f"model {result.train.model_uri}"
     )
     if result.evaluate_run_id:
-        print(f"evaluate run: {result.evaluate_run_id}")
+        print(_tested(result.evaluate_run_id, result.metrics))
 
 
 def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
@@ -224,7 +238,7 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
             f"(epoch {train.best_epoch})  model {train.model_uri}"
         )
         if result.evaluate_run_id:
-            print(f"evaluate run: {result.evaluate_run_id}")
+            print(_tested(result.evaluate_run_id, result.metrics))
         if result.stage2 is not None:
             _print_stage2(result.stage2)
         return 0
@@ -233,10 +247,7 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
         from ltexp.steps.evaluate import run_evaluate
 
         run_id, metrics = run_evaluate(cfg, parent_run_id=args.parent_run_id)
-        print(
-            f"evaluate run: {run_id}  "
-            + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.endswith("acc1"))
-        )
+        print(_tested(run_id, metrics))
         return 0
 
     def aggregate(cfg: Config, args: argparse.Namespace) -> int:
@@ -289,7 +300,7 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
             f"model {built.model_uri}"
         )
         if result.evaluate_run_id:
-            print(f"evaluate run: {result.evaluate_run_id}")
+            print(_tested(result.evaluate_run_id, result.metrics))
         return 0
 
     return {

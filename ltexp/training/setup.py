@@ -159,6 +159,14 @@ def resolve_train(cfg: Config) -> TrainSpec:
             f"classifier)"
         )
     mean, std = resolve_normalization(cfg)
+    if finetune.mode != "full" and parse_pretrained(t.pretrained) is False:
+        log.warning(
+            "finetune=%s on %s without pretrained weights: the frozen layers keep their random "
+            "initialisation, so only what it trains learns anything; use finetune=full, or "
+            "pretrained weights",
+            t.finetune,
+            t.model,
+        )
     if t.drw_epoch is not None and t.drw_epoch >= t.epochs:
         log.warning(
             "drw_epoch=%s >= epochs=%s: class weights never switch on", t.drw_epoch, t.epochs

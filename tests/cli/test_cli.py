@@ -358,3 +358,14 @@ def test_default_output_is_one_line_per_cell_and_step_and_v_adds_the_rest(
     verbose = capfd.readouterr()
     shown = verbose.out + verbose.err
     assert shown.count("epoch 2/2") == 2 and "Created version '2'" in shown
+
+
+def test_a_command_that_tests_a_model_prints_its_test_result(
+    tmp_path: Path, tracking: str, capsys: pytest.CaptureFixture
+) -> None:
+    """Issue 42: train, decouple, ensemble and evaluate printed run ids but no test result."""
+    assert main(["train", *tiny_args(tmp_path, epochs=1)]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("evaluate run: "))
+    columns = r"balanced \d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\]  long-tailed \d\.\d{4} \["
+    assert re.search(columns, line) and "tail " in line, line

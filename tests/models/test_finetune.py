@@ -228,3 +228,21 @@ def test_decay_exempt_keeps_biases_norms_and_vit_tokens_out_of_weight_decay() ->
     flat = layer_decay_groups(model.named_parameters(), plan.depths, 1e-3, 1.0, exempt)
     assert [g.get("weight_decay") for g in flat] == [None, 0.0]
     assert all(g["lr"] == pytest.approx(1e-3) for g in flat)
+
+
+def test_freezing_a_model_without_pretrained_weights_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 42: finetune=linear or lora on a model without pretrained weights said nothing."""
+    import logging
+
+    from ltexp.config import build_config
+    from ltexp.training.setup import resolve_train
+
+    with caplog.at_level(logging.WARNING, logger="ltexp.training.setup"):
+        resolve_train(build_config("demo", {"finetune": "linear", "device": "cpu"}))
+    assert "finetune=linear on tiny_cnn without pretrained weights" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ltexp.training.setup"):
+        resolve_train(build_config("demo", {"finetune": "full", "device": "cpu"}))
+    assert "without pretrained weights" not in caplog.text
