@@ -82,6 +82,8 @@ def build_report(
         log.warning("duplicate results: %s", line)
     references, published, published_given, problems = read_references(options.references)
     correctness = Correctness(inputs.predictions, inputs.manifest) if inputs.predictions else None
+    if correctness is not None:  # every result the report compares, read concurrently once
+        correctness.prefetch(choice.results["run_id"])
     cells = with_seed_intervals(cell_means(results), results, correctness)
     ctx = Context(
         output_dir,

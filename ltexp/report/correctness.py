@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,8 @@ from ltexp.report.model import Predictions
 from ltexp.statistics import accuracy_interval
 
 TEST_SPLITS = ("test_balanced", "test_lt")
+# predictions read at once from the store (downloads wait on the network, not the CPU)
+PREFETCH_WORKERS = 8
 # the report's columns: (test split, class group or None for every image); head/middle/tail are
 # measured on the manifest's group split (a set long-tailed as given: its balanced test set)
 COLUMN_SPLITS = {
@@ -41,25 +44,50 @@ class Correctness:
         self._runs: dict[str, dict[str, tuple[bytes, np.ndarray, int]] | None] = {}
         self._labels: dict[bytes, np.ndarray] = {}
 
+    def prefetch(self, run_ids: Iterable[str], workers: int = PREFETCH_WORKERS) -> None:
+        """Read these runs' predictions, ``workers`` at a time: a remote store's latency is
+        overlapped, and each run is kept as bits as soon as it arrives (its 2.7 MB of
+        predictions are not held)."""
+        todo = [r for r in dict.fromkeys(run_ids) if r not in self._runs]
+        if not todo:
+            return
+        with ThreadPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+            for run_id, reduced in zip(todo, pool.map(self._reduce, todo), strict=True):
+                self._keep(run_id, reduced)
+
+    def _reduce(self, run_id: str) -> dict[str, tuple[bytes, np.ndarray, np.ndarray, int]] | None:
+        """One run's labels and right/wrong bits per test split (None: no usable predictions)."""
+        pred = self.predictions(run_id)
+        if pred is None:
+            return None
+        out = {}
+        try:
+            for split in TEST_SPLITS:
+                labels = np.asarray(pred[f"{split}_labels"])
+                top1 = np.asarray(pred[f"{split}_top5"])
+                top1 = top1[:, 0] if top1.ndim == 2 and top1.shape[1] else top1
+                if top1.shape != labels.shape:
+                    raise ValueError("labels and predictions differ in length")
+                key = hashlib.sha256(labels.tobytes()).digest()
+                out[split] = (key, labels, np.packbits(top1 == labels), len(labels))
+        except (KeyError, ValueError, IndexError):
+            return None  # a truncated or foreign artifact: counted as unreadable
+        return out
+
+    def _keep(
+        self, run_id: str, reduced: dict[str, tuple[bytes, np.ndarray, np.ndarray, int]] | None
+    ) -> None:
+        kept = None
+        if reduced is not None:
+            kept = {}
+            for split, (key, labels, bits, n) in reduced.items():
+                self._labels.setdefault(key, labels.copy())  # one copy per test set
+                kept[split] = (key, bits, n)
+        self._runs[run_id] = kept
+
     def _read(self, run_id: str) -> dict[str, tuple[bytes, np.ndarray, int]] | None:
         if run_id not in self._runs:
-            pred = self.predictions(run_id)
-            kept: dict[str, tuple[bytes, np.ndarray, int]] | None = None
-            try:
-                if pred is not None:
-                    kept = {}
-                    for split in TEST_SPLITS:
-                        labels = np.asarray(pred[f"{split}_labels"])
-                        top1 = np.asarray(pred[f"{split}_top5"])
-                        top1 = top1[:, 0] if top1.ndim == 2 and top1.shape[1] else top1
-                        if top1.shape != labels.shape:
-                            raise ValueError("labels and predictions differ in length")
-                        key = hashlib.sha256(labels.tobytes()).digest()
-                        self._labels.setdefault(key, labels.copy())
-                        kept[split] = (key, np.packbits(top1 == labels), len(labels))
-            except (KeyError, ValueError, IndexError):
-                kept = None  # a truncated or foreign artifact: counted as unreadable
-            self._runs[run_id] = kept
+            self._keep(run_id, self._reduce(run_id))
         return self._runs[run_id]
 
     def has(self, run_id: str) -> bool:

@@ -154,7 +154,13 @@ def find_manifest(digests: set[str]) -> tuple[dict | None, list[str]]:
 
 def load_predictions(run_id: str) -> dict[str, np.ndarray] | None:
     """The predictions an evaluate run saved (``np.load(allow_pickle=False)``: arrays only), or
-    None when it has none (a run logged by another tool) or they cannot be read."""
+    None when it has none (a run logged by another tool) or they cannot be read (truncated, not
+    an archive): the report leaves that run's comparisons out and says so.
+
+    Raises:
+        TrackingError: the store stopped answering (after MLflow's bounded retries): the
+            report is not written at all rather than written without the runs it could not read.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = mlflow.artifacts.download_artifacts(
@@ -162,8 +168,22 @@ def load_predictions(run_id: str) -> dict[str, np.ndarray] | None:
             )
             with np.load(path, allow_pickle=False) as npz:
                 return {k: npz[k] for k in npz.files}
-        except Exception:  # noqa: BLE001 - the report says which comparisons are missing
+        except Exception as e:  # noqa: BLE001 - sorted below: the store's failure, or the run's
+            if _unreachable(e):
+                raise TrackingError(
+                    f"the predictions of evaluate run {run_id} could not be read: "
+                    f"{runs.store_failure(e)}; no report was written"
+                ) from None
             return None
+
+
+def _unreachable(e: BaseException) -> bool:
+    """The store (not the run's artifact) failed: a connection refused, reset or timed out."""
+    text = f"{type(e).__name__} {e}".lower()
+    return any(
+        word in text
+        for word in ("max retries exceeded", "connection refused", "connectionerror", "timed out")
+    )
 
 
 def report_folder(name: str) -> Path:
