@@ -330,6 +330,8 @@ def data_key(cfg: Config) -> str:
     values = _without_runtime(cfg.to_dict(("data",))["data"])
     others = {f.key for f in dataset_fields() if f.owner != cfg.data.dataset}
     values = {k: v for k, v in values.items() if k not in others}
+    added = added_keys()  # an option added later, at its default: the same data as before
+    values = {k: v for k, v in values.items() if not (k in added and _same(v, added[k]))}
     spec = DATASETS.get(cfg.data.dataset)
     if spec is not None and spec.files_are_data:
         values["data_root"] = str(Path(cfg.data.data_root).expanduser().resolve())

@@ -62,6 +62,14 @@ class DataConfig:
         "frequent), random (seeded), or a comma list of labels",
     )
     split_seed: int = _opt(42, "seed of every split choice (thesis: 42)", low=0, high=2**32 - 1)
+    max_per_class: int | None = _opt(
+        None,
+        "a rehearsal on a CPU: at most N images per class in every split, cut after the "
+        "protocol's split (recorded, and said in the report's first line; default: all)",
+        low=1,
+        high=100_000,
+        added="0.3",
+    )
     split_mode: str = _opt(
         "auto",
         "protocol (long-tailed splits drawn from a balanced source, CIFAR), given (the set is "

@@ -196,7 +196,7 @@ def prepare(source: SourceData, protocol: Protocol) -> tuple[PreparedData, Split
     """Build, materialise and describe every split of ``protocol`` on ``source`` (an image
     cache it reads is verified first: what the manifest records is what the cache holds)."""
     from ltexp.data.files import verify_cache
-    from ltexp.data.splits import build_given_splits, build_splits
+    from ltexp.data.splits import build_given_splits, build_splits, cut_per_class
 
     verify_cache(source)
     if protocol.mode == "given":
@@ -205,6 +205,10 @@ def prepare(source: SourceData, protocol: Protocol) -> tuple[PreparedData, Split
         )
     else:
         plan = build_splits(source.train_labels, source.test_labels, protocol)
+    if protocol.max_per_class:
+        plan = cut_per_class(
+            plan, {s: source.labels(s) for s in source.sets}, protocol.max_per_class
+        )
     splits = materialise(source, plan)
     return PreparedData(build_manifest(source, plan, splits), splits, plan.indices), plan
 

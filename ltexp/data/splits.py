@@ -29,6 +29,7 @@ rebuilt bit for bit from the seed, and changing one class never moves another.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -146,6 +147,7 @@ class Protocol:
     class_order: str = "label"
     mode: str = "protocol"  # or "given": the set is long-tailed as given (module docstring)
     holdout_fraction: float = 0.1  # given mode: share of each class carved for a missing val/test
+    max_per_class: int = 0  # a rehearsal: at most this many per class in every split (0: all)
 
 
 @dataclass
@@ -384,3 +386,29 @@ def class_groups(train_counts: np.ndarray, rank: np.ndarray) -> dict[str, list[i
     groups["medium"] = [c for c in range(k) if FEW_SHOT_MAX < train_counts[c] < MANY_SHOT_MIN]
     groups["few"] = [c for c in range(k) if train_counts[c] <= FEW_SHOT_MAX]
     return {g: sorted(v) for g, v in groups.items()}
+
+
+def cut_per_class(plan: SplitPlan, labels: dict[str, np.ndarray], n: int) -> SplitPlan:
+    """The plan with at most ``n`` images of each class in every split, the first ones in
+    index order (a deterministic subset of the protocol's split, for a rehearsal on a CPU); the
+    class-group test splits follow their long-tailed test split.
+
+    Args:
+        labels: the source sets' labels (``train``, ``val``, ``test``), which the splits index.
+    """
+    if n <= 0:
+        return plan
+    cut = {}
+    for split, index in plan.indices.items():
+        own = labels[plan.sources.get(split, SPLIT_SOURCE.get(split, "train"))][index]
+        keep = np.zeros(len(index), dtype=bool)
+        for c in np.unique(own):
+            keep[np.flatnonzero(own == c)[:n]] = True
+        cut[split] = index[keep]
+    group_of = plan.group_split if plan.group_split in cut else "test_lt"
+    for g in FREQUENCY_GROUPS:
+        if f"test_{g}" in cut and group_of in cut:
+            cut[f"test_{g}"] = plan.indices[f"test_{g}"][
+                np.isin(plan.indices[f"test_{g}"], cut[group_of])
+            ]
+    return dataclasses.replace(plan, indices=cut)

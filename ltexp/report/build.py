@@ -100,7 +100,7 @@ def build_report(
         published,
         published_given,
         numbered=_is_full_thesis_grid(grid, cells),
-        notes=[*inputs.notes, *choice.notes, *problems],
+        notes=[*_rehearsal(inputs.manifest), *inputs.notes, *choice.notes, *problems],
         ensembles=ensembles,
     )
     blocks: list[Block] = [block for section in SECTIONS for block in section(ctx)]
@@ -119,6 +119,17 @@ def build_report(
         output_dir, blocks, ctx.fmt, ctx.notes, missing, selection.duplicates, title, byline
     )
     return Report(output_dir, files, missing, selection.duplicates, n_runs, ctx.notes, ctx.verdicts)
+
+
+def _rehearsal(manifest: dict | None) -> list[str]:
+    """The report's first line when its data were cut for a rehearsal (``max_per_class``)."""
+    n = ((manifest or {}).get("protocol") or {}).get("max_per_class") or 0
+    if not n:
+        return []
+    return [
+        f"a rehearsal: every split holds at most {n} images per class (max_per_class={n}), so "
+        f"these numbers say that the pipeline runs, not what the protocol measures"
+    ]
 
 
 def _missing_cells(results: pd.DataFrame, grid: Grid) -> list[str]:

@@ -43,6 +43,7 @@ def protocol(cfg: Config, source: SourceData) -> Protocol:
         class_order=d.class_order,
         mode=mode,
         holdout_fraction=d.holdout_fraction,
+        max_per_class=d.max_per_class or 0,
     )
 
 

@@ -123,3 +123,20 @@ def test_bad_ratio_profile_and_sizes() -> None:
         build_splits(CIFAR_TRAIN, CIFAR_TEST, Protocol(n_train=480, n_test=50))
     with pytest.raises(ConfigError, match="class_order"):
         build_splits(CIFAR_TRAIN, CIFAR_TEST, Protocol(class_order="1,2,3"))
+
+
+def test_max_per_class_cuts_every_split_after_the_protocol_s_split() -> None:
+    """Issue 41: a CPU rehearsal of the protocol keeps at most N images per class in each of
+    train, val and the test sets, a subset of the protocol's own splits."""
+    from ltexp.data.splits import cut_per_class
+
+    train = np.repeat(np.arange(100), 500)
+    test = np.repeat(np.arange(100), 100)
+    full = build_splits(train, test, Protocol())
+    cut = cut_per_class(full, {"train": train, "test": test}, 2)
+    for split, index in cut.indices.items():
+        source = test if split == "val" else train
+        assert set(index) <= set(full.indices[split])  # a subset of the protocol's split
+        assert np.bincount(source[index]).max() <= 2, split
+    assert set(cut.indices["test_tail"]) <= set(cut.indices["test_lt"])
+    assert len(cut.indices["val"]) == 200 and len(cut.indices["train_lt"]) <= 200
