@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -174,36 +173,10 @@ def write_cifar100(
 def write_cifar(
     root: Path, release: Any, train_per_class: int, test_per_class: int, seed: int = 0
 ) -> Path:
-    """Write a CIFAR release's on-disk format (its batch files, label and names keys) with random
-    pixels, the train set spread over its train files; return the folder."""
-    rng = np.random.default_rng(seed)
-    folder = root / release.folder
-    folder.mkdir(parents=True, exist_ok=True)
-    k = 100 if release.name == "cifar100" else 10
-    for files, per_class in (
-        (release.train_files, train_per_class),
-        (release.test_files, test_per_class),
-    ):
-        labels = np.repeat(np.arange(k), per_class)
-        rng.shuffle(labels)
-        data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
-        for name, part in zip(
-            files, np.array_split(np.arange(len(labels)), len(files)), strict=True
-        ):
-            batch = {
-                b"filenames": [f"{i}.png".encode() for i in part],
-                b"batch_label": name.encode(),
-                release.label_key.encode(): labels[part].tolist(),
-                b"data": data[part],
-            }
-            if release.name == "cifar100":
-                batch[b"coarse_labels"] = (labels[part] // 5).tolist()
-            with open(folder / name, "wb") as f:
-                pickle.dump(batch, f, protocol=2)
-    meta = {release.names_key.encode(): [f"class{i}".encode() for i in range(k)]}
-    with open(folder / release.meta_file[0], "wb") as f:
-        pickle.dump(meta, f, protocol=2)
-    return folder
+    """A CIFAR release's on-disk format with random pixels (:func:`ltexp.rehearsal.write_cifar`)."""
+    from ltexp.rehearsal import write_cifar as write
+
+    return write(root, release.name, train_per_class, test_per_class, seed)
 
 
 @pytest.fixture(scope="session")

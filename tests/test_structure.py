@@ -62,7 +62,7 @@ LAYERS = (
     ("evaluation", "statistics"),
     ("tracking",),
     ("report",),
-    ("executors", "bench"),
+    ("executors", "bench", "rehearsal"),
     ("steps",),
     ("cli", "__main__", ""),
 )

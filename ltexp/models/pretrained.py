@@ -66,19 +66,30 @@ def _timm(model_name: str) -> Callable[[bool], nn.Module]:
 
         if not pretrained:
             return timm.create_model(model_name, pretrained=False)
-        from huggingface_hub import constants
+        from huggingface_hub import constants, try_to_load_from_cache
 
-        unreachable = not constants.HF_HUB_OFFLINE and not resources.reachable(constants.ENDPOINT)
-        if unreachable:
-            # one probe instead of the hub client's minute of retries and warnings; weights
-            # already in the cache still load offline
+        cfg = timm.models.get_pretrained_cfg(model_name)
+        hub_id = getattr(cfg, "hf_hub_id", None) or model_name
+        cached = try_to_load_from_cache(hub_id, "model.safetensors")
+        cached = cached if isinstance(cached, str) else None
+        # weights in the cache load without asking the network; else one probe instead of the
+        # hub client's minute of retries and warnings
+        unreachable = (
+            not cached
+            and not constants.HF_HUB_OFFLINE
+            and not resources.reachable(constants.ENDPOINT)
+        )
+        if cached or unreachable:
             constants.HF_HUB_OFFLINE = True
         try:
             return timm.create_model(model_name, pretrained=True)
         except Exception as e:  # noqa: BLE001 - turned into one clear line below
+            if cached:
+                raise WeightsError(
+                    f"cached weights {cached!r} for {model_name} could not be loaded "
+                    f"({_first_line(e)}); delete the file to download it again"
+                ) from None
             reason = f"{constants.ENDPOINT} is not reachable" if unreachable else _first_line(e)
-            cfg = timm.models.get_pretrained_cfg(model_name)
-            hub_id = getattr(cfg, "hf_hub_id", None) or model_name
             folder = "models--" + hub_id.replace("/", "--")
             raise WeightsError(
                 f"pretrained weights of timm model {model_name} are not in the "
