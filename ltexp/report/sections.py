@@ -565,9 +565,9 @@ def _spread_has_information(ctx: Context, by: str) -> bool:
     other = ctx.grid.losses if by == "model" else ctx.grid.models
     if len(other) > 1:
         return True
-    what = "loss" if by == "model" else "backbone"
+    what, whats = ("loss", "losses") if by == "model" else ("backbone", "backbones")
     note = (
-        f"the mean ± std per {'backbone' if by == 'model' else 'loss'} over the {what}s (Table "
+        f"the mean ± std per {'backbone' if by == 'model' else 'loss'} over the {whats} (Table "
         f"{'4.10' if by == 'model' else '4.11'} and its figure) is left out: the grid has one "
         f"{what}, so every spread would be ± 0"
     )

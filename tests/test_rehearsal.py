@@ -1,0 +1,37 @@
+"""The design card's command on the protocol's own path (issue 41): MobileNetV2 from torch hub's
+cache, CIFAR-100 in its real format at its real size, 224-px images, the protocol's pipeline,
+registration and the report, through `mlflow run` as a user types it; shortened only by epochs,
+batch size and max_per_class. scripts/rehearse_protocol.py runs it and prints one JSON line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_the_protocol_cell_of_mobilenet_v2_runs_end_to_end_offline(tmp_path: Path) -> None:
+    script = REPO / "scripts" / "rehearse_protocol.py"
+    args = ["--models", "mobilenet_v2", "--max-per-class", "1", "--batch-size", "16"]
+    done = subprocess.run(
+        [sys.executable, str(script), *args, "--folder", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    (model,) = report["models"]
+    assert model["model"] == "mobilenet_v2" and model["loaders_agree"]
+    # ltexp plan's disk estimate is the checkpoint it writes, within 10 %
+    assert abs(model["checkpoint_bytes"] / model["plan_checkpoint_bytes"] - 1) < 0.10, model
+    header, row = report["table_4_9"][:2]
+    assert header.startswith("model,result,benchmark") and row.startswith("mobilenet_v2,")
+    assert report["report_says_rehearsal"]
+    assert not (REPO / "reports" / "rehearsal").exists()  # nothing written into the checkout
