@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,6 +144,14 @@ def _images_labels(
     return np.ascontiguousarray(images), labels
 
 
+def _check_labels(labels: np.ndarray, path: Path, classes: int) -> None:
+    if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+        raise DataError(
+            f"{str(path)!r} holds labels from {labels.min()} to {labels.max()}, outside 0-"
+            f"{classes - 1} of this release; delete it and download again"
+        )
+
+
 def _md5(path: Path) -> str:
     h = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
@@ -166,17 +176,48 @@ def _download(release: Release, root: Path, missing: list[str]) -> None:
 
 
 def _read_set(release: Release, folder: Path, files: dict[str, str]) -> tuple[np.ndarray, ...]:
-    parts = [
-        _images_labels(read_batch(folder / name), folder / name, release.label_key)
-        for name in files
-    ]
+    classes = 100 if release.name == "cifar100" else 10
+    parts = []
+    for name in files:
+        images, labels = _images_labels(read_batch(folder / name), folder / name, release.label_key)
+        _check_labels(labels, folder / name, classes)
+        parts.append((images, labels))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _extract(release: Release, archive: Path, root: Path) -> None:
+    """Extract the release's archive, as the download does, refusing what is not its files:
+    members outside its folder, links and devices (``tarfile``'s ``data`` filter)."""
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = [m for m in tar.getmembers() if m.isfile()]
+            wanted = {f"{release.folder}/{name}" for name in release.files}
+            found = {m.name.removeprefix("./") for m in members}
+            if not wanted <= found:
+                raise DataError(
+                    f"{str(archive)!r} holds no {', '.join(sorted(wanted - found))}: it is not "
+                    f"the {release.title} archive; delete it and download {release.url} again"
+                )
+            tar.extractall(
+                root,
+                members=[m for m in members if m.name.removeprefix("./") in wanted],
+                filter="data",
+            )
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise DataError(
+            f"{str(archive)!r} is truncated or not a gzip tar ({e or type(e).__name__}); "
+            f"delete it and download {release.url} again"
+        ) from None
 
 
 def load_release(release: Release, root: Path, download: bool = True) -> SourceData:
     """Load a CIFAR release from ``root/<its folder>``, downloading it first if allowed."""
     folder = root / release.folder
     missing = [n for n in release.files if not (folder / n).is_file()]
+    archive = root / Path(release.url).name
+    if missing and archive.is_file():  # the archive the download left, not yet extracted
+        _extract(release, archive, root)
+        missing = [n for n in release.files if not (folder / n).is_file()]
     if missing:
         if not download:
             raise DataError(

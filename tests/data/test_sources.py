@@ -194,3 +194,49 @@ def test_registration_applies_the_loader_s_checks_first() -> None:
     info = ModelInfo("tiny_cnn", 2, "linear", 32, (0.5,) * 3, (0.5,) * 3, ("a", "b" * 300))
     with pytest.raises(TrackingError, match="cannot register 'x': class_names must be names"):
         log_and_register(None, info, "x", {}, logged_name="x")  # refused before the model
+
+
+def _tarball_only(tmp_path: Path) -> Path:
+    """CIFAR-100's archive as the download leaves it, not yet extracted; its path."""
+    import shutil as sh
+
+    from ltexp.rehearsal import write_cifar
+
+    folder = write_cifar(tmp_path, "cifar100", 5, 2, tarball=True)
+    sh.rmtree(folder)
+    return tmp_path / "cifar-100-python.tar.gz"
+
+
+def test_cifar_s_archive_is_extracted_as_the_download_would(tmp_path: Path) -> None:
+    _tarball_only(tmp_path)
+    source = load_source("cifar100", tmp_path, download=False)
+    assert len(source.train_labels) == 500 and len(source.test_labels) == 200
+    assert (tmp_path / "cifar-100-python" / "meta").is_file()
+
+
+@pytest.mark.parametrize("broken", ["truncated", "wrong members", "labels beyond 99"])
+def test_a_broken_cifar_archive_or_file_is_one_line_naming_it(tmp_path: Path, broken: str) -> None:
+    import tarfile
+
+    archive = _tarball_only(tmp_path)
+    if broken == "truncated":
+        archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+        said = "is truncated or not a gzip tar"
+    elif broken == "wrong members":
+        other = tmp_path / "other.txt"
+        other.write_text("x")
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(other, arcname="cifar-100-python/trainset")
+        said = "holds no cifar-100-python/meta"
+    else:
+        from ltexp.rehearsal import write_cifar
+
+        folder = write_cifar(tmp_path, "cifar100", 5, 2)
+        batch = pickle.loads((folder / "test").read_bytes())
+        batch[b"fine_labels"][0] = 100
+        (folder / "test").write_bytes(pickle.dumps(batch, protocol=2))
+        said = "holds labels from 0 to 100, outside 0-99"
+    with pytest.raises(DataError, match=re.escape(said)) as err:
+        load_source("cifar100", tmp_path, download=False)
+    message = str(err.value)
+    assert "\n" not in message and ("cifar-100-python" in message)
