@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -222,6 +223,7 @@ def _counted(optuna: Any, study: Any) -> int:
 # a trial a worker drew beyond the budget while another drew the last one: closed as FAIL
 # at once, never trained, and not counted among the failed trials
 SURPLUS = "ltexp_surplus"
+WORKER = "ltexp_worker"  # host:pid of the process that runs a trial
 
 
 class _Surplus(Exception):
@@ -230,16 +232,31 @@ class _Surplus(Exception):
 
 def _ahead(optuna: Any, trial: Any) -> int:
     """Trials numbered before ``trial`` that count or may count toward the budget (finished,
-    pruned, running): the storage numbers trials atomically, so two workers asking at once
-    see different counts, and at most the budget's trials are trained."""
-    states = (
-        optuna.trial.TrialState.COMPLETE,
-        optuna.trial.TrialState.PRUNED,
-        optuna.trial.TrialState.RUNNING,
-    )
+    pruned, running in a live worker): the storage numbers trials atomically, so two workers
+    asking at once see different counts, and at most the budget's trials are trained. A trial
+    whose worker on this host is gone (killed) does not count: it will be failed and redone."""
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    trials = trial.study.get_trials(deepcopy=False)
     return sum(
-        t.number < trial.number for t in trial.study.get_trials(deepcopy=False, states=states)
+        t.number < trial.number
+        and (t.state in done or (t.state == optuna.trial.TrialState.RUNNING and _alive(t)))
+        for t in trials
     )
+
+
+def _alive(trial: Any) -> bool:
+    """The trial's worker runs: on this host, its process exists; elsewhere, assumed (Optuna's
+    heartbeat fails it once it stops)."""
+    host, _, pid = str(trial.user_attrs.get(WORKER, "")).rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _objective(
@@ -256,6 +273,7 @@ def _objective(
     import optuna
 
     def trial_fn(trial: Any) -> float:
+        trial.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
         if _ahead(optuna, trial) >= budget:
             # another worker asked for a trial at the same moment and the budget is reached
             # (counted and running trials numbered before this one): close it untrained
