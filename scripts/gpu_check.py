@@ -11,6 +11,9 @@ GPU, written to one JSON file.
    channels_last and torch.compile; it is registered, evaluated, and its model loads.
 3. Kill -9 and resume: the same kind of run killed after its first epoch, the same command again;
    the run must be resumed (``ltexp.resumed_from_epoch``) and finish.
+4. With ``--rehearse``: the design card's command for the four protocol backbones at 224 px on
+   CIFAR-100's real format and weights in the libraries' caches (``scripts/rehearse_protocol.py``;
+   on a CPU, ``--smoke`` rehearses MobileNetV2 only).
 
 The machine needs ltexp's requirements (MLflow among them); offline, install them from wheels
 brought along. The JSON holds each step's result, its seconds, and ``ok``; the exit status is 0
@@ -158,10 +161,30 @@ def kill_and_resume(smoke: bool, env: dict[str, str], cwd: Path) -> dict[str, An
     return again
 
 
+def rehearse(smoke: bool, env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    """scripts/rehearse_protocol.py for the four backbones (MobileNetV2 alone with --smoke)."""
+    models = "mobilenet_v2" if smoke else ",".join(BACKBONES)
+    script = Path(__file__).resolve().parent / "rehearse_protocol.py"
+    command = [sys.executable, str(script), "--models", models, "--folder", str(cwd / "rehearsal")]
+    started = time.monotonic()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+    out: dict[str, Any] = {"ok": done.returncode == 0, "seconds": time.monotonic() - started}
+    if done.returncode == 0:
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        out["result"] = result
+        out["ok"] = all(m["loaders_agree"] for m in result["models"])
+    else:
+        out["error"] = done.stderr[-2000:]
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="gpu_check.json", help="the JSON file to write")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU")
+    parser.add_argument(
+        "--rehearse", action="store_true", help="also rehearse the protocol's four backbones"
+    )
     args = parser.parse_args()
     import torch
 
@@ -186,7 +209,10 @@ def main() -> int:
                 f"({time.monotonic() - started:.0f} s)",
                 flush=True,
             )
-    report["ok"] = all(report[n]["ok"] for n in ("bench", "cell", "resume"))
+        if args.rehearse:
+            report["rehearsal"] = rehearse(args.smoke, env, cwd)
+    steps = ("bench", "cell", "resume", *(("rehearsal",) if args.rehearse else ()))
+    report["ok"] = all(report[n]["ok"] for n in steps)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}: {'every step passed' if report['ok'] else 'a step FAILED'}")
     return 0 if report["ok"] else 1
