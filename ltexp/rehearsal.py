@@ -122,6 +122,28 @@ def write_cifar(
     return folder
 
 
+def protocol_manifest(dataset: str = "cifar100") -> dict:
+    """The prepare_data manifest of CIFAR's protocol splits (the split protocol run on CIFAR's
+    labels; no images): what a report of a protocol study reads."""
+    from ltexp.data.splits import Protocol, build_splits
+
+    k = 100 if dataset == "cifar100" else 10
+    train = np.repeat(np.arange(k), 50_000 // k)
+    test = np.repeat(np.arange(k), 10_000 // k)
+    plan = build_splits(train, test, Protocol())
+    splits = {
+        s: {"n": len(i), "per_class": plan.per_class(s, test if s == "val" else train)}
+        for s, i in plan.indices.items()
+    }
+    return {
+        "dataset": dataset,
+        "num_classes": k,
+        "class_rank": [int(c) for c in plan.class_rank],
+        "groups": plan.groups,
+        "splits": splits,
+    }
+
+
 def offline_environment(home: Path) -> dict[str, str]:
     """The environment a rehearsal's commands run in: the libraries' caches under ``home``,
     the Hugging Face hub offline (its cache answers, nothing is asked of the network)."""

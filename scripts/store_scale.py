@@ -35,26 +35,6 @@ SPLITS = ("balanced", "lt")
 DIGEST = "e" * 64
 
 
-def _manifest() -> dict:
-    """CIFAR-100's protocol manifest (the split protocol on CIFAR's labels)."""
-    from ltexp.data.splits import Protocol, build_splits
-
-    train = np.repeat(np.arange(100), 500)
-    test = np.repeat(np.arange(100), 100)
-    plan = build_splits(train, test, Protocol())
-    splits = {
-        s: {"n": len(i), "per_class": plan.per_class(s, test if s == "val" else train)}
-        for s, i in plan.indices.items()
-    }
-    return {
-        "dataset": "cifar100",
-        "num_classes": 100,
-        "class_rank": [int(c) for c in plan.class_rank],
-        "groups": plan.groups,
-        "splits": splits,
-    }
-
-
 def _labels(manifest: dict, split: str) -> np.ndarray:
     counts = np.zeros(100, dtype=int)
     counts[manifest["class_rank"]] = manifest["splits"][split]["per_class"]
@@ -115,7 +95,9 @@ def main() -> None:
 
     mlflow.set_tracking_uri(uri)
     started = time.perf_counter()
-    fill(args.runs, _manifest())
+    from ltexp.rehearsal import protocol_manifest
+
+    fill(args.runs, protocol_manifest())
     filled = time.perf_counter() - started
     command = [sys.executable, "-m", "ltexp", "aggregate", "--preset", "thesis"]
     command += ["--experiment", "scale", "--output-dir", str(folder / "report")]

@@ -9,31 +9,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ltexp.data.splits import Protocol, build_splits
 from ltexp.evaluation import binomial_interval
+from ltexp.rehearsal import protocol_manifest
 from ltexp.report.build import results_frame
 from ltexp.report.correctness import COLUMN_SPLITS
 
 
 def cifar_manifest() -> dict:
-    """The manifest of CIFAR-100's protocol, from the split protocol on CIFAR's labels."""
-    train_labels = np.repeat(np.arange(100), 500)
-    test_labels = np.repeat(np.arange(100), 100)
-    plan = build_splits(train_labels, test_labels, Protocol())
-    splits = {
-        s: {
-            "n": len(idx),
-            "per_class": plan.per_class(s, test_labels if s == "val" else train_labels),
-        }
-        for s, idx in plan.indices.items()
-    }
-    return {
-        "dataset": "cifar100",
-        "num_classes": 100,
-        "class_rank": [int(c) for c in plan.class_rank],
-        "groups": plan.groups,
-        "splits": splits,
-    }
+    """The manifest of CIFAR-100's protocol (:func:`ltexp.rehearsal.protocol_manifest`)."""
+    return protocol_manifest("cifar100")
+
+
+README_CLAIM = """\
+claims:
+  - id: bs-beats-ce-balanced
+    text: Balanced Softmax beats Softmax in balanced accuracy on long-tailed training
+    source: README example
+    kind: better
+    a: bs
+    b: ce
+    metric: balanced
+    where: {train_split: lt}
+"""
 
 
 def _test_labels(manifest: dict) -> dict[str, np.ndarray]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ import mlflow
 import numpy as np
 
 from ltexp import locks
+from ltexp.checkpoint import folder_problem
 from ltexp.config import Config, variant_axes
 from ltexp.errors import ConfigError, HostError, TrackingError
 from ltexp.report.build import (
@@ -194,27 +194,15 @@ def report_folder(name: str) -> Path:
 
 def _check_writable(path: Path) -> None:
     """Refuse a report folder that cannot be made or written, before anything is built; a
-    folder made only to test it is removed again. Under the report's lock: a publish moving
-    the folder meanwhile would lose the probe, or find it and refuse the folder as not its own."""
+    folder made only to test it is removed again (:func:`ltexp.checkpoint.folder_problem`).
+    Under the report's lock: a publish moving the folder meanwhile would lose the probe, or
+    find it and refuse the folder as not its own."""
     with locks.held("report", path):
-        missing = []
-        probe = path
-        while not probe.exists() and probe != probe.parent:
-            missing.append(probe)
-            probe = probe.parent
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path):
-                pass
-        except OSError as e:
-            raise ConfigError(
-                f"output_dir {str(path)!r} cannot be written ({e.strerror or e}); choose "
-                f"another output_dir"
-            ) from None
-        finally:
-            for folder in missing:  # innermost first: leave no empty folders behind
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+        why = folder_problem(path)
+    if why:
+        raise ConfigError(
+            f"output_dir {str(path)!r} cannot be written ({why}); choose another output_dir"
+        )
 
 
 REPORT_SUFFIXES = (".csv", ".png", ".pdf", ".md", ".tex", ".html", ".json")

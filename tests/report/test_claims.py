@@ -16,19 +16,7 @@ from ltexp.report.build import Grid, ReportInputs, ReportOptions, build_report
 from ltexp.report.claims import Claim, check_claims, load_claims
 from ltexp.report.correctness import Correctness
 from ltexp.statistics import paired_difference
-from tests.planted import cifar_manifest, plant
-
-README_CLAIM = """\
-claims:
-  - id: bs-beats-ce-balanced
-    text: Balanced Softmax beats Softmax in balanced accuracy on long-tailed training
-    source: README example
-    kind: better
-    a: bs
-    b: ce
-    metric: balanced
-    where: {train_split: lt}
-"""
+from tests.planted import README_CLAIM, cifar_manifest, plant
 
 
 @pytest.fixture(scope="module")

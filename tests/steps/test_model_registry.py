@@ -152,6 +152,18 @@ def test_pyfunc_answers_probabilities_and_named_classes_on_request(trained) -> N
     ]
 
 
+def _wait_until_serving(port: int, server: subprocess.Popen, log: Path, seconds: int) -> None:
+    """Until the server answers /ping; its log's end if it stops or takes too long."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                return
+        except OSError:
+            assert server.poll() is None and time.time() < deadline, log.read_text()[-2000:]
+            time.sleep(0.5)
+
+
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_invocations(trained, tmp_path: Path) -> None:
     port = free_port()
@@ -164,16 +176,7 @@ def test_mlflow_models_serve_answers_invocations(trained, tmp_path: Path) -> Non
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - the server writes to it
     server = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, (
-                    tmp_path / "serve.log"
-                ).read_text()[-2000:]
-                time.sleep(0.5)
+        _wait_until_serving(port, server, tmp_path / "serve.log", 120)
         x = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",
@@ -349,16 +352,7 @@ def test_ltexp_serve_answers_invocations_with_the_verified_model(trained, tmp_pa
         [*command, "--port", str(port)], env=env, cwd=tmp_path, stdout=log, stderr=log
     )
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, (
-                    tmp_path / "serve.log"
-                ).read_text()[-2000:]
-                time.sleep(0.5)
+        _wait_until_serving(port, server, tmp_path / "serve.log", 180)
         x = np.random.default_rng(5).normal(size=(2, 3, 32, 32)).astype(np.float32)
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",

@@ -16,18 +16,8 @@ import pytest
 from ltexp.statistics import paired_difference
 from ltexp.steps.study import run_study
 from ltexp.tracking import schema
+from tests.planted import README_CLAIM
 
-README_CLAIM = """\
-claims:
-  - id: bs-beats-ce-balanced
-    text: Balanced Softmax beats Softmax in balanced accuracy on long-tailed training
-    source: README example
-    kind: better
-    a: bs
-    b: ce
-    metric: balanced
-    where: {train_split: lt}
-"""
 GRID = {
     "models": "tiny_cnn",
     "losses": "ce,bs",
