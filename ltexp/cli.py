@@ -9,9 +9,11 @@ parses and dispatches: the work is in ``ltexp.steps``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
+import signal
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -341,7 +343,21 @@ def _serve(args: argparse.Namespace) -> int:
         env.pop("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", None)
         command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(folder)]
         command += ["--env-manager", "local", "-h", args.host, "-p", str(args.port)]
-        return subprocess.call(command, env=env)
+        # the server (MLflow's command and the uvicorn it starts) in a process group of its own,
+        # stopped with this process: a terminated `ltexp serve` leaves no server running
+        server = subprocess.Popen(command, env=env, start_new_session=True)
+
+        def stop(signum: int, frame: Any) -> None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, stop)
+        try:
+            return server.wait()
+        finally:
+            stop(signal.SIGTERM, None)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.wait(timeout=30)
 
 
 def _mlflow_error() -> type[Exception]:

@@ -367,8 +367,11 @@ def test_ltexp_serve_answers_invocations_with_the_verified_model(trained, tmp_pa
         assert "rebuilt from its verified weights" in (tmp_path / "serve.log").read_text()
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        server.wait(timeout=60)
         log.close()
+    # the server it started went with it: nothing answers on the port any more
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5)
 
 
 def test_each_version_carries_a_model_card(trained) -> None:
