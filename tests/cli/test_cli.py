@@ -12,6 +12,7 @@ import mlflow
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mlflow.projects import _project_spec
 
 from ltexp.cli import build_parser, main
 from tests.conftest import tiny_args
@@ -369,3 +370,15 @@ def test_a_command_that_tests_a_model_prints_its_test_result(
     line = next(x for x in out.splitlines() if x.startswith("evaluate run: "))
     columns = r"balanced \d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\]  long-tailed \d\.\d{4} \["
     assert re.search(columns, line) and "tail " in line, line
+
+
+@pytest.mark.parametrize("entry", ["aggregate", "evaluate"])
+def test_mlflow_echoes_no_preset_for_a_step_that_reads_what_was_trained(entry: str) -> None:
+    """`mlflow run . -e aggregate` after the demo echoed `--preset thesis`: the steps that read a
+    study or a model declare no preset, so the echoed command names only the options given."""
+    project = _project_spec.load_project(str(Path(__file__).resolve().parents[2]))
+    point = project.get_entry_point(entry)
+    assert "--preset" not in point.compute_command({}, None)
+    given_demo = point.compute_command({"preset": "demo"}, None)
+    assert given_demo == f"python entrypoints/{entry}.py --preset demo"
+    assert project.get_entry_point("train").compute_command({}, None).endswith("--preset thesis")
