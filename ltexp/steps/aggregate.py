@@ -319,13 +319,13 @@ def run_aggregate(
             schema.Step.AGGREGATE,
             experiment_id=exp_id,
             run_id=launched,
+            wrapper=wrapper,
             run_name=schema.aggregate_run_name(name),
             parent_run_id=parent_run_id,
             description=f"Report of {len(records)} evaluate runs of {name}: "
             f"{len(report.missing)} missing cells, "
             f"{len(report.duplicates)} duplicates.",
         ) as run:
-            runs.link_wrapper(wrapper, run.info.run_id)
             runs.log_params(
                 {"experiment": name, "dataset": datasets[0], "n_evaluate_runs": len(records)}
             )

@@ -120,11 +120,11 @@ def run_decouple(
         tags=tags,
         parent_run_id=parent_run_id,
         launched=launched,
+        wrapper=wrapper,
         once=parent_run_id is not None and not cfg.study.force,
         description=f"Stage 2 ({method}, Kang et al. 2020) of train run {stage1.info.run_id} "
         f"({uri}) on {prepared.dataset} {training_set}; registered as {registered}, stage=2.",
     ) as run:
-        runs.link_wrapper(wrapper, run.info.run_id)
         log_split_inputs(prepared, splits=(training_set, "val"))
         amp = autocast_dtype(cfg.runtime.precision, device)
         batch = {

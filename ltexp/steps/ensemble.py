@@ -158,11 +158,11 @@ def run_ensemble(
         },
         parent_run_id=parent_run_id,
         launched=launched,
+        wrapper=wrapper,
         once=True,
         description=f"Ensemble ({combine} averaged) of {', '.join(versions)} on {dataset} "
         f"{TRAINING_SETS[split]}; registered as {registered}.",
     ) as run:
-        runs.link_wrapper(wrapper, run.info.run_id)
         val_acc1 = _validation_top1(ensemble, info, prepared, cfg, device)
         values = (
             dataset,

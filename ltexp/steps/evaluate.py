@@ -145,6 +145,7 @@ def run_evaluate(
         schema.Step.EVALUATE,
         experiment_id=train_run.info.experiment_id,
         run_id=launched,
+        wrapper=wrapper,
         run_name=schema.evaluate_run_name(train_run.info.run_name),
         parent_run_id=parent_run_id,
         tags={
@@ -155,7 +156,6 @@ def run_evaluate(
         + (f", post-hoc logit adjustment tau={tau:g}" if tau else "")
         + (f", temperature scaling T={temperature:.3f}" if scaling else ""),
     ) as run:
-        runs.link_wrapper(wrapper, run.info.run_id)
         datasets = log_split_inputs(
             prepared,
             tuple(s for s in schema.EVALUATED_SPLITS if prepared.has(s)),

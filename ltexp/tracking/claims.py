@@ -177,11 +177,13 @@ def claimed_run(
     description: str,
     resume_id: str | None = None,
     system_metrics: bool = False,
+    wrapper: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """The run of a cell's train or decouple step, open while inside: ``resume_id``, else a run
     claimed for the cell (:func:`claim_run`; ``launched``: the ``mlflow run`` run to take;
     ``once``: a FINISHED run of the cell also has it), tagged with the cell's identity, and
-    closed with the right status (:func:`ltexp.tracking.runs.step_run`).
+    closed with the right status (:func:`ltexp.tracking.runs.step_run`, which also links and
+    retires ``wrapper``).
 
     Raises:
         CellTaken: another live process has the cell (or, with ``once``, has trained it).
@@ -210,5 +212,6 @@ def claimed_run(
         tags=all_tags,
         description=description,
         system_metrics=system_metrics,
+        wrapper=wrapper,
     ) as run:
         yield run

@@ -226,6 +226,24 @@ def link_wrapper(wrapper: str | None, run_id: str) -> None:
     )
 
 
+def retire_wrapper(wrapper: str) -> bool:
+    """End an `mlflow run` wrapper run whose step has FINISHED elsewhere and delete it (MLflow's
+    soft delete: the UI's "deleted" filter and ``mlflow runs restore-run`` still reach it), so
+    wrappers do not collect in the experiment `mlflow run` chose (often "Default"). `mlflow run`
+    leaves a run that is already ended as it is. A wrapper that failed keeps its error, visibly.
+    True if it was retired."""
+    c = client()
+    try:
+        if c.get_run(wrapper).info.lifecycle_stage != "active":
+            return False
+        c.set_terminated(wrapper, "FINISHED")
+        c.delete_run(wrapper)
+    except mlflow.exceptions.MlflowException as e:  # a reader may not delete: it stays, linked
+        log.debug("the mlflow run wrapper %s stays: %s", wrapper, e)
+        return False
+    return True
+
+
 def ui_link(experiment_id: str, run_id: str, artifact: str = "") -> str:
     """The MLflow UI's address of a run (or of one of its artifacts), relative to the UI's
     root: a link that works in a run's description on any server."""
@@ -509,11 +527,14 @@ def step_run(
     tags: dict[str, str] | None = None,
     description: str | None = None,
     system_metrics: bool = False,
+    wrapper: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start (or resume, with ``run_id``) the run of one step and close it with the right status.
 
     FINISHED on success; FAILED on any exception, with its one-line reason in ``ltexp.error``;
-    KILLED on Ctrl-C. The exception is re-raised.
+    KILLED on Ctrl-C. The exception is re-raised. ``wrapper`` (from :func:`launched_run_for`)
+    is the `mlflow run` run left in another experiment: it is linked to this run at once and,
+    once this run has FINISHED, ended and moved to the deleted runs (:func:`retire_wrapper`).
     """
     all_tags = {schema.STEP: step.value, **process_tags(), **(tags or {})}
     is_launched = bool(run_id) and run_id == launched_run_id()
@@ -546,6 +567,7 @@ def step_run(
         with contextlib.suppress(Exception):
             client().delete_tag(run.info.run_id, schema.ERROR)
     _start_heartbeat(run.info.run_id)
+    link_wrapper(wrapper, run.info.run_id)
     try:
         yield run
     except KeyboardInterrupt:
@@ -559,6 +581,8 @@ def step_run(
         raise
     else:
         _close(run.info.run_id, RunStatus.FINISHED, None)
+        if wrapper and retire_wrapper(wrapper):
+            unclaimed = None  # no later step of this process may take it up again
     finally:
         # mlflow.end_run() unsets MLFLOW_RUN_ID: the `mlflow run` run stays for the step that
         # claims it (a tune that first prepares its data, an evaluate after a train)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from pathlib import Path
 
@@ -312,6 +313,10 @@ def test_the_mlflow_run_wrapper_in_default_explains_itself_and_the_report_is_lin
     assert left.data.tags[schema.RESUMED_INTO] == result.run_id
     assert f"#/experiments/{study}/runs/{result.run_id})" in left.data.tags[schema.DESCRIPTION_TAG]
     assert "'some-study'" in left.data.tags[schema.DESCRIPTION_TAG]
+    # ended and deleted (restorable): wrappers no longer collect in "Default"
+    assert (left.info.status, left.info.lifecycle_stage) == ("FINISHED", "deleted")
+    assert mlflow.search_runs(["0"], output_format="list") == []
+    assert os.environ.get("MLFLOW_RUN_ID") is None  # no later step takes up the retired wrapper
     # the aggregate run's description links to the report page it logged
     description = mlflow.get_run(result.run_id).data.tags[schema.DESCRIPTION_TAG]
     link = f"#/experiments/{study}/runs/{result.run_id}/artifacts/{schema.REPORT_HTML}"
@@ -320,3 +325,25 @@ def test_the_mlflow_run_wrapper_in_default_explains_itself_and_the_report_is_lin
         run_id=result.run_id, artifact_path=schema.REPORT_HTML, dst_path=str(tmp_path / "d")
     )
     assert Path(logged).read_text().startswith("<!DOCTYPE html>")
+
+
+def test_a_failed_step_leaves_its_mlflow_run_wrapper_visible_with_the_reason(
+    tracking: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a wrapper whose step FINISHED is retired: a failure stays in sight, with its error."""
+    study = mlflow.create_experiment("some-study")
+    _log_eval(study, "resnet50", "ce", "lt", 1)
+    wrapper = mlflow.MlflowClient().create_run("0").info.run_id
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "0")
+    monkeypatch.setenv("MLFLOW_RUN_ID", wrapper)
+    cfg = build_config("thesis", {"output_dir": str(tmp_path / "r")})
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mlflow, "log_metrics", disk_full)  # inside the aggregate run
+    with pytest.raises(OSError):
+        run_aggregate(cfg.replace(experiment="some-study"))
+    left = mlflow.get_run(wrapper)
+    assert left.info.lifecycle_stage == "active"
+    assert left.data.tags[schema.RESUMED_INTO]  # linked to the failed aggregate run
