@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +25,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # fail fast instead of retrying th
 os.environ.setdefault("LTEXP_LOG_LEVEL", "WARNING")
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def system_tool(name: str, package: str, *, optional: bool = False) -> str | None:
+    """Path of a system program a check needs (chromium, pdflatex). Missing: a failure where
+    ``LTEXP_SYSTEM_TOOLS=required`` (CI installs them), else a skip, or with ``optional`` a
+    warning and None (the rest of the test still runs)."""
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    reason = f"{name} is not installed (apt-get install {package})"
+    if os.environ.get("LTEXP_SYSTEM_TOOLS") == "required":
+        pytest.fail(reason)
+    if optional:
+        warnings.warn(reason, stacklevel=2)
+        return None
+    pytest.skip(reason)
 
 
 _EMPTY_STORE: list[Path] = []  # this test process's empty, migrated store

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from ltexp.report.model import Fmt, Table
 from ltexp.report.render import write_html, write_latex
+from tests.conftest import system_tool
 
 # what captions, notes and names have held: TeX's specials, maths symbols, other scripts
 HOSTILE = r"<b>a_b</b> & 50% #1 $x$ {y} \z ~^ ± − × · ≤ ≥ → … τ γ Σ Δ “q” — 中文 é ü"
@@ -28,9 +26,7 @@ def _blocks() -> list[Table]:
 
 
 def test_hostile_text_compiles(tmp_path: Path) -> None:
-    pdflatex = shutil.which("pdflatex")
-    if pdflatex is None:
-        pytest.skip("pdflatex is not installed (apt-get install texlive-latex-extra)")
+    pdflatex = system_tool("pdflatex", "texlive-latex-extra")
     write_latex(tmp_path, _blocks(), Fmt(False), notes=[HOSTILE], missing=[HOSTILE])
     done = subprocess.run(
         [pdflatex, "-interaction=nonstopmode", "-halt-on-error", "report.tex"],

@@ -23,6 +23,7 @@ from ltexp.errors import ConfigError
 from ltexp.statistics import paired_difference
 from ltexp.steps.aggregate import run_aggregate
 from ltexp.tracking import schema
+from tests.conftest import system_tool
 from tests.planted import cifar_manifest
 
 MODELS = ["resnet50", "mobilenet_v2", "vit_b16", "convnext_base"]
@@ -291,9 +292,7 @@ def test_report_tex_compiles_on_its_own_and_no_table_leaves_the_page(
 ) -> None:
     """The issue's `pdflatex report.tex` ("Missing \\begin{document}" before): report.tex is a
     document, report_body.tex the part a thesis inputs; no table or figure runs past the text."""
-    pdflatex = shutil.which("pdflatex")
-    if pdflatex is None:
-        pytest.skip("pdflatex is not installed (apt-get install texlive-latex-extra)")
+    pdflatex = system_tool("pdflatex", "texlive-latex-extra")
     shutil.copytree(thesis_report, tmp_path / "report")
     done = subprocess.run(
         [pdflatex, "-interaction=nonstopmode", "-halt-on-error", "report.tex"],
