@@ -108,6 +108,7 @@ def test_the_readme_journey(clone: Path, user_env: dict[str, str]) -> None:
                 experiments = _ui_experiments(port, ui)
                 assert "demo-digits" in experiments
                 _check_results_view(results_view.replace(":5000/", f":{port}/"))
+                _check_compare_page(port, clone)
             elif words[:3] == ["mlflow", "run", "."] and len(words) > 3 and words[3] != "-e":
                 out = run(f"{line} {REDUCED_GRID}", clone, env)
                 assert out.returncode == 0, out.stderr[-3000:]
@@ -140,6 +141,10 @@ def test_the_readme_journey(clone: Path, user_env: dict[str, str]) -> None:
         assert not [r for r in runs if r.info.status != "FINISHED"]
         steps = [r.data.tags.get("ltexp.step") for r in runs]
         assert steps.count("evaluate") == 5  # 4 cells + the champion tested again
+        # "Default" holds plan's record and one `mlflow run` wrapper (of aggregate and evaluate,
+        # the later deleted the earlier)
+        default = sorted(r.info.run_name.split("-")[0] for r in runs if r.info.experiment_id == "0")
+        assert default == ["mlflow", "plan"], default
 
         before = len(store_runs(clone))
         for line in readme_commands("Running the study"):
@@ -171,16 +176,41 @@ def _check_results_view(url: str) -> None:
     chromium = system_tool("chromium", "chromium", optional=True)
     if chromium is None:
         return
-    page = subprocess.run(
+    page = _render(chromium, url)
+    # the model-training side, not GenAI's overview of traces
+    assert "Token Usage" not in page and "Detect Issues" not in page, page[-2000:]
+    columns = set(re.findall(r'col-id="((?:params|metrics)\.`[^`]+`)"', page))
+    assert {"params.`model`", "params.`loss`", "metrics.`test_tail_acc1`"} <= columns, columns
+    # 1 model x 2 losses x 2 training sets, flat: the study's own row is filtered out
+    assert "<strong>4</strong> matching runs" in page, page[-2000:]
+
+
+def _render(chromium: str, url: str) -> str:
+    """The page as Chromium renders it, after its scripts have run."""
+    return subprocess.run(
         [chromium, *HEADLESS, "--virtual-time-budget=20000", "--dump-dom", url],
         capture_output=True,
         text=True,
         timeout=180,
     ).stdout
-    columns = set(re.findall(r'col-id="((?:params|metrics)\.`[^`]+`)"', page))
-    assert {"params.`model`", "params.`loss`", "metrics.`test_tail_acc1`"} <= columns, columns
-    # 1 model x 2 losses x 2 training sets, flat: the study's own row is filtered out
-    assert "<strong>4</strong> matching runs" in page, page[-2000:]
+
+
+def _check_compare_page(port: int, clone: Path) -> None:
+    """The issue's compare page (tick the cells' runs, "Compare"): its chart's metric axis is
+    validation accuracy, and no system metric is on it (it plotted cpu_utilization before)."""
+    chromium = system_tool("chromium", "chromium", optional=True)
+    if chromium is None:
+        return
+    train = [r for r in store_runs(clone) if r.data.tags.get("ltexp.step") == "train"]
+    experiment = train[0].info.experiment_id
+    ids = ",".join(f'"{r.info.run_id}"' for r in train)
+    page = _render(
+        chromium,
+        f'http://127.0.0.1:{port}/#/compare-runs?runs=[{ids}]&experiments=["{experiment}"]',
+    )
+    axes = re.findall(r'class="axis-title"[^>]*data-unformatted="([^"]+)"', page)
+    assert axes and axes[-1] == "val_acc1", axes  # the parallel coordinates' metric, last
+    assert not [a for a in axes if a.startswith("system/")], axes
 
 
 def _ui_experiments(port: int, ui: subprocess.Popen) -> list[str]:

@@ -208,7 +208,11 @@ def launched_run_for(experiment_id: str) -> tuple[str | None, str | None]:
 
 def link_wrapper(wrapper: str | None, run_id: str) -> None:
     """Make an `mlflow run` wrapper run (left in the experiment ``mlflow run`` chose) explain
-    itself: tagged with the run that did its work, named after it, and described with a link."""
+    itself: tagged with the run that did its work, named after it, and described with a link.
+    The finished wrappers of earlier commands in that experiment are deleted (MLflow's soft
+    delete: the UI's "deleted" filter and ``mlflow runs restore`` still reach them), so at most
+    the latest one stays in, say, "Default"; failed ones keep their error in sight. This one
+    cannot go now: `mlflow run` ends it after this process exits and refuses a deleted run."""
     if not wrapper:
         return
     c = client()
@@ -224,24 +228,15 @@ def link_wrapper(wrapper: str | None, run_id: str) -> None:
         f"[{work.info.run_name}]({ui_link(work.info.experiment_id, run_id)}) in experiment "
         f"{experiment!r}, which it belongs with. This run holds nothing else.",
     )
-
-
-def retire_wrapper(wrapper: str) -> bool:
-    """End an `mlflow run` wrapper run whose step has FINISHED elsewhere and delete it (MLflow's
-    soft delete: the UI's "deleted" filter and ``mlflow runs restore-run`` still reach it), so
-    wrappers do not collect in the experiment `mlflow run` chose (often "Default"). `mlflow run`
-    leaves a run that is already ended as it is. A wrapper that failed keeps its error, visibly.
-    True if it was retired."""
-    c = client()
-    try:
-        if c.get_run(wrapper).info.lifecycle_stage != "active":
-            return False
-        c.set_terminated(wrapper, "FINISHED")
-        c.delete_run(wrapper)
-    except mlflow.exceptions.MlflowException as e:  # a reader may not delete: it stays, linked
-        log.debug("the mlflow run wrapper %s stays: %s", wrapper, e)
-        return False
-    return True
+    earlier = c.search_runs(
+        [c.get_run(wrapper).info.experiment_id],
+        f"tags.`{schema.RESUMED_INTO}` LIKE '%' AND attributes.status = 'FINISHED'",
+        max_results=100,  # a bounded sweep: the rest go with the next commands
+    )
+    for run in earlier:
+        if run.info.run_id != wrapper:
+            with contextlib.suppress(mlflow.exceptions.MlflowException):  # a reader may not
+                c.delete_run(run.info.run_id)
 
 
 def ui_link(experiment_id: str, run_id: str, artifact: str = "") -> str:
@@ -533,8 +528,7 @@ def step_run(
 
     FINISHED on success; FAILED on any exception, with its one-line reason in ``ltexp.error``;
     KILLED on Ctrl-C. The exception is re-raised. ``wrapper`` (from :func:`launched_run_for`)
-    is the `mlflow run` run left in another experiment: it is linked to this run at once and,
-    once this run has FINISHED, ended and moved to the deleted runs (:func:`retire_wrapper`).
+    is the `mlflow run` run left in another experiment, linked to this run (:func:`link_wrapper`).
     """
     all_tags = {schema.STEP: step.value, **process_tags(), **(tags or {})}
     is_launched = bool(run_id) and run_id == launched_run_id()
@@ -581,8 +575,6 @@ def step_run(
         raise
     else:
         _close(run.info.run_id, RunStatus.FINISHED, None)
-        if wrapper and retire_wrapper(wrapper):
-            unclaimed = None  # no later step of this process may take it up again
     finally:
         # mlflow.end_run() unsets MLFLOW_RUN_ID: the `mlflow run` run stays for the step that
         # claims it (a tune that first prepares its data, an evaluate after a train)
