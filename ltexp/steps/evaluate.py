@@ -134,7 +134,9 @@ def run_evaluate(
     launched, wrapper = None, None
     if not parent_run_id and not mlflow.active_run():
         # the evaluate run belongs with its train run's experiment
-        launched, wrapper = runs.launched_run_for(train_run.info.experiment_id)
+        launched, wrapper = runs.launched_run_for(
+            train_run.info.experiment_id, {schema.MODEL_URI_PARAM: model_uri}
+        )
     if parent_run_id == train_run.info.run_id and launched is None:
         # a child evaluation that a dead process left unfinished is done again in the same run
         launched = _unfinished_evaluation(train_run.info.run_id, tau, scaling)

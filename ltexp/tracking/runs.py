@@ -194,14 +194,20 @@ def launched_run_id() -> str | None:
     return os.environ.get("MLFLOW_RUN_ID") or None
 
 
-def launched_run_for(experiment_id: str) -> tuple[str | None, str | None]:
+def launched_run_for(
+    experiment_id: str, params: dict[str, str] | None = None
+) -> tuple[str | None, str | None]:
     """``(run to use, wrapper to link)``: the run ``mlflow run`` created for this process if it
-    is in ``experiment_id``; else None, and that run as a wrapper to point at the real one
-    (:func:`link_wrapper`), so a step's run stays with the experiment it belongs to."""
+    is in ``experiment_id`` and holds none of ``params`` with another value; else None, and that
+    run as a wrapper to point at the real one (:func:`link_wrapper`), so a step's run stays with
+    the experiment it belongs to and records what it did (``mlflow run`` logs ``-P model_uri`` as
+    typed, an alias, where evaluate records the version it resolved to)."""
     launched = launched_run_id()
     if not launched:
         return None, None
-    if client().get_run(launched).info.experiment_id == experiment_id:
+    run = client().get_run(launched)
+    differs = any(run.data.params.get(k, v) != v for k, v in (params or {}).items())
+    if run.info.experiment_id == experiment_id and not differs:
         return launched, None
     return None, launched
 

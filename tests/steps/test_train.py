@@ -171,6 +171,26 @@ def test_evaluate_by_model_uri_with_post_hoc_adjustment(trained) -> None:
     assert all(0 <= metrics[schema.test_metric(g)] <= 1 for g in ("balanced", "lt"))
 
 
+def test_evaluate_under_mlflow_run_in_the_study_s_experiment_records_the_pinned_version(
+    trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mlflow run . -e evaluate -P model_uri=models:/X@champion --experiment-name <the study's>`
+    failed: MLflow logs model_uri as typed (the alias) on the run it hands the process, and
+    evaluate records the version the alias resolved to. That run becomes a linked wrapper."""
+    cfg, result, _ = trained
+    alias = "models:/ltexp-digits-tiny_cnn-bs-lt@champion"
+    experiment = mlflow.get_run(result.run_id).info.experiment_id
+    launched = mlflow.MlflowClient().create_run(experiment).info.run_id
+    mlflow.MlflowClient().log_param(launched, schema.MODEL_URI_PARAM, alias)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment)
+    monkeypatch.setenv("MLFLOW_RUN_ID", launched)
+    run_id, _ = run_evaluate(cfg.replace(model_uri=alias))
+    assert run_id != launched
+    pinned = mlflow.get_run(run_id).data.params[schema.MODEL_URI_PARAM]
+    assert pinned.startswith("models:/ltexp-digits-tiny_cnn-bs-lt/") and "@" not in pinned
+    assert mlflow.get_run(launched).data.tags[schema.RESUMED_INTO] == run_id
+
+
 def test_evaluate_refuses_a_run_that_is_not_a_train_run(trained) -> None:
     cfg, _result, cell = trained
     cfg = cfg.replace(train_run=cell.evaluate_run_id)
