@@ -23,10 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,12 +39,56 @@ def _folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _run(args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str]:
+# runs a command and reports the peak resident memory of its processes: getrusage's largest
+# waited-for descendant (the step's Python, below `mlflow run`), in KiB on Linux
+PEAK = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.call(sys.argv[1:])\n"
+    "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+    "print(f'rehearsal-peak-kib {peak}', file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+
+
+@dataclass
+class Measured:
+    """One command's wall seconds, peak memory (MiB), standard output and phase timings."""
+
+    seconds: float
+    peak_mib: float
+    stdout: str
+    phases: dict[str, float]
+
+
+def _run(args: list[str], env: dict[str, str], cwd: Path) -> Measured:
+    timings = cwd / "timings.json"
+    timings.unlink(missing_ok=True)
     started = time.perf_counter()
-    done = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK, *args],
+        env={**env, "LTEXP_TIMINGS": str(timings)},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.perf_counter() - started
     if done.returncode:
         sys.exit(f"{' '.join(args[:6])} … failed: {done.stderr.strip()[-1500:]}")
-    return time.perf_counter() - started, done.stdout
+    peak = re.findall(r"^rehearsal-peak-kib (\d+)$", done.stderr, re.M)
+    totals = json.loads(timings.read_text()) if timings.is_file() else {}
+    phases = {phase: t["seconds"] for phase, t in totals.items()}
+    return Measured(seconds, int(peak[-1]) / 1024, done.stdout, phases)
+
+
+def _bench_ceiling(model: str, batch_size: int, env: dict[str, str], cwd: Path) -> float:
+    """`ltexp bench`'s model-only images/s at 224 px: the ceiling of the training step."""
+    command = [sys.executable, "-m", "ltexp", "bench", "--model", model, "--json"]
+    command += ["--batch-size", str(batch_size), "--image-size", "224"]
+    command += ["--steps", "3", "--repeats", "1", "--warmup", "1"]
+    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"ltexp bench --model {model} failed: {done.stderr.strip()[-1500:]}")
+    return json.loads(done.stdout)[0]["model_only_img_s"]
 
 
 def rehearse(model: str, args: argparse.Namespace, home: Path, env: dict[str, str]) -> dict:
@@ -51,7 +97,7 @@ def rehearse(model: str, args: argparse.Namespace, home: Path, env: dict[str, st
 
     from ltexp.config import build_config
     from ltexp.rehearsal import write_weights_cache
-    from ltexp.steps.plan import _checkpoint_bytes
+    from ltexp.steps.plan import _checkpoint_bytes, _version_bytes
 
     write_weights_cache(model, seed=0)
     options = [
@@ -73,8 +119,10 @@ def rehearse(model: str, args: argparse.Namespace, home: Path, env: dict[str, st
             f"train_split={split}",
         ]
         command += ["--env-manager", "local", "--experiment-name", "rehearsal"]
-        seconds, _ = _run(command, env, home)
-        out[f"train_{split}_s"] = round(seconds, 1)
+        done = _run(command, env, home)
+        out[f"train_{split}_s"] = round(done.seconds, 1)
+        out[f"train_{split}_peak_mib"] = round(done.peak_mib)
+        out[f"register_{split}_s"] = round(done.phases.get("train.register", float("nan")), 1)
     runs = mlflow.search_runs(
         experiment_names=["rehearsal"],
         filter_string=f"tags.`ltexp.step` = 'train' and params.model = '{model}'",
@@ -82,12 +130,23 @@ def rehearse(model: str, args: argparse.Namespace, home: Path, env: dict[str, st
     )
     run = next(r for r in runs if r.data.params["train_split"] == "lt")
     out["images_per_s"] = round(run.data.metrics.get("images_per_s", float("nan")), 1)
+    out["bench_model_only_images_per_s"] = _bench_ceiling(model, args.batch_size, env, home)
+    uri = f"models:/ltexp-cifar100-{model}-ldam-lt@champion"
+    evaluate = [*MLFLOW_RUN, "-e", "evaluate", "-P", f"model_uri={uri}", "--env-manager", "local"]
+    evaluate += ["-P", f"data_root={home / 'data'}", "-P", "download=false"]
+    evaluate = _run([*evaluate, "--experiment-name", "rehearsal"], env, home)
+    out["evaluate_s"] = round(evaluate.seconds, 1)
+    out["evaluate_peak_mib"] = round(evaluate.peak_mib)
     checkpoint = home / "checkpoints" / run.info.run_id
     out["checkpoint_bytes"] = _folder_bytes(checkpoint)
     cfg = build_config("thesis", {"model": model, "checkpoint_dir": str(home / "checkpoints")})
     out["plan_checkpoint_bytes"] = _checkpoint_bytes(cfg)
-    version = Path(run.info.artifact_uri.removeprefix("file://"))
-    out["run_artifact_bytes"] = _folder_bytes(version) if version.is_dir() else None
+    out["plan_version_bytes"] = _version_bytes(cfg)
+    version = mlflow.MlflowClient().get_model_version_by_alias(
+        f"ltexp-cifar100-{model}-ldam-lt", "champion"
+    )
+    files = Path(mlflow.artifacts.download_artifacts(version.source, dst_path=str(home / "v")))
+    out["version_bytes"] = _folder_bytes(files)
     return out
 
 
@@ -135,9 +194,8 @@ def main() -> None:
         uri = f"models:/ltexp-cifar100-{model}-ldam-lt@champion"
         report["models"][-1]["loaders_agree"] = loaders_agree(uri, 224)
     aggregate = [*MLFLOW_RUN, "-e", "aggregate", "-P", "experiment=rehearsal"]
-    aggregate += ["-P", f"output_dir={home / 'reports' / 'rehearsal'}"]
-    seconds, _ = _run([*aggregate, "--env-manager", "local"], env, home)
-    report["aggregate_s"] = round(seconds, 1)
+    aggregate += ["-P", f"output_dir={home / 'reports' / 'rehearsal'}", "--env-manager", "local"]
+    report["aggregate_s"] = round(_run(aggregate, env, home).seconds, 1)
     bench = home / "reports" / "rehearsal" / "benchmarks.csv"
     report["table_4_9"] = bench.read_text().strip().splitlines() if bench.is_file() else []
     first = (home / "reports" / "rehearsal" / "report.md").read_text().splitlines()

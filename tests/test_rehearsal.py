@@ -29,8 +29,13 @@ def test_the_protocol_cell_of_mobilenet_v2_runs_end_to_end_offline(tmp_path: Pat
     report = json.loads(done.stdout.strip().splitlines()[-1])
     (model,) = report["models"]
     assert model["model"] == "mobilenet_v2" and model["loaders_agree"]
-    # ltexp plan's disk estimate is the checkpoint it writes, within 10 %
+    # ltexp plan's estimates are the checkpoint and the registered version, within 10 %
     assert abs(model["checkpoint_bytes"] / model["plan_checkpoint_bytes"] - 1) < 0.10, model
+    assert abs(model["version_bytes"] / model["plan_version_bytes"] - 1) < 0.10, model
+    # the costs are measured: the training step below bench's model-only ceiling, both peaks
+    assert 0 < model["images_per_s"] <= 1.25 * model["bench_model_only_images_per_s"], model
+    assert model["train_lt_peak_mib"] > 0 and model["evaluate_peak_mib"] > 0, model
+    assert model["register_lt_s"] > 0 and model["evaluate_s"] > 0, model
     header, row = report["table_4_9"][:2]
     assert header.startswith("model,result,benchmark") and row.startswith("mobilenet_v2,")
     assert report["report_says_rehearsal"]

@@ -71,6 +71,7 @@ class Plan:
     disk_needed: int
     disk_free: int
     problems: list[str] = field(default_factory=list)
+    store_needed: int = 0  # what the new cells' registered versions add to the artifact store
 
     @property
     def ready(self) -> bool:
@@ -109,7 +110,8 @@ class Plan:
             )
         lines.append(
             f"checkpoint disk: {self.disk_needed / 2**30:.2f} GiB needed, "
-            f"{self.disk_free / 2**30:.1f} GiB free"
+            f"{self.disk_free / 2**30:.1f} GiB free; registered versions: "
+            f"{self.store_needed / 2**30:.2f} GiB in the artifact store"
         )
         if self.device.startswith("cuda"):
             lines.append(
@@ -173,7 +175,7 @@ def make_plan(
     done, unfinished = (
         _store_state(experiment, digest, cfg.runtime.checkpoint_dir) if store_ok else (set(), {})
     )
-    rows, total, needed = [], STUDY_OVERHEAD_S, 0
+    rows, total, needed, store = [], STUDY_OVERHEAD_S, 0, 0
     for planned in [*trained, *decoupled]:
         h = identity_hash(planned.identity)
         images, seconds = _cost(planned.config, prepared, speeds, planned in decoupled)
@@ -192,13 +194,15 @@ def make_plan(
         rows.append(PlannedRun(planned.name, h, planned.identity, status, epoch, images, seconds))
         if status == "new" and planned not in decoupled:
             needed += _checkpoint_bytes(planned.config)
+        if status == "new":
+            store += _version_bytes(planned.config)
     free = _free_disk(cfg.runtime.checkpoint_dir)
     if needed > free:
         problems.append(
             f"checkpoints need about {needed / 2**30:.1f} GiB and {cfg.runtime.checkpoint_dir!r} "
             f"has {free / 2**30:.1f} GiB free; free some or choose --checkpoint-dir"
         )
-    return Plan(experiment, device, rows, speeds, total, needed, free, problems)
+    return Plan(experiment, device, rows, speeds, total, needed, free, problems, store)
 
 
 def _check_store(problems: list[str]) -> bool:
@@ -504,6 +508,19 @@ def _store_state(
             history = runs.client().get_metric_history(run.info.run_id, schema.VAL_ACC1)
             unfinished[h] = max((m.step for m in history), default=0)
     return done, unfinished
+
+
+EXAMPLE_BYTES_PER_VALUE = 20  # MLflow's input example as JSON, twice (measured: 5 + 15)
+
+
+def _version_bytes(cfg: Config) -> int:
+    """A registered version: the weights twice, fp32 (the TorchScript program and the
+    safetensors file ltexp.load_model verifies) and its one-image input example as JSON; its code
+    and metadata are kilobytes."""
+    from ltexp.models import input_size  # torch: imported when a plan is made, as above
+
+    side = input_size(cfg.train.model, cfg.train.image_size)
+    return _parameters(cfg.train.model) * 4 * 2 + EXAMPLE_BYTES_PER_VALUE * 3 * side * side
 
 
 def _checkpoint_bytes(cfg: Config) -> int:
