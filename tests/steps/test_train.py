@@ -184,7 +184,8 @@ def test_evaluate_under_mlflow_run_in_the_study_s_experiment_records_the_pinned_
     mlflow.MlflowClient().log_param(launched, schema.MODEL_URI_PARAM, alias)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment)
     monkeypatch.setenv("MLFLOW_RUN_ID", launched)
-    run_id, _ = run_evaluate(cfg.replace(model_uri=alias))
+    # tau: a post-hoc evaluation, so the shared store's report keeps its cell's own result
+    run_id, _ = run_evaluate(cfg.replace(model_uri=alias, tau=1.0))
     assert run_id != launched
     pinned = mlflow.get_run(run_id).data.params[schema.MODEL_URI_PARAM]
     assert pinned.startswith("models:/ltexp-digits-tiny_cnn-bs-lt/") and "@" not in pinned
