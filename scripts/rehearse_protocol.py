@@ -133,7 +133,8 @@ def rehearse(model: str, args: argparse.Namespace, home: Path, env: dict[str, st
     out["bench_model_only_images_per_s"] = _bench_ceiling(model, args.batch_size, env, home)
     uri = f"models:/ltexp-cifar100-{model}-ldam-lt@champion"
     evaluate = [*MLFLOW_RUN, "-e", "evaluate", "-P", f"model_uri={uri}", "--env-manager", "local"]
-    evaluate += ["-P", f"data_root={home / 'data'}", "-P", "download=false"]
+    # no data_root: evaluate reads the data where the model trained (data_root_for)
+    evaluate += ["-P", "download=false"]
     evaluate = _run([*evaluate, "--experiment-name", "rehearsal"], env, home)
     out["evaluate_s"] = round(evaluate.seconds, 1)
     out["evaluate_peak_mib"] = round(evaluate.peak_mib)

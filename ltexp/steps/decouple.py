@@ -31,7 +31,7 @@ from ltexp.errors import ConfigError
 from ltexp.models import model_spec
 from ltexp.resources import resident_budget
 from ltexp.tracking import claims, registered_models, runs, schema
-from ltexp.tracking.datasets import load_prepared
+from ltexp.tracking.datasets import data_root_for, load_prepared
 from ltexp.tracking.inputs import log_split_inputs
 from ltexp.training import (
     TrainResult,
@@ -81,7 +81,9 @@ def run_decouple(
         torch.set_num_threads(cfg.runtime.num_threads)
     device = resolve_device(cfg.runtime.device)
     prepared = load_prepared(
-        stage1.data.tags[schema.DATA_RUN], cfg.data.data_root, cfg.data.download
+        stage1.data.tags[schema.DATA_RUN],
+        data_root_for(stage1, cfg.data.data_root),
+        cfg.data.download,
     )
     model, info = registered_models.load_classifier(uri, device)
     path = model_spec(info.model).classifier

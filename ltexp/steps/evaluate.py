@@ -41,7 +41,7 @@ from ltexp.report.plots import confusion_figure, per_class_accuracy_figure
 from ltexp.resources import check_fits, image_batch_bytes
 from ltexp.timing import timed
 from ltexp.tracking import claims, registered_models, runs, schema
-from ltexp.tracking.datasets import load_prepared
+from ltexp.tracking.datasets import data_root_for, load_prepared
 from ltexp.tracking.inputs import log_split_inputs
 from ltexp.tracking.queries import ENDED_UNFINISHED, where
 from ltexp.tracking.results import log_model_input, log_test_results
@@ -70,7 +70,9 @@ def run_evaluate(
     if cfg.runtime.num_threads:
         torch.set_num_threads(cfg.runtime.num_threads)
     prepared = load_prepared(
-        train_run.data.tags[schema.DATA_RUN], cfg.data.data_root, cfg.data.download
+        train_run.data.tags[schema.DATA_RUN],
+        data_root_for(train_run, cfg.data.data_root),
+        cfg.data.download,
     )
     device = resolve_device(cfg.runtime.device)
     model, info = registered_models.load_classifier(model_uri, device)

@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import tempfile
+from dataclasses import fields
 from pathlib import Path
 
 import mlflow
 
 from ltexp.cells import data_key
-from ltexp.config import Config
+from ltexp.config import Config, DataConfig
 from ltexp.data import PreparedData, load_source, rebuild
 from ltexp.data.prepared import load_indices
 from ltexp.errors import DataError, TrackingError
 from ltexp.tracking import runs, schema
 from ltexp.tracking.queries import FINISHED, where
+
+log = logging.getLogger(__name__)
+DEFAULT_DATA_ROOT = next(f.default for f in fields(DataConfig) if f.name == "data_root")
 
 
 def find_prepared_run(cfg: Config) -> str | None:
@@ -37,6 +42,20 @@ def prepared_digest(run_id: str) -> str:
     if not digest:
         raise TrackingError(f"prepare_data run {run_id} has no {schema.DATA_DIGEST} tag")
     return digest
+
+
+def data_root_for(run: mlflow.entities.Run, data_root: str) -> str:
+    """Where to read the data of a model's run: ``data_root`` when given; left at its default,
+    the folder the run trained from (its ``data_root`` param) if that folder is on this machine,
+    so `evaluate` and `decouple` of a model trained with ``-P data_root=X`` need not be told X
+    again. Either way the splits are verified against the prepare_data run's digests."""
+    recorded = run.data.params.get("data_root", "")
+    if data_root != DEFAULT_DATA_ROOT or not recorded or recorded == data_root:
+        return data_root
+    if not Path(recorded).expanduser().is_dir():
+        return data_root
+    log.info("reading the data from %s, where run %s trained", recorded, run.info.run_id)
+    return recorded
 
 
 @functools.lru_cache(maxsize=2)
