@@ -21,9 +21,11 @@ version's size, whether the three loaders agree, and the report's Table 4.9 row.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -176,6 +178,8 @@ def main() -> None:
     parser.add_argument("--folder", default="", help="where everything goes (default: temporary)")
     args = parser.parse_args()
     home = Path(args.folder or tempfile.mkdtemp(prefix="ltexp-rehearsal-")).resolve()
+    if not args.folder:  # a temporary one goes with the script (GBs: 2.3 MB a run, 224-px models)
+        atexit.register(shutil.rmtree, home, ignore_errors=True)
     home.mkdir(parents=True, exist_ok=True)
     from ltexp.rehearsal import offline_environment, write_cifar
 
