@@ -182,8 +182,8 @@ def claimed_run(
     """The run of a cell's train or decouple step, open while inside: ``resume_id``, else a run
     claimed for the cell (:func:`claim_run`; ``launched``: the ``mlflow run`` run to take;
     ``once``: a FINISHED run of the cell also has it), tagged with the cell's identity, and
-    closed with the right status (:func:`ltexp.tracking.runs.step_run`, which also links and
-    retires ``wrapper``).
+    closed with the right status (:func:`ltexp.tracking.runs.step_run`, which also links
+    ``wrapper``).
 
     Raises:
         CellTaken: another live process has the cell (or, with ``once``, has trained it).

@@ -7,13 +7,12 @@ import functools
 import json
 import logging
 import tempfile
-from dataclasses import fields
 from pathlib import Path
 
 import mlflow
 
 from ltexp.cells import data_key
-from ltexp.config import Config, DataConfig
+from ltexp.config import Config, all_fields
 from ltexp.data import PreparedData, load_source, rebuild
 from ltexp.data.prepared import load_indices
 from ltexp.errors import DataError, TrackingError
@@ -21,7 +20,7 @@ from ltexp.tracking import runs, schema
 from ltexp.tracking.queries import FINISHED, where
 
 log = logging.getLogger(__name__)
-DEFAULT_DATA_ROOT = next(f.default for f in fields(DataConfig) if f.name == "data_root")
+DEFAULT_DATA_ROOT = all_fields()["data_root"].default
 
 
 def find_prepared_run(cfg: Config) -> str | None:

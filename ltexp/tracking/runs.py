@@ -534,7 +534,7 @@ def step_run(
 
     FINISHED on success; FAILED on any exception, with its one-line reason in ``ltexp.error``;
     KILLED on Ctrl-C. The exception is re-raised. ``wrapper`` (from :func:`launched_run_for`)
-    is the `mlflow run` run left in another experiment, linked to this run (:func:`link_wrapper`).
+    is the `mlflow run` run this run did not take, linked to it (:func:`link_wrapper`).
     """
     all_tags = {schema.STEP: step.value, **process_tags(), **(tags or {})}
     is_launched = bool(run_id) and run_id == launched_run_id()
