@@ -182,7 +182,7 @@ def write_latex(
             spec = spec[:-1] + "p"
         spec = "".join("p{5cm}" if a == "p" else a for a in spec)  # p: a paragraph that wraps
         parts += [
-            "\\begin{table}[tbp]",
+            "\\begin{table}[!htbp]",
             "\\centering",
             "\\small",
             f"\\caption{{{_tex_escape(block.caption)}}}",
