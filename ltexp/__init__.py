@@ -15,6 +15,8 @@ def load_model(model_uri: str, device: str = "cpu"):
 
     See :func:`ltexp.tracking.registered_models.load_model`.
     """
+    # imported on call: ``import ltexp`` (and so every ``ltexp`` command) stays 0.05 s instead
+    # of the 3 s of torch and MLflow (python -X importtime)
     from ltexp.tracking.registered_models import load_model as _load_model
 
     return _load_model(model_uri, device)

@@ -19,12 +19,25 @@ import argparse
 import json
 import os
 import re
+import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ltexp.data.pipeline import ImageFormat, TensorBatches, training_batches
+from ltexp.errors import LtexpError
+from ltexp.losses import build_loss
+from ltexp.models import build_model, model_spec
+from ltexp.timing import TIMINGS_ENV
+from ltexp.training import autocast, autocast_dtype, make_optimizer, resolve_device, train_one_epoch
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,9 +124,6 @@ def run_bench(args: argparse.Namespace) -> int:
     """Run the benchmark for every requested model; print a table or JSON."""
     if args.study or args.tune:
         return _print_command_bench(args)
-    import torch
-
-    from ltexp.training import resolve_device
 
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
@@ -173,17 +183,6 @@ def measure(
     warmup: int,
 ) -> dict[str, Any]:
     """Both throughputs of one model (see the module docstring)."""
-    import mlflow
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
-    from ltexp.data.pipeline import TensorBatches
-    from ltexp.losses import build_loss
-    from ltexp.models import build_model, model_spec
-    from ltexp.tracking import runs
-    from ltexp.training import autocast, autocast_dtype, make_optimizer, train_one_epoch
-
     size = image_size or model_spec(name).input_size
     amp = autocast_dtype(precision, device)
     channels_last = device.type == "cuda"
@@ -235,18 +234,13 @@ def measure(
     n = steps * batch_size
     images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, num_classes, size=n).astype(np.int64)
-    common = {
-        "device": device,
-        "image_size": size,
-        "train": True,
-        "seed": 0,
-        "dtype": amp or torch.float32,
-        "channels_last": channels_last,
-    }
-    batches = TensorBatches(images, labels, batch_size, **common)
+    image_format = ImageFormat(device, size, amp or torch.float32, channels_last=channels_last)
+    batches = training_batches(images, labels, batch_size, image_format, seed=0, epochs=1)
     # (c) the same step with the set streamed from (pinned) host memory, as a set larger than
     # the device's budget is
-    streamed_batches = TensorBatches(images, labels, batch_size, max_resident_bytes=0, **common)
+    streamed_batches = training_batches(
+        images, labels, batch_size, image_format, seed=0, epochs=1, max_resident_bytes=0
+    )
     loss_fn = build_loss(loss, np.bincount(labels, minlength=num_classes).clip(min=1).tolist())
     loss_fn = loss_fn.to(device)
     _, opt_b, model_b = fresh()
@@ -258,6 +252,11 @@ def measure(
         runs.log_epoch({"train_loss": stats.loss, "train_acc1": stats.acc1}, epoch)
         sync()
         return stats.images / (time.perf_counter() - t)
+
+    # MLflow (3 s to import) is imported here: `ltexp --help` reads this module's arguments
+    import mlflow
+
+    from ltexp.tracking import runs
 
     ceiling, pipeline, streamed = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -323,11 +322,6 @@ def measure_command(command: list[str]) -> dict[str, Any]:
     passes, each epoch's own clock); ``outside_per_train`` is what each training (cell or trial)
     spent outside its epochs, start-up and report excluded.
     """
-    import subprocess
-    import sys
-
-    from ltexp.timing import TIMINGS_ENV
-
     with tempfile.TemporaryDirectory() as tmp:
         env = {
             **os.environ,
@@ -347,8 +341,6 @@ def measure_command(command: list[str]) -> dict[str, Any]:
         )
         wall = time.perf_counter() - started
         if done.returncode != 0:
-            from ltexp.errors import LtexpError
-
             tail = done.stderr.strip().splitlines()[-1:] or ["(no output)"]
             raise LtexpError(f"the measured `ltexp {' '.join(command)}` failed: {tail[0]}")
         with open(f"{tmp}/timings.json") as f:
@@ -382,7 +374,6 @@ def measure_command(command: list[str]) -> dict[str, Any]:
 
 
 def _print_command_bench(args: argparse.Namespace) -> int:
-    import shlex
 
     command = [*(TUNE_COMMAND if args.tune else STUDY_COMMAND), *shlex.split(args.command_args)]
     row = measure_command(command)

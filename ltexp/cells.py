@@ -32,6 +32,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from ltexp import schema
 from ltexp.config import (
     Config,
     added_keys,
@@ -39,11 +40,17 @@ from ltexp.config import (
     axes,
     axis,
     conditional_keys,
+    convert,
+    dataset_fields,
     registry_names,
     runtime_keys,
 )
 from ltexp.config.sections import STAGE2_EPOCHS
+from ltexp.data import DATASETS, Protocol, SourceData
 from ltexp.errors import ConfigError, unknown_name_error
+
+# ltexp.models is imported where a model is named: it imports torch (3 s, measured), and the
+# identities, names and hashes here serve commands that need no model (``ltexp plan``, the CLI)
 
 _CODE_VERSION: str | None = None
 
@@ -60,8 +67,6 @@ KIND = "kind"
 TRIAL = "trial"  # a trial's search and number: two trials are never one run
 TUNED = "tuned"  # a cell trained with a search's best values (``main --tuned``)
 DATA_DIGEST = "data_digest"
-# the options of a stage-2 run's identity beyond its stage-1 run's (``ltexp decouple``)
-STAGE2_OPTIONS = ("stage2", "stage2_epochs", "stage2_lr", "stage2_tau", "stage2_tau_form")
 
 
 def config_hash(values: Mapping[str, Any]) -> str:
@@ -232,8 +237,6 @@ def cell_key(ident: Mapping[str, Any]) -> str:
 def identity_from_params(params: Mapping[str, str]) -> dict[str, Any]:
     """An identity read back from a run's params (a run logged before ``ltexp.identity``
     existed): the known keys converted to their type, unknown ones as logged."""
-    from ltexp.config import convert
-
     fields = all_fields()
     out: dict[str, Any] = {}
     for key, text in params.items():
@@ -301,20 +304,15 @@ def _same(a: Any, b: Any) -> bool:
 def run_name(ident: Mapping[str, Any]) -> str:
     """What a run is, at a glance: ``resnet50-bs-lt-s42``, with its :func:`variant` after it
     (``resnet50-bs-lt-s42-class_balanced+crt``)."""
-    from ltexp.tracking import schema
-
     return schema.run_name(
         ident["model"], ident["loss"], ident["train_split"], ident["seed"], variant(ident)
     )
 
 
-def cell_name(cell: Cell, base: Config) -> str:
-    """The run name of a grid cell trained from ``base`` (its stage 2, if any, included)."""
-    cfg = cell.config(base)
-    ident = settings(cfg)
-    if cell.stage == 2:
-        ident = {**ident, "stage2": cfg.decouple.stage2}
-    return run_name(ident)
+def decouple_hash(stage1_run_id: str, identity: dict) -> str:
+    """The ``ltexp.config_hash`` of a decouple run: its identity and its stage-1 run (a stage 1
+    trained again is decoupled again)."""
+    return identity_hash({**identity, "stage1_run": stage1_run_id})
 
 
 # --- data and studies --------------------------------------------------------------------------
@@ -324,9 +322,6 @@ def data_key(cfg: Config) -> str:
     """Hash of the data settings that decide the prepared splits: the data options (other
     datasets' options left out) and, for a set whose files are its content (an image folder, a
     list of files), where those files are."""
-    from ltexp.config import dataset_fields
-    from ltexp.data import DATASETS
-
     values = _without_runtime(cfg.to_dict(("data",))["data"])
     others = {f.key for f in dataset_fields() if f.owner != cfg.data.dataset}
     values = {k: v for k, v in values.items() if k not in others}
@@ -336,6 +331,34 @@ def data_key(cfg: Config) -> str:
     if spec is not None and spec.files_are_data:
         values["data_root"] = str(Path(cfg.data.data_root).expanduser().resolve())
     return config_hash(values)
+
+
+def data_protocol(cfg: Config, source: SourceData) -> Protocol:
+    """The split protocol: configured values, the dataset's defaults for the sizes left unset.
+
+    ``split_mode=auto`` keeps a set that is long-tailed as given (``source.long_tailed``) as it
+    is; there, a balanced training set exists only when ``n_max_train`` asks for one.
+    """
+    d = cfg.data
+    mode = d.split_mode if d.split_mode != "auto" else "given" if source.long_tailed else "protocol"
+    if mode == "protocol" and not len(source.test_labels):
+        raise ConfigError(
+            f"split_mode=protocol needs a source test set (it becomes the validation split) and "
+            f"{source.name} has none under {d.data_root!r}; use split_mode=given"
+        )
+    given = mode == "given"
+    return Protocol(
+        profile=d.profile,
+        imbalance_ratio=d.imbalance_ratio,
+        pareto_alpha=d.pareto_alpha,
+        n_train=(d.n_max_train or 0) if given else d.n_max_train or source.n_train_per_class,
+        n_test=0 if given else d.n_max_test or source.n_test_per_class,
+        seed=d.split_seed,
+        class_order=d.class_order,
+        mode=mode,
+        holdout_fraction=d.holdout_fraction,
+        max_per_class=d.max_per_class or 0,
+    )
 
 
 def study_hash(cfg: Config) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from ltexp.errors import HostError, TrackingError, TrainingError
 
@@ -192,8 +193,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
     """Write model weights as safetensors (tensors only, nothing executable), atomically."""
-    from safetensors.torch import save_file
-
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     try:
         atomic_write(path, lambda tmp: save_file(tensors, tmp))
@@ -203,8 +202,6 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """Read safetensors weights."""
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path))
     except Exception as e:  # noqa: BLE001

@@ -3,7 +3,12 @@
 Options are the config keys (see ``ltexp.config``) with ``-`` for ``_``; the ``_`` spelling is
 accepted too, because ``mlflow run -P key=value`` passes undeclared parameters as ``--key value``.
 An empty value means "not given" (MLproject's defaults are empty strings). This module only
-parses and dispatches: the work is in ``ltexp.steps``.
+parses and dispatches: the work is in ``ltexp.steps`` (one MLflow run each) and ``ltexp.study``
+(the study, a cell, a search, the plan).
+
+Each command imports its module when it runs: the steps import torch and MLflow (about 4 s,
+measured with ``python -X importtime``), which ``ltexp --help``, a refused option or ``ltexp
+serve`` need not wait for (``import ltexp.cli`` is 0.06 s).
 """
 
 from __future__ import annotations
@@ -196,7 +201,7 @@ def _print(line: str) -> None:
 def _tested(run_id: str, metrics: dict[str, float]) -> str:
     """``evaluate run: <id>  balanced 0.8123 [0.8011, 0.8231]  long-tailed …``: the report's
     five columns with their 95 % intervals, as the evaluation logged them."""
-    from ltexp.tracking.schema import REPORT_COLUMNS
+    from ltexp.schema import REPORT_COLUMNS
 
     shown = []
     for column, metric in REPORT_COLUMNS.items():
@@ -224,11 +229,11 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
         return 0
 
     def train(cfg: Config, args: argparse.Namespace) -> int:
-        from ltexp.steps.study import run_cell
+        from ltexp.study.run import run_cell
 
         tuned_from = getattr(args, "tuned_from", None)
         if tuned_from:
-            from ltexp.steps.study import best_values_of
+            from ltexp.tracking.questions import best_values_of
 
             cfg = cfg.replace(**best_values_of(tuned_from))
         result = run_cell(cfg, parent_run_id=args.parent_run_id, tuned_from=tuned_from)
@@ -260,7 +265,7 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
         return 0
 
     def main_(cfg: Config, args: argparse.Namespace) -> int:
-        from ltexp.steps.study import run_study
+        from ltexp.study.run import run_study
         from ltexp.tracking.runs import LOCAL_UI
 
         result = run_study(cfg, parent_run_id=args.parent_run_id, progress=_print)
@@ -271,7 +276,7 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
         return 0
 
     def plan(cfg: Config, args: argparse.Namespace) -> int:
-        from ltexp.steps.plan import make_plan, record_on_launched_run
+        from ltexp.study.plan import make_plan, record_on_launched_run
 
         result = make_plan(cfg, bench_file=args.bench_file)
         record_on_launched_run(result)
@@ -279,7 +284,7 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
         return 0 if result.ready else 1
 
     def tune(cfg: Config, args: argparse.Namespace) -> int:
-        from ltexp.steps.tune import run_tune
+        from ltexp.study.tune import run_tune
 
         result = run_tune(cfg, parent_run_id=args.parent_run_id, progress=_print)
         counts = ", ".join(f"{n} {s.lower()}" for s, n in result.states.items() if n)
@@ -287,13 +292,13 @@ def _handlers() -> dict[str, Callable[[Config, argparse.Namespace], int]]:
         return 0
 
     def decouple(cfg: Config, args: argparse.Namespace) -> int:
-        from ltexp.steps.study import run_stage2
+        from ltexp.study.run import run_stage2
 
         _print_stage2(run_stage2(cfg, parent_run_id=args.parent_run_id))
         return 0
 
     def ensemble(cfg: Config, args: argparse.Namespace) -> int:
-        from ltexp.steps.study import run_ensembled
+        from ltexp.study.run import run_ensembled
 
         result = run_ensembled(cfg, parent_run_id=args.parent_run_id)
         built = result.train

@@ -5,6 +5,8 @@ CLI prints its message as one line and exits non-zero, without a traceback; ever
 bug and keeps its traceback.
 """
 
+import difflib
+
 # What an offline user can run instead of the protocol (named in download errors).
 OFFLINE_ALTERNATIVE = (
     "to try ltexp without downloads, run the embedded demo: -P preset=demo (mlflow run) or "
@@ -39,8 +41,6 @@ class TrainingError(LtexpError):
 
 def did_you_mean(name: str, valid: list[str] | tuple[str, ...]) -> str:
     """`` (did you mean 'x'?)`` when a valid name is close to ``name``, else an empty string."""
-    import difflib
-
     close = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -13,6 +13,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+from scipy import stats
+from scipy.optimize import minimize_scalar
+
+from ltexp.data.pipeline import ImageFormat, evaluation_batches
+from ltexp.data.splits import SHOT_GROUPS
+from ltexp.training import predict
 
 if TYPE_CHECKING:
     import torch
@@ -73,8 +80,6 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature T > 0 that minimises the negative log-likelihood of ``softmax(z / T)`` on
     held-out logits (Guo et al. 2017's temperature scaling, fitted on the validation set): it
     changes the confidences, never the predictions."""
-    from scipy.optimize import minimize_scalar
-
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels)
 
@@ -109,27 +114,16 @@ def predict_test_sets(
         mean: the model's input normalisation's mean (default: the protocol's).
         std: its standard deviation (default: the protocol's).
     """
-    import torch
-
-    from ltexp.data.pipeline import TensorBatches
-    from ltexp.training import predict
-
     outputs = {}
     for split in splits:
         data = prepared.splits[split]
         if not prepared.has(split):  # a set long-tailed as given has one of the two
             outputs[split] = (data.labels, np.zeros((0, prepared.num_classes), np.float32))
             continue
-        batches = TensorBatches(
-            data.images,
-            data.labels,
-            batch_size,
-            device=device,
-            image_size=image_size,
-            dtype=amp or torch.float32,
-            channels_last=channels_last,
-            **({"mean": tuple(mean), "std": tuple(std)} if mean is not None else {}),
+        image_format = ImageFormat(
+            device, image_size, amp or torch.float32, mean, std, channels_last
         )
+        batches = evaluation_batches(data.images, data.labels, batch_size, image_format)
         logits = predict(model, batches, amp, desc=f"evaluate {split}")
         if adjust is not None:
             logits = adjust(logits)
@@ -169,8 +163,6 @@ def binomial_interval(correct: int, n: int, level: float = 0.95) -> tuple[float,
     """The Clopper-Pearson ("exact") interval of an accuracy of ``correct`` out of ``n`` images:
     the right interval for a binomial proportion however few the images (a percentile bootstrap
     of 38/38 is [1, 1]; this is [0.907, 1]). It covers test-set sampling of one trained model."""
-    from scipy import stats
-
     if n == 0:
         return float("nan"), float("nan")
     alpha = 1.0 - level
@@ -253,8 +245,6 @@ def score_test_sets(
     Returns:
         group → score; a set or group with no image is left out.
     """
-    from ltexp.data.splits import SHOT_GROUPS
-
     top5 = {
         split: (labels, topk(logits, 5), softmax_confidence(logits))
         for split, (labels, logits) in (("test_balanced", test_balanced), ("test_lt", test_lt))

@@ -18,6 +18,8 @@ from contextvars import ContextVar
 from datetime import timedelta
 from typing import Any, TextIO
 
+from tqdm.auto import tqdm
+
 DEFAULT_SECONDS = 30.0
 _LABEL: ContextVar[str] = ContextVar("ltexp_progress_label", default="")
 
@@ -63,8 +65,6 @@ class Progress:
         self.every = interval()
         self.bar: Any = None
         if enabled and self.stream.isatty():
-            from tqdm.auto import tqdm
-
             self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
     def update(self, images: int) -> None:

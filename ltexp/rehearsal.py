@@ -26,28 +26,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import timm
 import torch
+import torchvision.models as tvm
+from huggingface_hub import constants
+from safetensors.torch import save_file
 
 from ltexp.data.cifar import CIFAR10, CIFAR100
+from ltexp.data.splits import Protocol, build_splits
 from ltexp.errors import ConfigError
+from ltexp.models import model_spec
 
 _REVISION = "0" * 40  # the snapshot a rehearsal writes (any 40-hex commit id)
 
 
 def weights_cache_path(model: str) -> Path:
     """Where ``model``'s library looks for its pretrained weights before it downloads them."""
-    from ltexp.models import model_spec
-
     spec = model_spec(model)
     if spec.source == "torchvision":
-        import torchvision.models as tvm
-
         url = tvm.get_weight(spec.weights).url
         return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
     if spec.source == "timm":
-        import timm
-        from huggingface_hub import constants
-
         hub_id = timm.models.get_pretrained_cfg(spec.weights).hf_hub_id
         folder = Path(constants.HF_HUB_CACHE) / ("models--" + hub_id.replace("/", "--"))
         return folder / "snapshots" / _REVISION / "model.safetensors"
@@ -57,8 +56,6 @@ def weights_cache_path(model: str) -> Path:
 def write_weights_cache(model: str, seed: int = 0) -> Path:
     """Write random (seeded) weights of ``model``'s own architecture where its library looks;
     return the file. The values are noise: a rehearsal proves the path, not the weights."""
-    from ltexp.models import model_spec
-
     spec = model_spec(model)
     torch.manual_seed(seed)
     network = spec.create(False)  # the architecture with its original classifier
@@ -66,8 +63,6 @@ def write_weights_cache(model: str, seed: int = 0) -> Path:
     path = weights_cache_path(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     if spec.source == "timm":
-        from safetensors.torch import save_file
-
         save_file(state, str(path))
         refs = path.parents[2] / "refs"
         refs.mkdir(parents=True, exist_ok=True)
@@ -125,8 +120,6 @@ def write_cifar(
 def protocol_manifest(dataset: str = "cifar100") -> dict:
     """The prepare_data manifest of CIFAR's protocol splits (the split protocol run on CIFAR's
     labels; no images): what a report of a protocol study reads."""
-    from ltexp.data.splits import Protocol, build_splits
-
     k = 100 if dataset == "cifar100" else 10
     train = np.repeat(np.arange(k), 50_000 // k)
     test = np.repeat(np.arange(k), 10_000 // k)

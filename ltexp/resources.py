@@ -3,6 +3,12 @@ states the estimate and the limit, instead of an out-of-memory crash minutes lat
 
 from __future__ import annotations
 
+import socket
+import urllib.parse
+
+import psutil
+import torch
+
 from ltexp.errors import ConfigError
 
 GIB = 1024**3
@@ -11,11 +17,8 @@ GIB = 1024**3
 def free_memory(device: str = "cpu") -> int:
     """Bytes free on ``device`` now: host RAM for ``cpu``, the GPU's free memory for CUDA."""
     if device.startswith("cuda"):
-        import torch
-
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         return int(free)
-    import psutil
 
     return int(psutil.virtual_memory().available)
 
@@ -54,9 +57,6 @@ def resident_budget(gib: float | None, device: object) -> int | None:
 def reachable(url: str, timeout: float = 3.0) -> bool:
     """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds: one probe
     before a download, instead of a client's minute of retries."""
-    import socket
-    import urllib.parse
-
     parts = urllib.parse.urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
+from scipy.optimize import brentq
 
 from ltexp.evaluation import binomial_interval
 
@@ -237,8 +238,6 @@ class Scenario:
 
     def shift(self) -> float:
         """The latent shift that gives A ``effect`` more expected accuracy than B."""
-        from scipy.optimize import brentq
-
         scale = float(np.sqrt(1.5**2 + 0.9**2 + self.seed_sd**2))
         base = stats.norm.cdf(0.4 / scale)
         if self.effect == 0:

@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import math
 import re
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
+from ltexp import schema
+from ltexp.cells import config_hash, settings
 from ltexp.config import Config, FieldSpec, all_fields, convert
 from ltexp.errors import ConfigError, did_you_mean
 
@@ -133,8 +137,6 @@ def _dimension(spec: FieldSpec, text: str) -> Dimension:
 
 
 def _base_type(tp: Any) -> Any:
-    import types
-    import typing
 
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return next(a for a in typing.get_args(tp) if a is not type(None))
@@ -143,8 +145,6 @@ def _base_type(tp: Any) -> Any:
 
 def check_objective(objective: str) -> str:
     """A validation metric name: ``val_acc1``, ``val_balanced_acc1`` or ``val_<group>_acc1``."""
-    from ltexp.tracking import schema
-
     groups = [schema.val_metric(g) for g in schema.GROUPS]
     valid = [schema.VAL_ACC1, schema.VAL_BALANCED_ACC1, *groups]
     if objective not in valid:
@@ -166,8 +166,6 @@ def check_study_name(name: str) -> str:
 
 def study_name(cfg: Config, dims: list[Dimension], objective: str) -> str:
     """A stable name for the search of this config, space and objective (a re-run resumes it)."""
-    from ltexp.cells import config_hash, settings
-
     identity = {
         "base": settings(cfg),
         "data": cfg.data.dataset,

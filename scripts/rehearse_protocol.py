@@ -99,7 +99,7 @@ def rehearse(model: str, args: argparse.Namespace, home: Path, env: dict[str, st
 
     from ltexp.config import build_config
     from ltexp.rehearsal import write_weights_cache
-    from ltexp.steps.plan import _checkpoint_bytes, _version_bytes
+    from ltexp.study.plan import _checkpoint_bytes, _version_bytes
 
     write_weights_cache(model, seed=0)
     options = [

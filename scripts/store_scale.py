@@ -47,7 +47,7 @@ def fill(n_runs: int, manifest: dict) -> None:
     """N evaluate runs and the prepare_data run, in the active tracking store."""
     import mlflow
 
-    from ltexp.tracking import schema
+    from ltexp import schema
 
     with mlflow.start_run(experiment_id=mlflow.create_experiment("data")):
         mlflow.set_tags({schema.STEP: "prepare_data", schema.DATA_DIGEST: DIGEST})

@@ -107,7 +107,7 @@ def step_counts(uri: str | None = None) -> Counter:
     """How many runs of each ``ltexp.step`` the store holds; none may be left RUNNING."""
     import mlflow
 
-    from ltexp.tracking import schema
+    from ltexp import schema
 
     if uri:
         mlflow.set_tracking_uri(uri)
@@ -156,7 +156,7 @@ class Trained:
 
     folder: Path
     cfg: Any  # ltexp.config.Config
-    cell: Any  # ltexp.steps.study.CellResult
+    cell: Any  # ltexp.study.run.CellResult
 
 
 @pytest.fixture(scope="session")
@@ -164,7 +164,7 @@ def trained_store(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     """One short cell, trained once per test process, for the tests that read it (they may add
     runs, never change or delete one)."""
     from ltexp.config import build_config
-    from ltexp.steps.study import run_cell
+    from ltexp.study.run import run_cell
 
     folder = tmp_path_factory.mktemp("trained")
     with store_in(folder):

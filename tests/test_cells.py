@@ -10,12 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ltexp import cells, executors
+from ltexp import cells
 from ltexp.cli import build_parser, command_config
 from ltexp.config import axes, build_config
 from ltexp.data.mixing import MIXINGS
 from ltexp.data.samplers import SAMPLERS
 from ltexp.losses import LOSSES
+from ltexp.study import executors
 from ltexp.training.decoupling import METHODS
 
 DIGEST = "d" * 64

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch.nn.functional as F
 
+from ltexp import schema
 from ltexp.cli import build_parser, main
 from ltexp.config import Axis, register_axis, unregister_axis
 from ltexp.data import DATASETS, DatasetOption, SourceData, register_dataset
 from ltexp.losses import LOSSES, ClassAwareLoss, HParam, register_loss
-from ltexp.tracking import schema
 from tests.conftest import tiny_args
 
 

@@ -130,8 +130,8 @@ def test_a_study_name_that_would_break_a_search_filter_is_refused(
 
 
 def test_a_search_filter_never_takes_a_quote() -> None:
+    from ltexp import schema
     from ltexp.errors import TrackingError
-    from ltexp.tracking import schema
     from ltexp.tracking.queries import where
 
     assert where(schema.Step.TRAIN, tags={"a": "b"}) == (
@@ -224,9 +224,9 @@ def test_two_reports_published_at_once_both_land_whole(tmp_path: Path) -> None:
 def test_an_aggregate_run_left_running_by_a_killed_process_is_failed_by_the_next(
     trained, tmp_path: Path
 ) -> None:
+    from ltexp import schema
     from ltexp.config import build_config
     from ltexp.steps.aggregate import run_aggregate
-    from ltexp.tracking import schema
 
     _, result, _ = trained
     exp_id = mlflow.get_run(result.run_id).info.experiment_id

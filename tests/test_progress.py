@@ -11,7 +11,7 @@ import pytest
 
 from ltexp.cli import main
 from ltexp.progress import Progress, labelled
-from ltexp.steps.study import StudyClock
+from ltexp.study.run import StudyClock
 from tests.conftest import tiny_args
 
 

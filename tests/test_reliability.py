@@ -15,8 +15,8 @@ import mlflow
 import pytest
 import torch
 
+from ltexp import schema
 from ltexp.checkpoint import LAST
-from ltexp.tracking import schema
 from tests.conftest import TrackingServer, step_counts, tiny_args, tiny_overrides
 
 pytestmark = pytest.mark.slow

@@ -9,10 +9,10 @@ import mlflow
 import pytest
 import torch
 
+from ltexp import schema
 from ltexp.cli import main
 from ltexp.errors import TrackingError
-from ltexp.steps.study import run_cell, run_study
-from ltexp.tracking import schema
+from ltexp.study.run import run_cell, run_study
 
 NAME = "ltexp-digits-tiny_cnn-ce-lt"
 

@@ -23,9 +23,7 @@ from ltexp.config.fields import FieldSpec, convert, loss_key, registry_names
 from ltexp.config.grid import Axis, axes, axis, register_axis, unregister_axis, variant_axes
 from ltexp.config.loading import (
     PRESET_DIR,
-    apply_overrides,
     build_config,
-    check_experiment_name,
     default_config,
     list_presets,
     preset_path,
@@ -50,6 +48,8 @@ from ltexp.config.sections import (
     TuneConfig,
     added_keys,
     all_fields,
+    apply_overrides,
+    check_experiment_name,
     command_fields,
     conditional_keys,
     dataset_fields,

@@ -101,6 +101,11 @@ class FieldSpec:
         return f"{self.help} ({', '.join(registry_names(self.registry))})"
 
 
+# the second stages of Kang et al. 2020 (ltexp/training/decoupling.py implements them), the
+# registry of the ``stage2`` option
+STAGE2_METHODS = ("crt", "tau_norm", "lws")
+
+
 def loss_key(loss: str, hparam: str) -> str:
     """The flat key of a loss's hyper-parameter: ``focal_gamma`` (``--focal-gamma``)."""
     return f"{loss}_{hparam}"
@@ -108,6 +113,8 @@ def loss_key(loss: str, hparam: str) -> str:
 
 def registry_names(registry: str) -> list[str]:
     """The names a registry holds (``models`` adds the ``timm:<name>`` form)."""
+    # each registry is imported when it is asked for: ltexp.models and ltexp.losses import
+    # torch (1.4 s), which ``ltexp --help`` and an option's error need not wait for
     if registry == "models":
         from ltexp.models import list_models
 
@@ -141,8 +148,6 @@ def registry_names(registry: str) -> list[str]:
 
         return list(FINETUNE_MODES)
     if registry == "second_stages":
-        from ltexp.config.sections import STAGE2_METHODS
-
         return ["none", *STAGE2_METHODS]
     raise ValueError(f"unknown registry {registry!r}")  # pragma: no cover - a bug here
 

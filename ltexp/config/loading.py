@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ltexp.config.fields import convert, loss_key
-from ltexp.config.sections import DEFAULT_PRESET, SECTIONS, Config, all_fields
+from ltexp.config.fields import loss_key
+from ltexp.config.grid import axes
+from ltexp.config.sections import DEFAULT_PRESET, SECTIONS, Config, all_fields, apply_overrides
 from ltexp.errors import ConfigError, did_you_mean, unknown_name_error
 
 PRESET_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
@@ -134,7 +134,7 @@ def yaml_to_overrides(data: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def _loss_overrides(body: dict[str, Any], source: str) -> dict[str, Any]:
-    from ltexp.losses import LOSSES
+    from ltexp.losses import LOSSES  # torch (1.4 s): see sections.py
 
     out = {}
     for loss, hps in body.items():
@@ -158,20 +158,8 @@ def _loss_overrides(body: dict[str, Any], source: str) -> dict[str, Any]:
     return out
 
 
-def check_experiment_name(value: Any) -> str:
-    """An MLflow experiment name: text, not blank, one line (empty = the default)."""
-    if not isinstance(value, str):
-        raise ConfigError(f"experiment must be a string, got {value!r}")
-    if value and not value.strip():
-        raise ConfigError("experiment is blank; give a name, or leave it out for the default")
-    if any(ord(c) < 32 for c in value) or len(value) > 250:
-        raise ConfigError(f"experiment {value[:40]!r}… must be one line of at most 250 characters")
-    return value.strip()
-
-
 def default_config(preset: str = DEFAULT_PRESET) -> Config:
     """The dataclass defaults, with every registered loss's and dataset's own defaults."""
-    from ltexp.config.grid import axes
     from ltexp.data import DATASETS
     from ltexp.losses import LOSSES
 
@@ -181,43 +169,6 @@ def default_config(preset: str = DEFAULT_PRESET) -> Config:
         datasets={name: {o.name: o.default for o in s.options} for name, s in DATASETS.items()},
         grid={a.key: list(a.default) for a in axes()},
     )
-
-
-def apply_overrides(cfg: Config, values: dict[str, Any]) -> Config:
-    """A new config: ``cfg`` with flat ``{key: value}`` pairs applied (strings are converted).
-
-    Raises:
-        ConfigError: an unknown key (with a did-you-mean), a wrong type, an out-of-range value.
-    """
-    fields = all_fields()
-    sections: dict[str, dict[str, Any]] = {}
-    losses = {k: dict(v) for k, v in cfg.losses.items()}
-    datasets = {k: dict(v) for k, v in cfg.datasets.items()}
-    grid = {k: list(v) for k, v in cfg.grid.items()}
-    top: dict[str, Any] = {}
-    for key, value in values.items():
-        if key == "experiment":
-            top["experiment"] = check_experiment_name(value)
-            continue
-        if key == "preset":
-            continue
-        spec = fields.get(key)
-        if spec is None:
-            raise ConfigError(f"unknown option {key!r}{did_you_mean(key, list(fields))}")
-        converted = convert(spec, value)
-        if spec.section == "losses":
-            losses.setdefault(spec.owner, {})[spec.name] = converted
-        elif spec.section == "datasets":
-            datasets.setdefault(spec.owner, {})[spec.name] = converted
-        elif spec.section == "study" and spec.owner:  # a grid option: the axis's values
-            grid[spec.owner] = converted
-        else:
-            sections.setdefault(spec.section, {})[spec.name] = converted
-    changed = {
-        name: dataclasses.replace(getattr(cfg, name), **updates)
-        for name, updates in sections.items()
-    }
-    return dataclasses.replace(cfg, **top, **changed, losses=losses, datasets=datasets, grid=grid)
 
 
 def build_config(preset: str | None = None, overrides: dict[str, Any] | None = None) -> Config:

@@ -9,7 +9,14 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from ltexp.config.fields import FieldSpec, _opt, loss_key
+from ltexp.config.fields import STAGE2_METHODS, FieldSpec, _opt, convert, loss_key
+from ltexp.config.grid import axes
+from ltexp.config.grid import axis as axis_of
+from ltexp.errors import ConfigError, did_you_mean
+
+# The registries (ltexp.data, ltexp.losses) are imported where a value is checked against them:
+# ltexp.losses imports torch (1.4 s, measured with python -X importtime), and the config serves
+# ``ltexp --help`` and option errors, which answer in a tenth of a second without it.
 
 DEMO_PRESET = "demo"  # the embedded digits, small models from scratch: runs on a CPU
 PROTOCOL_PRESET = "thesis"  # the protocol: CIFAR-100, the four pretrained backbones
@@ -494,8 +501,6 @@ class TuneConfig:
     )
 
 
-# the second stages of Kang et al. 2020 (ltexp/training/decoupling.py implements them)
-STAGE2_METHODS = ("crt", "tau_norm", "lws")
 # epochs of the methods that train, as Kang et al.'s released configs set them
 # (facebookresearch/classifier-balancing, config/*/cls_crt.yaml and cls_lws.yaml)
 STAGE2_EPOCHS = {"crt": 10, "lws": 5}
@@ -694,14 +699,10 @@ class Config:
     def grid_values(self, axis: str) -> list[Any]:
         """The grid's values of an axis (``grid_values("sampler")``: the ``samplers`` option);
         an axis registered after this config was built has its default values."""
-        from ltexp.config.grid import axis as axis_of
-
         return list(self.grid.get(axis, axis_of(axis).default))
 
     def replace(self, **flat: Any) -> Config:
         """A copy with flat keys changed (``cfg.replace(model="vit_b16", seed=1)``), checked."""
-        from ltexp.config.loading import apply_overrides
-
         return apply_overrides(self, flat)
 
     def to_dict(self, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -839,8 +840,6 @@ def grid_fields() -> list[FieldSpec]:
     ``samplers``, ``study_mixing``, …). Under ``study:`` in YAML each is its grid key without
     ``study_``, which keeps the flat key (``study_mixing``) apart from the cell's own option
     (``mixing``)."""
-    from ltexp.config.grid import axes
-
     # an axis's values have the range of the cell's own option (seeds: seed's)
     own = {spec.key: spec for section in SECTIONS for spec in section_fields(section)}
     return [
@@ -912,3 +911,51 @@ def _field_default(f: dataclasses.Field) -> Any:
 def runtime_keys() -> frozenset[str]:
     """Flat keys that only change how a run executes (left out of every identity hash)."""
     return frozenset(k for k, f in all_fields().items() if f.runtime)
+
+
+def check_experiment_name(value: Any) -> str:
+    """An MLflow experiment name: text, not blank, one line (empty = the default)."""
+    if not isinstance(value, str):
+        raise ConfigError(f"experiment must be a string, got {value!r}")
+    if value and not value.strip():
+        raise ConfigError("experiment is blank; give a name, or leave it out for the default")
+    if any(ord(c) < 32 for c in value) or len(value) > 250:
+        raise ConfigError(f"experiment {value[:40]!r}… must be one line of at most 250 characters")
+    return value.strip()
+
+
+def apply_overrides(cfg: Config, values: dict[str, Any]) -> Config:
+    """A new config: ``cfg`` with flat ``{key: value}`` pairs applied (strings are converted).
+
+    Raises:
+        ConfigError: an unknown key (with a did-you-mean), a wrong type, an out-of-range value.
+    """
+    fields = all_fields()
+    sections: dict[str, dict[str, Any]] = {}
+    losses = {k: dict(v) for k, v in cfg.losses.items()}
+    datasets = {k: dict(v) for k, v in cfg.datasets.items()}
+    grid = {k: list(v) for k, v in cfg.grid.items()}
+    top: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == "experiment":
+            top["experiment"] = check_experiment_name(value)
+            continue
+        if key == "preset":
+            continue
+        spec = fields.get(key)
+        if spec is None:
+            raise ConfigError(f"unknown option {key!r}{did_you_mean(key, list(fields))}")
+        converted = convert(spec, value)
+        if spec.section == "losses":
+            losses.setdefault(spec.owner, {})[spec.name] = converted
+        elif spec.section == "datasets":
+            datasets.setdefault(spec.owner, {})[spec.name] = converted
+        elif spec.section == "study" and spec.owner:  # a grid option: the axis's values
+            grid[spec.owner] = converted
+        else:
+            sections.setdefault(spec.section, {})[spec.name] = converted
+    changed = {
+        name: dataclasses.replace(getattr(cfg, name), **updates)
+        for name, updates in sections.items()
+    }
+    return dataclasses.replace(cfg, **top, **changed, losses=losses, datasets=datasets, grid=grid)

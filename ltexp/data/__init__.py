@@ -1,5 +1,11 @@
 """Data: source datasets (registry), the split protocol, prepared datasets, the tensor pipeline,
-samplers and batch mixing."""
+samplers and batch mixing.
+
+The datasets, splits and prepared data are NumPy: ``import ltexp.data`` is 0.2 s, and the config
+checks names against this registry without waiting for torch. The modules that decode or resize
+images (files, digits, synthetic, the CIFAR download) import torch, torchvision and PIL inside
+the function that needs them (torch and torchvision: 2.4 s, measured with python -X importtime).
+"""
 
 from ltexp.data.prepared import PreparedData, Split, prepare, rebuild
 from ltexp.data.sources import (

@@ -107,7 +107,7 @@ def random_resized_boxes(n: int, h: int, w: int, g: torch.Generator) -> Tensor:
 
 def resized_crop_flip(x: Tensor, boxes: Tensor, flip: Tensor, size: int) -> Tensor:
     """Each image's box resampled (bilinear) to ``size``², then flipped where ``flip``."""
-    from torchvision.ops import roi_align
+    from torchvision.ops import roi_align  # torchvision (1 s): only the rrc augmentation needs it
 
     index = torch.arange(len(x), device=x.device, dtype=x.dtype)[:, None]
     # sampling_ratio 0: ceil(box / size) samples per output pixel, averaged; one sample (exact)
@@ -286,3 +286,72 @@ def _host_images(images: np.ndarray | Tensor) -> Tensor:
     if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
         raise ValueError(f"images must be uint8 (N, H, W, 3), got {x.dtype} {list(x.shape)}")
     return x
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """How a model takes its images: on which device, at which side, in which dtype and
+    memory layout, normalised with which mean and std (None: the protocol's)."""
+
+    device: torch.device
+    image_size: int | None = None
+    dtype: torch.dtype = torch.float32
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    channels_last: bool = False
+
+    def batches_options(self) -> dict:
+        """The :class:`TensorBatches` keywords of this format."""
+        return {
+            "device": self.device,
+            "image_size": self.image_size,
+            "dtype": self.dtype,
+            "channels_last": self.channels_last,
+            "mean": tuple(self.mean) if self.mean is not None else PROTOCOL_MEAN,
+            "std": tuple(self.std) if self.std is not None else PROTOCOL_STD,
+        }
+
+
+def evaluation_batches(
+    images: np.ndarray | Tensor,
+    labels: np.ndarray | Tensor,
+    batch_size: int,
+    fmt: ImageFormat,
+    max_resident_bytes: int | None = None,
+) -> TensorBatches:
+    """A split for validation or testing: every image once, in order, resized and normalised."""
+    return TensorBatches(
+        images, labels, batch_size, max_resident_bytes=max_resident_bytes, **fmt.batches_options()
+    )
+
+
+def training_batches(
+    images: np.ndarray | Tensor,
+    labels: np.ndarray | Tensor,
+    batch_size: int,
+    fmt: ImageFormat,
+    *,
+    seed: int,
+    epochs: int,
+    sampler: str = "instance",
+    augment: str = "crop",
+    rank: int = 0,
+    world_size: int = 1,
+    max_resident_bytes: int | None = None,
+) -> TensorBatches:
+    """A split for training: shuffled (``sampler``) and augmented (``augment``) anew each epoch
+    from ``seed``, sharded over ``world_size`` data-parallel ranks."""
+    return TensorBatches(
+        images,
+        labels,
+        batch_size,
+        train=True,
+        seed=seed,
+        epochs=epochs,
+        sampler=sampler,
+        augment=augment,
+        rank=rank,
+        world_size=world_size,
+        max_resident_bytes=max_resident_bytes,
+        **fmt.batches_options(),
+    )

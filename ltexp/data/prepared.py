@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ltexp.data.files import verify_cache
 from ltexp.data.sources import SourceData, sha256_arrays
 from ltexp.data.splits import (
     LOADED_SPLITS,
@@ -27,6 +28,9 @@ from ltexp.data.splits import (
     TRAINING_SETS,
     Protocol,
     SplitPlan,
+    build_given_splits,
+    build_splits,
+    cut_per_class,
 )
 from ltexp.errors import ConfigError, DataError
 
@@ -195,9 +199,6 @@ def rebuild(
 def prepare(source: SourceData, protocol: Protocol) -> tuple[PreparedData, SplitPlan]:
     """Build, materialise and describe every split of ``protocol`` on ``source`` (an image
     cache it reads is verified first: what the manifest records is what the cache holds)."""
-    from ltexp.data.files import verify_cache
-    from ltexp.data.splits import build_given_splits, build_splits, cut_per_class
-
     verify_cache(source)
     if protocol.mode == "given":
         plan = build_given_splits(

@@ -26,6 +26,10 @@ _WAYS_OUT = (
 )
 
 
+# timm (1.3 s) and torchvision.models (1.0 s; python -X importtime, after torch) are imported
+# where a backbone is built: the small CPU models and a plan need neither.
+
+
 def _torchvision(builder_name: str, weights_name: str) -> Callable[[bool], nn.Module]:
     def create(pretrained: bool) -> nn.Module:
         import torchvision.models as tvm

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from ltexp.errors import ConfigError, WeightsError, unknown_name_error
@@ -151,8 +152,6 @@ def load_local_weights(model: nn.Module, path: Path, classifier: str) -> None:
         raise WeightsError(f"weights file {str(path)!r} does not exist")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ltexp.errors import WeightsError
 from ltexp.models.registry import ModelSpec, register_model
 
 
@@ -86,8 +87,6 @@ class CifarResNet(nn.Module):
 def _from_scratch(factory: Callable[[], nn.Module]) -> Callable[[bool], nn.Module]:
     def create(pretrained: bool) -> nn.Module:
         if pretrained:
-            from ltexp.errors import WeightsError
-
             raise WeightsError(
                 "the small ltexp models have no pretrained weights; use "
                 "pretrained=false or a local weights file"

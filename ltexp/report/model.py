@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ltexp.report.tables import CI_SUFFIXES, COLUMNS, with_axes
-from ltexp.tracking.schema import CELL_PARAMS
+from ltexp.schema import CELL_PARAMS
 
 DASH = "—"
 # evaluate's predictions artifact: <split>_labels, <split>_top5 for test_balanced and test_lt

@@ -10,6 +10,7 @@ blocks (:mod:`ltexp.report.model`).
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,10 @@ from typing import Any
 
 import pandas as pd
 
-from ltexp.data.splits import FEW_SHOT_MAX, MANY_SHOT_MIN
+from ltexp.config import loss_key
+from ltexp.data.splits import FEW_SHOT_MAX, MANY_SHOT_MIN, TRAINING_SETS
 from ltexp.evaluation import CALIBRATION_BINS, reliability, softmax_confidence
+from ltexp.losses import LOSSES, same_as_loss
 from ltexp.report import plots
 from ltexp.report.claims import (
     THESIS,
@@ -72,7 +75,7 @@ from ltexp.report.tables import (
     split_sizes_table,
     summary,
 )
-from ltexp.tracking.schema import CELL_PARAMS, REPORT_COLUMNS, SHOT_COLUMNS
+from ltexp.schema import CELL_PARAMS, REPORT_COLUMNS, SHOT_COLUMNS
 
 
 @dataclass
@@ -960,8 +963,6 @@ def _tail_note(tail_n: int | None, fmt: Fmt) -> list[str]:
 def _tuned_table(results: pd.DataFrame, number: Callable[[str], str]) -> Table:
     """Which hyper-parameters each cell used, when ``ltexp main --tuned`` took them from a
     search (``ltexp tune``)."""
-    import json
-
     rows = []
     keys = ["model", "loss", "train_split"]
     for (model, loss, split), part in results.groupby(keys, sort=False):
@@ -988,9 +989,6 @@ def _tuned_table(results: pd.DataFrame, number: Callable[[str], str]) -> Table:
 def _same_loss(
     manifest: dict[str, Any], results: pd.DataFrame, loss: str, split: str, other: str
 ) -> bool:
-    from ltexp.config import loss_key
-    from ltexp.data.splits import TRAINING_SETS
-    from ltexp.losses import LOSSES, same_as_loss
 
     info = manifest["splits"].get(TRAINING_SETS.get(split, ""))
     if loss not in LOSSES or not info or not all(info["per_class"]):

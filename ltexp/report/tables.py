@@ -1,7 +1,7 @@
 """The report's tables (docs/protocol.md, "The grid and the report"), as plain data frames.
 
 Input: one row per evaluate run with the params ``dataset, model, loss, train_split, seed``, the
-five metrics of :data:`ltexp.tracking.schema.REPORT_COLUMNS` and, where logged, their 95 %
+five metrics of :data:`ltexp.schema.REPORT_COLUMNS` and, where logged, their 95 %
 bootstrap bounds; the prepare_data manifest for the data tables. Nothing else is read, so results
 logged by any tool in that schema count. Standard deviations are population (ddof = 0).
 """
@@ -17,10 +17,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+from scipy import stats
 
 from ltexp.config import grid as config_grid
+from ltexp.errors import ConfigError
+from ltexp.losses import LOSSES
+from ltexp.models import MODELS, build_model, count_parameters, model_spec
+from ltexp.report.variants import axes_of, with_identities
+from ltexp.schema import CELL_PARAMS, REPORT_COLUMNS
 from ltexp.textfiles import read_small_text
-from ltexp.tracking.schema import CELL_PARAMS, REPORT_COLUMNS
 
 COLUMNS = tuple(REPORT_COLUMNS)  # balanced, long_tailed, head, middle, tail
 CI_SUFFIXES = ("_ci_low", "_ci_high")
@@ -58,15 +64,11 @@ def ordered(values: list[str] | set[str], order: tuple[str, ...]) -> list[str]:
 
 def loss_title(loss: str) -> str:
     """Display name of a loss (from the loss registry)."""
-    from ltexp.losses import LOSSES
-
     return LOSSES[loss].display_name if loss in LOSSES else loss
 
 
 def model_title(model: str) -> str:
     """Display name of a backbone (from the model registry)."""
-    from ltexp.models import MODELS
-
     return MODELS[model].title if model in MODELS else model
 
 
@@ -98,22 +100,12 @@ def with_axes(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def is_plain(frame: pd.DataFrame) -> pd.Series:
-    """Rows whose every grid axis beyond the thesis (sampler, mixing, stage2) is plain."""
-    mask = pd.Series(True, index=frame.index)
-    for axis, plain in axis_params().items():
-        mask &= frame[axis] == plain
-    return mask
-
-
 def select_latest(frame: pd.DataFrame) -> Selection:
     """One result per identity (the same cell and seed): the latest finished run. Results of
     different identities are all kept, however alike their params (:mod:`ltexp.report.variants`).
 
     ``frame`` needs ``run_id``, ``end_time``, the cell params, the axes and the metric columns.
     """
-    from ltexp.report.variants import with_identities
-
     frame = with_identities(with_axes(frame)).sort_values(["end_time", "run_id"])
     dup_mask = frame.duplicated("result_key", keep="last")
     notes = []
@@ -142,7 +134,6 @@ def only_axis(results: pd.DataFrame, axis: str) -> pd.DataFrame:
             if other != axis:
                 mask &= results[other] == plain
         return results[mask]
-    from ltexp.report.variants import axes_of
 
     differs = results.apply(lambda r: axes_of(r["label"], r["identity"]) == [axis], axis=1)
     return results[results["thesis"] | differs]
@@ -179,8 +170,6 @@ def cell_means(results: pd.DataFrame) -> pd.DataFrame:
     freedom, within [0, 1]). The report replaces the latter by the interval over seeds and test
     images where the runs' predictions are there
     (:func:`ltexp.report.correctness.with_seed_intervals`)."""
-    from scipy import stats
-
     keys = ["model", "loss", "train_split"]
     grouped = results.groupby(keys)
     means = grouped[list(COLUMNS)].mean()
@@ -350,11 +339,6 @@ def split_sizes_table(manifest: dict[str, Any]) -> pd.DataFrame:
 def backbones_table(models: list[str], num_classes: int) -> pd.DataFrame:
     """Table 3.3: type, pretraining, parameters (millions, with a ``num_classes``-way head,
     counted on the built model) and the weights' ImageNet-1K top-1 (%) from the library."""
-    import torch
-
-    from ltexp.errors import ConfigError
-    from ltexp.models import build_model, count_parameters, model_spec
-
     rows = []
     for name in models:
         try:

@@ -27,7 +27,7 @@ import pandas as pd
 
 from ltexp import cells
 from ltexp.config import axes, variant_axes
-from ltexp.tracking.schema import CELL_PARAMS
+from ltexp.schema import CELL_PARAMS
 
 POSITION = ["model", "loss", "train_split"]  # a row of Tables 4.1-4.8
 # identity entries that say what kind of run it was, not what it trained

@@ -15,9 +15,9 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from ltexp import locks
+from ltexp import locks, schema
 from ltexp.checkpoint import folder_problem
-from ltexp.config import Config, variant_axes
+from ltexp.config import Config
 from ltexp.errors import ConfigError, HostError, TrackingError
 from ltexp.report.build import (
     Grid,
@@ -29,8 +29,9 @@ from ltexp.report.build import (
 )
 from ltexp.report.claims import load_claims
 from ltexp.timing import timed
-from ltexp.tracking import claims, runs, schema
+from ltexp.tracking import claims, runs
 from ltexp.tracking.queries import FINISHED, where
+from ltexp.tracking.questions import query_results
 
 log = logging.getLogger(__name__)
 
@@ -42,67 +43,6 @@ class AggregateResult:
     run_id: str
     output_dir: Path
     report: Report
-
-
-def query_results(experiment_id: str, dataset: str = "") -> list[dict]:
-    """Every FINISHED evaluate run of the experiment that tested a checkpoint as trained (no
-    post-hoc adjustment), as records (one paginated query)."""
-    found = runs.search_all(
-        [experiment_id],
-        where(schema.Step.EVALUATE, status=FINISHED),
-    )
-    models = [
-        run for step in schema.MODEL_STEPS for run in runs.search_all([experiment_id], where(step))
-    ]
-    tuned = {r.info.run_id: r.data.tags.get(schema.TUNED_PARAMS, "") for r in models}
-    identity = {r.info.run_id: runs.recorded_identity(r) or None for r in models}
-    by_id = {r.info.run_id: r for r in models}
-    # an ensemble's members, by the versions it lists: their train (or decouple) runs
-    run_of_version = {r.data.tags.get(schema.MODEL_URI): r.info.run_id for r in models}
-    records = []
-    for run in found:
-        p, m = run.data.params, run.data.metrics
-        if any(k not in p for k in schema.CELL_PARAMS):
-            continue
-        if dataset and p["dataset"] != dataset:
-            continue
-        if _number(p.get(schema.TAU, "0")) != 0 or _number(p.get(schema.TEMPERATURE, "1")) != 1:
-            continue  # a post-hoc adjusted evaluation is not the cell's result
-        record = {
-            "run_id": run.info.run_id,
-            "end_time": run.info.end_time or 0,
-            "data_digest": run.data.tags.get(schema.DATA_DIGEST, ""),
-            "tuned_params": tuned.get(p.get(schema.TRAIN_RUN_ID, ""), ""),
-            "identity": identity.get(p.get(schema.TRAIN_RUN_ID, "")),
-            "train_run_id": p.get(schema.TRAIN_RUN_ID, ""),
-            "best_val_acc1": _val_acc1(by_id.get(p.get(schema.TRAIN_RUN_ID, ""))),
-            **{k: p[k] for k in schema.CELL_PARAMS},
-            **{a.key: p.get(a.key, a.plain) for a in variant_axes()},
-        }
-        for col, name in {**schema.REPORT_COLUMNS, **schema.SHOT_COLUMNS}.items():
-            record[col] = m.get(name)
-            record[f"{col}_ci_low"] = m.get(name + "_ci_low")
-            record[f"{col}_ci_high"] = m.get(name + "_ci_high")
-            record[f"{col}_ece"] = m.get(name.removesuffix("_acc1") + "_ece")
-        model_run = by_id.get(p.get(schema.TRAIN_RUN_ID, ""))
-        if model_run is not None and model_run.data.tags.get(schema.STEP) == schema.Step.ENSEMBLE:
-            versions = model_run.data.tags.get(schema.ENSEMBLE_MEMBERS, "").split(",")
-            record["ensemble"] = model_run.info.run_name
-            record["members"] = ",".join(run_of_version.get(v, "") for v in versions)
-            record["combine"] = model_run.data.params.get("combine", "logits")
-        records.append(record)
-    return records
-
-
-def _val_acc1(run: mlflow.entities.Run | None) -> float | None:
-    return None if run is None else run.data.metrics.get(schema.BEST_VAL_ACC1)
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text or 0)
-    except ValueError:
-        return float("nan")
 
 
 def choose_experiment(cfg: Config) -> tuple[str, str]:

@@ -22,15 +22,15 @@ from pathlib import Path
 import mlflow
 import torch
 
-from ltexp import cells
+from ltexp import cells, schema
 from ltexp.checkpoint import BEST, checkpoint_folder, ensure_folder, save_weights
 from ltexp.config import Config
-from ltexp.data.pipeline import TensorBatches
+from ltexp.data.pipeline import ImageFormat, evaluation_batches, training_batches
 from ltexp.data.splits import TRAINING_SETS
 from ltexp.errors import ConfigError
 from ltexp.models import model_spec
 from ltexp.resources import resident_budget
-from ltexp.tracking import claims, registered_models, runs, schema
+from ltexp.tracking import claims, registered_models, runs
 from ltexp.tracking.datasets import data_root_for, load_prepared
 from ltexp.tracking.inputs import log_split_inputs
 from ltexp.training import (
@@ -52,12 +52,6 @@ log = logging.getLogger(__name__)
 
 # what stage 2 takes from the stage-1 run (everything else of training is stage 2's own)
 STAGE1_OPTIONS = ("seed", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "eps")
-
-
-def decouple_hash(stage1_run_id: str, identity: dict) -> str:
-    """The ``ltexp.config_hash`` of a decouple run: its identity and its stage-1 run (a stage 1
-    trained again is decoupled again)."""
-    return cells.identity_hash({**identity, "stage1_run": stage1_run_id})
 
 
 def run_decouple(
@@ -94,7 +88,7 @@ def run_decouple(
     lr = d.stage2_lr or t.lr
     epochs = d.epochs(method) if method != "tau_norm" else 0
     identity = cells.stage2_identity(runs.recorded_identity(stage1), cfg)
-    chash = decouple_hash(stage1.info.run_id, identity)
+    chash = cells.decouple_hash(stage1.info.run_id, identity)
     exp_id = stage1.info.experiment_id
     claims.reap_dead_runs()
     launched, wrapper = (None, None) if parent_run_id else runs.launched_run_for(exp_id)
@@ -129,15 +123,13 @@ def run_decouple(
     ) as run:
         log_split_inputs(prepared, splits=(training_set, "val"))
         amp = autocast_dtype(cfg.runtime.precision, device)
-        batch = {
-            "device": device,
-            "image_size": info.image_size,
-            "dtype": amp or torch.float32,
-            "mean": info.mean,
-            "std": info.std,
-        }
+        image_format = ImageFormat(
+            device, info.image_size, amp or torch.float32, info.mean, info.std
+        )
         val = prepared.splits["val"]
-        val_batches = TensorBatches(val.images, val.labels, cfg.runtime.eval_batch_size, **batch)
+        val_batches = evaluation_batches(
+            val.images, val.labels, cfg.runtime.eval_batch_size, image_format
+        )
         folder = checkpoint_folder(cfg.runtime.checkpoint_dir, run.info.run_id)
         folder.mkdir(parents=True, exist_ok=True)
         tau = None
@@ -150,17 +142,16 @@ def run_decouple(
         else:
             seed_everything(t.seed)
             train = prepared.splits[training_set]
-            train_batches = TensorBatches(
+            train_batches = training_batches(
                 train.images,
                 train.labels,
                 t.batch_size,
-                train=True,
+                image_format,
                 seed=t.seed,
-                sampler="class_balanced",  # cRT and LWS re-balance by sampling
                 epochs=epochs,
+                sampler="class_balanced",  # cRT and LWS re-balance by sampling
                 augment=resolve_augment(t.augment, prepared),
                 max_resident_bytes=resident_budget(cfg.runtime.data_on_device_gb, device),
-                **batch,
             )
             best_acc, best_epoch = -1.0, 0
             for result in train_classifier(

@@ -7,7 +7,7 @@ classes or image size); load them from their safetensors weights; find an ensemb
 versions already built, or build it in an ``ensemble`` run: its validation top-1, its members as
 tags, a registered version (``ltexp-<dataset>-ensemble-…``) that loads with
 ``mlflow.pytorch.load_model``, ``mlflow.pyfunc.load_model`` and ``ltexp.load_model``. Its
-evaluation is the evaluate step's work (``ltexp.steps.study.run_ensembled`` chains them, as for a
+evaluation is the evaluate step's work (``ltexp.study.run.run_ensembled`` chains them, as for a
 cell).
 """
 
@@ -19,13 +19,13 @@ from collections.abc import Sequence
 import mlflow
 import torch
 
-from ltexp import cells
+from ltexp import cells, schema
 from ltexp.config import Config
-from ltexp.data.pipeline import TensorBatches
+from ltexp.data.pipeline import ImageFormat, evaluation_batches
 from ltexp.data.splits import TRAINING_SETS
 from ltexp.errors import ConfigError
 from ltexp.models.ensemble import ENSEMBLE, Ensemble
-from ltexp.tracking import claims, registered_models, runs, schema
+from ltexp.tracking import claims, registered_models, runs
 from ltexp.tracking.datasets import load_prepared
 from ltexp.tracking.queries import FINISHED, where
 from ltexp.training import TrainResult, resolve_device, validate
@@ -216,16 +216,8 @@ def _validation_top1(
     """The ensemble's top-1 on the validation split (what chooses a champion)."""
     val = prepared.splits["val"]
     amp = autocast_dtype(cfg.runtime.precision, device)
-    batches = TensorBatches(
-        val.images,
-        val.labels,
-        cfg.runtime.eval_batch_size,
-        device=device,
-        image_size=info.image_size,
-        dtype=amp or torch.float32,
-        mean=info.mean,
-        std=info.std,
-    )
+    image_format = ImageFormat(device, info.image_size, amp or torch.float32, info.mean, info.std)
+    batches = evaluation_batches(val.images, val.labels, cfg.runtime.eval_batch_size, image_format)
     model = ensemble.to(device).eval()
     result = validate(model, batches, prepared.groups(), info.num_classes, amp)
     ensemble.to("cpu")

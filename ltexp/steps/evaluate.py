@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ltexp import schema
 from ltexp.config import Config, variant_axes
 from ltexp.data import PreparedData
 from ltexp.data.splits import FREQUENCY_GROUPS, SHOT_GROUPS, TRAINING_SETS
@@ -40,7 +41,7 @@ from ltexp.losses import adjust_logits
 from ltexp.report.plots import confusion_figure, per_class_accuracy_figure
 from ltexp.resources import check_fits, image_batch_bytes
 from ltexp.timing import timed
-from ltexp.tracking import claims, registered_models, runs, schema
+from ltexp.tracking import claims, registered_models, runs
 from ltexp.tracking.datasets import data_root_for, load_prepared
 from ltexp.tracking.inputs import log_split_inputs
 from ltexp.tracking.queries import ENDED_UNFINISHED, where

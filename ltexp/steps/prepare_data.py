@@ -8,43 +8,15 @@ from pathlib import Path
 import mlflow
 import yaml
 
-from ltexp.cells import data_key
+from ltexp import schema
+from ltexp.cells import data_key, data_protocol
 from ltexp.config import Config
-from ltexp.data import SPLITS, Protocol, SourceData, load_source, prepare
+from ltexp.data import SPLITS, load_source, prepare
 from ltexp.data.prepared import manifest_bytes, save_indices
-from ltexp.errors import ConfigError
 from ltexp.report.plots import class_counts_figure
 from ltexp.timing import timed
-from ltexp.tracking import runs, schema
+from ltexp.tracking import runs
 from ltexp.tracking.inputs import log_split_inputs
-
-
-def protocol(cfg: Config, source: SourceData) -> Protocol:
-    """The split protocol: configured values, the dataset's defaults for the sizes left unset.
-
-    ``split_mode=auto`` keeps a set that is long-tailed as given (``source.long_tailed``) as it
-    is; there, a balanced training set exists only when ``n_max_train`` asks for one.
-    """
-    d = cfg.data
-    mode = d.split_mode if d.split_mode != "auto" else "given" if source.long_tailed else "protocol"
-    if mode == "protocol" and not len(source.test_labels):
-        raise ConfigError(
-            f"split_mode=protocol needs a source test set (it becomes the validation split) and "
-            f"{source.name} has none under {d.data_root!r}; use split_mode=given"
-        )
-    given = mode == "given"
-    return Protocol(
-        profile=d.profile,
-        imbalance_ratio=d.imbalance_ratio,
-        pareto_alpha=d.pareto_alpha,
-        n_train=(d.n_max_train or 0) if given else d.n_max_train or source.n_train_per_class,
-        n_test=0 if given else d.n_max_test or source.n_test_per_class,
-        seed=d.split_seed,
-        class_order=d.class_order,
-        mode=mode,
-        holdout_fraction=d.holdout_fraction,
-        max_per_class=d.max_per_class or 0,
-    )
 
 
 @timed("prepare")
@@ -63,7 +35,7 @@ def run_prepare_data(
     """
     d = cfg.data
     source = load_source(d.dataset, d.data_root, d.download, **cfg.dataset_options())
-    proto = protocol(cfg, source)
+    proto = data_protocol(cfg, source)
     prepared, plan = prepare(source, proto)
     exp_id = runs.resolve_experiment(cfg.experiment, default=d.dataset)
     shape = (

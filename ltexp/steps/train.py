@@ -18,7 +18,7 @@ import mlflow
 import torch
 import yaml
 
-from ltexp import cells
+from ltexp import cells, schema
 from ltexp.checkpoint import (
     BEST,
     LAST,
@@ -39,7 +39,7 @@ from ltexp.models.finetune import plain_state_dict
 from ltexp.progress import labelled
 from ltexp.timing import add as add_time
 from ltexp.timing import timed
-from ltexp.tracking import claims, registered_models, runs, schema
+from ltexp.tracking import claims, registered_models, runs
 from ltexp.tracking.datasets import find_prepared_run, load_prepared
 from ltexp.tracking.inputs import log_split_inputs
 from ltexp.tracking.queries import FINISHED, where

@@ -20,8 +20,9 @@ from typing import Any
 import mlflow
 from mlflow.entities import Run, RunStatus
 
+from ltexp import schema
+from ltexp.cells import code_version
 from ltexp.errors import TrackingError
-from ltexp.tracking import schema
 from ltexp.tracking.queries import FINISHED, RUNNING, where
 from ltexp.tracking.runs import (
     STALE_SECONDS,
@@ -134,8 +135,6 @@ def finished_run(
     experiment_id: str, config_hash: str, step: schema.Step = schema.Step.TRAIN
 ) -> str | None:
     """The latest FINISHED run of ``step`` with this config hash, by this code."""
-    from ltexp.cells import code_version
-
     found = search_all(
         [experiment_id],
         where(

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import mlflow
 
+from ltexp import schema
 from ltexp.cells import data_key
 from ltexp.config import Config, all_fields
 from ltexp.data import PreparedData, load_source, rebuild
 from ltexp.data.prepared import load_indices
 from ltexp.errors import DataError, TrackingError
-from ltexp.tracking import runs, schema
+from ltexp.tracking import runs
 from ltexp.tracking.queries import FINISHED, where
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ import time
 
 import mlflow
 
+from ltexp import schema
 from ltexp.data import PreparedData
-from ltexp.tracking import schema
 
 
 def log_split_inputs(

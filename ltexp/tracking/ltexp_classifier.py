@@ -21,6 +21,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pytorch import _load_pyfunc as load_pytorch
 
 OUTPUT_PARAM = "output"
 OUTPUTS = ("logits", "probabilities", "classes")
@@ -33,9 +37,6 @@ MAX_INPUT = 1e4
 
 def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> ClassifierPredictor:
     """pyfunc's entry point: ``data_path`` is the model's ``data/`` folder."""
-    from mlflow.models import Model
-    from mlflow.pytorch import _load_pyfunc as load_pytorch
-
     metadata = Model.load(Path(data_path).parent).metadata or {}
     with warnings.catch_warnings():
         # MLflow reads TorchScript through torch.load, and torch says that it dispatches to
@@ -117,7 +118,5 @@ def _refuse_non_finite(values: Any, what: str, bound: float = np.inf) -> None:
 
 
 def _invalid(message: str) -> Exception:
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ltexp import schema
 from ltexp.errors import TrackingError
-from ltexp.tracking import schema
 
 FINISHED = "FINISHED"
 RUNNING = "RUNNING"

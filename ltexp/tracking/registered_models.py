@@ -43,10 +43,13 @@ from mlflow.models import Model, ModelSignature
 from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 from torch import nn
 
+from ltexp import schema
 from ltexp.checkpoint import load_weights, save_weights
 from ltexp.data.sources import MAX_CLASS_NAME
 from ltexp.errors import ConfigError, TrackingError, TrainingError
-from ltexp.tracking import ltexp_classifier, runs, schema
+from ltexp.models import HEADS, build_model, model_spec
+from ltexp.models.ensemble import COMBINES, ENSEMBLE, Ensemble
+from ltexp.tracking import ltexp_classifier, runs
 from ltexp.tracking.queries import ltexp_models, versions_of
 
 log = logging.getLogger(__name__)
@@ -81,9 +84,6 @@ class ModelInfo:
 def build_classifier(info: ModelInfo) -> nn.Module:
     """The untrained module a version's weights load into: the backbone, or an ensemble of
     its members' backbones."""
-    from ltexp.models import build_model
-    from ltexp.models.ensemble import Ensemble
-
     if info.members:
         members = [build_classifier(m) for m in info.members]
         stats = [(m.mean, m.std) for m in info.members]
@@ -358,8 +358,6 @@ def register_best(
     """Register the best checkpoint of the active run, once: a resumed run that registered
     before its process died reuses that version. Sets the run's ``ltexp.model_uri`` tag and
     moves the champion; returns ``models:/<name>/<version>``."""
-    from ltexp.models import build_model
-
     run_id = mlflow.active_run().info.run_id
     uri = version_of_run(registered_name, run_id)
     if uri is None:
@@ -692,9 +690,6 @@ def read_model_info(path: Path, model_uri: str) -> ModelInfo:
 
 def _model_info(raw: Any, refuse: Any, *, nested: bool) -> ModelInfo:
     """One description checked (an ensemble's members each in turn, one level deep)."""
-    from ltexp.models import HEADS, model_spec
-    from ltexp.models.ensemble import COMBINES, ENSEMBLE
-
     fields = set(ModelInfo.__dataclass_fields__)
     optional = {"class_names", "members", "combine"}
     if not isinstance(raw, dict) or not fields - optional <= set(raw) <= fields:

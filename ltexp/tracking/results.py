@@ -12,7 +12,7 @@ from __future__ import annotations
 import mlflow
 from mlflow.entities import LoggedModelInput
 
-from ltexp.tracking import schema
+from ltexp import schema
 
 
 def log_model_input(model_id: str | None) -> None:

@@ -12,21 +12,25 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import re
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import mlflow
-from mlflow.entities import Run, RunStatus
+import sqlalchemy
+from mlflow.entities import Metric, Run, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
+from sqlalchemy import exc
 
-from ltexp import locks
+from ltexp import locks, schema
 from ltexp.cells import code_version, identity_from_params
-from ltexp.errors import LtexpError, RunStopped, TrackingError
+from ltexp.config import all_fields, convert
+from ltexp.errors import ConfigError, LtexpError, RunStopped, TrackingError
 from ltexp.markdown import markdown_text
-from ltexp.tracking import schema
 
 log = logging.getLogger(__name__)
 _ASYNC_PENDING = False  # metrics queued by log_epoch and not yet flushed
@@ -116,9 +120,6 @@ def check_database(url: str, what: str, timeout: int = 10) -> None:
         TrackingError: not a database URL SQLAlchemy knows, a driver that is not installed, a
             server that does not answer, a database that does not exist, credentials refused.
     """
-    import sqlalchemy
-    from sqlalchemy import exc
-
     shown = redact(url)
     args = {"connect_timeout": timeout} if url.startswith(("postgresql", "mysql")) else {}
     try:
@@ -424,8 +425,6 @@ _HEARTBEATS: dict[str, Any] = {}
 def _start_heartbeat(run_id: str) -> None:
     """Refresh the run's heartbeat tag every ``LTEXP_HEARTBEAT_SECONDS`` while it is open, so
     another host can tell a live run from a dead one."""
-    import threading
-
     stop = threading.Event()
     every = env_seconds("LTEXP_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS)
 
@@ -626,8 +625,6 @@ class EpochSender:
         self._start(pid=0)
 
     def _start(self, pid: int) -> None:
-        import queue
-        import threading
 
         self._queue: queue.Queue = queue.Queue()
         self._errors: list[BaseException] = []
@@ -646,7 +643,6 @@ class EpochSender:
         self._queue.put((uri, run_id, metrics, step, tags, int(time.time() * 1000)))
 
     def _send(self) -> None:
-        from mlflow.entities import Metric, RunTag
 
         while True:
             uri, run_id, metrics, step, tags, millis = self._queue.get()
@@ -748,9 +744,6 @@ def _param_text(value: Any) -> str:
 def _same_value(a: str, b: str, key: str = "") -> bool:
     """Whether two param texts mean the same value (``-P deterministic=yes`` is ``True``,
     ``-P betas=.9,.999`` is ``0.9,0.999``): through the config field's own converter."""
-    from ltexp.config import all_fields, convert
-    from ltexp.errors import ConfigError
-
     spec = all_fields().get(key)
     if spec is not None:
         with contextlib.suppress(ConfigError):

@@ -26,8 +26,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from ltexp.config.sections import STAGE2_METHODS
+from ltexp.config.fields import STAGE2_METHODS
 from ltexp.errors import ConfigError, unknown_name_error
+from ltexp.losses import build_loss
+from ltexp.training.loop import fit, predict
+from ltexp.training.setup import make_scheduler, optimizer_for
 
 if TYPE_CHECKING:
     from ltexp.config import Config
@@ -216,8 +219,6 @@ def search_tau(
     """τ-normalise the head in place with ``given``, or with the τ of the form's grid
     (:data:`TAU_GRIDS`) that scores best on the validation set; return τ and the validation
     top-1 of each τ tried."""
-    from ltexp.training.loop import predict
-
     features = head_inputs(model, path, lambda m: predict(m, val_batches, amp))
     head = linear_head(model, path)
     keep_bias = form == "keep_bias"
@@ -247,10 +248,6 @@ def train_classifier(
     cross-entropy on ``train_batches`` (sampled class-balanced), the backbone frozen in eval
     mode; ``stage1``'s optimizer and seed, ``lr`` cosine-annealed over ``epochs``. Yields each
     epoch's result, as :func:`ltexp.training.loop.fit` does."""
-    from ltexp.losses import build_loss
-    from ltexp.training.loop import fit
-    from ltexp.training.setup import make_scheduler, optimizer_for
-
     trainable = prepare_stage2(model, path, method, stage1.train.seed)
     optimizer = optimizer_for(stage1, iter(trainable), device, lr=lr)
     scheduler = make_scheduler("cosine", optimizer, epochs=epochs, step_size=1, gamma=1.0)

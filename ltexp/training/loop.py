@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ltexp import schema
 from ltexp.data.mixing import Mixer
 from ltexp.data.pipeline import TensorBatches
 from ltexp.distributed import all_reduce_sum, is_distributed
@@ -24,7 +25,6 @@ from ltexp.errors import TrainingError
 from ltexp.losses.base import ClassAwareLoss
 from ltexp.models.finetune import FinetunePlan
 from ltexp.progress import Progress
-from ltexp.tracking import schema
 from ltexp.training.setup import autocast
 
 PROGRESS_EVERY = 25  # steps between progress-bar refreshes (each one is a device sync)

@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from ltexp.checkpoint import ResumeState
+from ltexp.checkpoint import ResumeState, rng_state
 from ltexp.config import Config
 from ltexp.data import PreparedData, dataset_spec, load_source, rebuild
 from ltexp.data.mixing import Mixer
-from ltexp.data.pipeline import TensorBatches
+from ltexp.data.pipeline import ImageFormat, TensorBatches, evaluation_batches, training_batches
 from ltexp.data.splits import TRAINING_SETS
 from ltexp.distributed import DistContext, broadcast
 from ltexp.errors import ConfigError
@@ -103,8 +103,6 @@ class Session:
 
     def resume_state(self, result: EpochResult, config_hash: str) -> ResumeState:
         """The checkpoint after ``result``'s epoch (its metrics already in the history)."""
-        from ltexp.checkpoint import rng_state
-
         return ResumeState(
             epoch=result.epoch,
             model=self.model.state_dict(),
@@ -198,29 +196,23 @@ def build_session(
         gamma=t.lr_gamma,
         warmup_epochs=t.warmup_epochs,
     )
-    batch = {
-        "device": device,
-        "image_size": spec.image_size,
-        "dtype": spec.amp or torch.float32,
-        "channels_last": channels_last,
-        "mean": spec.mean,
-        "std": spec.std,
-    }
+    image_format = ImageFormat(
+        device, spec.image_size, spec.amp or torch.float32, spec.mean, spec.std, channels_last
+    )
     split, val = prepared.splits[training_set], prepared.splits["val"]
     resident = resident_budget(rt.data_on_device_gb, device)
-    train_batches = TensorBatches(
+    train_batches = training_batches(
         split.images,
         split.labels,
         t.batch_size,
-        train=True,
+        image_format,
         seed=t.seed,
+        epochs=t.epochs,
+        sampler=t.sampler,
+        augment=resolve_augment(t.augment, prepared),
         rank=ctx.rank,
         world_size=ctx.world_size,
-        sampler=t.sampler,
-        epochs=t.epochs,
-        augment=resolve_augment(t.augment, prepared),
         max_resident_bytes=resident,
-        **batch,
     )
     if ctx.is_main:
         log.info(
@@ -244,9 +236,7 @@ def build_session(
     left = resident
     if resident is not None and not train_batches.streamed:
         left = max(resident - split.images.nbytes, 0)
-    val_batches = TensorBatches(
-        val.images, val.labels, rt.eval_batch_size, max_resident_bytes=left, **batch
-    )
+    val_batches = evaluation_batches(val.images, val.labels, rt.eval_batch_size, image_format, left)
     step_model = model
     if ctx.enabled:
         step_model = torch.nn.parallel.DistributedDataParallel(

@@ -18,11 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LinearLR, SequentialLR
 
 from ltexp import accelerator
 from ltexp.config import Config
+from ltexp.data.mixing import MIXINGS
 from ltexp.data.pipeline import PROTOCOL_MEAN, PROTOCOL_STD
+from ltexp.data.samplers import SAMPLERS
 from ltexp.errors import ConfigError, unknown_name_error
+from ltexp.losses import LOSSES, build_loss
+from ltexp.models import build_model, input_size, model_spec
 from ltexp.models.finetune import Finetune, parse_finetune
 from ltexp.resources import check_fits, image_batch_bytes
 
@@ -60,8 +65,6 @@ class TrainSpec:
 
 def resolve_image_size(cfg: Config) -> int:
     """The input side: the configured one, else the model's."""
-    from ltexp.models import input_size
-
     return input_size(cfg.train.model, cfg.train.image_size)
 
 
@@ -87,8 +90,6 @@ def resolve_normalization(cfg: Config) -> tuple[tuple[float, ...], tuple[float, 
     Raises:
         ConfigError: ``weights`` for a model that has no pretrained weights.
     """
-    from ltexp.models import model_spec
-
     if cfg.train.normalize == "cifar":
         return PROTOCOL_MEAN, PROTOCOL_STD
     spec = model_spec(cfg.train.model)
@@ -104,10 +105,6 @@ def check_weights(cfg: Config, spec: TrainSpec) -> None:
     """Load the configured weights into a model on the meta device (no memory, no data needed):
     a missing download, a file that is not a state dict, a model without weights are refused
     before anything is prepared or created."""
-    import torch
-
-    from ltexp.models import build_model
-
     with torch.device("meta"):
         build_model(cfg.train.model, 2, pretrained=spec.pretrained, head=spec.head)
 
@@ -119,11 +116,6 @@ def resolve_train(cfg: Config) -> TrainSpec:
         ConfigError: an unknown model or loss, a bad hyper-parameter, a device that is not
             here, an image size the model cannot take, a weights path that is not a file.
     """
-    from ltexp.data.mixing import MIXINGS
-    from ltexp.data.samplers import SAMPLERS
-    from ltexp.losses import LOSSES, build_loss
-    from ltexp.models import model_spec
-
     t = cfg.train
     spec = model_spec(t.model)
     if t.loss not in LOSSES:
@@ -292,8 +284,6 @@ def make_scheduler(
     ``warmup_epochs`` of linear warmup (epoch e of w at lr·e/(w+1)), the schedule runs over the
     remaining epochs."""
     if warmup_epochs:
-        from torch.optim.lr_scheduler import LinearLR, SequentialLR
-
         warmup = LinearLR(optimizer, 1.0 / (warmup_epochs + 1), 1.0, total_iters=warmup_epochs)
         main = make_scheduler(
             name, optimizer, epochs=epochs - warmup_epochs, step_size=step_size, gamma=gamma

@@ -73,8 +73,8 @@ def test_a_hostile_experiment_name_reaches_the_run_description_as_text(
 ) -> None:
     import mlflow
 
+    from ltexp import schema
     from ltexp.cli import main
-    from ltexp.tracking import schema
 
     name = "<script>alert(1)</script>"
     with mlflow.start_run(experiment_id=mlflow.create_experiment(name)):

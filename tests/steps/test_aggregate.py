@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ltexp import schema
 from ltexp.config import build_config
 from ltexp.errors import ConfigError
 from ltexp.steps.aggregate import run_aggregate
-from ltexp.tracking import schema
 
 MODELS = ["resnet50", "vit_b16"]
 LOSSES = ["ce", "focal", "bs"]

@@ -12,11 +12,12 @@ import mlflow
 import pytest
 import torch
 
+from ltexp import schema
 from ltexp.cli import main as cli_main
 from ltexp.config import build_config
 from ltexp.models import model_spec
-from ltexp.steps.study import run_cell, run_stage2
-from ltexp.tracking import registered_models, schema
+from ltexp.study.run import run_cell, run_stage2
+from ltexp.tracking import registered_models
 from ltexp.training.decoupling import backbone_state
 from tests.conftest import REPO, step_counts, store_in, tiny_overrides
 

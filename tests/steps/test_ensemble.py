@@ -12,11 +12,11 @@ import pytest
 import torch
 
 import ltexp
+from ltexp import schema
 from ltexp.cli import main
 from ltexp.models import build_model
 from ltexp.models.ensemble import Ensemble
-from ltexp.steps.study import run_cell, run_ensembled
-from ltexp.tracking import schema
+from ltexp.study.run import run_cell, run_ensembled
 from tests.conftest import step_counts, store_in, tiny_overrides
 
 
@@ -168,7 +168,7 @@ def test_a_study_ensembles_its_best_losses_and_reports_each_axis(tiny_config) ->
     """The issue's study: a finetune axis beside the plain cells, and the ensemble of the best
     two losses of each backbone and variant; the report has a table per axis, the paired
     comparisons with the plain cell, and the ensembles beside their best member."""
-    from ltexp.steps.study import run_study
+    from ltexp.study.run import run_study
 
     cfg = tiny_config(
         models="tiny_cnn",

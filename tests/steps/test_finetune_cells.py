@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import ltexp
-from ltexp import cells
+from ltexp import cells, schema
 from ltexp.config import build_config
 from ltexp.data.pipeline import PROTOCOL_MEAN
-from ltexp.steps.study import run_cell
-from ltexp.tracking import registered_models, schema
+from ltexp.study.run import run_cell
+from ltexp.tracking import registered_models
 from ltexp.training import resolve_train
 
 DIGEST = "d" * 64

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import ltexp
+from ltexp import schema
 from ltexp.cli import main
-from ltexp.tracking import schema
 from ltexp.tracking.datasets import load_prepared
 from ltexp.tracking.registered_models import logged_model_id
 from tests.conftest import free_port

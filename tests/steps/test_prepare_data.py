@@ -10,11 +10,11 @@ import mlflow
 import numpy as np
 import pytest
 
+from ltexp import schema
 from ltexp.config import build_config
 from ltexp.data import SPLITS
 from ltexp.errors import DataError
 from ltexp.steps.prepare_data import run_prepare_data
-from ltexp.tracking import schema
 from ltexp.tracking.datasets import find_prepared_run, load_prepared
 
 
@@ -99,7 +99,7 @@ def test_cifar10_lt_is_prepared_trained_and_evaluated_from_its_files(
     tmp_path: Path, tracking: str
 ) -> None:
     from ltexp.data.cifar import CIFAR10
-    from ltexp.steps.study import run_cell
+    from ltexp.study.run import run_cell
     from tests.conftest import tiny_overrides, write_cifar
 
     write_cifar(tmp_path / "data", CIFAR10, train_per_class=60, test_per_class=10)
@@ -130,7 +130,7 @@ def test_two_image_folders_in_one_store_are_two_datasets(
     """Issue 23: the second folder was taken for the first one's prepared data (an index
     error); a folder's files are its content, so its root is part of the data's identity."""
     from ltexp.data import files as image_files
-    from ltexp.steps.study import run_cell
+    from ltexp.study.run import run_cell
     from tests.conftest import write_image_folder
 
     monkeypatch.setenv(image_files.CACHE_ENV, str(tmp_path / "cache"))

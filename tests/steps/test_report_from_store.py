@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ltexp import schema
 from ltexp.config import build_config
 from ltexp.errors import ConfigError
 from ltexp.statistics import paired_difference
 from ltexp.steps.aggregate import run_aggregate
-from ltexp.tracking import schema
 from tests.conftest import system_tool
 from tests.planted import cifar_manifest
 

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ltexp import schema
 from ltexp.statistics import paired_difference
-from ltexp.steps.study import run_study
-from ltexp.tracking import schema
+from ltexp.study.run import run_study
 from tests.planted import README_CLAIM
 
 GRID = {

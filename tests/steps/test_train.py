@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ltexp import schema
 from ltexp.errors import TrackingError, TrainingError
 from ltexp.steps.evaluate import run_evaluate
-from ltexp.steps.study import run_cell
-from ltexp.tracking import schema
+from ltexp.study.run import run_cell
 
 
 def test_train_run_params_metrics_and_ui_fields(trained) -> None:

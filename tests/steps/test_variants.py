@@ -11,10 +11,10 @@ import mlflow
 import pandas as pd
 import pytest
 
+from ltexp import schema
 from ltexp.config import build_config
 from ltexp.steps.aggregate import run_aggregate
-from ltexp.steps.study import CellResult, run_cell
-from ltexp.tracking import schema
+from ltexp.study.run import CellResult, run_cell
 from tests.conftest import store_in, tiny_overrides
 
 VARIANTS = {

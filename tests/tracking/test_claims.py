@@ -9,7 +9,8 @@ import time
 import mlflow
 import pytest
 
-from ltexp.tracking import claims, runs, schema
+from ltexp import schema
+from ltexp.tracking import claims, runs
 
 
 def _run(exp: str, host: str, pid: str, beat: float | None = None, **tags: str) -> str:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from ltexp import schema
 from ltexp.models import build_model
-from ltexp.tracking import schema
 from ltexp.tracking.registered_models import (
     ModelInfo,
     load_classifier,

@@ -9,8 +9,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from ltexp import schema
 from ltexp.errors import TrackingError
-from ltexp.tracking import runs, schema
+from ltexp.tracking import runs
 
 
 def _run(run_id: str):
@@ -176,7 +177,8 @@ def test_a_recorded_identity_wins_and_a_foreign_run_has_none(tracking: str) -> N
 def test_an_experiment_ltexp_uses_is_marked_as_model_training(tracking: str) -> None:
     """Issue 42: MLflow 3's UI opened the study's experiment on its GenAI dashboard; the
     experiment's kind says it trains models (where the UI reads it)."""
-    from ltexp.tracking import runs, schema
+    from ltexp import schema
+    from ltexp.tracking import runs
 
     created = runs.experiment_id("fresh")
     older = mlflow.create_experiment("made-by-an-earlier-ltexp")

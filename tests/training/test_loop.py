@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from ltexp import schema
 from ltexp.data.pipeline import TensorBatches
 from ltexp.errors import TrainingError
 from ltexp.losses import build_loss
-from ltexp.tracking import schema
 from ltexp.training import fit, predict, train_one_epoch, validate
 
 K = 4

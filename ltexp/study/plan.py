@@ -26,15 +26,33 @@ import math
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ltexp.cells import grid_cells, identity_hash
+import mlflow
+import numpy as np
+import torch
+
+from ltexp import cells, schema
+from ltexp.cells import Cell, data_protocol, grid_cells, identity_hash
+from ltexp.checkpoint import checkpoint_folder, folder_problem
 from ltexp.config import Config
+from ltexp.data import load_source, prepare
+from ltexp.data.cifar import CIFAR10, CIFAR100
+from ltexp.data.pipeline import ImageFormat, training_batches
 from ltexp.errors import ConfigError, LtexpError
+from ltexp.losses import build_loss
+from ltexp.models import build_model, input_size
+from ltexp.resources import reachable
 from ltexp.textfiles import read_small_text
+from ltexp.tracking import runs
+from ltexp.tracking.datasets import prepared_digest
+from ltexp.tracking.questions import best_tuned, finished_cells, unfinished_train_runs
+from ltexp.training import autocast_dtype, make_optimizer, resolve_device, train_one_epoch
+from ltexp.training.setup import check_weights, resolve_train
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +163,46 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{m:02d}m" if hours else f"{m}m{s:02d}s"
 
 
+@dataclass(frozen=True)
+class PlannedCell:
+    """A grid cell as the study runs it: its config (with a search's best values when tuned),
+    its identity (:mod:`ltexp.cells`), and the search it took them from."""
+
+    cell: Cell
+    config: Config
+    identity: dict[str, Any]
+    tuned_from: str | None = None
+
+    @property
+    def name(self) -> str:
+        return cells.run_name(self.identity)
+
+    @property
+    def config_hash(self) -> str:
+        return cells.identity_hash(self.identity)
+
+
+def plan_cells(cfg: Config, digest: str) -> tuple[list[PlannedCell], list[PlannedCell]]:
+    """The grid's cells as they will run on data ``digest``: the cells to train (every cell's
+    stage 1, once), and the second stages to apply to them afterwards."""
+    grid = grid_cells(cfg)
+    stage1: dict[Cell, PlannedCell] = {}
+    for cell in dict.fromkeys(c.stage1() for c in grid):
+        cell_cfg = cell.config(cfg)
+        tuned_from, values = best_tuned(cell_cfg) if cfg.study.tuned else (None, {})
+        cell_cfg = cell.config(cfg, values)
+        identity = cells.identity(cell_cfg, digest, tuned=tuned_from is not None)
+        stage1[cell] = PlannedCell(cell, cell_cfg, identity, tuned_from)
+    stage2 = []
+    for cell in grid:
+        if cell.stage == 2:
+            first = stage1[cell.stage1()]
+            cell_cfg = cell.config(first.config)
+            identity = cells.stage2_identity(first.identity, cell_cfg)
+            stage2.append(PlannedCell(cell, cell_cfg, identity, first.tuned_from))
+    return list(stage1.values()), stage2
+
+
 def make_plan(
     cfg: Config,
     bench_file: str = "",
@@ -156,9 +214,6 @@ def make_plan(
         bench_file: ``ltexp bench --json`` output to take the speeds from instead of measuring.
         measure: img/s of a cell's training step (default :func:`measure_step`).
     """
-    from ltexp.steps.study import plan_cells
-    from ltexp.tracking import runs
-
     grid_cells(cfg)  # every unknown grid value refused first
     problems: list[str] = []
     experiment = runs.experiment_name(
@@ -207,10 +262,6 @@ def make_plan(
 
 def _check_store(problems: list[str]) -> bool:
     """The tracking store answers, and a local store's and artifacts' folders are writable."""
-    import mlflow
-
-    from ltexp.tracking import runs
-
     uri = mlflow.get_tracking_uri()
     try:
         if uri.startswith(("postgresql", "mysql", "mssql")):
@@ -237,9 +288,6 @@ def _check_store(problems: list[str]) -> bool:
 def _check_request(cfg: Config, problems: list[str], store_ok: bool) -> None:
     """What the study's commands refuse before they start, refused here too: a checkpoint or
     report folder that cannot be written, a data_run that is no finished prepare_data run."""
-    from ltexp.checkpoint import folder_problem
-    from ltexp.tracking.datasets import prepared_digest
-
     for key, folder in (
         ("checkpoint_dir", cfg.runtime.checkpoint_dir),
         ("output_dir", cfg.report.output_dir),
@@ -256,17 +304,11 @@ def _check_request(cfg: Config, problems: list[str], store_ok: bool) -> None:
 
 def _data(cfg: Config, problems: list[str]) -> Any:
     """The prepared data (in memory, nothing logged), or None with the reason in ``problems``."""
-    from ltexp.data import load_source, prepare
-    from ltexp.steps.prepare_data import protocol
-
     d = cfg.data
     try:
         source = load_source(d.dataset, d.data_root, False, **cfg.dataset_options())
-        return prepare(source, protocol(cfg, source))[0]
+        return prepare(source, data_protocol(cfg, source))[0]
     except LtexpError as e:
-        from ltexp.data.cifar import CIFAR10, CIFAR100
-        from ltexp.resources import reachable
-
         line = str(e)
         release = {r.name: r for r in (CIFAR100, CIFAR10)}.get(d.dataset)
         if d.download and release is not None:
@@ -281,7 +323,6 @@ def _data(cfg: Config, problems: list[str]) -> Any:
 
 
 def _check_weights(configs: list[Config], problems: list[str]) -> None:
-    from ltexp.training.setup import check_weights, resolve_train
 
     seen = set()
     for cfg in configs:
@@ -298,9 +339,6 @@ def _check_weights(configs: list[Config], problems: list[str]) -> None:
 
 
 def _check_device(cfg: Config, problems: list[str]) -> str:
-    import torch
-
-    from ltexp.training.setup import resolve_train
 
     spec = resolve_train(cfg)  # a device that is not here is refused as bad input
     device = spec.device
@@ -340,9 +378,6 @@ CPU_MEASURE_MAX_SIZE = 128
 def _measurable_here(cfg: Config) -> bool:
     """Whether the cell's training step is timed here: not an ImageNet-size backbone on a
     CPU (its estimate is then unknown, and the plan says how to give one)."""
-    from ltexp.models import input_size
-    from ltexp.training import resolve_device
-
     device = resolve_device(cfg.runtime.device)
     return device.type != "cpu" or input_size(cfg.train.model, cfg.train.image_size) < (
         CPU_MEASURE_MAX_SIZE
@@ -397,17 +432,6 @@ def measure_step(cfg: Config, seconds: float = MEASURE_SECONDS) -> float:
     """img/s of ltexp's training step (:func:`ltexp.training.train_one_epoch`: augmentation,
     loss, optimizer) for this cell's model, size, precision and device, at a batch of at most
     :data:`MEASURE_BATCH`: one warm-up pass, then passes until ``seconds`` have gone by."""
-    import time
-
-    import numpy as np
-    import torch
-
-    from ltexp.data.pipeline import TensorBatches
-    from ltexp.losses import build_loss
-    from ltexp.models import build_model
-    from ltexp.training import autocast_dtype, make_optimizer, train_one_epoch
-    from ltexp.training.setup import resolve_train
-
     spec = resolve_train(cfg)
     t = cfg.train
     if cfg.runtime.num_threads:  # as the cell will train
@@ -417,15 +441,8 @@ def measure_step(cfg: Config, seconds: float = MEASURE_SECONDS) -> float:
     images = rng.integers(0, 256, size=(2 * batch, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, size=2 * batch).astype(np.int64)
     amp = autocast_dtype(cfg.runtime.precision, spec.device)
-    batches = TensorBatches(
-        images,
-        labels,
-        batch,
-        device=spec.device,
-        image_size=spec.image_size,
-        train=True,
-        dtype=amp or torch.float32,
-    )
+    image_format = ImageFormat(spec.device, spec.image_size, amp or torch.float32)
+    batches = training_batches(images, labels, batch, image_format, seed=0, epochs=1)
     torch.manual_seed(0)
     model = build_model(t.model, 10, pretrained=False, head=spec.head).to(spec.device)
     opt = make_optimizer(
@@ -489,19 +506,12 @@ def _store_state(
 ) -> tuple[set[str], dict[str, int]]:
     """(identity hashes finished and evaluated, identity hash → last epoch of an unfinished run
     whose checkpoints are on this disk) in ``experiment``."""
-    from ltexp.checkpoint import checkpoint_folder
-    from ltexp.steps.study import finished_cells
-    from ltexp.tracking import runs, schema
-    from ltexp.tracking.queries import where
-
     exp = runs.client().get_experiment_by_name(experiment)
     if exp is None or digest == UNKNOWN_DIGEST:
         return set(), {}
     done = {h for h, (_, evaluation) in finished_cells(exp.experiment_id).items() if evaluation}
     unfinished: dict[str, int] = {}
-    for run in runs.search_all(
-        [exp.experiment_id], where(schema.Step.TRAIN, not_status=("FINISHED",))
-    ):
+    for run in unfinished_train_runs(exp.experiment_id):
         h = run.data.tags.get(schema.CONFIG_HASH)
         resumable = checkpoint_folder(checkpoint_dir, run.info.run_id).is_dir()
         if h and h not in unfinished and run.info.status != "RUNNING" and resumable:
@@ -517,8 +527,6 @@ def _version_bytes(cfg: Config) -> int:
     """A registered version: the weights twice, fp32 (the TorchScript program and the
     safetensors file ltexp.load_model verifies) and its one-image input example as JSON; its code
     and metadata are kilobytes."""
-    from ltexp.models import input_size  # torch: imported when a plan is made, as above
-
     side = input_size(cfg.train.model, cfg.train.image_size)
     return _parameters(cfg.train.model) * 4 * 2 + EXAMPLE_BYTES_PER_VALUE * 3 * side * side
 
@@ -532,10 +540,6 @@ def _checkpoint_bytes(cfg: Config) -> int:
 @functools.cache
 def _parameters(model: str) -> int:
     """Parameters of ``model`` (built on the meta device: no memory, no weights)."""
-    import torch
-
-    from ltexp.models import build_model
-
     with torch.device("meta"):
         return sum(p.numel() for p in build_model(model, 100, pretrained=False).parameters())
 
@@ -554,8 +558,6 @@ def _free_disk(folder: str) -> int:
 def record_on_launched_run(plan: Plan) -> None:
     """Under ``mlflow run -e plan`` MLflow creates a run whatever the command does: it holds the
     plan (``plan.json``, and the summary as its description) rather than nothing."""
-    from ltexp.tracking import runs, schema
-
     launched = runs.launched_run_id()
     if not launched:
         return

@@ -12,11 +12,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from ltexp import schema
 from ltexp.checkpoint import checkpoint_folder
 from ltexp.cli import main
 from ltexp.config import build_config
-from ltexp.steps.plan import CELL_OVERHEAD_S, make_plan
-from ltexp.tracking import schema
+from ltexp.study.plan import CELL_OVERHEAD_S, make_plan
 from tests.conftest import tiny_args, tiny_overrides
 
 GRID = {"models": "tiny_cnn", "losses": "ce,bs"}

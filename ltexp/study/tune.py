@@ -10,7 +10,7 @@ as ``best_config.yaml`` (``ltexp train --preset best_config.yaml`` trains it), t
 lives in a database: workers on several machines running the same command against one
 PostgreSQL database share the search, and a killed search resumes with the same command.
 
-Like the study, this module chains steps (prepare_data, train); no step imports it.
+Like the study (:mod:`ltexp.study.run`), it chains steps (prepare_data, train); no step imports it.
 """
 
 from __future__ import annotations
@@ -27,15 +27,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import mlflow
+import optuna
+import sqlalchemy
 import yaml
+from optuna.visualization import matplotlib as ovm
 
+from ltexp import schema
 from ltexp.checkpoint import ensure_folder
 from ltexp.config import Config, runtime_keys
 from ltexp.errors import LtexpError, RunStopped
 from ltexp.steps.prepare_data import run_prepare_data
 from ltexp.steps.train import TrainHooks, run_train
-from ltexp.tracking import claims, runs, schema
+from ltexp.tracking import claims, runs
 from ltexp.tracking.datasets import find_prepared_run
 from ltexp.tracking.queries import ENDED_UNFINISHED, where
 from ltexp.training.setup import check_weights, resolve_train
@@ -69,8 +75,6 @@ def resolve_storage(given: str) -> str:
     if uri.startswith("sqlite:///"):
         return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).with_name('optuna.db')}"
     if uri.startswith("postgresql"):
-        import sqlalchemy
-
         engine = sqlalchemy.create_engine(uri)
         with engine.begin() as connection:  # IF NOT EXISTS alone still races between workers
             connection.execute(
@@ -91,8 +95,6 @@ def run_tune(
     cfg: Config, parent_run_id: str | None = None, progress: Callable[[str], None] = log.info
 ) -> TuneResult:
     """Search the configured space for the cell's best validation score (see the module)."""
-    import optuna
-
     t = cfg.tune
     dims = parse_space(t.space)  # every bad input refused before anything exists
     objective = check_objective(t.objective)
@@ -196,7 +198,6 @@ def _schema_lock(storage_url: str) -> Iterator[None]:
     if not storage_url.startswith("postgresql"):
         yield
         return
-    import sqlalchemy
 
     engine = sqlalchemy.create_engine(storage_url)
     try:
@@ -270,7 +271,6 @@ def _objective(
     budget: int,
 ) -> Callable[[Any], float]:
     """One trial: the cell trained with the suggested values, its best ``objective``."""
-    import optuna
 
     def trial_fn(trial: Any) -> float:
         trial.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
@@ -400,11 +400,7 @@ def _log_outcome(
 def _plots(optuna: Any, study: Any, out: Path) -> None:
     """Optuna's optimisation history and parameter importances (importances need at least two
     finished trials whose values differ; left out otherwise, with a warning)."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
 
     for name, draw in (
         (schema.TUNE_HISTORY_FIGURE, ovm.plot_optimization_history),

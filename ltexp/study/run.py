@@ -1,30 +1,31 @@
-"""The orchestrator: the study (the ``main`` entry point) and one cell of it.
+"""Running a study: one cell (``ltexp train``), or the whole grid (``ltexp main``).
 
-- :func:`run_cell` (``ltexp train``): the prepared data (found, or prepared now), the train
-  step, then the evaluate step as a child of the train run.
-- :func:`run_study`: prepare_data → every cell of the grid → aggregate, as child runs of one
-  parent run. Re-running it reuses finished cells and resumes unfinished ones.
+- :func:`run_cell`: the prepared data (found, or prepared now), the train step, then the
+  evaluate step as a child of the train run (and the cell's second stage, if asked).
+- :func:`run_study`: prepare_data → every cell of the plan (:mod:`ltexp.study.plan`) → second
+  stages → ensembles → aggregate, as child runs of one study run. Re-running it reuses finished
+  cells (:mod:`ltexp.tracking.questions`) and resumes unfinished ones; cells another process
+  has are waited for and taken over when it dies (:mod:`ltexp.study.handoff`).
 
-This is the only module that chains steps; each step module runs one MLflow run and imports no
-other step.
+The steps (:mod:`ltexp.steps`) each run one MLflow run and import no other step; this package is
+what chains them.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import mlflow
 
-from ltexp import cells, executors
-from ltexp.cells import Cell, code_version, grid_cells, study_hash
+from ltexp import cells, schema
+from ltexp.cells import grid_cells, study_hash
 from ltexp.checkpoint import ensure_folder
 from ltexp.config import Config, axes, axis
 from ltexp.distributed import DistContext
@@ -33,13 +34,24 @@ from ltexp.progress import labelled
 from ltexp.report.build import Grid
 from ltexp.report.claims import load_claims
 from ltexp.steps.aggregate import run_aggregate
-from ltexp.steps.decouple import decouple_hash, run_decouple
+from ltexp.steps.decouple import run_decouple
+from ltexp.steps.ensemble import run_ensemble
 from ltexp.steps.evaluate import run_evaluate
 from ltexp.steps.prepare_data import run_prepare_data
 from ltexp.steps.train import TrainHooks, TrainResult, run_train
-from ltexp.tracking import claims, runs, schema
+from ltexp.study import executors
+from ltexp.study.executors import CellTask
+from ltexp.study.handoff import wait_for
+from ltexp.study.plan import PlannedCell, plan_cells
+from ltexp.tracking import claims, runs
 from ltexp.tracking.datasets import find_prepared_run, load_prepared, prepared_digest
-from ltexp.tracking.queries import ENDED_UNFINISHED, FINISHED, where
+from ltexp.tracking.questions import (
+    evaluated_stage2,
+    evaluations_of,
+    finished_cells,
+    tuned_tags,
+    unfinished_study,
+)
 from ltexp.training.setup import check_weights, resolve_train
 
 log = logging.getLogger(__name__)
@@ -114,18 +126,11 @@ def run_ensembled(
 ) -> CellResult:
     """Build (or find) the ensemble of ``members`` (default ``cfg.ensemble.members``), then
     evaluate it as a child of its run unless it has an evaluation or ``evaluate_after=false``."""
-    from ltexp.steps.ensemble import run_ensemble
-
     built = run_ensemble(cfg, members, parent_run_id=parent_run_id)
     result = CellResult(built)
     if built.model_uri and cfg.train.evaluate_after:
         exp_id = runs.client().get_run(built.run_id).info.experiment_id
-        evaluated = runs.search_all(
-            [exp_id],
-            where(
-                schema.Step.EVALUATE, status=FINISHED, params={schema.TRAIN_RUN_ID: built.run_id}
-            ),
-        )
+        evaluated = evaluations_of(exp_id, built.run_id)
         if evaluated:
             result.evaluate_run_id = evaluated[0].info.run_id
             result.metrics = dict(evaluated[0].data.metrics)
@@ -134,104 +139,6 @@ def run_ensembled(
                 cfg, train_run_id=built.run_id, parent_run_id=built.run_id
             )
     return result
-
-
-def best_tuned(cfg: Config) -> tuple[str | None, dict[str, Any]]:
-    """The latest finished search of this cell (dataset, model, loss, training set): its tune
-    run and best values; ``(None, {})`` when it was never tuned."""
-    t = cfg.train
-    found = runs.search_all(
-        None,
-        where(
-            schema.Step.TUNE,
-            status=FINISHED,
-            tags={schema.TUNE_CELL: schema.tune_cell(t.model, t.loss, t.train_split)},
-            params={"dataset": cfg.data.dataset},
-        ),
-        order_by=["attributes.end_time DESC"],
-    )
-    for run in found:
-        values = run.data.tags.get(schema.BEST_PARAMS)
-        if values:
-            return run.info.run_id, json.loads(values)
-    return None, {}
-
-
-def best_values_of(tune_run: str) -> dict[str, Any]:
-    """The best values a tune run found."""
-    return json.loads(runs.client().get_run(tune_run).data.tags.get(schema.BEST_PARAMS, "{}"))
-
-
-def tuned_tags(tune_run: str) -> dict[str, str]:
-    """What a train run records of the search whose values it uses."""
-    values = runs.client().get_run(tune_run).data.tags.get(schema.BEST_PARAMS, "{}")
-    return {schema.TUNED_FROM: tune_run, schema.TUNED_PARAMS: values}
-
-
-def finished_cells(experiment_id: str) -> dict[str, tuple[str, str | None]]:
-    """config hash → (finished train run, its finished evaluate run or None), this code only."""
-    trains = runs.search_all(
-        [experiment_id],
-        where(schema.Step.TRAIN, status=FINISHED, tags={schema.CODE_VERSION: code_version()}),
-    )
-    evals = runs.search_all(
-        [experiment_id],
-        where(schema.Step.EVALUATE, status=FINISHED),
-    )
-    eval_of = {}
-    for run in evals:
-        train_id = run.data.params.get(schema.TRAIN_RUN_ID)
-        adjusted = float(run.data.params.get(schema.TAU, "0") or 0) != 0 or (
-            float(run.data.params.get(schema.TEMPERATURE, "1") or 1) != 1
-        )
-        if train_id and not adjusted:
-            eval_of.setdefault(train_id, run.info.run_id)
-    out: dict[str, tuple[str, str | None]] = {}
-    for run in trains:  # newest first: keep the latest per hash
-        h = run.data.tags.get(schema.CONFIG_HASH)
-        if h and h not in out:
-            out[h] = (run.info.run_id, eval_of.get(run.info.run_id))
-    return out
-
-
-@dataclass(frozen=True)
-class PlannedCell:
-    """A grid cell as the study runs it: its config (with a search's best values when tuned),
-    its identity (:mod:`ltexp.cells`), and the search it took them from."""
-
-    cell: Cell
-    config: Config
-    identity: dict[str, Any]
-    tuned_from: str | None = None
-
-    @property
-    def name(self) -> str:
-        return cells.run_name(self.identity)
-
-    @property
-    def config_hash(self) -> str:
-        return cells.identity_hash(self.identity)
-
-
-def plan_cells(cfg: Config, digest: str) -> tuple[list[PlannedCell], list[PlannedCell]]:
-    """The grid's cells as they will run on data ``digest``: the cells to train (every cell's
-    stage 1, once), and the second stages to apply to them afterwards."""
-    grid = grid_cells(cfg)
-    stage1: dict[Cell, PlannedCell] = {}
-    for cell in dict.fromkeys(c.stage1() for c in grid):
-        cell_cfg = cell.config(cfg)
-        tuned_from, values = best_tuned(cell_cfg) if cfg.study.tuned else (None, {})
-        cell_cfg = cell.config(cfg, values)
-        identity = cells.identity(cell_cfg, digest, tuned=tuned_from is not None)
-        stage1[cell] = PlannedCell(cell, cell_cfg, identity, tuned_from)
-    stage2 = []
-    for cell in grid:
-        if cell.stage == 2:
-            first = stage1[cell.stage1()]
-            cell_cfg = cell.config(first.config)
-            identity = cells.stage2_identity(first.identity, cell_cfg)
-            stage2.append(PlannedCell(cell, cell_cfg, identity, first.tuned_from))
-    return list(stage1.values()), stage2
 
 
 def _grid_params(cfg: Config, n_cells: int) -> dict[str, Any]:
@@ -270,7 +177,7 @@ def run_study(
     claims.reap_dead_runs()
     shash = study_hash(cfg)
     launched = None if parent_run_id else runs.launched_run_id()
-    main_id = launched or _unfinished_main(exp_id, shash)
+    main_id = launched or unfinished_study(exp_id, shash)
     sizes = " × ".join(
         f"{len(cfg.grid_values(a.key))} {a.grid_key.removeprefix('study_')}"
         for a in axes()
@@ -315,7 +222,7 @@ def run_study(
                 result.reused.append(planned.name)
                 continue
             todo.append(
-                executors.CellTask(
+                CellTask(
                     i,
                     planned.name,
                     planned.config,
@@ -370,7 +277,7 @@ def _second_stages(
         if stage1 is None:  # its training failed: reported as a missing cell
             progress(f"[stage 2 {i}/{total}] {name}: skipped, the cell has no trained model")
             continue
-        done = None if cfg.study.force else _evaluated_stage2(exp_id, stage1, planned.identity)
+        done = None if cfg.study.force else evaluated_stage2(exp_id, stage1, planned.identity)
         if done:
             progress(f"[stage 2 {i}/{total}] {name}: reused (decouple {done})")
             result.reused.append(name)
@@ -452,30 +359,8 @@ def _ensembles(
         result.ran.append(f"ensemble {label}")
 
 
-def _evaluated_stage2(exp_id: str, stage1_run_id: str, identity: dict[str, Any]) -> str | None:
-    """A finished decouple run of this identity with a finished evaluation, if any."""
-    found = claims.finished_run(
-        exp_id, decouple_hash(stage1_run_id, identity), schema.Step.DECOUPLE
-    )
-    if found is None:
-        return None
-    evals = runs.search_all(
-        [exp_id],
-        where(schema.Step.EVALUATE, status=FINISHED, params={schema.TRAIN_RUN_ID: found}),
-    )
-    return found if evals else None
-
-
-def _unfinished_main(exp_id: str, shash: str) -> str | None:
-    found = runs.search_all(
-        [exp_id],
-        where(schema.Step.MAIN, tags={schema.CONFIG_HASH: shash}, not_status=ENDED_UNFINISHED),
-    )
-    return found[0].info.run_id if found else None
-
-
 def _run_cells(
-    todo: list[executors.CellTask],
+    todo: list[CellTask],
     total: int,
     cfg: Config,
     exp_id: str,
@@ -492,11 +377,12 @@ def _run_cells(
         for task in todo:
             (ran if _run_one(task, total, study_run, progress, clock) else elsewhere).append(task)
         ran = [t.name for t in ran]
-    return ran + _wait_for(elsewhere, total, exp_id, study_run, progress)
+    run_here = partial(_run_one, total=total, study_run=study_run, progress=progress)
+    return ran + wait_for(elsewhere, total, exp_id, run_here, progress)
 
 
 def _run_one(
-    task: executors.CellTask,
+    task: CellTask,
     total: int,
     study_run: str,
     progress: Progress,
@@ -545,44 +431,3 @@ class StudyClock:
             return "the grid's last cell"
         eta = timedelta(seconds=round(self.left * self.spent / self.trained))
         return f"{self.left} cell{'s' * (self.left != 1)} left, about {eta}"
-
-
-POLL_SECONDS = 10.0  # how often a study looks at cells another process is training
-# a process that finished training a cell starts its evaluation within seconds; only after this
-# long without one is the evaluation taken over
-HANDOFF_SECONDS = 120.0
-
-
-def _evaluation_pending(exp_id: str, train_run_id: str) -> bool:
-    """Another process is evaluating the run, or will in a moment (it just finished training)."""
-    if claims.live_evaluation(exp_id, train_run_id):
-        return True
-    ended = (runs.client().get_run(train_run_id).info.end_time or 0) / 1000
-    return time.time() - ended < runs.env_seconds("LTEXP_HANDOFF_SECONDS", HANDOFF_SECONDS)
-
-
-def _wait_for(
-    tasks: list[executors.CellTask], total: int, exp_id: str, study_run: str, progress: Progress
-) -> list[str]:
-    """Wait until the cells other processes are training are finished and evaluated; a cell
-    whose process died (no heartbeat) is reaped and taken over here."""
-    pending, done_here = list(tasks), []
-    while pending:
-        claims.reap_dead_runs([exp_id])
-        finished = finished_cells(exp_id)
-        still = []
-        for task in pending:
-            train_id, eval_id = finished.get(task.config_hash, (None, None))
-            if train_id and eval_id:
-                progress(f"[{task.index}/{total}] {task.name}: done by another process")
-            elif claims.live_train_run(exp_id, task.config_hash) or (
-                train_id and _evaluation_pending(exp_id, train_id)
-            ):
-                still.append(task)
-            else:  # its process died, or it finished without an evaluation: do it here
-                retry = dataclasses.replace(task, finished_train=train_id)
-                (done_here if _run_one(retry, total, study_run, progress) else still).append(task)
-        pending = still
-        if pending:
-            time.sleep(runs.env_seconds("LTEXP_POLL_SECONDS", POLL_SECONDS))
-    return [t.name for t in done_here]

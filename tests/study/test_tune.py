@@ -18,11 +18,12 @@ import optuna
 import pytest
 import yaml
 
+from ltexp import schema
 from ltexp.cli import main
 from ltexp.config import build_config
-from ltexp.steps.study import run_study
-from ltexp.steps.tune import TuneResult, run_tune
-from ltexp.tracking import runs, schema
+from ltexp.study.run import run_study
+from ltexp.study.tune import TuneResult, run_tune
+from ltexp.tracking import runs
 from tests.conftest import PG, postgres_reachable, store_in, tiny_overrides
 
 SPACE = "lr=loguniform:1e-4:1e-2,focal_gamma=uniform:0:4"
@@ -353,7 +354,7 @@ def test_a_trial_whose_worker_was_killed_is_failed_by_the_next_worker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 24: after kill -9 during a search, the killed trial stayed RUNNING forever."""
-    from ltexp.steps import tune
+    from ltexp.study import tune
 
     monkeypatch.setattr(tune, "TRIAL_HEARTBEAT_SECONDS", 1)
     monkeypatch.setattr(tune, "TRIAL_GRACE_SECONDS", 1)

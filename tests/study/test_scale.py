@@ -11,8 +11,8 @@ import mlflow
 import pytest
 import torch
 
-from ltexp.steps.study import run_study
-from ltexp.tracking import schema
+from ltexp import schema
+from ltexp.study.run import run_study
 from tests.conftest import step_counts
 
 GRID = {"models": "tiny_cnn", "losses": "ce,bs", "train_splits": "balanced,lt", "epochs": 2}

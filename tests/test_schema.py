@@ -10,11 +10,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from ltexp import schema
 from ltexp.config import all_fields
-from ltexp.steps.study import run_study
-from ltexp.tracking import schema
+from ltexp.study.run import run_study
 
-LTEXP = Path(schema.__file__).resolve().parent.parent
+LTEXP = Path(schema.__file__).resolve().parent
 
 
 def _all_runs() -> dict[str, list]:
@@ -35,7 +35,7 @@ def study(tiny_config):
 
 def test_every_logged_key_is_declared(study) -> None:
     runs = _all_runs()
-    # tune: tests/steps/test_tune.py; ensemble: tests/steps/test_ensemble.py
+    # tune: tests/study/test_tune.py; ensemble: tests/steps/test_ensemble.py
     assert set(runs) == set(schema.Step) - {schema.Step.TUNE, schema.Step.ENSEMBLE}
     assert len(runs["evaluate"]) == 2  # of the train run and of its tau_norm second stage
     config_keys = set(all_fields())

@@ -20,10 +20,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import torch
 import yaml
 
 from ltexp.config import Config
@@ -171,7 +173,6 @@ def run_parallel(
 
 
 def _gpu_count() -> int:
-    import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
@@ -182,8 +183,6 @@ def run_local(
     report: Callable[[CellJob, int, str, float], None],
 ) -> None:
     """Up to ``workers`` processes at once; one GPU each (``CUDA_VISIBLE_DEVICES``) if any."""
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
     gpus = _gpu_count()
     workers = min(cfg.study.workers, gpus) if gpus else cfg.study.workers
     free = list(range(gpus)) if gpus else [None] * workers

@@ -13,8 +13,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from ltexp.steps.study import run_study
-from ltexp.tracking import schema
+from ltexp import schema
+from ltexp.study.run import run_study
 from tests.conftest import REPO, step_counts, tiny_overrides
 
 GRID = {"models": "tiny_cnn", "losses": "ce,bs", "train_splits": "balanced,lt", "epochs": 2}
