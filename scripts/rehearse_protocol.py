@@ -24,14 +24,13 @@ import argparse
 import atexit
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
+
+from measured import run_measured  # scripts/measured.py
 
 REPO = Path(__file__).resolve().parent.parent
 MLFLOW_RUN = [sys.executable, "-m", "mlflow", "run", str(REPO)]
@@ -39,47 +38,6 @@ MLFLOW_RUN = [sys.executable, "-m", "mlflow", "run", str(REPO)]
 
 def _folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-# runs a command and reports the peak resident memory of its processes: getrusage's largest
-# waited-for descendant (the step's Python, below `mlflow run`), in KiB on Linux
-PEAK = (
-    "import resource, subprocess, sys\n"
-    "code = subprocess.call(sys.argv[1:])\n"
-    "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-    "print(f'rehearsal-peak-kib {peak}', file=sys.stderr)\n"
-    "sys.exit(code)\n"
-)
-
-
-@dataclass
-class Measured:
-    """One command's wall seconds, peak memory (MiB), standard output and phase timings."""
-
-    seconds: float
-    peak_mib: float
-    stdout: str
-    phases: dict[str, float]
-
-
-def _run(args: list[str], env: dict[str, str], cwd: Path) -> Measured:
-    timings = cwd / "timings.json"
-    timings.unlink(missing_ok=True)
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", PEAK, *args],
-        env={**env, "LTEXP_TIMINGS": str(timings)},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-    )
-    seconds = time.perf_counter() - started
-    if done.returncode:
-        sys.exit(f"{' '.join(args[:6])} … failed: {done.stderr.strip()[-1500:]}")
-    peak = re.findall(r"^rehearsal-peak-kib (\d+)$", done.stderr, re.M)
-    totals = json.loads(timings.read_text()) if timings.is_file() else {}
-    phases = {phase: t["seconds"] for phase, t in totals.items()}
-    return Measured(seconds, int(peak[-1]) / 1024, done.stdout, phases)
 
 
 def _bench_ceiling(model: str, batch_size: int, env: dict[str, str], cwd: Path) -> float:
@@ -121,7 +79,7 @@ def rehearse(model: str, args: argparse.Namespace, home: Path, env: dict[str, st
             f"train_split={split}",
         ]
         command += ["--env-manager", "local", "--experiment-name", "rehearsal"]
-        done = _run(command, env, home)
+        done = run_measured(command, env, home)
         out[f"train_{split}_s"] = round(done.seconds, 1)
         out[f"train_{split}_peak_mib"] = round(done.peak_mib)
         out[f"register_{split}_s"] = round(done.phases.get("train.register", float("nan")), 1)
@@ -137,7 +95,7 @@ def rehearse(model: str, args: argparse.Namespace, home: Path, env: dict[str, st
     evaluate = [*MLFLOW_RUN, "-e", "evaluate", "-P", f"model_uri={uri}", "--env-manager", "local"]
     # no data_root: evaluate reads the data where the model trained (data_root_for)
     evaluate += ["-P", "download=false"]
-    evaluate = _run([*evaluate, "--experiment-name", "rehearsal"], env, home)
+    evaluate = run_measured([*evaluate, "--experiment-name", "rehearsal"], env, home)
     out["evaluate_s"] = round(evaluate.seconds, 1)
     out["evaluate_peak_mib"] = round(evaluate.peak_mib)
     checkpoint = home / "checkpoints" / run.info.run_id
@@ -200,7 +158,7 @@ def main() -> None:
         report["models"][-1]["loaders_agree"] = loaders_agree(uri, 224)
     aggregate = [*MLFLOW_RUN, "-e", "aggregate", "-P", "experiment=rehearsal"]
     aggregate += ["-P", f"output_dir={home / 'reports' / 'rehearsal'}", "--env-manager", "local"]
-    report["aggregate_s"] = round(_run(aggregate, env, home).seconds, 1)
+    report["aggregate_s"] = round(run_measured(aggregate, env, home).seconds, 1)
     bench = home / "reports" / "rehearsal" / "benchmarks.csv"
     report["table_4_9"] = bench.read_text().strip().splitlines() if bench.is_file() else []
     first = (home / "reports" / "rehearsal" / "report.md").read_text().splitlines()

@@ -1,15 +1,23 @@
-"""How aggregate grows with a team's store: wall seconds and peak memory at N evaluate runs.
+"""How ltexp grows with a team's store: wall seconds and peak memory at N evaluate runs.
 
-Fills a throwaway sqlite store (in a temporary folder, or ``--folder``) with N evaluate runs of
-CIFAR-100 size, as a thesis grid with seeds would leave them: 4 backbones × 7 losses × 2
-training sets × N/56 seeds, each with its predictions (10,000 balanced and 1,051 long-tailed test
-images × 100 classes: labels, top-5 and float16 logits, about 2.3 MB), and the prepare_data run
-whose manifest the report reads. Then runs ``ltexp aggregate`` on it in a fresh process and prints
-one JSON line: the runs, the seconds to fill, aggregate's wall seconds and peak memory (the child
-process's maximum resident set), and per run.
+Fills a throwaway store with N evaluate runs of CIFAR-100 size, as a thesis grid with seeds
+would leave them: 4 backbones × 7 losses × 2 training sets × N/56 seeds, each with its
+predictions (10,000 balanced and 1,051 long-tailed test images × 100 classes: labels, top-5 and
+float16 logits, about 2.3 MB), and the prepare_data run whose manifest the report reads;
+``--other-runs M`` adds M runs of another experiment (a train run's params, tags and metrics; no
+artifacts), as a lab's server holds. Then runs ``ltexp aggregate`` on it in a fresh process;
+with ``--study``, also a demo study (digits, 8 cells, 1 epoch) run once, then ``ltexp plan`` of
+it and the same ``ltexp main`` again (every cell reused), each in a fresh process. Prints one
+JSON line: the runs, the seconds to fill, and each command's wall seconds and peak memory (the
+child process's maximum resident set).
+
+The store is sqlite in a temporary folder (or ``--folder``), or with ``--store server`` an
+``mlflow server`` on loopback over a new PostgreSQL database (created on ``--database``'s server
+and dropped at the end) with proxied artifacts, as docs/team-server.md sets up a team's server.
 
     python scripts/store_scale.py --runs 56
     python scripts/store_scale.py --runs 1000 --folder /big/disk/store   # minutes; 2.3 GB
+    python scripts/store_scale.py --store server --runs 100 --other-runs 10000 --study
 
 docs/performance.md carries the table and the slope.
 """
@@ -21,15 +29,18 @@ import atexit
 import itertools
 import json
 import os
-import resource
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from measured import run_measured  # scripts/measured.py
 
 MODELS = ("resnet50", "mobilenet_v2", "vit_b16", "convnext_base")
 LOSSES = ("ce", "focal", "wce", "cb", "bs", "seql", "ldam")
@@ -81,47 +92,146 @@ def fill(n_runs: int, manifest: dict) -> None:
                 mlflow.log_artifact(str(path))
 
 
+def fill_others(n_runs: int) -> None:
+    """N runs of another experiment, each as a train run records itself (40 params, 12 tags, 20
+    metrics; no artifacts), written by 8 threads (a server's latency overlapped)."""
+    import mlflow
+    from mlflow.entities import Metric, Param, RunTag
+
+    from ltexp import schema
+
+    client = mlflow.MlflowClient()
+    exp = client.create_experiment("other-lab-work")
+    now = int(time.time() * 1000)
+
+    def one(i: int) -> None:
+        run = client.create_run(exp, tags={schema.STEP: "train"}, run_name=f"other-{i}")
+        rid = run.info.run_id
+        client.log_batch(
+            rid,
+            metrics=[Metric(f"metric_{k}", float(i % 97) / (k + 1), now, 0) for k in range(20)],
+            params=[Param(f"param_{k}", str((i * 31 + k) % 1000)) for k in range(40)],
+            tags=[RunTag(f"tag_{k}", f"value-{i % 50}-{k}") for k in range(11)],
+        )
+        client.set_terminated(rid)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(one, range(n_runs)))
+
+
+class Server:
+    """``mlflow server`` on loopback over a new PostgreSQL database (dropped at stop), with
+    proxied artifacts in ``folder``: a team's tracking server (docs/team-server.md)."""
+
+    def __init__(self, folder: Path, database: str) -> None:
+        self.admin = database
+        self.name = f"ltexp_scale_{os.getpid()}"
+        self.folder = folder
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def _admin(self, sql: str) -> None:
+        import psycopg2
+
+        conn = psycopg2.connect(self.admin)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql)
+        conn.close()
+
+    def start(self) -> None:
+        self._admin(f"CREATE DATABASE {self.name}")
+        store = self.admin.replace("postgresql://", "postgresql+psycopg2://").rsplit("/", 1)[0]
+        command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri"]
+        command += [f"{store}/{self.name}", "--artifacts-destination", str(self.folder / "art")]
+        command += ["--host", "127.0.0.1", "--port", str(self.port), "--workers", "4"]
+        log = open(self.folder / "server.log", "ab")  # noqa: SIM115 - the server's, until stop
+        self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=2).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    sys.exit(f"mlflow server exited; see {self.folder / 'server.log'}")
+                time.sleep(0.5)
+        sys.exit(f"mlflow server did not answer in 120 s; see {self.folder / 'server.log'}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+        self._admin(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+
+
+# a demo study of 8 cells (2 backbones × 2 losses × 2 training sets), one epoch each
+STUDY = ["--preset", "demo", "--epochs", "1", "--losses", "ce,bs", "--experiment", "study"]
+STUDY += ["--system-metrics", "false"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=56, help="evaluate runs (default 56)")
+    parser.add_argument(
+        "--other-runs", type=int, default=0, help="runs of another experiment (default 0)"
+    )
+    parser.add_argument("--store", choices=("sqlite", "server"), default="sqlite")
+    parser.add_argument(
+        "--database",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        help="--store server: a PostgreSQL database to connect to; the store is a new database "
+        "on its server, dropped at the end",
+    )
+    parser.add_argument(
+        "--study", action="store_true", help="also time ltexp plan and a reused demo study"
+    )
     parser.add_argument("--folder", default="", help="where the store goes (default: temporary)")
     args = parser.parse_args()
-    if args.runs < 1:
-        parser.error(f"--runs {args.runs} is not a whole number of runs, 1 or more")
+    if args.runs < 1 or args.other_runs < 0:
+        parser.error("--runs must be 1 or more and --other-runs 0 or more")
     folder = Path(args.folder or tempfile.mkdtemp(prefix="ltexp-scale-"))
     if not args.folder:  # a temporary one goes with the script (GBs: 2.3 MB a run, 224-px models)
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{folder / 'mlflow.db'}"
+    if args.store == "server":
+        server = Server(folder, args.database)
+        server.start()
+        atexit.register(server.stop)  # registered after rmtree: runs first
+        uri = server.uri
     os.environ.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"})
     os.chdir(folder)
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
-    started = time.perf_counter()
     from ltexp.rehearsal import protocol_manifest
 
-    fill(args.runs, protocol_manifest())
-    filled = time.perf_counter() - started
-    command = [sys.executable, "-m", "ltexp", "aggregate", "--preset", "thesis"]
-    command += ["--experiment", "scale", "--output-dir", str(folder / "report")]
+    mlflow.set_tracking_uri(uri)
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if done.returncode:
-        sys.exit(f"aggregate failed: {done.stderr.strip().splitlines()[-1]}")
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(
-        json.dumps(
-            {
-                "runs": args.runs,
-                "fill_s": round(filled, 1),
-                "aggregate_s": round(wall, 1),
-                "aggregate_peak_mb": round(peak_mb, 1),
-                "aggregate_s_per_run": round(wall / args.runs, 3),
-            }
-        )
-    )
+    fill(args.runs, protocol_manifest())
+    fill_others(args.other_runs)
+    out = {"store": args.store, "runs": args.runs, "other_runs": args.other_runs}
+    out["fill_s"] = round(time.perf_counter() - started, 1)
+    ltexp = [sys.executable, "-m", "ltexp"]
+    env = dict(os.environ)
+    report = ["--experiment", "scale", "--output-dir", str(folder / "report")]
+    aggregate = run_measured([*ltexp, "aggregate", "--preset", "thesis", *report], env, folder)
+    out |= {"aggregate_s": round(aggregate.seconds, 1)}
+    out |= {"aggregate_peak_mb": round(aggregate.peak_mib, 1)}
+    out |= {"aggregate_s_per_run": round(aggregate.seconds / args.runs, 3)}
+    if args.study:
+        first = run_measured([*ltexp, "main", *STUDY], env, folder)
+        plan = run_measured([*ltexp, "plan", *STUDY], env, folder)
+        again = run_measured([*ltexp, "main", *STUDY], env, folder)
+        if "reused" not in again.stdout:
+            sys.exit(f"the second study trained again: {again.stdout[-500:]}")
+        out |= {"study_first_s": round(first.seconds, 1), "plan_s": round(plan.seconds, 1)}
+        out |= {"study_reused_s": round(again.seconds, 1)}
+        out |= {"study_reused_peak_mb": round(again.peak_mib, 1)}
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

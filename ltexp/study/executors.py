@@ -12,6 +12,7 @@ once would race in MLflow's schema migration.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import socket
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,11 @@ class CellJob:
 
 
 RAY_CONNECT_SECONDS = 10.0  # Ray itself retries an unreachable cluster for minutes
+# a cell's Ray task lost with its node is run again elsewhere this many times (system failures
+# only: a cell that fails on its own is not retried)
+RAY_TASK_RETRIES = 3
+TASK_LOST = -1  # the exit status reported for a task Ray could not run to its end
+RAY_NICENESS = "RAY_worker_niceness"  # read by the Ray processes a local cluster starts
 
 
 def check_available(cfg: Config) -> None:
@@ -218,20 +224,34 @@ def run_ray(
     cfg: Config,
     report: Callable[[CellJob, int, str, float], None],
 ) -> None:
-    """Each cell a Ray task: 1 GPU when the cluster has GPUs, else 1 CPU."""
+    """Each cell a Ray task: 1 GPU when the cluster has GPUs, else 1 CPU.
+
+    A task lost with its node (or its worker process) is submitted again by Ray, on a node that
+    is alive, up to :data:`RAY_TASK_RETRIES` times: its ``ltexp train`` finds the cell's run
+    left behind (reaped: its process is gone) and resumes it from its last checkpoint when the
+    checkpoint folder is shared, else trains it anew. A cell's own failure (an exception, a
+    non-zero exit) is not retried: it is reported. A task still lost after its retries is
+    reported as failed, naming the cause."""
     try:
-        import ray
+        import ray  # the optional ray extra
     except ImportError:
         raise ConfigError("executor=ray needs Ray: pip install 'ltexp[ray]'") from None
     if not ray.is_initialized():
-        ray.init(
-            address=cfg.study.ray_address or None,
-            ignore_reinit_error=True,
-            log_to_driver=False,
-            include_dashboard=False,
-        )
+        # Ray runs its workers at niceness 15, and a cell's process inherits it: on a machine
+        # that does anything else, training gets the leftovers (measured: a 30 s Ray test took
+        # 12 min beside three other test processes). A cluster ltexp starts here trains at
+        # normal priority; a cluster's own nodes take RAY_worker_niceness=0 at `ray start`.
+        with _environ(RAY_NICENESS, os.environ.get(RAY_NICENESS, "0")):
+            ray.init(
+                address=cfg.study.ray_address or None,
+                ignore_reinit_error=True,
+                log_to_driver=False,
+                include_dashboard=False,
+            )
     has_gpus = ray.cluster_resources().get("GPU", 0) >= 1
-    task = ray.remote(num_gpus=1 if has_gpus else 0, num_cpus=1, max_retries=0)(_ray_cell)
+    task = ray.remote(num_gpus=1 if has_gpus else 0, num_cpus=1, max_retries=RAY_TASK_RETRIES)(
+        _ray_cell
+    )
     env = worker_env()
     started = {}
     futures = {}
@@ -241,8 +261,26 @@ def run_ray(
     while futures:
         done, _ = ray.wait(list(futures), num_returns=1)
         job = futures.pop(done[0])
-        code, tail = ray.get(done[0])
+        try:
+            code, tail = ray.get(done[0])
+        except ray.exceptions.RayError as e:  # lost RAY_TASK_RETRIES + 1 times
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            code, tail = TASK_LOST, f"its Ray task was lost ({type(e).__name__}: {first[:200]})"
         report(job, code, tail, time.perf_counter() - started[job.name])
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` while inside (what a process started inside inherits)."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def _ray_cell(args: list[str], config: str, env: dict[str, str]) -> tuple[int, str]:
