@@ -158,14 +158,14 @@ def test_a_report_cut_off_while_it_is_written_leaves_the_previous_one_whole(
 ) -> None:
     import shutil
 
-    from ltexp.steps import aggregate
+    from ltexp.report import folder
 
     out = tmp_path / "reports" / "study"
     built = tmp_path / "built"
     built.mkdir()
     for name in ("report.md", "runs.csv", "fig.png"):
         (built / name).write_text(f"new {name}")
-    aggregate.publish(sorted(built.iterdir()), out)
+    folder.publish(sorted(built.iterdir()), out)
     before = {p.name: p.read_text() for p in out.iterdir()}
     real, copied = shutil.copyfile, []
 
@@ -177,22 +177,22 @@ def test_a_report_cut_off_while_it_is_written_leaves_the_previous_one_whole(
 
     for name in ("report.md", "runs.csv", "fig.png"):
         (built / name).write_text(f"newer {name}")
-    monkeypatch.setattr(aggregate.shutil, "copyfile", killed_after_one)
+    monkeypatch.setattr(folder.shutil, "copyfile", killed_after_one)
     with pytest.raises(KeyboardInterrupt):
-        aggregate.publish(sorted(built.iterdir()), out)
+        folder.publish(sorted(built.iterdir()), out)
     assert {p.name: p.read_text() for p in out.iterdir()} == before  # whole, and the old one
-    monkeypatch.setattr(aggregate.shutil, "copyfile", real)
-    aggregate.publish(sorted(built.iterdir()), out)
+    monkeypatch.setattr(folder.shutil, "copyfile", real)
+    folder.publish(sorted(built.iterdir()), out)
     assert (out / "report.md").read_text() == "newer report.md"
     assert sorted(p.name for p in out.parent.iterdir()) == ["study"]  # nothing left beside it
 
 
 def _publish_many(built: str, out: str, times: int) -> None:
-    from ltexp.steps import aggregate
+    from ltexp.report import folder
 
     files = sorted(Path(built).iterdir())
     for _ in range(times):
-        aggregate.publish(files, Path(out))
+        folder.publish(files, Path(out))
 
 
 def test_two_reports_published_at_once_both_land_whole(tmp_path: Path) -> None:
@@ -345,7 +345,7 @@ def test_a_bare_postgresql_uri_without_its_driver_is_one_line(
 def test_a_full_report_disk_names_the_folder_and_leaves_no_partial_files(tmp_path: Path) -> None:
     """Issue 39: the error named a temporary file and left .r.incoming-<pid>/ behind."""
     from ltexp.errors import HostError
-    from ltexp.steps.aggregate import publish
+    from ltexp.report.folder import publish
 
     disk = tmp_path / "disk"
     disk.mkdir()

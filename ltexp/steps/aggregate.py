@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import numpy as np
 
-from ltexp import locks, schema
-from ltexp.checkpoint import folder_problem
+from ltexp import schema
 from ltexp.config import Config
-from ltexp.errors import ConfigError, HostError, TrackingError
+from ltexp.errors import ConfigError, TrackingError
 from ltexp.report.build import (
     Grid,
     Report,
@@ -28,10 +22,11 @@ from ltexp.report.build import (
     results_frame,
 )
 from ltexp.report.claims import load_claims
+from ltexp.report.folder import check_writable, publish, report_folder
 from ltexp.timing import timed
 from ltexp.tracking import claims, runs
-from ltexp.tracking.queries import FINISHED, where
-from ltexp.tracking.questions import query_results
+from ltexp.tracking.questions import choose_experiment, find_manifest, query_results
+from ltexp.tracking.results import load_predictions
 
 log = logging.getLogger(__name__)
 
@@ -45,155 +40,6 @@ class AggregateResult:
     report: Report
 
 
-def choose_experiment(cfg: Config) -> tuple[str, str]:
-    """The experiment to report, and why: the one named; else the experiment ``mlflow run``
-    chose if it holds evaluate runs; else the one whose evaluate run finished last."""
-    if cfg.experiment:
-        return cfg.experiment, "named"
-    launched = runs.launched_experiment_id()
-    evaluated = where(schema.Step.EVALUATE, status=FINISHED)
-    client = runs.client()
-    if launched and client.search_runs([launched], evaluated, max_results=1):
-        return client.get_experiment(launched).name, "the experiment mlflow run chose"
-    latest = runs.client().search_runs(
-        [e.experiment_id for e in client.search_experiments()],
-        evaluated,
-        max_results=1,
-        order_by=["attributes.end_time DESC"],
-    )
-    if not latest:
-        raise TrackingError(
-            f"no experiment on {runs.safe_uri()} has FINISHED evaluate runs to report; run "
-            f"`ltexp main` (or `mlflow run .`) first"
-        )
-    return client.get_experiment(latest[0].info.experiment_id).name, "the latest evaluated"
-
-
-def find_manifest(digests: set[str]) -> tuple[dict | None, list[str]]:
-    """The prepare_data manifest of the data the results used, and notes on what is wrong."""
-    digests = {d for d in digests if d}
-    if len(digests) != 1:
-        what = "no data digest" if not digests else f"{len(digests)} different data digests"
-        return None, [f"the evaluate runs carry {what}, so no one prepare_data run describes them"]
-    (digest,) = digests
-    found = runs.search_all(
-        None,
-        where(schema.Step.PREPARE_DATA, status=FINISHED, tags={schema.DATA_DIGEST: digest}),
-    )
-    for run in found:
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                path = mlflow.artifacts.download_artifacts(
-                    run_id=run.info.run_id, artifact_path=schema.MANIFEST_ARTIFACT, dst_path=tmp
-                )
-                return json.loads(Path(path).read_text()), []
-            except Exception:  # noqa: BLE001 - try the next one; none: say so below
-                continue
-    return None, [f"no FINISHED prepare_data run with data digest {digest[:12]}… has a manifest"]
-
-
-def load_predictions(run_id: str) -> dict[str, np.ndarray] | None:
-    """The predictions an evaluate run saved (``np.load(allow_pickle=False)``: arrays only), or
-    None when it has none (a run logged by another tool) or they cannot be read (truncated, not
-    an archive): the report leaves that run's comparisons out and says so.
-
-    Raises:
-        TrackingError: the store stopped answering (after MLflow's bounded retries): the
-            report is not written at all rather than written without the runs it could not read.
-    """
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=schema.PREDICTIONS_ARTIFACT, dst_path=tmp
-            )
-            with np.load(path, allow_pickle=False) as npz:
-                return {k: npz[k] for k in npz.files}
-        except Exception as e:  # noqa: BLE001 - sorted below: the store's failure, or the run's
-            if _unreachable(e):
-                raise TrackingError(
-                    f"the predictions of evaluate run {run_id} could not be read: "
-                    f"{runs.store_failure(e)}; no report was written"
-                ) from None
-            return None
-
-
-def _unreachable(e: BaseException) -> bool:
-    """The store (not the run's artifact) failed: a connection refused, reset or timed out."""
-    text = f"{type(e).__name__} {e}".lower()
-    return any(
-        word in text
-        for word in ("max retries exceeded", "connection refused", "connectionerror", "timed out")
-    )
-
-
-def report_folder(name: str) -> Path:
-    """``reports/<experiment>`` with the name made a safe folder name (never a path)."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "experiment"
-    return Path("reports") / slug
-
-
-def _check_writable(path: Path) -> None:
-    """Refuse a report folder that cannot be made or written, before anything is built; a
-    folder made only to test it is removed again (:func:`ltexp.checkpoint.folder_problem`).
-    Under the report's lock: a publish moving the folder meanwhile would lose the probe, or
-    find it and refuse the folder as not its own."""
-    with locks.held("report", path):
-        why = folder_problem(path)
-    if why:
-        raise ConfigError(
-            f"output_dir {str(path)!r} cannot be written ({why}); choose another output_dir"
-        )
-
-
-REPORT_SUFFIXES = (".csv", ".png", ".pdf", ".md", ".tex", ".html", ".json")
-
-
-def publish(files: list[Path], out: Path) -> None:
-    """Put a built report in ``out`` at once: copied into a folder beside it, which then takes
-    its place, so that a killed process leaves the previous report or the new one, never half.
-    A folder that holds more than a report (a user's folder) gets each file replaced atomically
-    instead, and keeps the rest. Two processes publishing the same folder take turns (two
-    studies ending together), so neither removes the files the other is copying."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with locks.held("report", out):
-        try:
-            _publish(files, out)
-        except OSError as e:  # a full disk: say where, and leave no half-copied folder
-            for partial in out.parent.glob(f".{out.name}.incoming-{os.getpid()}"):
-                shutil.rmtree(partial, ignore_errors=True)
-            for part in out.glob(".*.incoming") if out.is_dir() else ():
-                part.unlink(missing_ok=True)
-            raise HostError(
-                f"cannot write the report to '{out}' ({e.strerror or e}); free space there or "
-                f"choose another output_dir (the previous report, if any, is unchanged)"
-            ) from None
-
-
-def _publish(files: list[Path], out: Path) -> None:
-    parent = out.parent
-    for stale in parent.glob(f".{out.name}.*-*"):  # what a killed publish left: the lock is ours
-        shutil.rmtree(stale, ignore_errors=True)
-    own = not out.exists() or all(
-        p.is_file() and p.suffix in REPORT_SUFFIXES for p in out.iterdir()
-    )
-    if not own:
-        for path in files:
-            part = out / f".{path.name}.incoming"
-            shutil.copyfile(path, part)
-            os.replace(part, out / path.name)
-        return
-    incoming = parent / f".{out.name}.incoming-{os.getpid()}"
-    shutil.rmtree(incoming, ignore_errors=True)
-    incoming.mkdir()
-    for path in files:
-        shutil.copyfile(path, incoming / path.name)
-    previous = parent / f".{out.name}.previous-{os.getpid()}"
-    if out.exists():
-        os.replace(out, previous)
-    os.replace(incoming, out)
-    shutil.rmtree(previous, ignore_errors=True)
-
-
 @timed("report")
 def run_aggregate(
     cfg: Config,
@@ -201,7 +47,8 @@ def run_aggregate(
     parent_run_id: str | None = None,
     announce: Callable[[str], None] = log.info,
 ) -> AggregateResult:
-    """Build the report of an experiment (see :func:`choose_experiment`) and log it as a run.
+    """Build the report of an experiment and log it as a run (which experiment:
+    :func:`ltexp.tracking.questions.choose_experiment`).
 
     Args:
         announce: receives, first, which experiment is reported and how to choose another.
@@ -223,7 +70,7 @@ def run_aggregate(
         runs.mark_model_training(exp_id)
     claims.reap_dead_runs([exp_id])  # an aggregate killed before it finished, among others
     out = Path(cfg.report.output_dir).expanduser() if cfg.report.output_dir else report_folder(name)
-    _check_writable(out)
+    check_writable(out)
     records = query_results(exp_id, cfg.report.report_dataset)
     if not records:
         raise TrackingError(

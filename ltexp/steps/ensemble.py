@@ -27,7 +27,7 @@ from ltexp.errors import ConfigError
 from ltexp.models.ensemble import ENSEMBLE, Ensemble
 from ltexp.tracking import claims, registered_models, runs
 from ltexp.tracking.datasets import load_prepared
-from ltexp.tracking.queries import FINISHED, where
+from ltexp.tracking.questions import finished_ensemble
 from ltexp.training import TrainResult, resolve_device, validate
 from ltexp.training.setup import autocast_dtype
 
@@ -119,7 +119,7 @@ def run_ensemble(
     name = schema.ensemble_run_name(labels, split, combine)
     registered = schema.ensemble_model_name(dataset, labels, split, combine)
     exp_id = member_runs[0].info.experiment_id
-    built = None if cfg.study.force else _finished(exp_id, chash)
+    built = None if cfg.study.force else finished_ensemble(exp_id, chash)
     if built is not None:
         log.info("ensemble %s was built already (run %s)", name, built.info.run_id)
         return TrainResult(
@@ -222,11 +222,3 @@ def _validation_top1(
     result = validate(model, batches, prepared.groups(), info.num_classes, amp)
     ensemble.to("cpu")
     return result.acc1
-
-
-def _finished(experiment_id: str, chash: str) -> mlflow.entities.Run | None:
-    found = runs.search_all(
-        [experiment_id],
-        where(schema.Step.ENSEMBLE, status=FINISHED, tags={schema.CONFIG_HASH: chash}),
-    )
-    return next((r for r in found if r.data.tags.get(schema.MODEL_URI)), None)

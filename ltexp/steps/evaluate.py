@@ -11,41 +11,31 @@ these names.
 
 from __future__ import annotations
 
-import csv
 import logging
 import tempfile
 from pathlib import Path
 
 import mlflow
-import numpy as np
-import pandas as pd
 import torch
 
 from ltexp import schema
 from ltexp.config import Config, variant_axes
-from ltexp.data import PreparedData
-from ltexp.data.splits import FREQUENCY_GROUPS, SHOT_GROUPS, TRAINING_SETS
+from ltexp.data.splits import TRAINING_SETS
 from ltexp.errors import TrackingError
 from ltexp.evaluation import (
-    GroupScore,
-    binomial_interval,
-    confusion_matrix,
     fit_temperature,
-    per_class_accuracy,
     predict_test_sets,
     score_test_sets,
-    spreadsheet_safe,
 )
-from ltexp.evaluation import topk as top_k
 from ltexp.losses import adjust_logits
-from ltexp.report.plots import confusion_figure, per_class_accuracy_figure
+from ltexp.report.per_class import write_evaluation_artifacts
 from ltexp.resources import check_fits, image_batch_bytes
 from ltexp.timing import timed
-from ltexp.tracking import claims, registered_models, runs
+from ltexp.tracking import registered_models, runs
 from ltexp.tracking.datasets import data_root_for, load_prepared
 from ltexp.tracking.inputs import log_split_inputs
-from ltexp.tracking.queries import ENDED_UNFINISHED, where
-from ltexp.tracking.results import log_model_input, log_test_results
+from ltexp.tracking.questions import unfinished_evaluation
+from ltexp.tracking.results import log_model_input, log_test_results, score_metrics
 from ltexp.training import autocast_dtype, resolve_device
 
 log = logging.getLogger(__name__)
@@ -142,7 +132,7 @@ def run_evaluate(
         )
     if parent_run_id == train_run.info.run_id and launched is None:
         # a child evaluation that a dead process left unfinished is done again in the same run
-        launched = _unfinished_evaluation(train_run.info.run_id, tau, scaling)
+        launched = unfinished_evaluation(train_run.info.run_id, tau, scaling)
     cell = {p: params[p] for p in schema.CELL_PARAMS}
     # runs from before the axes existed were plain ones
     axes = {a.key: params.get(a.key, a.plain) for a in variant_axes()}
@@ -193,7 +183,7 @@ def run_evaluate(
         if not (tau or scaling):  # the version's own result: on its card
             registered_models.add_test_results(model_uri, metrics, run.info)
         with tempfile.TemporaryDirectory() as tmp:
-            per_class = _write_artifacts(
+            per_class = write_evaluation_artifacts(
                 Path(tmp),
                 outputs,
                 prepared,
@@ -204,123 +194,3 @@ def run_evaluate(
         # the UI's table view (artifacts, "Evaluation" in the compare view) reads logged tables
         mlflow.log_table(per_class, artifact_file=schema.PER_CLASS_TABLE)
         return run.info.run_id, metrics
-
-
-def _unfinished_evaluation(train_run_id: str, tau: float, scaling: bool) -> str | None:
-    claims.reap_dead_runs()
-    found = runs.search_all(
-        None,
-        where(
-            schema.Step.EVALUATE,
-            params={schema.TRAIN_RUN_ID: train_run_id},
-            not_status=ENDED_UNFINISHED,
-        ),
-    )
-    for run in found:
-        scaled = float(run.data.params.get(schema.TEMPERATURE, "1") or 1) != 1
-        if float(run.data.params.get(schema.TAU, "0") or 0) == float(tau) and scaled == scaling:
-            return run.info.run_id
-    return None
-
-
-def score_metrics(scores: dict[str, GroupScore]) -> dict[str, float]:
-    """The metrics of an evaluate run, by the schema's names."""
-    metrics: dict[str, float] = {}
-    for group, s in scores.items():
-        metrics[schema.test_metric(group)] = s.acc1
-        metrics[schema.test_metric(group, "acc5")] = s.acc5
-        metrics[schema.test_metric(group, "acc1_ci_low")] = s.ci_low
-        metrics[schema.test_metric(group, "acc1_ci_high")] = s.ci_high
-        if s.ece == s.ece:  # NaN: no confidences
-            metrics[schema.test_metric(group, "ece")] = s.ece
-    return metrics
-
-
-def _write_artifacts(
-    out: Path,
-    outputs: dict[str, tuple[np.ndarray, np.ndarray]],
-    prepared: PreparedData,
-    train_counts: list[int],
-    title: str,
-) -> pd.DataFrame:
-    """Write the per-class CSV, the figures and the predictions into ``out``; return the
-    per-class table (numbers, not text) for the UI's table view."""
-    k = prepared.num_classes
-    groups = prepared.groups()
-    group_of = {c: g for g in FREQUENCY_GROUPS for c in groups[g]}
-    shot_of = {c: g for g in SHOT_GROUPS for c in groups[g]}
-    per_split = {}
-    for split, (labels, logits) in outputs.items():
-        per_split[split] = per_class_accuracy(labels, logits.argmax(1), k)
-    lt_counts = prepared.class_counts("train_lt")
-    names = prepared.class_names
-    header = [
-        "class",
-        "name",
-        "train_count",
-        "train_lt_count",
-        "group",
-        "shot",
-        *(
-            f"{split}_{what}"
-            for split in ("test_balanced", "test_lt")
-            for what in ("n", "acc1", "acc1_ci_low", "acc1_ci_high")
-        ),
-    ]
-    rows = []
-    for c in range(k):
-        columns = []
-        for split in ("test_balanced", "test_lt"):
-            n, acc = per_split[split][0][c], per_split[split][1][c]
-            # the exact binomial interval: a class has a few test images
-            low, high = binomial_interval(round(acc * n) if n else 0, int(n))
-            columns += [int(n), _fmt(acc), _fmt(low), _fmt(high)]
-        rows.append(
-            [
-                c,
-                spreadsheet_safe(names[c]),
-                train_counts[c],
-                lt_counts[c],
-                group_of.get(c, ""),
-                shot_of.get(c, ""),
-                *columns,
-            ]
-        )
-    with open(out / schema.PER_CLASS_ARTIFACT, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    per_class = pd.DataFrame(rows, columns=header)
-    numeric = [c for c in header if c.endswith(("_acc1", "_ci_low", "_ci_high"))]
-    per_class[numeric] = per_class[numeric].apply(pd.to_numeric, errors="coerce")
-    # the balanced test set where the set has one (every class equally weighted)
-    shown = "test_balanced" if prepared.has("test_balanced") else "test_lt"
-    per_class_accuracy_figure(
-        train_counts,
-        per_split[shown][1],
-        out / schema.PER_CLASS_FIGURE,
-        f"{title}: {shown}",
-    )
-    labels_shown, logits_shown = outputs[shown]
-    confusion_figure(
-        confusion_matrix(labels_shown, logits_shown.argmax(1), k),
-        out / schema.CONFUSION_FIGURE,
-        f"{title}: {shown}",
-    )
-    np.savez_compressed(
-        out / schema.PREDICTIONS_ARTIFACT,
-        **{
-            f"{split}_{key}": value
-            for split, (labels, logits) in outputs.items()
-            for key, value in (
-                ("labels", labels),
-                ("top5", top_k(logits, 5).astype(np.int32)),
-                ("logits", logits.astype(np.float16)),
-            )
-        },
-    )
-    return per_class
-
-
-def _fmt(value: float) -> str:
-    return "" if np.isnan(value) else f"{value:.6f}"

@@ -1,5 +1,5 @@
-"""``ltexp plan``: what a study would do, what it would cost and what is missing, without
-creating any run.
+"""The plan of a study: which cells it runs (:func:`plan_cells`, what :mod:`ltexp.study.run`
+trains), and ``ltexp plan``: what it would do, cost and lack, without creating any run.
 
 For the options ``ltexp main`` takes, the plan lists every cell (its run name and identity hash)
 and whether the store already holds it finished (reused), half-trained (resumed from its last

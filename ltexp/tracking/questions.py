@@ -8,7 +8,9 @@ The filters are written by :mod:`ltexp.tracking.queries`; the names by :mod:`lte
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -16,22 +18,25 @@ import mlflow
 from ltexp import schema
 from ltexp.cells import code_version, decouple_hash
 from ltexp.config import Config, variant_axes
+from ltexp.errors import TrackingError
 from ltexp.tracking import claims, runs
 from ltexp.tracking.queries import ENDED_UNFINISHED, FINISHED, where
 
 
 def post_hoc(params: Mapping[str, str]) -> bool:
     """An evaluate run that adjusted the model after training (``tau`` or ``temperature``): not
-    the cell's own result. An unreadable value counts as adjusted."""
-    return (
-        _number(params.get(schema.TAU, "0")) != 0
-        or _number(params.get(schema.TEMPERATURE, "1")) != 1
+    the cell's own result. A value left empty is the default (none); an unreadable one counts
+    as adjusted."""
+    return _number(params.get(schema.TAU), 0.0) != 0 or (
+        _number(params.get(schema.TEMPERATURE), 1.0) != 1
     )
 
 
-def _number(text: str) -> float:
+def _number(text: str | None, default: float) -> float:
+    if text is None or not text.strip():
+        return default
     try:
-        return float(text or 0)
+        return float(text)
     except ValueError:
         return float("nan")
 
@@ -91,9 +96,37 @@ def finished_cells(experiment_id: str) -> dict[str, tuple[str, str | None]]:
     return out
 
 
+def unfinished_evaluation(train_run_id: str, tau: float, scaling: bool) -> str | None:
+    """An evaluate run of this model, ``tau`` and temperature scaling (or not) that can be
+    continued (not ended unfinished), if any; runs of dead processes are reaped first."""
+    claims.reap_dead_runs()
+    found = runs.search_all(
+        None,
+        where(
+            schema.Step.EVALUATE,
+            params={schema.TRAIN_RUN_ID: train_run_id},
+            not_status=ENDED_UNFINISHED,
+        ),
+    )
+    for run in found:
+        scaled = _number(run.data.params.get(schema.TEMPERATURE), 1.0) != 1
+        if _number(run.data.params.get(schema.TAU), 0.0) == float(tau) and scaled == scaling:
+            return run.info.run_id
+    return None
+
+
 def unfinished_train_runs(exp_id: str) -> list[mlflow.entities.Run]:
     """The train runs of the experiment that have not finished (running, failed or killed)."""
     return runs.search_all([exp_id], where(schema.Step.TRAIN, not_status=(FINISHED,)))
+
+
+def finished_ensemble(experiment_id: str, chash: str) -> mlflow.entities.Run | None:
+    """A FINISHED ensemble run of this identity that registered its model, if any."""
+    found = runs.search_all(
+        [experiment_id],
+        where(schema.Step.ENSEMBLE, status=FINISHED, tags={schema.CONFIG_HASH: chash}),
+    )
+    return next((r for r in found if r.data.tags.get(schema.MODEL_URI)), None)
 
 
 def evaluations_of(exp_id: str, model_run_id: str) -> list[mlflow.entities.Run]:
@@ -175,3 +208,50 @@ def query_results(experiment_id: str, dataset: str = "") -> list[dict]:
 
 def _val_acc1(run: mlflow.entities.Run | None) -> float | None:
     return None if run is None else run.data.metrics.get(schema.BEST_VAL_ACC1)
+
+
+def choose_experiment(cfg: Config) -> tuple[str, str]:
+    """The experiment to report, and why: the one named; else the experiment ``mlflow run``
+    chose if it holds evaluate runs; else the one whose evaluate run finished last."""
+    if cfg.experiment:
+        return cfg.experiment, "named"
+    launched = runs.launched_experiment_id()
+    evaluated = where(schema.Step.EVALUATE, status=FINISHED)
+    client = runs.client()
+    if launched and client.search_runs([launched], evaluated, max_results=1):
+        return client.get_experiment(launched).name, "the experiment mlflow run chose"
+    latest = runs.client().search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        evaluated,
+        max_results=1,
+        order_by=["attributes.end_time DESC"],
+    )
+    if not latest:
+        raise TrackingError(
+            f"no experiment on {runs.safe_uri()} has FINISHED evaluate runs to report; run "
+            f"`ltexp main` (or `mlflow run .`) first"
+        )
+    return client.get_experiment(latest[0].info.experiment_id).name, "the latest evaluated"
+
+
+def find_manifest(digests: set[str]) -> tuple[dict | None, list[str]]:
+    """The prepare_data manifest of the data the results used, and notes on what is wrong."""
+    digests = {d for d in digests if d}
+    if len(digests) != 1:
+        what = "no data digest" if not digests else f"{len(digests)} different data digests"
+        return None, [f"the evaluate runs carry {what}, so no one prepare_data run describes them"]
+    (digest,) = digests
+    found = runs.search_all(
+        None,
+        where(schema.Step.PREPARE_DATA, status=FINISHED, tags={schema.DATA_DIGEST: digest}),
+    )
+    for run in found:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = mlflow.artifacts.download_artifacts(
+                    run_id=run.info.run_id, artifact_path=schema.MANIFEST_ARTIFACT, dst_path=tmp
+                )
+                return json.loads(Path(path).read_text()), []
+            except Exception:  # noqa: BLE001 - try the next one; none: say so below
+                continue
+    return None, [f"no FINISHED prepare_data run with data digest {digest[:12]}… has a manifest"]

@@ -5,14 +5,23 @@ places never disagree.
   (MLflow 3 logged model) and to the test split it was computed on;
 - the train run: the five headline metrics (the report's columns), linked to the model, so the
   study's Training runs table compares every cell one level below the study run.
+
+And read back: :func:`load_predictions`, an evaluate run's predictions (the report's paired
+comparisons and calibration).
 """
 
 from __future__ import annotations
 
+import tempfile
+
 import mlflow
+import numpy as np
 from mlflow.entities import LoggedModelInput
 
 from ltexp import schema
+from ltexp.errors import TrackingError
+from ltexp.evaluation import GroupScore
+from ltexp.tracking import runs
 
 
 def log_model_input(model_id: str | None) -> None:
@@ -53,3 +62,50 @@ def log_test_results(
             # linked to the model only: a dataset link would list the test sets as inputs of
             # the train run, which never read them
             mlflow.log_metrics(headline, run_id=train_run_id, model_id=model_id)
+
+
+def score_metrics(scores: dict[str, GroupScore]) -> dict[str, float]:
+    """The metrics of an evaluate run, by the schema's names."""
+    metrics: dict[str, float] = {}
+    for group, s in scores.items():
+        metrics[schema.test_metric(group)] = s.acc1
+        metrics[schema.test_metric(group, "acc5")] = s.acc5
+        metrics[schema.test_metric(group, "acc1_ci_low")] = s.ci_low
+        metrics[schema.test_metric(group, "acc1_ci_high")] = s.ci_high
+        if s.ece == s.ece:  # NaN: no confidences
+            metrics[schema.test_metric(group, "ece")] = s.ece
+    return metrics
+
+
+def load_predictions(run_id: str) -> dict[str, np.ndarray] | None:
+    """The predictions an evaluate run saved (``np.load(allow_pickle=False)``: arrays only), or
+    None when it has none (a run logged by another tool) or they cannot be read (truncated, not
+    an archive): the report leaves that run's comparisons out and says so.
+
+    Raises:
+        TrackingError: the store stopped answering (after MLflow's bounded retries): the
+            report is not written at all rather than written without the runs it could not read.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=schema.PREDICTIONS_ARTIFACT, dst_path=tmp
+            )
+            with np.load(path, allow_pickle=False) as npz:
+                return {k: npz[k] for k in npz.files}
+        except Exception as e:  # noqa: BLE001 - sorted below: the store's failure, or the run's
+            if _unreachable(e):
+                raise TrackingError(
+                    f"the predictions of evaluate run {run_id} could not be read: "
+                    f"{runs.store_failure(e)}; no report was written"
+                ) from None
+            return None
+
+
+def _unreachable(e: BaseException) -> bool:
+    """The store (not the run's artifact) failed: a connection refused, reset or timed out."""
+    text = f"{type(e).__name__} {e}".lower()
+    return any(
+        word in text
+        for word in ("max retries exceeded", "connection refused", "connectionerror", "timed out")
+    )

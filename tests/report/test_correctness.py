@@ -13,7 +13,7 @@ import pytest
 
 from ltexp.errors import TrackingError
 from ltexp.report.correctness import Correctness
-from ltexp.steps.aggregate import load_predictions
+from ltexp.tracking.results import load_predictions
 from tests.planted import cifar_manifest, plant
 
 

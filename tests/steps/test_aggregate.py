@@ -281,7 +281,7 @@ def test_without_an_experiment_the_latest_evaluated_study_is_reported(
 
 
 def test_a_named_experiment_becomes_a_safe_folder_name(store: str, tmp_path: Path) -> None:
-    from ltexp.steps.aggregate import report_folder
+    from ltexp.report.folder import report_folder
 
     assert report_folder("../../victim") == Path("reports/victim")
     assert report_folder("/etc/passwd") == Path("reports/etc_passwd")
