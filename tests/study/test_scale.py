@@ -18,6 +18,7 @@ import torch
 from pandas.testing import assert_frame_equal
 
 from ltexp import schema
+from ltexp.cells import grid_cells
 from ltexp.study.run import run_study
 from tests.conftest import step_counts
 
@@ -59,9 +60,6 @@ EVERY_AXIS = {
 def _check_every_cell_once_as_itself(cfg, result) -> None:
     """Each cell of the grid has exactly one finished run whose params are the cell's values
     (a train run; a decouple run for a second stage), and one row in the report."""
-    import pandas as pd
-
-    from ltexp.cells import grid_cells
 
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert all(r.info.status == "FINISHED" for r in runs)
@@ -83,14 +81,11 @@ def _check_every_cell_once_as_itself(cfg, result) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", [{"workers": 1}, {"workers": 2}])
-def test_every_cell_of_a_grid_over_every_axis_is_trained_once_as_itself(
-    tiny_config, how: dict
-) -> None:
+def test_every_cell_of_a_grid_over_every_axis_is_trained_once_as_itself(tiny_config) -> None:
     """Workers receive the whole cell (issue 23: a parallel grid dropped its sampler and mixing,
     and trained or reused the plain cell in their place). Ray tasks run the same command lines:
-    the three-node test below gives them this grid."""
-    cfg = tiny_config(**EVERY_AXIS, **how)
+    the three-node test below gives them this grid, after one process trains it serially."""
+    cfg = tiny_config(**EVERY_AXIS, workers=2)
     result = run_study(cfg)
     _check_every_cell_once_as_itself(cfg, result)
     again = run_study(cfg)  # and the same command trains nothing again
@@ -157,7 +152,11 @@ def test_a_grid_over_a_three_node_ray_cluster_survives_a_lost_worker_node(
     from ray.cluster_utils import Cluster
 
     grid = {**EVERY_AXIS, "epochs": 3}
-    serial = run_study(tiny_config(**grid, experiment="serial"))
+    serial_cfg = tiny_config(**grid, experiment="serial")
+    serial = run_study(serial_cfg)  # in one process: each cell once, as itself, then reused
+    _check_every_cell_once_as_itself(serial_cfg, serial)
+    again = run_study(serial_cfg)
+    assert again.ran == [] and len(again.reused) == 8
     # the nodes' workers at normal priority, as ltexp starts a local Ray (Ray's default, 15,
     # starves the cells beside the other tests' processes)
     monkeypatch.setenv("RAY_worker_niceness", "0")
