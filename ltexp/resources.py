@@ -7,7 +7,6 @@ import socket
 import urllib.parse
 
 import psutil
-import torch
 
 from ltexp.errors import ConfigError
 
@@ -17,9 +16,11 @@ GIB = 1024**3
 def free_memory(device: str = "cpu") -> int:
     """Bytes free on ``device`` now: host RAM for ``cpu``, the GPU's free memory for CUDA."""
     if device.startswith("cuda"):
+        # torch (1.4 s) only for a GPU: ltexp.data imports this module and stays NumPy
+        import torch
+
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         return int(free)
-
     return int(psutil.virtual_memory().available)
 
 
